@@ -1,0 +1,17 @@
+# The two commands of README.md. Both set everything up on a fresh machine.
+.PHONY: run test demo bootstrap
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+# Build the demo workspace if there is none, then launch the dashboard.
+run: bootstrap
+	.venv/bin/adlens demo --if-missing
+	.venv/bin/streamlit run dashboard
+
+# Run every test (slow and browser tests included; PostgreSQL tests need ADLENS_TEST_PG_URL).
+test: bootstrap
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: bootstrap
+	.venv/bin/adlens demo
