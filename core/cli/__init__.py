@@ -13,7 +13,11 @@ from core.settings import load_settings
 # Each module exposes `register(subparsers)`; imported lazily so `adlens --help` stays fast
 # enough and a heavy dependency (torch) is only imported by the commands that need it.
 COMMAND_MODULES: tuple[str, ...] = (
-    "core.cli.data_cmds",
+    "core.cli.data_cmds",  # status, ingest, demo
+    "core.cli.index_cmds",  # embed, build-index, versions, bench
+    "core.cli.tower_cmds",  # train, evaluate
+    "core.cli.funnel_cmds",  # inspect, why-not, audience
+    "core.cli.analysis_cmds",  # compare, health, map
 )
 
 
