@@ -30,3 +30,24 @@ class Request:
 def requests_frame(requests: list[Request]) -> pd.DataFrame:
     """Requests as a frame with REQUEST_COLUMNS (the batch input of query encoders)."""
     return pd.DataFrame([asdict(r) for r in requests], columns=list(REQUEST_COLUMNS))
+
+
+def sample_requests(impressions: pd.DataFrame, users: pd.DataFrame, n: int, seed: int = 0,
+                    clicked_only: bool = False) -> pd.DataFrame:
+    """A seeded sample of real logged requests (one per sampled impression) as a requests frame.
+
+    The country comes from the user's profile ("unknown" without one)."""
+    imps = impressions[impressions["clicked"].astype(bool)] if clicked_only else impressions
+    if len(imps) == 0:
+        return pd.DataFrame(columns=list(REQUEST_COLUMNS))
+    picked = imps.sample(n=min(n, len(imps)), random_state=seed, replace=False)
+    country = users.set_index("user_id")["country"] if len(users) else pd.Series(dtype=object)
+    out = pd.DataFrame({
+        "user_id": picked["user_id"].to_numpy(),
+        "community_id": picked["community_id"].to_numpy(),
+        "placement": picked["placement"].to_numpy(),
+        "device": picked["device"].to_numpy(),
+        "country": picked["user_id"].map(country).fillna("unknown").to_numpy(),
+        "ts": pd.to_datetime(picked["ts"]).to_numpy(),
+    })
+    return out.reset_index(drop=True)
