@@ -32,22 +32,27 @@ def requests_frame(requests: list[Request]) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in requests], columns=list(REQUEST_COLUMNS))
 
 
-def sample_requests(impressions: pd.DataFrame, users: pd.DataFrame, n: int, seed: int = 0,
-                    clicked_only: bool = False) -> pd.DataFrame:
-    """A seeded sample of real logged requests (one per sampled impression) as a requests frame.
+def requests_from_impressions(impressions: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """The logged request of each impression row, in row order, as a requests frame.
 
     The country comes from the user's profile ("unknown" without one)."""
+    country = users.set_index("user_id")["country"] if len(users) else pd.Series(dtype=object)
+    out = pd.DataFrame({
+        "user_id": impressions["user_id"].to_numpy(),
+        "community_id": impressions["community_id"].to_numpy(),
+        "placement": impressions["placement"].to_numpy(),
+        "device": impressions["device"].to_numpy(),
+        "country": impressions["user_id"].map(country).fillna("unknown").to_numpy(),
+        "ts": pd.to_datetime(impressions["ts"]).to_numpy(),
+    }, columns=list(REQUEST_COLUMNS))
+    return out.reset_index(drop=True)
+
+
+def sample_requests(impressions: pd.DataFrame, users: pd.DataFrame, n: int, seed: int = 0,
+                    clicked_only: bool = False) -> pd.DataFrame:
+    """A seeded sample of real logged requests (one per sampled impression) as a requests frame."""
     imps = impressions[impressions["clicked"].astype(bool)] if clicked_only else impressions
     if len(imps) == 0:
         return pd.DataFrame(columns=list(REQUEST_COLUMNS))
     picked = imps.sample(n=min(n, len(imps)), random_state=seed, replace=False)
-    country = users.set_index("user_id")["country"] if len(users) else pd.Series(dtype=object)
-    out = pd.DataFrame({
-        "user_id": picked["user_id"].to_numpy(),
-        "community_id": picked["community_id"].to_numpy(),
-        "placement": picked["placement"].to_numpy(),
-        "device": picked["device"].to_numpy(),
-        "country": picked["user_id"].map(country).fillna("unknown").to_numpy(),
-        "ts": pd.to_datetime(picked["ts"]).to_numpy(),
-    })
-    return out.reset_index(drop=True)
+    return requests_from_impressions(picked, users)
