@@ -205,3 +205,33 @@ def align_to(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     out = other.copy()
     out["x"], out["y"] = xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32)
     return out
+
+
+MAP_USERS = 2_000
+"""User points on a map: the latest sampled logged request of up to this many users."""
+
+
+def map_artifact_builder(ctx, directory: Path) -> dict:
+    """Version build hook (core.versions.BuildContext → files + manifest fields): the version's map."""
+    from core.request import sample_requests
+
+    cat = ctx.catalog
+    strata = cat.ads.set_index("ad_id")["vertical"].reindex(pd.Index(np.asarray(ctx.ad_ids, dtype=object)))
+    reqs = sample_requests(cat.impressions, cat.users, MAP_USERS * 5, seed=0)
+    reqs = reqs.sort_values("ts").drop_duplicates("user_id", keep="last").head(MAP_USERS).reset_index(drop=True)
+    uvec = ctx.encoder.encode_requests(reqs, ctx.features) if len(reqs) else np.zeros((0, ctx.ad_vectors.shape[1]))
+    layout = compute_layout(ctx.ad_ids, ctx.ad_vectors, strata.fillna("unknown").to_numpy(dtype=str),
+                            reqs["user_id"].to_numpy(), reqs["ts"].to_numpy(), uvec, seed=0)
+    save_layout(layout, directory)
+    return {"map": layout.meta}
+
+
+def build_version_map(settings, name: str) -> dict:
+    """Compute the map of an existing version that has none (`adlens map`); returns its metadata."""
+    from core.errors import AdLensError
+    from core.versions import add_artifacts, load_version
+
+    v = load_version(settings, name)
+    if (v.path / ADS_FILE).exists():
+        raise AdLensError(f"version {name!r} already has a map ({ADS_FILE}); versions are immutable")
+    return add_artifacts(settings, name, map_artifact_builder).manifest.get("map", {})

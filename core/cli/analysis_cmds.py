@@ -1,9 +1,136 @@
-"""CLI commands (filled in by their issue)."""
+"""`adlens compare`, `adlens health`, `adlens map`: version analytics (core.compare, core.health,
+core.maps). Handlers call core and print what it returns."""
 
 from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
+from core.cli.output import add_json_flag, print_json
+from core.settings import Settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register this group's sub-commands."""
+    p = sub.add_parser("compare", help="run the same requests through versions A and B and compare")
+    p.add_argument("a", help="version A (the baseline)")
+    p.add_argument("b", help="version B (the candidate)")
+    p.add_argument("--users", type=int, default=100, help="users sampled, in their usual contexts (default 100)")
+    p.add_argument("--user", action="append", default=None, metavar="ID", help="compare these users instead (repeatable)")
+    p.add_argument("--k", type=int, default=500, help="candidates retrieved (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=10, help="most-changed requests shown (default 10)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("health", help="recall-vs-nprobe/efSearch curve, IVF balance, dead and hub ads")
+    p.add_argument("--version", required=True)
+    p.add_argument("--requests", type=int, default=200, help="sampled real requests (default 200)")
+    p.add_argument("--k", type=int, default=100, help="recall@k (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("map", help="compute the UMAP map of an existing version (built versions have one)")
+    p.add_argument("--version", required=True)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_map)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{digits}f}"
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from core.compare import compare_versions
+    from core.funnel import FunnelEngine, FunnelParams
+    from core.catalog import load_catalog
+    from core.db import make_engine
+    from core.versions import load_version
+
+    catalog = load_catalog(make_engine(settings.db_url))
+    ea = FunnelEngine(load_version(settings, args.a), catalog)
+    eb = FunnelEngine(load_version(settings, args.b), catalog)
+    rep = compare_versions(ea, eb, users=args.user, n_users=args.users, seed=args.seed, params=FunnelParams(k=args.k))
+    if args.json:
+        print_json(rep.to_dict())
+        return 0
+    s = rep.summary
+    print(f"compare A={rep.version_a}  B={rep.version_b}  ({len(rep.per_request)} requests, K={rep.k}, seed {rep.seed})")
+    print("\nper request (mean / p10 / p50 / p90)")
+    for key in ("overlap", "jaccard", "rbo", "slate_overlap", "n_gained", "n_lost", "mean_abs_rank_shift"):
+        d = s.get(key) or {}
+        print(f"  {key:<20} {_fmt(d.get('mean'))}  {_fmt(d.get('p10'))}  {_fmt(d.get('p50'))}  {_fmt(d.get('p90'))}")
+    print(f"  identical slates     {s['identical_slates']} of {len(rep.per_request)}")
+    print(f"\n{'':<34}{'A':>12}{'B':>12}")
+    rows = [
+        (f"recall@{rep.k} vs own exact search", rep.recall_vs_exact["a"], rep.recall_vs_exact["b"]),
+        (f"recall@{rep.k} of held-out clicks", rep.recall_vs_clicks["a"].get(f"recall@{rep.k}"),
+         rep.recall_vs_clicks["b"].get(f"recall@{rep.k}")),
+        ("slate coverage of eligible ads", rep.coverage["a"]["slate_coverage"], rep.coverage["b"]["slate_coverage"]),
+        ("retrieved coverage", rep.coverage["a"]["retrieved_coverage"], rep.coverage["b"]["retrieved_coverage"]),
+        ("Gini over ads (slates)", rep.concentration["a"]["gini_ads"], rep.concentration["b"]["gini_ads"]),
+        ("Gini over advertisers", rep.concentration["a"]["gini_advertisers"], rep.concentration["b"]["gini_advertisers"]),
+        ("latency p50 ms", rep.latency_ms["a"]["p50"], rep.latency_ms["b"]["p50"]),
+        ("latency p99 ms", rep.latency_ms["a"]["p99"], rep.latency_ms["b"]["p99"]),
+    ]
+    for label, a, b in rows:
+        print(f"  {label:<32}{_fmt(a):>12}{_fmt(b):>12}")
+    print("\nfunnel stage counts (mean per request)")
+    for r in rep.stage_counts.itertuples():
+        print(f"  {r.stage:<32}{_fmt(r.mean_a, 1):>12}{_fmt(r.mean_b, 1):>12}")
+    print(f"\nvertical mix shift (total variation {rep.vertical_tvd:.3f}); largest moves:")
+    for r in rep.vertical_mix.head(8).itertuples():
+        print(f"  {r.vertical:<24} {r.share_a:6.1%} → {r.share_b:6.1%}  ({r.delta:+.1%})")
+    print(f"\nslate ads lost in B, by stage: {rep.lost_by_stage or 'none'}")
+    cd = rep.catalog_diff
+    print(f"catalog: {cd['only_in_a']} ads only in A, {cd['only_in_b']} only in B")
+    print(f"\nmost changed requests (drill in: adlens inspect --version {rep.version_b} --user U)")
+    cols = ["user_id", "community_id", "rbo", "overlap", "slate_overlap", "n_gained", "n_lost"]
+    print(rep.most_changed[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from core.catalog import load_catalog
+    from core.db import make_engine
+    from core.health import health
+    from core.versions import load_version
+
+    rep = health(load_version(settings, args.version), load_catalog(make_engine(settings.db_url)),
+                 n_requests=args.requests, k=args.k, seed=args.seed)
+    if args.json:
+        print_json(rep.to_dict())
+        return 0
+    print(f"health of {rep.version} ({rep.kind}), recall@{rep.k} vs exact on {rep.n_requests} sampled requests")
+    if len(rep.curve):
+        print(rep.curve.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if rep.ivf_lists:
+        L = rep.ivf_lists
+        print(f"\nIVF lists: nlist {L['nlist']}, imbalance factor {L['imbalance_factor']:.2f}, "
+              f"empty {L['empty_lists']}, sizes min/mean/max {L['min_size']}/{L['mean_size']:.1f}/{L['max_size']}")
+        print("  largest: " + ", ".join(f"#{x['list']}={x['size']}" for x in L["largest"][:5]))
+    print(f"\ndead ads (never retrieved for any sampled request): {len(rep.dead_ads)}")
+    if len(rep.dead_ads):
+        print(rep.dead_ads["reason"].value_counts().to_string())
+        print(rep.dead_by_vertical.head(10).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nhub ads (retrieved ≥ 10× the average share): {len(rep.hub_ads)}")
+    if len(rep.hub_ads):
+        print(rep.hub_ads.head(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    tm = rep.tower_metrics
+    if tm:
+        print("\ntower evaluation (from the manifest): see `adlens evaluate` for the full table")
+    return 0
+
+
+def cmd_map(args: argparse.Namespace, settings: Settings) -> int:
+    from core.maps import build_version_map
+
+    meta = build_version_map(settings, args.version)
+    if args.json:
+        print_json(meta)
+    else:
+        t = meta.get("timings", {})
+        print(f"map for {args.version}: {meta.get('n_fit')} ads fitted with UMAP, {meta.get('n_placed')} placed, "
+              f"{meta.get('n_users')} user points; {t.get('total_s', 0):.1f} s")
+    return 0
