@@ -1,0 +1,37 @@
+"""Deep-link parsing: good values kept, every bad value named in a message and dropped."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+
+from core.links import parse_link, to_query_params
+
+KW = dict(versions=["exact", "ivf"], user_ids=pd.Index(["u1", "u2"]),
+          community_ids=pd.Index(["c_a"]), ad_ids=pd.Index(["ad1"]))
+
+
+def test_valid_link_round_trips():
+    q = to_query_params(version="ivf", user="u2", community="c_a", placement="community_feed",
+                        device="ios", country="de", time=datetime(2026, 10, 31, 18), ad="ad1")
+    st = parse_link(q, **KW)
+    assert st.errors == []
+    assert (st.version, st.user, st.community, st.placement, st.device, st.ad) == (
+        "ivf", "u2", "c_a", "community_feed", "ios", "ad1")
+    assert st.country == "DE" and st.time == datetime(2026, 10, 31, 18)
+
+
+def test_bad_values_are_named_and_dropped():
+    st = parse_link({"version": "nope", "user": "u9", "placement": "billboard", "time": "yesterday-ish",
+                     "community": "c_zzz", "ad": "<script>", "country": "12"}, **KW)
+    joined = "\n".join(st.errors)
+    for fragment in ("version=nope", "exact, ivf", "user=u9", "placement=billboard", "home_feed",
+                     "time=yesterday-ish", "community=c_zzz", "ad=<script>", "country=12"):
+        assert fragment in joined
+    assert st.version is None and st.user is None and st.placement is None and st.ad is None
+
+
+def test_home_feed_and_lists_from_query_params():
+    st = parse_link({"community": ["home"], "user": ["u1", "u2"]}, **KW)
+    assert st.community == "home" and st.user == "u1" and not st.errors
