@@ -1,18 +1,49 @@
-"""AdLens dashboard entry point (`streamlit run dashboard`)."""
+"""AdLens dashboard entry point: `streamlit run dashboard`.
+
+A thin router: it sets up the page, validates the deep link, renders the shared request sidebar
+for the pages that need one and runs the chosen page. Pages live in dashboard/views/.
+"""
 
 from __future__ import annotations
 
-import streamlit as st
+import sys
+from pathlib import Path
 
-from core.catalog import table_counts
-from core.db import make_engine, redact_url
-from core.settings import load_settings
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboard` puts only dashboard/ on the path
+    sys.path.insert(0, str(ROOT))
 
-st.set_page_config(page_title="AdLens", layout="wide")
-settings = load_settings()
-st.title("AdLens")
-st.caption(f"Workspace `{settings.workspace}` · database `{redact_url(settings.db_url)}`")
-counts = table_counts(make_engine(settings.db_url))
-st.dataframe([{"table": k, "rows": v} for k, v in counts.items()], hide_index=True)
-if counts["ads"] == 0:
-    st.info("The workspace is empty. Build the demo with `adlens demo` (or `make run`).")
+import streamlit as st  # noqa: E402
+
+from dashboard import sidebar, state  # noqa: E402
+from dashboard.views import compare, embedding_map, health, inspect, onboarding, why_not  # noqa: E402
+
+st.set_page_config(page_title="AdLens", page_icon="🔎", layout="wide")
+
+PAGES = {
+    "inspect": st.Page(inspect.render, title="Inspect", icon="🔎", url_path="inspect", default=True),
+    "why_not": st.Page(why_not.render, title="Why not", icon="❓", url_path="why-not"),
+    "map": st.Page(embedding_map.render, title="Embedding map", icon="🗺️", url_path="map"),
+    "compare": st.Page(compare.render, title="Compare", icon="⚖️", url_path="compare"),
+    "health": st.Page(health.render, title="Health", icon="🩺", url_path="health"),
+}
+REQUEST_PAGES = {"inspect", "why_not", "map", "compare"}
+
+try:
+    ready = bool(state.version_names()) and state.catalog().n_ads > 0
+except Exception as exc:  # a broken workspace must not show a traceback
+    st.error(f"The workspace could not be opened: {exc}")
+    st.stop()
+
+if not ready:
+    st.navigation([st.Page(onboarding.render, title="Get started", icon="🚀", url_path="start")]).run()
+    st.stop()
+
+st.session_state["_pages"] = PAGES  # for st.switch_page from views
+page = st.navigation(list(PAGES.values()))
+for msg in state.init_from_link():
+    st.warning(msg)
+key = next(k for k, p in PAGES.items() if p.url_path == page.url_path)
+if key in REQUEST_PAGES:
+    sidebar.render_request_controls()
+page.run()

@@ -1,0 +1,1 @@
+"""AdLens Streamlit dashboard: pages render what `core` returns."""

@@ -1,0 +1,29 @@
+"""Plotly figures built from core results (no computation beyond shaping for display)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from core.reasons import Stage
+
+OUTCOME_COLORS = {"slate": "#2ca02c", "ranked_out": "#1f77b4", "advertiser_cap": "#9467bd",
+                  "filtered": "#d62728", "not retrieved": "#c7c7c7"}
+
+
+def funnel_figure(stage_counts: dict) -> go.Figure:
+    stages = [s for s in Stage]
+    fig = go.Figure(go.Funnel(y=[s.value for s in stages], x=[int(stage_counts.get(s, 0)) for s in stages],
+                              textinfo="value+percent initial", marker={"color": "#FF4500"}))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def bar_figure(labels: list, values: list, *, horizontal: bool = True, height: int = 300,
+               color: str = "#d62728") -> go.Figure:
+    bar = go.Bar(y=labels, x=values, orientation="h", marker_color=color) if horizontal else \
+        go.Bar(x=labels, y=values, marker_color=color)
+    fig = go.Figure(bar)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10))
+    if horizontal:
+        fig.update_yaxes(autorange="reversed")
+    return fig

@@ -1,0 +1,61 @@
+"""The shared request controls: version, user (with profile), context, funnel parameters."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.links import HOME
+from core.profiles import user_summary
+from core.vocab import UNKNOWN, Device, Placement, values
+from dashboard import state
+
+
+def _community_label(cat, cid: str) -> str:
+    if cid == HOME:
+        return "— home feed (no community) —"
+    names = st.session_state.setdefault("_community_names", dict(zip(cat.communities["community_id"],
+                                                                     cat.communities["name"])))
+    return f"{cid} · {names.get(cid, '')}"
+
+
+def render_request_controls() -> None:
+    ss = st.session_state
+    cat = state.catalog()
+    names = state.version_names()
+    users = state.all_user_ids()
+    if ss.get("version") not in names:
+        ss["version"] = names[-1]
+    if ss.get("user") not in users:
+        ss["user"] = users[0]
+        state.reset_context()
+    elif "ctx_placement" not in ss:
+        state.reset_context()
+    with st.sidebar:
+        st.selectbox("Index version", names, key="version", help="`adlens versions` lists them")
+        st.selectbox("User", users, key="user", on_change=state.reset_context,
+                     help="Type to search by id. Changing the user resets the context to their usual one.")
+        prof = user_summary(cat, ss["user"])
+        st.caption(f"{prof['country']} · {prof['age_bucket']} · {prof['device']} · "
+                   f"{prof['impressions']} impressions, {prof['clicks']} clicks"
+                   + ("" if prof["has_profile"] else " · no profile"))
+        with st.expander("Profile and recent clicks"):
+            st.text("Communities: " + (", ".join(prof["communities"]) or "none"))
+            for c in prof["recent_clicks"]:
+                st.text(f"{c['ts'][:16]}  {c['vertical']}: {c['title']}")
+            if not prof["recent_clicks"]:
+                st.text("No clicks logged.")
+        st.markdown("**Context** (what-if: change any field)")
+        comms = [HOME, *cat.communities["community_id"].tolist()]
+        if ss.get("ctx_community") not in comms:
+            ss["ctx_community"] = HOME
+        st.selectbox("Community", comms, key="ctx_community", format_func=lambda c: _community_label(cat, c))
+        st.selectbox("Placement", values(Placement), key="ctx_placement")
+        st.selectbox("Device", (*values(Device), UNKNOWN), key="ctx_device")
+        st.text_input("Country", key="ctx_country", help="Country code, e.g. US")
+        st.text_input("Time (UTC)", key="ctx_time", help="ISO 8601; defaults to the latest logged impression")
+        st.button("Reset to usual context", on_click=state.reset_context, key="reset_ctx")
+        with st.expander("Funnel parameters"):
+            st.number_input("K retrieved", 10, 5000, 500, step=50, key="p_k")
+            st.number_input("N kept by early ranking", 1, 1000, 50, key="p_n")
+            st.number_input("M max per advertiser", 1, 50, 2, key="p_m")
+            st.number_input("Slate size", 1, 100, 10, key="p_slate")

@@ -1,0 +1,217 @@
+"""Cached heavy objects and the shared request state of the dashboard.
+
+`st.cache_resource` holds one shared, never-mutated object per key (catalog, versions, funnel
+engines, map placers); keys include the data stamp and the version's manifest checksum, so a new
+import or version is picked up and nothing stale is served. `st.cache_data` holds frames.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import streamlit as st
+
+from core.artifacts import sha256_file
+from core.catalog import Catalog, load_catalog, table_counts
+from core.context import default_request
+from core.db import make_engine
+from core.funnel import FunnelEngine, FunnelParams
+from core.links import HOME, parse_link, to_query_params
+from core.request import Request
+from core.settings import Settings, load_settings
+from core.versions import list_versions, load_version
+
+REQUEST_KEYS = ("user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time")
+
+
+@st.cache_resource
+def settings() -> Settings:
+    return load_settings()
+
+
+@st.cache_resource
+def db(url: str):
+    return make_engine(url)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def data_stamp(url: str) -> str:
+    """Changes whenever an import changes the table sizes (cache key for the catalog)."""
+    return ",".join(f"{k}={v}" for k, v in table_counts(db(url)).items())
+
+
+@st.cache_resource(show_spinner="Loading the catalog…")
+def _catalog(url: str, stamp: str) -> Catalog:
+    return load_catalog(db(url))
+
+
+def catalog() -> Catalog:
+    s = settings()
+    return _catalog(s.db_url, data_stamp(s.db_url))
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _versions(workspace: str, url: str, stamp: str) -> list[dict]:
+    return [v for v in list_versions(settings(), engine=db(url)) if v["status"] == "ok"]
+
+
+def versions() -> list[dict]:
+    s = settings()
+    return _versions(str(s.workspace), s.db_url, data_stamp(s.db_url))
+
+
+def version_names() -> list[str]:
+    return [v["name"] for v in versions()]
+
+
+def checksum(name: str) -> str:
+    return sha256_file(settings().versions_dir / name / "manifest.json")
+
+
+@st.cache_resource(show_spinner="Loading the version (index, tower) and building its funnel engine…")
+def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
+    return FunnelEngine(load_version(settings(), name), _catalog(url, stamp))
+
+
+def engine(name: str) -> FunnelEngine:
+    s = settings()
+    return _engine(name, checksum(name), s.db_url, data_stamp(s.db_url))
+
+
+@st.cache_resource(show_spinner=False)
+def user_ids(url: str, stamp: str) -> list[str]:
+    from core.context import known_user_ids
+
+    return sorted(map(str, known_user_ids(_catalog(url, stamp))))
+
+
+def all_user_ids() -> list[str]:
+    s = settings()
+    return user_ids(s.db_url, data_stamp(s.db_url))
+
+
+# ---- deep links and the request -----------------------------------------------------------
+def init_from_link() -> list[str]:
+    """On a session's first run, copy valid query parameters into session state; return the
+    messages for invalid ones (shown by the page, never raised)."""
+    ss = st.session_state
+    if "link_errors" in ss:
+        return ss["link_errors"]
+    cat = catalog()
+    link = parse_link(st.query_params.to_dict(), versions=version_names(), user_ids=pd.Index(all_user_ids()),
+                      community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]))
+    if link.version:
+        ss["version"] = link.version
+    if link.version_b:
+        ss["version_b"] = link.version_b
+    if link.user:
+        ss["user"] = link.user
+        reset_context()
+    for key, value in (("ctx_community", link.community), ("ctx_placement", link.placement),
+                       ("ctx_device", link.device), ("ctx_country", link.country)):
+        if value is not None:
+            ss[key] = value
+    if link.time is not None:
+        ss["ctx_time"] = link.time.isoformat(sep=" ")
+    if link.ad:
+        ss["ad"] = link.ad
+    ss["link_errors"] = link.errors
+    return link.errors
+
+
+def reset_context() -> None:
+    """Set the context controls to the selected user's usual context."""
+    ss = st.session_state
+    user = ss.get("user")
+    if not user:
+        return
+    req = default_request(catalog(), user)
+    ss["ctx_community"] = req.community_id or HOME
+    ss["ctx_placement"] = req.placement
+    ss["ctx_device"] = req.device
+    ss["ctx_country"] = req.country
+    ss["ctx_time"] = req.ts.isoformat(sep=" ")
+
+
+def current_request() -> Request:
+    """The request the sidebar describes (validated by core.context.default_request)."""
+    ss = st.session_state
+    comm = ss.get("ctx_community")
+    ts = ss.get("ctx_time")
+    return default_request(
+        catalog(), ss["user"],
+        community_id=comm,  # "home" = the home feed (core.context understands it)
+        placement=ss.get("ctx_placement"), device=ss.get("ctx_device"),
+        country=ss.get("ctx_country"), ts=ts if ts else None,
+    )
+
+
+def current_params() -> FunnelParams:
+    ss = st.session_state
+    return FunnelParams(k=int(ss.get("p_k", 500)), n_ranked=int(ss.get("p_n", 50)),
+                        max_per_advertiser=int(ss.get("p_m", 2)), slate_size=int(ss.get("p_slate", 10)))
+
+
+def sync_link(**extra) -> None:
+    """Write the current view into the URL so it can be shared."""
+    ss = st.session_state
+    fields = {"version": ss.get("version"), "user": ss.get("user"), "community": ss.get("ctx_community"),
+              "placement": ss.get("ctx_placement"), "device": ss.get("ctx_device"),
+              "country": ss.get("ctx_country"), "time": _iso(ss.get("ctx_time"))}
+    fields.update(extra)
+    params = to_query_params(**fields)
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+
+
+def _iso(value) -> str | None:
+    if not value:
+        return None
+    return pd.Timestamp(value).isoformat() if not isinstance(value, datetime) else value.isoformat()
+
+
+# ---- maps ---------------------------------------------------------------------------------
+@st.cache_data(show_spinner="Loading the map…")
+def _map_frames(name: str, checksum: str, url: str, stamp: str):
+    from core.maps import load_layout
+
+    layout = load_layout(settings().versions_dir / name)
+    if layout is None:
+        return None, None
+    ads = _catalog(url, stamp).ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
+    frame = layout.ads.merge(ads, on="ad_id", how="left")
+    frame["status"] = frame["status"].fillna("no campaign")
+    return frame, layout.users
+
+
+def map_frames(name: str):
+    """(ads frame with coordinates and display fields, users frame) of a version, or (None, None)."""
+    s = settings()
+    return _map_frames(name, checksum(name), s.db_url, data_stamp(s.db_url))
+
+
+@st.cache_resource(show_spinner=False)
+def _placer(name: str, checksum: str, url: str, stamp: str):
+    from core.maps import MapPlacer, load_layout
+
+    layout = load_layout(settings().versions_dir / name)
+    return None if layout is None else MapPlacer(_engine(name, checksum, url, stamp).version, layout.ads)
+
+
+def map_placer(name: str):
+    s = settings()
+    return _placer(name, checksum(name), s.db_url, data_stamp(s.db_url))
+
+
+@st.cache_resource(show_spinner="Measuring recall against exact search…")
+def _health(name: str, checksum: str, url: str, stamp: str, n_requests: int, k: int):
+    from core.health import health
+
+    eng = _engine(name, checksum, url, stamp)
+    return health(eng.version, eng.catalog, n_requests=n_requests, k=k)
+
+
+def health_report(name: str, n_requests: int = 200, k: int = 100):
+    s = settings()
+    return _health(name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k)

@@ -1,0 +1,104 @@
+"""Health: a version's manifest, recall-vs-effort curve, IVF balance, dead and hub ads, tower metrics."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from dashboard import state
+
+
+def _manifest(m: dict) -> None:
+    emb = m.get("embedding") or {}
+    cols = st.columns(4)
+    cols[0].metric("Ads", f"{m.get('n_ads', 0):,}")
+    cols[1].metric("Index", m.get("factory", "?"))
+    cols[2].metric("Bytes per ad", f"{m.get('bytes_per_ad', 0):,.0f}")
+    cols[3].metric("Tower", m.get("tower") or "history mean")
+    st.text(f"Embedding model: {emb.get('model')}  (fingerprint {str(emb.get('fingerprint', ''))[:16]})")
+    st.text(f"Search params: {m.get('search_params')} · parent: {m.get('parent') or '—'} · created {m.get('created_at')}")
+    rec = m.get("recall") or {}
+    if rec:
+        st.text("Recall vs exact at build time: " + ", ".join(f"{k} {v:.3f}" for k, v in rec.items()
+                                                            if isinstance(v, (int, float))))
+    with st.expander("Build timings"):
+        st.json(m.get("timings") or {})
+    with st.expander("Files and sha256 checksums"):
+        st.dataframe(pd.DataFrame([{"file": f, "sha256": h} for f, h in (m.get("files") or {}).items()]),
+                     hide_index=True, key="files_table")
+
+
+def _tower(m: dict) -> None:
+    tm = m.get("tower_metrics") or {}
+    if not tm:
+        st.info("This version has no learned tower (history-mean query encoder): no tower evaluation.")
+        return
+    overall = tm.get("overall") or tm.get("metrics")
+    if isinstance(overall, dict):
+        st.dataframe(pd.DataFrame(overall).T if all(isinstance(v, dict) for v in overall.values())
+                     else pd.DataFrame([overall]), key="tower_overall")
+    seg = tm.get("segments")
+    if isinstance(seg, (list, dict)):
+        st.dataframe(pd.DataFrame(seg), hide_index=True, key="tower_segments")
+    with st.expander("Raw tower metrics"):
+        st.json(tm)
+
+
+def render() -> None:
+    st.title("Index health")
+    names = state.version_names()
+    ss = st.session_state
+    if ss.get("health_version") not in names:
+        ss["health_version"] = ss.get("version") if ss.get("version") in names else names[-1]
+    c1, c2, c3 = st.columns([2, 1, 1])
+    name = c1.selectbox("Version", names, key="health_version")
+    n = c2.number_input("Sampled requests", 20, 2000, 200, step=20, key="health_n")
+    k = c3.number_input("Recall@k", 1, 1000, 100, step=10, key="health_k")
+    st.query_params.from_dict({"version": name})
+    eng = state.engine(name)
+    _manifest(eng.version.manifest)
+    rep = state.health_report(name, int(n), int(k))
+
+    st.subheader(f"Recall@{rep.k} vs exact, and latency, on {rep.n_requests} sampled requests")
+    curve = rep.curve
+    if len(curve) and curve["param"].iloc[0] != "exact":
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+        fig.add_trace(go.Scatter(x=curve["value"], y=curve["recall_at_k"], name="recall", mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=curve["value"], y=curve["p50_ms"], name="p50 ms", mode="lines+markers",
+                                 line=dict(dash="dot")), secondary_y=True)
+        fig.update_xaxes(type="log", title=curve["param"].iloc[0])
+        fig.update_yaxes(title_text="recall", range=[0, 1.02], secondary_y=False)
+        fig.update_yaxes(title_text="ms per query", secondary_y=True)
+        fig.update_layout(height=350, margin=dict(l=10, r=10, t=10, b=10))
+        st.plotly_chart(fig, key="recall_curve")
+    st.dataframe(curve, hide_index=True, key="curve_table")
+
+    if rep.ivf_lists:
+        L = rep.ivf_lists
+        st.subheader("IVF inverted lists")
+        cols = st.columns(4)
+        cols[0].metric("nlist", L["nlist"])
+        cols[1].metric("Imbalance factor", f"{L['imbalance_factor']:.2f}")
+        cols[2].metric("Empty lists", L["empty_lists"])
+        cols[3].metric("Largest list", L["max_size"])
+        fig = go.Figure(go.Histogram(x=L["sizes"], nbinsx=40, marker_color="#1f77b4"))
+        fig.update_layout(height=260, xaxis_title="list size (ads)", yaxis_title="lists",
+                          margin=dict(l=10, r=10, t=10, b=10))
+        st.plotly_chart(fig, key="ivf_hist")
+
+    c1, c2 = st.columns(2)
+    with c1:
+        st.subheader(f"Dead ads: {len(rep.dead_ads):,}")
+        st.caption("Never retrieved for any sampled request.")
+        if len(rep.dead_ads):
+            st.dataframe(rep.dead_by_vertical, hide_index=True, key="dead_vertical")
+            st.dataframe(rep.dead_ads.head(500), hide_index=True, key="dead_table")
+    with c2:
+        st.subheader(f"Hub ads: {len(rep.hub_ads):,}")
+        st.caption("Retrieved for ≥ 10× the average share of requests.")
+        if len(rep.hub_ads):
+            st.dataframe(rep.hub_ads, hide_index=True, key="hub_table")
+    st.subheader("Tower evaluation")
+    _tower(eng.version.manifest)

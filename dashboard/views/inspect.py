@@ -1,0 +1,104 @@
+"""Inspect: what did this user get in this context, and why? (one request's funnel)"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import AdLensError
+from core.reasons import Stage
+from dashboard import state
+from dashboard.charts import bar_figure, funnel_figure
+
+SHOWN = ["final_position", "ad_id", "title", "advertiser_name", "vertical", "score", "ann_rank", "exact_rank",
+         "pctr", "ecpm", "rank_position", "outcome", "primary_reason", "failed_reasons"]
+COLUMN_CONFIG = {
+    "final_position": st.column_config.NumberColumn("slate #", width="small"),
+    "score": st.column_config.NumberColumn("score", format="%.4f"),
+    "pctr": st.column_config.NumberColumn("pCTR", format="%.4f"),
+    "ecpm": st.column_config.NumberColumn("eCPM", format="%.3f"),
+    "ann_rank": st.column_config.NumberColumn("ANN rank"),
+    "exact_rank": st.column_config.NumberColumn("exact rank"),
+    "rank_position": st.column_config.NumberColumn("eCPM rank"),
+    "failed_reasons": st.column_config.ListColumn("every failed rule"),
+    "title": st.column_config.TextColumn("title", width="large"),
+}
+
+
+def run_trace():
+    """The current request's Trace (or an error message shown in place of the page)."""
+    try:
+        request = state.current_request()
+        params = state.current_params()
+        return state.engine(st.session_state["version"]).run(request, params)
+    except AdLensError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
+def render() -> None:
+    trace = run_trace()
+    state.sync_link()
+    r = trace.request
+    st.title("Inspect")
+    st.caption(f"Version **{trace.version_name}** · user **{r.user_id}** · "
+               f"{r.community_id or 'home feed'} · {r.placement} · {r.device} · {r.country} · {r.ts:%Y-%m-%d %H:%M} UTC")
+    counts = trace.stage_counts
+    cols = st.columns(len(Stage))
+    for col, s in zip(cols, Stage):
+        col.metric(s.value.capitalize(), f"{int(counts.get(s, 0)):,}")
+
+    left, right = st.columns([1, 1])
+    with left:
+        st.subheader("Funnel")
+        st.plotly_chart(funnel_figure(counts), key="funnel_chart")
+    with right:
+        st.subheader("Why candidates dropped (primary reason)")
+        rc = trace.reason_counts()
+        if rc:
+            items = sorted(rc.items(), key=lambda kv: -kv[1])
+            st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="reasons_chart")
+        else:
+            st.info("No candidate was dropped.")
+
+    st.subheader("Slate")
+    slate = trace.slate
+    if len(slate):
+        st.dataframe(slate[[c for c in SHOWN if c != "failed_reasons"]], hide_index=True,
+                     column_config=COLUMN_CONFIG, key="slate_table")
+    else:
+        st.warning("The slate is empty: every candidate was filtered or ranked out. See the table below.")
+
+    st.subheader("All retrieved candidates")
+    frame = trace.to_frame()
+    f1, f2, f3 = st.columns([2, 2, 3])
+    outcomes = f1.multiselect("Outcome", sorted(frame["outcome"].unique()), key="f_outcome")
+    reasons = f2.multiselect("Primary reason", sorted(frame["primary_reason"].dropna().unique()), key="f_reason")
+    text = f3.text_input("Search title, advertiser or ad id", key="f_text")
+    view = frame
+    if outcomes:
+        view = view[view["outcome"].isin(outcomes)]
+    if reasons:
+        view = view[view["primary_reason"].isin(reasons)]
+    if text:
+        t = text.lower()
+        view = view[view["title"].str.lower().str.contains(t, regex=False)
+                    | view["advertiser_name"].fillna("").str.lower().str.contains(t, regex=False)
+                    | view["ad_id"].str.lower().str.contains(t, regex=False)]
+    st.caption(f"{len(view):,} of {len(frame):,} candidates · select a row to ask *why not?* about it")
+    event = st.dataframe(view[SHOWN], hide_index=True, column_config=COLUMN_CONFIG, key="candidates_table",
+                         on_select="rerun", selection_mode="single-row", height=420)
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        st.session_state["ad"] = str(view.iloc[rows[0]]["ad_id"])
+        st.switch_page(st.session_state["_pages"]["why_not"])
+
+    d1, d2, d3 = st.columns([1, 1, 3])
+    d1.download_button("Download trace (CSV)", frame.to_csv(index=False), file_name=f"trace_{r.user_id}.csv",
+                       mime="text/csv", key="dl_csv")
+    d2.download_button("Download trace (JSON)", trace.to_json(indent=2), file_name=f"trace_{r.user_id}.json",
+                       mime="application/json", key="dl_json")
+    with st.expander("Per-stage timings (ms)"):
+        t = trace.stage_timings_ms
+        st.plotly_chart(bar_figure(list(t), [round(v, 2) for v in t.values()], color="#FF4500", height=250),
+                        key="timings_chart")
+        st.caption(f"pCTR calibration: {trace.calibration}")

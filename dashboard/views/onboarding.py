@@ -1,0 +1,32 @@
+"""Shown when the workspace has no data or no version yet: what to do, and a demo button."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import AdLensError
+from core.pipeline import build_demo
+from dashboard import state
+
+
+def render() -> None:
+    s = state.settings()
+    st.title("Welcome to AdLens")
+    st.markdown(
+        f"The workspace `{s.workspace}` has no index version yet, so there is nothing to inspect.\n\n"
+        "- **Try it on demo data**: the button below generates a realistic ads dataset (10,000 ads, "
+        "5,000 users, ~300k impressions), embeds the ads, trains the user towers and builds the index "
+        "versions. It takes a few minutes.\n"
+        "- **Use your own data**: `adlens ingest DIR` (format in `data/README.md`), then `adlens embed`, "
+        "`adlens train --name T` and `adlens build-index --name V --factory \"IVF256,Flat\" --tower T`."
+    )
+    if st.button("Build the demo workspace", type="primary", key="build_demo"):
+        bar = st.progress(0.0, text="Starting…")
+        try:
+            build_demo(s, progress=lambda step, f: bar.progress(min(1.0, f), text=f"{step}…"))
+        except AdLensError as exc:
+            st.error(str(exc))
+            return
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        st.rerun()

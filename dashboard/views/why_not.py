@@ -1,0 +1,102 @@
+"""Why not: follow one ad through every stage of the current request; and who can see it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.audience import audience
+from core.errors import AdLensError
+from core.explain import why_not
+from dashboard import state
+from dashboard.charts import bar_figure
+
+MAX_MATCHES = 200
+
+
+def _ad_picker(cat) -> str | None:
+    ads = cat.ads
+    current = st.session_state.get("ad")
+    text = st.text_input("Find an ad by id, advertiser or title", key="ad_search",
+                         placeholder="e.g. ad_000123, Northwind, 'running shoes'")
+    if text:
+        t = text.lower()
+        hit = ads[ads["ad_id"].str.lower().str.contains(t, regex=False)
+                  | ads["title"].str.lower().str.contains(t, regex=False)
+                  | ads["advertiser_name"].fillna("").str.lower().str.contains(t, regex=False)]
+    else:
+        hit = ads.head(0)
+    options = list(hit["ad_id"].head(MAX_MATCHES))
+    if current and current not in options:
+        options.insert(0, current)
+    if not options:
+        st.info("Select a candidate on the Inspect page, or search for an ad above.")
+        return None
+    labels = ads.set_index("ad_id")
+    if st.session_state.get("ad") not in options:
+        st.session_state["ad"] = options[0]
+    st.selectbox(f"Ad ({len(hit):,} matches{', first ' + str(MAX_MATCHES) + ' shown' if len(hit) > MAX_MATCHES else ''})",
+                 options, key="ad",
+                 format_func=lambda a: f"{a} · {labels['advertiser_name'].get(a, '') or '—'} · {labels['title'].get(a, '')}")
+    return st.session_state["ad"]
+
+
+def _stage_icon(passed) -> str:
+    return "✅" if passed else ("⛔" if passed is False else "⏸️")
+
+
+def render() -> None:
+    st.title("Why not this ad?")
+    cat = state.catalog()
+    ad_id = _ad_picker(cat)
+    if ad_id is None:
+        state.sync_link()
+        return
+    state.sync_link(ad=ad_id)
+    engine = state.engine(st.session_state["version"])
+    try:
+        verdict = why_not(engine, state.current_request(), ad_id, state.current_params())
+    except AdLensError as exc:
+        st.error(str(exc))
+        return
+    (st.success if verdict.shown else st.error)(verdict.summary)
+    for sv in verdict.stages:
+        with st.container(border=True):
+            st.markdown(f"{_stage_icon(sv.passed)} **{sv.stage}**")
+            st.text(sv.detail)
+    rv = verdict.retrieval
+    st.subheader("Retrieval numbers")
+    st.dataframe(pd.DataFrame([{k: v for k, v in vars(rv).items() if k != "detail"}]), hide_index=True,
+                 key="retrieval_table")
+    st.subheader("Eligibility rules")
+    st.dataframe(pd.DataFrame(verdict.eligibility), hide_index=True, key="rules_table")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.subheader("Ranking")
+        st.json(verdict.ranking, expanded=True)
+    with c2:
+        st.subheader("Diversity")
+        st.json(verdict.diversity, expanded=True)
+    st.caption(f"Timings (ms): {verdict.timings_ms}")
+
+    st.divider()
+    st.subheader("Audience: who can see this ad?")
+    n = st.number_input("Users sampled (in their usual contexts)", 10, 2000, 200, step=50, key="aud_n")
+    if st.button("Compute audience", key="aud_go"):
+        bar = st.progress(0.0, text="Running the funnel for sampled users…")
+        rep = audience(engine, ad_id, n_users=int(n), params=state.current_params())
+        bar.progress(1.0, text="Done")
+        st.session_state["audience"] = (ad_id, st.session_state["version"], rep)
+    saved = st.session_state.get("audience")
+    if saved and saved[0] == ad_id and saved[1] == st.session_state["version"]:
+        rep = saved[2]
+        m = st.columns(4)
+        m[0].metric("Retrieved", f"{rep.retrieved} / {rep.n_users}")
+        m[1].metric("Eligible", f"{rep.eligible} / {rep.n_users}")
+        m[2].metric("Retrieved and eligible", rep.retrieved_and_eligible)
+        m[3].metric("In slate", rep.in_slate)
+        if rep.failed_reason_counts:
+            items = sorted(rep.failed_reason_counts.items(), key=lambda kv: -kv[1])
+            st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="aud_reasons")
+        st.caption(f"ANN rank quantiles where retrieved: {rep.rank_quantiles}")
+        st.dataframe(rep.users, hide_index=True, key="aud_users")
