@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from core.catalog import table_counts
 from core.cli.output import add_json_flag, print_json
@@ -14,6 +16,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show the workspace, database and table counts")
     add_json_flag(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ingest", help="validate and import a dataset directory (format: data/README.md)")
+    p.add_argument("directory", type=Path, help="folder with ads.csv|parquet, impressions.csv|parquet, ...")
+    p.add_argument("--replace", action="store_true",
+                   help="delete every data row first (same transaction), instead of updating in place")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("demo", help="generate the realistic demo dataset and import it")
+    p.add_argument("--ads", type=int, default=10_000, help="number of ads (default 10000)")
+    p.add_argument("--users", type=int, default=5_000, help="number of users (default 5000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--if-missing", action="store_true",
+                   help="do nothing when the workspace already has a demo or imported data")
+    p.add_argument("--replace", action="store_true", help="delete existing data rows first")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_demo)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -29,4 +48,77 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"workspace: {report['workspace']}\ndatabase:  {report['database']}")
         for name, n in report["tables"].items():
             print(f"  {name:<12} {n:>10,}")
+    return 0
+
+
+def _step_printer(enabled: bool):
+    """A progress callback printing each new step name once to stderr."""
+    last = [None]
+
+    def progress(step: str, fraction: float) -> None:
+        if enabled and step != last[0] and step != "done":
+            last[0] = step
+            print(f"  [{fraction:4.0%}] {step}...", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _print_ingest(report) -> None:
+    print(f"imported {report.directory} in {report.seconds:.1f} s ("
+          + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()) + ")")
+    print(f"  {'table':<12} {'file':<22} {'rows':>9} {'inserted':>9} {'updated':>8} {'unchanged':>9} {'bare':>6}")
+    for name, c in report.tables.items():
+        print(f"  {name:<12} {c.file or '-':<22} {c.rows:>9,} {c.inserted:>9,} {c.updated:>8,} "
+              f"{c.unchanged:>9,} {c.created_bare:>6,}")
+    for w in report.warnings:
+        print(f"  warning: {w}")
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from core.ingest import ingest_directory
+
+    engine = make_engine(settings.db_url)
+    try:
+        report = ingest_directory(engine, args.directory, _step_printer(not args.json), replace=args.replace)
+        counts = table_counts(engine)
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"report": report, "counts": counts})
+        return 0
+    _print_ingest(report)
+    print("database now holds: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from core.pipeline import build_demo, workspace_state
+
+    n_ads, n_users, seed = args.ads, args.users, args.seed
+    if args.if_missing:
+        state = workspace_state(settings)
+        skip = None
+        if state.has_demo:
+            skip = f"the workspace already has a demo ({state.n_ads:,} ads); nothing to do"
+        elif state.has_other_data:
+            skip = f"the database already holds {state.n_ads:,} imported ads; not adding the demo"
+        elif state.interrupted_demo:  # finish the interrupted build with its own parameters
+            m = state.marker
+            n_ads, n_users, seed = m.get("n_ads", n_ads), m.get("n_users", n_users), m.get("seed", seed)
+        if skip:
+            print_json({"skipped": True, "reason": skip}) if args.json else print(skip)
+            return 0
+    report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,
+                        progress=_step_printer(not args.json), replace=args.replace)
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"demo built in {report.seconds:.1f} s (workspace {report.workspace}, "
+          f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed})")
+    for s in report.steps:
+        print(f"  {s.name:<14} {s.seconds:7.1f} s")
+    if report.ingest is not None:
+        _print_ingest(report.ingest)
+    print("database now holds: " + ", ".join(f"{k} {v:,}" for k, v in report.counts.items()))
+    print(f"dataset files (ingest format): {report.data_dir}")
     return 0
