@@ -1,9 +1,127 @@
-"""CLI commands (filled in by their issue)."""
+"""`adlens embed`, `adlens build-index`, `adlens versions`, `adlens bench`."""
 
 from __future__ import annotations
 
 import argparse
 
+from core.cli.output import add_json_flag, print_json
+from core.settings import Settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register this group's sub-commands."""
+    p = sub.add_parser("embed", help="embed the catalog's ad texts (only new or changed ads are encoded)")
+    p.add_argument("--model", help="sentence-transformers model name or folder (env ADLENS_MODEL; default: packaged all-MiniLM-L6-v2)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("build-index", help="build an immutable index version from the current catalog")
+    p.add_argument("--name", required=True, help="version name (a-z 0-9 . _ -)")
+    p.add_argument("--factory", default="Flat",
+                   help='FAISS factory string: "Flat", "IVF256,Flat", "HNSW32", "IVF256,PQ32,RFlat" (default Flat)')
+    p.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: tuned for recall@500 >= 0.95)")
+    p.add_argument("--ef-search", type=int, dest="ef_search", help="HNSW efSearch (default: tuned)")
+    p.add_argument("--k-factor", type=int, dest="k_factor", help="refined PQ: candidates re-ranked = k * k_factor")
+    p.add_argument("--tower", help="trained user tower to use as query encoder (default: history mean)")
+    p.add_argument("--parent", help="version this one derives from (recorded in the manifest)")
+    p.add_argument("--no-map", action="store_true", dest="no_map",
+                   help="skip the UMAP map (build it later with `adlens map --version V`)")
+    p.add_argument("--model", help="embedding model (as for `adlens embed`)")
+    p.add_argument("--seed", type=int, default=0, help="k-means and request-sampling seed")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("versions", help="list index versions (or delete one)")
+    p.add_argument("--delete", metavar="V", help="remove version V (folder and registry row)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("bench", help="benchmark embedding and ANN indexes on this machine")
+    p.add_argument("--ads", type=int, default=100_000, help="synthetic catalog size (default 100000)")
+    p.add_argument("--queries", type=int, help="queries per measurement (default 200; fewer at 1M)")
+    p.add_argument("--types", nargs="+", choices=("flat", "ivf", "hnsw", "ivfpq"),
+                   help="index families (default: all; hnsw skipped above 300k ads unless named)")
+    p.add_argument("--no-embed", action="store_true", help="skip the embedding-throughput section")
+    p.add_argument("--sections", nargs="+", help="run only these report sections")
+    p.add_argument("--threads", type=int,
+                   help="FAISS/OpenMP threads for this run (default: untouched, all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+    from core.catalog import load_catalog
+    from core.db import make_engine
+    from core.embedding_cache import embed_catalog
+
+    catalog = load_catalog(make_engine(settings.db_url), with_impressions=False)
+    res = embed_catalog(settings, catalog, progress=not args.json)
+    report = {"model": res.model, "fingerprint": res.fingerprint, "n_ads": len(res.ad_ids),
+              "n_encoded": res.n_encoded, "n_reused": res.n_reused,
+              "n_texts_encoded": res.n_texts_encoded, "dim": int(res.vectors.shape[1]),
+              "seconds": round(res.seconds, 3)}
+    if args.json:
+        print_json(report)
+    else:
+        print(f"embedded {report['n_ads']:,} ads with {res.model} ({res.fingerprint[:12]}): "
+              f"{res.n_encoded:,} encoded, {res.n_reused:,} reused from cache in {res.seconds:.1f}s")
+    return 0
+
+
+def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
+    from core.versions import build_version
+
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
+                                ("k_factor", args.k_factor)) if v is not None}
+    v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
+                      parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map)
+    m = v.manifest
+    if args.json:
+        print_json(m)
+    else:
+        r = m["recall"]
+        print(f"built version {v.name} at {v.path}\n  {m['factory']} over {m['n_ads']:,} ads, dim "
+              f"{m['dims']['index']}, search params {m['search_params']} ({m['search_params_source']})\n"
+              f"  recall@10 {r['recall@10']:.3f}  @100 {r['recall@100']:.3f}  @500 {r['recall@500']:.3f} "
+              f"vs exact on {m['recall_queries']['n']} {m['recall_queries']['source']}\n"
+              f"  {m['bytes_per_ad']:.0f} bytes/ad, built in {m['timings']['total_s']:.1f}s")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from core.versions import delete_version, list_versions
+
+    if args.delete:
+        delete_version(settings, args.delete)
+        if args.json:
+            print_json({"deleted": args.delete})
+        else:
+            print(f"deleted version {args.delete}")
+        return 0
+    rows = list_versions(settings)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no versions yet: `adlens build-index --name V --factory Flat`")
+        return 0
+    fmt = "{:<18} {:<20} {:>9} {:>5} {:>7} {:>7} {:>7} {:>9}  {:<19} {}"
+    print(fmt.format("name", "factory", "ads", "dim", "r@10", "r@100", "r@500", "bytes/ad", "created", "status"))
+    for r in rows:
+        rec = [f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("recall@10", "recall@100", "recall@500")]
+        print(fmt.format(r["name"], r["factory"] or "-", f"{r['n_ads'] or 0:,}", r["dim"] or "-", *rec,
+                         f"{r['bytes_per_ad'] or 0:.0f}", r["created_at"] or "-", r["status"]))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from core.bench import format_report, run_bench
+
+    report = run_bench(settings, ads=args.ads, queries=args.queries, types=args.types,
+                       embed=not args.no_embed, sections=args.sections, seed=args.seed,
+                       threads=args.threads, log=not args.json)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_report(report))
+    return 0
