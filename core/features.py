@@ -12,6 +12,8 @@ from core.catalog import Catalog
 
 
 def _to_ns(ts) -> np.ndarray:
+    if isinstance(ts, np.ndarray) and ts.dtype.kind == "M":  # already datetime64: skip pandas (fast path)
+        return ts.astype("datetime64[ns]").astype(np.int64)
     return pd.to_datetime(pd.Series(ts)).to_numpy(dtype="datetime64[ns]").astype(np.int64)
 
 
@@ -62,11 +64,18 @@ class FeatureStore:
 
     def click_history(self, user_id: str, before, limit: int | None = None) -> np.ndarray:
         """Rows of the ads `user_id` clicked strictly before `before`, oldest first (last `limit`)."""
+        return self._history_rows(user_id, _to_ns([before])[0], limit)
+
+    def click_histories(self, user_ids, before, limit: int | None = None) -> list[np.ndarray]:
+        """`click_history` for many (user, time) pairs; times are converted in one call (fast)."""
+        ts = _to_ns(before) if len(user_ids) else np.empty(0, np.int64)
+        return [self._history_rows(u, t, limit) for u, t in zip(user_ids, ts)]
+
+    def _history_rows(self, user_id: str, t: int, limit: int | None) -> np.ndarray:
         sl = self._slices.get(user_id)
         if sl is None:
             return np.empty(0, np.int64)
         a, b = sl
-        t = _to_ns([before])[0]
         end = a + int(np.searchsorted(self._click_ts[a:b], t, side="left"))
         start = a if limit is None else max(a, end - limit)
         return self._click_pos[start:end]
@@ -75,8 +84,8 @@ class FeatureStore:
         """Mean text embedding of each request's prior clicks (zeros if none) and the click counts."""
         out = np.zeros((len(requests), self.dim), np.float32)
         counts = np.zeros(len(requests), np.int64)
-        for i, (uid, ts) in enumerate(zip(requests["user_id"], requests["ts"])):
-            rows = self.click_history(uid, ts, limit)
+        histories = self.click_histories(requests["user_id"].to_numpy(dtype=object), requests["ts"], limit)
+        for i, rows in enumerate(histories):
             counts[i] = len(rows)
             if len(rows):
                 out[i] = self.ad_text_vectors[rows].mean(0)

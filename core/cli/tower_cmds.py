@@ -1,9 +1,92 @@
-"""CLI commands (filled in by their issue)."""
+"""`adlens train` and `adlens evaluate`: the learned user tower and its offline evaluation."""
 
 from __future__ import annotations
 
 import argparse
 
+from core.cli.output import add_json_flag, print_json
+from core.settings import Settings
+
+TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15}  # = core.train.DEFAULTS
+SHOWN_MODELS = ("tower", "history_mean", "most_popular", "random")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register this group's sub-commands."""
+    p = sub.add_parser("train", help="train a user tower on the impression log, evaluate and register it")
+    p.add_argument("--name", required=True, help="tower name (letters, digits, _ - .); towers are immutable")
+    p.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
+    p.add_argument("--temperature", type=float, default=TRAIN_DEFAULTS["temperature"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="add each click's nearest shown-but-not-clicked impression as a negative")
+    p.add_argument("--no-context", action="store_true", help="ignore community, placement, device and hour")
+    p.add_argument("--no-adapter", action="store_true", help="keep the ad side as the frozen text vector")
+    p.add_argument("--split", choices=("time", "random"), default="time")
+    p.add_argument("--cutoff", help="time split cutoff (default: 80th percentile of impression times)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Recall/HitRate/NDCG@K of a tower vs baselines on held-out clicks")
+    p.add_argument("--tower", required=True)
+    p.add_argument("--split", choices=("time", "random"), default=None,
+                   help="default: the split the tower was trained on")
+    p.add_argument("--k", type=int, default=100, help="K shown in the segment table (default 100)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from core.train import train_tower
+
+    res = train_tower(settings, args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      temperature=args.temperature, seed=args.seed, hard_negatives=args.hard_negatives,
+                      use_context=not args.no_context, ad_adapter=not args.no_adapter, cutoff=args.cutoff,
+                      split=args.split, progress=not args.json)
+    if args.json:
+        print_json(res)
+        return 0
+    cfg = res.config
+    print(f"tower {res.name!r} saved to {res.path}")
+    print(f"trained on {cfg['n_train_clicks']:,} clicks ({cfg['n_train_users']:,} users) in {res.train_seconds:.1f} s; "
+          f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}")
+    _print_report(res.report)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.evaluate import evaluate_tower
+
+    report = evaluate_tower(settings, args.tower, split=args.split)
+    if args.json:
+        print_json(report)
+    else:
+        _print_report(report, seg_k=args.k)
+    return 0
+
+
+def _fmt(v) -> str:
+    return "   -  " if v is None or v != v else f"{v:6.3f}"
+
+
+def _print_report(report, seg_k: int = 100) -> None:
+    split = report.split
+    where = f"cutoff {split['cutoff']}" if split["kind"] == "time" else f"{split['test_fraction']:.0%} held out"
+    print(f"\n{split['kind']} split ({where}): {report.n_test_clicks:,} test clicks from {report.n_test_users:,} users, "
+          f"ranked among all {report.n_ads:,} ads" + (f" ({report.n_skipped} skipped: ad not embedded)" if report.n_skipped else ""))
+    models = [m for m in SHOWN_MODELS if m in report.models]
+    print(f"{'metric':<14}" + "".join(f"{m:>14}" for m in models))
+    for metric in ("recall", "hitrate", "ndcg"):
+        for k in report.ks:
+            key = f"{metric}@{k}"
+            print(f"{key:<14}" + "".join(f"{_fmt(report.models[m].get(key)):>14}" for m in models))
+    key = f"recall@{seg_k}"
+    if not report.segments or key not in report.models.get("tower", {}):
+        return
+    print(f"\n{key} by segment")
+    print(f"{'segment':<24}{'clicks':>8}{'users':>8}" + "".join(f"{m:>14}" for m in models))
+    for s in report.segments:
+        label = f"{s['by']}={s['value']}"
+        print(f"{label:<24}{s['n_clicks']:>8,}{s['n_users']:>8,}"
+              + "".join(f"{_fmt(s['models'][m].get(key)):>14}" for m in models))
