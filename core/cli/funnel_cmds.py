@@ -1,9 +1,166 @@
-"""CLI commands (filled in by their issue)."""
+"""`adlens inspect`, `adlens why-not`, `adlens audience`: one request's funnel, one ad's fate,
+one ad's audience. Handlers build a FunnelEngine, call core and print what it returns."""
 
 from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
+from core.cli.output import add_json_flag, print_json
+from core.reasons import Reason
+from core.settings import Settings
+
+
+def _add_context(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("context (default: the user's usual context; override for what-if)")
+    g.add_argument("--community", help="community id, or 'none' for the home feed")
+    g.add_argument("--placement", help="home_feed, community_feed or conversation")
+    g.add_argument("--device", help="ios, android, desktop, mobile_web or unknown")
+    g.add_argument("--country", help="country code, e.g. US")
+    g.add_argument("--time", help="request time, ISO 8601 UTC (default: the latest logged impression)")
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("funnel parameters")
+    g.add_argument("--k", type=int, default=500, help="candidates retrieved (default 500)")
+    g.add_argument("--n", type=int, default=50, help="kept by early ranking (default 50)")
+    g.add_argument("--m", type=int, default=2, help="max slate ads per advertiser (default 2)")
+    g.add_argument("--slate", type=int, default=10, help="slate size (default 10)")
+    g.add_argument("--mmr", type=float, default=None, help="MMR lambda in [0, 1] (default off)")
+    g.add_argument("--nprobe", type=int, default=None, help="IVF nprobe for this request (default: the version's)")
+    g.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch for this request")
+    g.add_argument("--disable", action="append", default=[], metavar="CODE",
+                   help="switch off an eligibility rule (repeatable), e.g. FREQUENCY_CAP")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register this group's sub-commands."""
+    p = sub.add_parser("inspect", help="one request's funnel: counts, slate, filtered candidates by reason")
+    p.add_argument("--version", required=True, help="index version name (`adlens versions` lists them)")
+    p.add_argument("--user", required=True, help="user id")
+    p.add_argument("--show", type=int, default=5, help="ad ids shown per reason (default 5)")
+    _add_context(p)
+    _add_params(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("why-not", help="follow one ad through every stage of a user's request")
+    p.add_argument("--version", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--ad", required=True, help="ad id")
+    _add_context(p)
+    _add_params(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_why_not)
+
+    p = sub.add_parser("audience", help="who can see this ad? retrieval/eligibility over sampled users")
+    p.add_argument("--version", required=True)
+    p.add_argument("--ad", required=True)
+    p.add_argument("--users", type=int, default=200, help="users sampled (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_params(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_audience)
+
+
+def _engine(settings: Settings, version: str):
+    from core.funnel import open_engine
+
+    return open_engine(settings, version)
+
+
+def _params(args: argparse.Namespace):
+    from core.funnel import FunnelParams
+
+    sp = {}
+    if args.nprobe is not None:
+        sp["nprobe"] = args.nprobe
+    if args.ef_search is not None:
+        sp["efSearch"] = args.ef_search
+    return FunnelParams(k=args.k, n_ranked=args.n, max_per_advertiser=args.m, slate_size=args.slate,
+                        disabled_rules=tuple(args.disable), mmr_lambda=args.mmr, search_params=sp or None)
+
+
+def _request(engine, args: argparse.Namespace):
+    return engine.default_request(args.user, community_id=args.community, placement=args.placement,
+                                  device=args.device, country=args.country, ts=args.time)
+
+
+def _describe_request(r) -> str:
+    where = f"community {r.community_id} ({r.placement})" if r.community_id else r.placement
+    return f"user {r.user_id} · {where} · {r.device} · {r.country} · {r.ts.isoformat(sep=' ')}"
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    params = _params(args)
+    engine = _engine(settings, args.version)
+    trace = engine.run(_request(engine, args), params)
+    if args.json:
+        print_json(trace.to_dict())
+        return 0
+    print(f"version {trace.version_name} · {_describe_request(trace.request)}")
+    print("funnel: " + " → ".join(f"{k} {v:,}" for k, v in trace.stage_counts.items()))
+    print("timings (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in trace.stage_timings_ms.items()))
+    slate = trace.slate
+    print(f"\nslate ({len(slate)}):")
+    print(f"  {'#':>2}  {'ad_id':<16} {'advertiser':<20} {'score':>7} {'pCTR':>7} {'eCPM':>9}  title")
+    for r in slate.itertuples():
+        adv = "-" if pd.isna(r.advertiser_name) else str(r.advertiser_name)
+        print(f"  {int(r.final_position):>2}  {r.ad_id:<16} {adv[:20]:<20} "
+              f"{r.score:7.3f} {r.pctr:7.4f} {r.ecpm:9.3f}  {str(r.title)[:60]}")
+    c = trace.candidates
+    dropped = c[c["outcome"] != "slate"]
+    print(f"\nnot shown, by primary reason ({len(dropped)}):")
+    for reason in Reason:  # pipeline order
+        grp = dropped[dropped["primary_reason"] == reason.value]
+        if len(grp):
+            ids = ", ".join(grp["ad_id"].head(args.show))
+            more = f", … +{len(grp) - args.show}" if len(grp) > args.show else ""
+            print(f"  {reason.value:<24} {len(grp):>5}  {ids}{more}")
+    return 0
+
+
+def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
+    from core.explain import why_not
+
+    params = _params(args)
+    engine = _engine(settings, args.version)
+    w = why_not(engine, _request(engine, args), args.ad, params)
+    if args.json:
+        print_json(w.to_dict())
+        return 0
+    print(f"ad {w.ad_id} · version {w.version_name} · {_describe_request(w.request)}")
+    print(f"verdict: {w.summary}\n")
+    marks = {True: "pass", False: "FAIL", None: "  - "}
+    for s in w.stages:
+        print(f"  [{marks[s.passed]}] {s.stage:<10} {s.detail}")
+    if w.eligibility:
+        print("\neligibility rules:")
+        for r in w.eligibility:
+            state = "off " if not r["enabled"] else ("FAIL" if r["failed"] else "ok  ")
+            print(f"  {state} {r['code']:<24} {r['detail']}")
+    return 0
+
+
+def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
+    from core.audience import audience
+
+    params = _params(args)
+    engine = _engine(settings, args.version)
+    rep = audience(engine, args.ad, n_users=args.users, seed=args.seed, params=params)
+    if args.json:
+        print_json(rep.to_dict())
+        return 0
+    n = max(rep.n_users, 1)
+    print(f"ad {rep.ad_id} · version {rep.version_name} · {rep.n_users} sampled users in their usual context")
+    print(f"  retrieved      {rep.retrieved:>5} ({rep.retrieved / n:.0%})  ANN rank "
+          + ("  ".join(f"{k} {v:.0f}" for k, v in rep.rank_quantiles.items()) or "-"))
+    print(f"  eligible       {rep.eligible:>5} ({rep.eligible / n:.0%})")
+    print(f"  retrieved+elig {rep.retrieved_and_eligible:>5} ({rep.retrieved_and_eligible / n:.0%})")
+    print(f"  in slate       {rep.in_slate:>5} ({rep.in_slate / n:.0%})")
+    if rep.primary_reason_counts:
+        print("blocking eligibility rules (first failing / any):")
+        for code, cnt in rep.failed_reason_counts.items():
+            print(f"  {code:<24} {rep.primary_reason_counts.get(code, 0):>5} / {cnt:>5}")
+    print("first stage not passed: " + ", ".join(f"{k} {v}" for k, v in rep.blocking_stage_counts.items()))
+    return 0
