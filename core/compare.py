@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from core.audience import sample_users
-from core.context import default_request
 from core.funnel import FunnelEngine, FunnelParams
 from core.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
 from core.reasons import Reason, Stage
@@ -194,7 +193,7 @@ def compare_versions(
     user_ids = list(users) if users is not None else sample_users(engine_a, n_users, seed)
     diffs: list[RequestDiff] = []
     for i, uid in enumerate(user_ids):
-        req = default_request(engine_a.catalog, uid)
+        req = engine_a.default_request(uid)
         diffs.append(diff_traces(engine_a.run(req, params), engine_b.run(req, params), engine_b, k))
         if progress:
             progress((i + 1) / max(len(user_ids), 1) * 0.9)
@@ -217,7 +216,7 @@ def compare_versions(
         slate_ads = Counter(a for t in traces for a in t.slate["ad_id"])
         slate_adv = Counter(a for t in traces for a in t.slate["advertiser_id"].dropna())
         retrieved = {a for t in traces for a in t.candidates["ad_id"]}
-        elig = _static_eligible(eng, default_request(eng.catalog, user_ids[0])) if user_ids else np.zeros(0, bool)
+        elig = _static_eligible(eng, eng.default_request(user_ids[0])) if user_ids else np.zeros(0, bool)
         elig_ids = set(np.asarray(eng.version.ad_ids, dtype=object)[elig])
         adv_all = {a for a in eng.advertiser_id if a is not None}
         exposure[label] = {

@@ -12,6 +12,7 @@ Method (what keeps it tractable on 2 cores):
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def compute_layout(
         n_neighbors=nn, metric="cosine", random_state=seed, precomputed_knn=(idx, dists, None),
         n_epochs=200 if len(fit_pos) > 10_000 else None, init="spectral" if len(fit_pos) > nn + 2 else "random",
     )
-    fit_xy = reducer.fit_transform(fit_x).astype(np.float32)
+    with warnings.catch_warnings():
+        # Expected with a seed (single-threaded) and precomputed neighbours (no transform()).
+        warnings.filterwarnings("ignore", message=".*(n_jobs|knn_search_index).*", category=UserWarning)
+        fit_xy = reducer.fit_transform(fit_x).astype(np.float32)
     timings["umap_fit_s"] = time.perf_counter() - t
     if progress:
         progress("map: placing the rest", 0.8)

@@ -1,0 +1,92 @@
+"""Version comparison: identity, subset catalogs, index and model changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.catalog import load_catalog
+from core.compare import compare_versions, diff_traces
+from core.db import make_engine
+from core.funnel import FunnelEngine, FunnelParams, open_engine
+from core.settings import load_settings
+from core.versions import build_version
+from funnel_data import FakeTextEncoder, fill_random_db, stub_version
+
+PARAMS = FunnelParams(k=60, n_ranked=10, max_per_advertiser=2, slate_size=5)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("compare") / "ws"
+    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
+    db = make_engine(settings.db_url)
+    fill_random_db(db)
+    fake = FakeTextEncoder()
+    build_version(settings, "flat", "Flat", text_encoder=fake, search_params={}, engine=db, progress=False)
+    build_version(settings, "ivf", "IVF16,Flat", text_encoder=fake, search_params={"nprobe": 1}, engine=db,
+                  progress=False)
+    db.dispose()
+    return settings, open_engine(settings, "flat"), open_engine(settings, "ivf")
+
+
+def test_compare_with_itself_is_identical(world):
+    _, flat, _ = world
+    rep = compare_versions(flat, flat, n_users=12, params=PARAMS, n_clicks=50)
+    assert len(rep.per_request) == 12
+    for col in ("overlap", "jaccard", "rbo", "slate_overlap"):
+        assert rep.per_request[col].min() == pytest.approx(1.0), col
+    assert rep.per_request["n_gained"].sum() == 0 and rep.per_request["n_lost"].sum() == 0
+    assert rep.per_request["mean_abs_rank_shift"].max() == 0
+    assert rep.vertical_tvd == 0 and rep.lost_by_stage == {}
+    assert rep.recall_vs_exact["a"] == pytest.approx(1.0)  # Flat is exact
+    assert rep.catalog_diff["only_in_a"] == rep.catalog_diff["only_in_b"] == 0
+    assert rep.coverage["a"] == rep.coverage["b"]
+
+
+def test_index_change_loses_recall_and_explains_lost_ads(world):
+    _, flat, ivf = world
+    rep = compare_versions(flat, ivf, n_users=15, params=PARAMS, n_clicks=50)
+    assert rep.recall_vs_exact["a"] == pytest.approx(1.0)
+    assert rep.recall_vs_exact["b"] < 1.0  # nprobe=1 of 16 lists misses true neighbours
+    assert rep.summary["overlap"]["mean"] < 1.0
+    # Every ad lost from a slate has a stage, and the per-request stage matches B's own trace.
+    for d in rep.diffs:
+        for r in d.lost.itertuples():
+            row = d.trace_b.row(r.ad_id)
+            if r.lost_stage == "retrieval":
+                assert row is None
+            elif r.lost_stage == "eligibility":
+                assert row["outcome"] == "filtered" and r.lost_reason == row["primary_reason"]
+            else:
+                assert row is not None and row["outcome"] in ("ranked_out", "advertiser_cap")
+    changed = rep.most_changed
+    assert changed["rbo"].is_monotonic_increasing
+    assert set(rep.to_dict()) >= {"per_request", "most_changed", "vertical_mix", "recall_vs_clicks"}
+
+
+def test_subset_catalog_reports_missing_ads(world):
+    _, flat, _ = world
+    cat = flat.catalog
+    keep = sorted(cat.ads["ad_id"])[::2]
+    sub = FunnelEngine(stub_version(cat, ad_ids=keep, dim=flat.version.ad_vectors.shape[1]), cat)
+    full = FunnelEngine(stub_version(cat, dim=flat.version.ad_vectors.shape[1]), cat)
+    rep = compare_versions(full, sub, n_users=8, params=PARAMS, n_clicks=30)
+    assert rep.catalog_diff["only_in_a"] == len(cat.ads) - len(keep)
+    assert rep.catalog_diff["only_in_b"] == 0
+    assert set(rep.catalog_diff["examples_only_in_a"]) <= set(cat.ads["ad_id"]) - set(keep)
+    lost = [r for d in rep.diffs for r in d.lost.itertuples()]
+    assert any(r.lost_stage == "catalog" for r in lost)
+    for r in lost:
+        if r.lost_stage == "catalog":
+            assert r.ad_id not in set(keep)
+
+
+def test_diff_traces_rank_shift(world):
+    _, flat, ivf = world
+    req = flat.default_request(sorted(map(str, flat.user_ids))[0])
+    d = diff_traces(flat.run(req, PARAMS), ivf.run(req, PARAMS), ivf)
+    assert (d.rank_shift["shift"] == d.rank_shift["rank_b"] - d.rank_shift["rank_a"]).all()
+    common = set(d.trace_a.candidates["ad_id"]) & set(d.trace_b.candidates["ad_id"])
+    assert set(d.rank_shift["ad_id"]) == common
+    assert np.isclose(d.jaccard, len(common) / len(set(d.trace_a.candidates["ad_id"]) | set(d.trace_b.candidates["ad_id"])))

@@ -1,0 +1,70 @@
+"""Index health: recall curve against the exact oracle, IVF balance, dead and hub ads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.catalog import load_catalog
+from core.db import make_engine
+from core.health import dead_and_hub_ads, health, ivf_list_stats
+from core.settings import load_settings
+from core.versions import build_version, load_version
+from funnel_data import FakeTextEncoder, fill_random_db
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("health") / "ws"
+    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
+    db = make_engine(settings.db_url)
+    fill_random_db(db, n_ads=400)
+    build_version(settings, "ivf", "IVF16,Flat", text_encoder=FakeTextEncoder(), search_params={"nprobe": 2},
+                  engine=db, progress=False)
+    cat = load_catalog(db)
+    db.dispose()
+    return load_version(settings, "ivf"), cat
+
+
+def test_curve_is_monotone_and_reaches_one_at_nlist(world):
+    v, cat = world
+    rep = health(v, cat, n_requests=40, k=20)
+    c = rep.curve
+    assert list(c["param"].unique()) == ["nprobe"]
+    assert c["value"].max() == v.index.nlist
+    assert c.loc[c["value"] == v.index.nlist, "recall_at_k"].iloc[0] == pytest.approx(1.0)
+    assert (np.diff(c["recall_at_k"].to_numpy()) >= -0.02).all()  # monotone up to noise
+    assert c["is_default"].sum() == 1 and c.loc[c["is_default"], "value"].iloc[0] == 2
+
+
+def test_ivf_list_stats(world):
+    v, _ = world
+    s = ivf_list_stats(v.index)
+    assert s["n"] == len(v.ad_ids) and len(s["sizes"]) == s["nlist"] == 16
+    sizes = np.asarray(s["sizes"], dtype=float)
+    assert s["imbalance_factor"] == pytest.approx((sizes**2).sum() * 16 / sizes.sum() ** 2)
+    assert s["imbalance_factor"] >= 1.0
+
+
+class _Version:
+    """A minimal version: 4 ads in 2-D; ad d is opposite every query (unreachable)."""
+
+    ad_ids = np.array(["a", "b", "c", "d"], dtype=object)
+    ad_vectors = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+
+
+def test_dead_ad_planted_far_from_users():
+    v = _Version()
+    cat = type("C", (), {"ads": pd.DataFrame({"ad_id": list("abcd"), "vertical": ["x", "x", "y", "z"],
+                                               "title": list("ABCD")})})()
+    q = np.array([[1, 0], [0.9, 0.44], [0.7, 0.71]], dtype=np.float32)
+    k = 2
+    scores = q @ v.ad_vectors.T
+    exact = [(s[np.argsort(-s)[:k]], np.argsort(-s)[:k]) for s in scores]
+    approx = [exact[0], exact[1], (exact[2][0][:1], exact[2][1][:1])]  # ANN drops one of c's results
+    dead, by_vertical, hubs = dead_and_hub_ads(v, cat, q, approx, exact, k)
+    assert set(dead["ad_id"]) == {"d"}
+    assert "far from every sampled user" in dead["reason"].iloc[0]
+    assert dead["best_score"].iloc[0] == pytest.approx(-0.7, abs=1e-6)
+    assert by_vertical["vertical"].tolist() == ["z"]
