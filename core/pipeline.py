@@ -1,5 +1,5 @@
-"""`adlens demo` as a list of named, timed steps: generate -> write files -> ingest (later issues
-append embed, train and build steps to `DEMO_STEPS`).
+"""`adlens demo` as a list of named, timed steps: generate -> write files -> ingest -> embed ->
+train towers -> build versions (each with its UMAP map).
 
 Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may read or add to
 `ctx.results`, calls `tick(fraction_of_this_step)` and returns a small dict of details for the
@@ -100,10 +100,76 @@ def _ingest(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
             for name, c in report.tables.items()}
 
 
+# Towers and versions the demo builds: the main tower, a context-free tower trained for fewer
+# epochs (a model change to compare), an exact and an IVF version of the main tower (an index
+# change) and an IVF version of the second tower.
+DEMO_TOWERS: dict[str, dict[str, Any]] = {
+    "tower": {},
+    "tower-noctx": {"use_context": False, "epochs": 6},
+}
+DEMO_VERSIONS: tuple[tuple[str, str, str, str | None], ...] = (
+    # name, factory ("IVF" gets a list count for the catalog size), tower, parent
+    ("exact", "Flat", "tower", None),
+    ("ivf", "IVF", "tower", "exact"),
+    ("ivf-noctx", "IVF", "tower-noctx", "ivf"),
+)
+
+
+def _embed(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.catalog import load_catalog
+    from core.embedding_cache import embed_catalog
+
+    res = embed_catalog(ctx.settings, load_catalog(ctx.engine, with_impressions=False), progress=False,
+                        callback=tick)
+    return {"encoded": res.n_encoded, "reused": res.n_reused, "model": res.model}
+
+
+def _train(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.train import list_towers, train_tower
+
+    have = {t["name"] for t in list_towers(ctx.settings, ctx.engine)}
+    out: dict[str, Any] = {}
+    for i, (name, kwargs) in enumerate(DEMO_TOWERS.items()):
+        tick(i / len(DEMO_TOWERS))
+        if name in have:
+            out[name] = "exists"
+            continue
+        res = train_tower(ctx.settings, name, engine=ctx.engine, progress=False, seed=ctx.seed, **kwargs)
+        models = res.report.models if res.report is not None else {}
+        mine = models.get(name) or models.get("tower") or {}
+        out[name] = {"train_s": round(res.train_seconds, 1), "recall@100": mine.get("recall@100"),
+                     "baselines_recall@100": {m: v.get("recall@100") for m, v in models.items() if v is not mine}}
+    return out
+
+
+def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.ann import suggest_nlist
+    from core.versions import build_version, list_versions
+
+    have = {v["name"] for v in list_versions(ctx.settings, engine=ctx.engine)}
+    n_ads = table_counts(ctx.engine)["ads"]
+    out: dict[str, Any] = {}
+    for i, (name, factory, tower, parent) in enumerate(DEMO_VERSIONS):
+        tick(i / len(DEMO_VERSIONS))
+        if name in have:
+            out[name] = "exists"
+            continue
+        if factory == "IVF":
+            factory = f"IVF{suggest_nlist(n_ads)},Flat"
+        v = build_version(ctx.settings, name, factory, tower=tower, parent=parent, engine=ctx.engine,
+                          progress=False, with_map=True)
+        out[name] = {"factory": factory, "recall": v.manifest.get("recall"),
+                     "build_s": (v.manifest.get("timings") or {}).get("total_s")}
+    return out
+
+
 DEMO_STEPS: list[DemoStep] = [
-    DemoStep("generate", _generate, weight=0.4),
-    DemoStep("write files", _write_files, weight=0.1),
-    DemoStep("ingest", _ingest, weight=0.5),
+    DemoStep("generate", _generate, weight=0.05),
+    DemoStep("write files", _write_files, weight=0.01),
+    DemoStep("ingest", _ingest, weight=0.08),
+    DemoStep("embed", _embed, weight=0.25),
+    DemoStep("train towers", _train, weight=0.2),
+    DemoStep("build versions", _build, weight=0.41),
 ]
 
 

@@ -32,18 +32,22 @@ def _manifest(m: dict) -> None:
 
 def _tower(m: dict) -> None:
     tm = m.get("tower_metrics") or {}
-    if not tm:
+    ev = tm.get("evaluation") if isinstance(tm, dict) else None
+    if not ev:
         st.info("This version has no learned tower (history-mean query encoder): no tower evaluation.")
         return
-    overall = tm.get("overall") or tm.get("metrics")
-    if isinstance(overall, dict):
-        st.dataframe(pd.DataFrame(overall).T if all(isinstance(v, dict) for v in overall.values())
-                     else pd.DataFrame([overall]), key="tower_overall")
-    seg = tm.get("segments")
-    if isinstance(seg, (list, dict)):
-        st.dataframe(pd.DataFrame(seg), hide_index=True, key="tower_segments")
-    with st.expander("Raw tower metrics"):
-        st.json(tm)
+    split = ev.get("split") or {}
+    st.caption(f"{ev.get('n_test_clicks', 0):,} held-out clicks from {ev.get('n_test_users', 0):,} users, "
+               f"{split.get('kind', '?')} split; every ad ranked exactly. Baselines computed the same way.")
+    st.dataframe(pd.DataFrame(ev.get("models") or {}).T, key="tower_overall")
+    seg = ev.get("segments") or []
+    if seg:
+        rows = [{"by": s_["by"], "value": s_["value"], "clicks": s_.get("n_clicks"),
+                 **{f"{model} {metric}": v for model, vals in (s_.get("models") or {}).items()
+                    for metric, v in vals.items() if metric.startswith("recall@")}} for s_ in seg]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="tower_segments")
+    with st.expander("Training settings"):
+        st.json(tm.get("training") or {})
 
 
 def render() -> None:

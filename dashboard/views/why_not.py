@@ -84,7 +84,8 @@ def render() -> None:
     n = st.number_input("Users sampled (in their usual contexts)", 10, 2000, 200, step=50, key="aud_n")
     if st.button("Compute audience", key="aud_go"):
         bar = st.progress(0.0, text="Running the funnel for sampled users…")
-        rep = audience(engine, ad_id, n_users=int(n), params=state.current_params())
+        rep = audience(engine, ad_id, n_users=int(n), params=state.current_params(),
+                       progress=lambda f: bar.progress(f, text=f"Running the funnel for sampled users… {f:.0%}"))
         bar.progress(1.0, text="Done")
         st.session_state["audience"] = (ad_id, st.session_state["version"], rep)
     saved = st.session_state.get("audience")
