@@ -33,7 +33,7 @@ from core.errors import AdLensError
 from core.features import FeatureStore
 from core.metrics import metric_table, ranks_of_targets
 from core.query_encoder import HistoryMeanEncoder, QueryEncoder, l2_normalize
-from core.request import REQUEST_COLUMNS
+from core.request import requests_from_impressions
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 500)
 DEFAULT_TEST_FRACTION = 0.2
@@ -92,20 +92,6 @@ def make_split(impressions: pd.DataFrame, kind: str = "time", cutoff=None, seed:
     except (ValueError, TypeError) as exc:
         raise AdLensError(f"cutoff {cutoff!r} is not a timestamp (e.g. 2026-10-20T00:00:00)") from exc
     return Split("time", cutoff.replace(tzinfo=None))
-
-
-def requests_from_impressions(impressions: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
-    """One request per impression (REQUEST_COLUMNS); the country comes from the user's profile."""
-    country = users.set_index("user_id")["country"] if len(users) else pd.Series(dtype=object)
-    out = pd.DataFrame({
-        "user_id": impressions["user_id"].to_numpy(dtype=object),
-        "community_id": impressions["community_id"].to_numpy(dtype=object),
-        "placement": impressions["placement"].to_numpy(dtype=object),
-        "device": impressions["device"].to_numpy(dtype=object),
-        "country": impressions["user_id"].map(country).fillna("unknown").to_numpy(dtype=object),
-        "ts": pd.to_datetime(impressions["ts"]).to_numpy(),
-    })
-    return out[list(REQUEST_COLUMNS)]
 
 
 @dataclass

@@ -38,11 +38,11 @@ def requests_from_impressions(impressions: pd.DataFrame, users: pd.DataFrame) ->
     The country comes from the user's profile ("unknown" without one)."""
     country = users.set_index("user_id")["country"] if len(users) else pd.Series(dtype=object)
     out = pd.DataFrame({
-        "user_id": impressions["user_id"].to_numpy(),
-        "community_id": impressions["community_id"].to_numpy(),
-        "placement": impressions["placement"].to_numpy(),
-        "device": impressions["device"].to_numpy(),
-        "country": impressions["user_id"].map(country).fillna("unknown").to_numpy(),
+        "user_id": impressions["user_id"].to_numpy(dtype=object),
+        "community_id": impressions["community_id"].to_numpy(dtype=object),
+        "placement": impressions["placement"].to_numpy(dtype=object),
+        "device": impressions["device"].to_numpy(dtype=object),
+        "country": impressions["user_id"].map(country).fillna("unknown").to_numpy(dtype=object),
         "ts": pd.to_datetime(impressions["ts"]).to_numpy(),
     }, columns=list(REQUEST_COLUMNS))
     return out.reset_index(drop=True)

@@ -40,7 +40,8 @@ from core.catalog import Catalog, load_catalog
 from core.cli.output import to_jsonable
 from core.db import make_engine, session_scope
 from core.errors import AdLensError, ArtifactError, NotFoundError
-from core.evaluate import DEFAULT_KS, EvalReport, Split, evaluate_encoder, make_split, requests_from_impressions
+from core.evaluate import DEFAULT_KS, EvalReport, Split, evaluate_encoder, make_split
+from core.request import requests_from_impressions
 from core.features import FeatureStore
 from core.models import Tower
 from core.settings import Settings

@@ -87,7 +87,8 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     print(f"catalog: {cd['only_in_a']} ads only in A, {cd['only_in_b']} only in B")
     print(f"\nmost changed requests (drill in: adlens inspect --version {rep.version_b} --user U)")
     cols = ["user_id", "community_id", "rbo", "overlap", "slate_overlap", "n_gained", "n_lost"]
-    print(rep.most_changed[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    top = rep.most_changed[cols].head(args.top).fillna({"community_id": "(home feed)"})
+    print(top.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
@@ -117,9 +118,14 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nhub ads (retrieved ≥ 10× the average share): {len(rep.hub_ads)}")
     if len(rep.hub_ads):
         print(rep.hub_ads.head(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    tm = rep.tower_metrics
-    if tm:
-        print("\ntower evaluation (from the manifest): see `adlens evaluate` for the full table")
+    tm = rep.tower_metrics or {}
+    ev = tm if "models" in tm else (tm.get("evaluation") or {})
+    if ev.get("models"):
+        print(f"\ntower evaluation on {ev.get('n_test_clicks', 0):,} held-out clicks (from the manifest; "
+              "`adlens evaluate --tower T` has segments):")
+        print(pd.DataFrame(ev["models"]).T.to_string(float_format=lambda v: f"{v:.3f}"))
+    else:
+        print("\nno learned tower: this version uses the history-mean query encoder")
     return 0
 
 

@@ -32,7 +32,7 @@ def _manifest(m: dict) -> None:
 
 def _tower(m: dict) -> None:
     tm = m.get("tower_metrics") or {}
-    ev = tm.get("evaluation") if isinstance(tm, dict) else None
+    ev = tm if "models" in tm else tm.get("evaluation")
     if not ev:
         st.info("This version has no learned tower (history-mean query encoder): no tower evaluation.")
         return
@@ -46,8 +46,6 @@ def _tower(m: dict) -> None:
                  **{f"{model} {metric}": v for model, vals in (s_.get("models") or {}).items()
                     for metric, v in vals.items() if metric.startswith("recall@")}} for s_ in seg]
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="tower_segments")
-    with st.expander("Training settings"):
-        st.json(tm.get("training") or {})
 
 
 def render() -> None:
