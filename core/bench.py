@@ -234,10 +234,17 @@ def section_ann(ctx: BenchContext) -> dict:
     }
 
 
+def section_funnel(ctx: BenchContext) -> dict:
+    from core.funnel_bench import section_funnel as run  # imports torch: only when this section runs
+
+    return run(ctx)
+
+
 BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "machine": section_machine,
     "embedding": section_embedding,
     "ann": section_ann,
+    "funnel": section_funnel,
 }
 
 
@@ -284,6 +291,9 @@ def format_report(report: dict) -> str:
             lines.append(f"{name}: {sec:.1f}" if isinstance(sec, float) else f"{name}: {sec}")
             continue
         lines.append(f"== {name} ==")
+        if name == "funnel":
+            lines.extend(_format_funnel(sec))
+            continue
         for k, v in sec.items():
             if k == "rows":
                 continue
@@ -299,3 +309,17 @@ def format_report(report: dict) -> str:
                              f"{r['recall@100']:6.3f} {r['recall@500']:6.3f} {r['speedup_p50']:6.1f} "
                              f"{r['speedup_batch']:7.1f}")
     return "\n".join(lines)
+
+
+def _format_funnel(sec: dict) -> list[str]:
+    lines = []
+    for n, rep in sec.items():
+        lines.append(f"  {int(n):,} ads, {rep['index']} {rep['search_params']}, K={rep['k']}, "
+                     f"{rep['n_requests']} logged requests (target p50 <= {rep['target_p50_ms']:.0f} ms: "
+                     f"{'met' if rep['meets_target'] else 'NOT met'})")
+        for stage, d in rep["stages_ms"].items():
+            lines.append(f"    {stage:<12} p50 {d['p50']:7.2f} ms   p99 {d['p99']:7.2f} ms")
+        w = rep["why_not_ms"]
+        lines.append(f"    {'why-not':<12} p50 {w['p50']:7.2f} ms   p99 {w['p99']:7.2f} ms")
+        lines.append(f"    engine build {rep['engine_build_ms'] / 1000:.1f} s; workspace {rep['workspace']}")
+    return lines
