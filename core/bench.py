@@ -314,6 +314,9 @@ def format_report(report: dict) -> str:
 def _format_funnel(sec: dict) -> list[str]:
     lines = []
     for n, rep in sec.items():
+        if not isinstance(rep, dict):
+            lines.append(f"  {n}: {rep:.4g}" if isinstance(rep, float) else f"  {n}: {rep}")
+            continue
         lines.append(f"  {int(n):,} ads, {rep['index']} {rep['search_params']}, K={rep['k']}, "
                      f"{rep['n_requests']} logged requests (target p50 <= {rep['target_p50_ms']:.0f} ms: "
                      f"{'met' if rep['meets_target'] else 'NOT met'})")
