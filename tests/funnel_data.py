@@ -245,3 +245,20 @@ class FakeTextEncoder:
             r = np.random.default_rng(h)
             out[i] = centres[h % 6] + 0.6 * r.normal(size=self.dim)
         return l2_normalize(out)
+
+
+def random_workspace(ws: Path, versions: dict[str, tuple[str, dict]], n_ads: int = 300):
+    """Settings of a workspace at `ws` holding `fill_random_db` data and real versions built with
+    `FakeTextEncoder`: {name: (factory, search_params)}."""
+    from core.db import make_engine
+    from core.settings import load_settings
+    from core.versions import build_version
+
+    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
+    db = make_engine(settings.db_url)
+    fill_random_db(db, n_ads=n_ads)
+    fake = FakeTextEncoder()
+    for name, (factory, params) in versions.items():
+        build_version(settings, name, factory, text_encoder=fake, search_params=params, engine=db, progress=False)
+    db.dispose()
+    return settings

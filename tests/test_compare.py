@@ -5,28 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.catalog import load_catalog
+from funnel_data import random_workspace, stub_version
+
 from core.compare import compare_versions, diff_traces
-from core.db import make_engine
 from core.funnel import FunnelEngine, FunnelParams, open_engine
-from core.settings import load_settings
-from core.versions import build_version
-from funnel_data import FakeTextEncoder, fill_random_db, stub_version
 
 PARAMS = FunnelParams(k=60, n_ranked=10, max_per_advertiser=2, slate_size=5)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("compare") / "ws"
-    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
-    db = make_engine(settings.db_url)
-    fill_random_db(db)
-    fake = FakeTextEncoder()
-    build_version(settings, "flat", "Flat", text_encoder=fake, search_params={}, engine=db, progress=False)
-    build_version(settings, "ivf", "IVF16,Flat", text_encoder=fake, search_params={"nprobe": 1}, engine=db,
-                  progress=False)
-    db.dispose()
+    settings = random_workspace(tmp_path_factory.mktemp("compare") / "ws",
+                                {"flat": ("Flat", {}), "ivf": ("IVF16,Flat", {"nprobe": 1})})
     return settings, open_engine(settings, "flat"), open_engine(settings, "ivf")
 
 

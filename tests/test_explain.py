@@ -9,7 +9,7 @@ import json
 import faiss
 import numpy as np
 import pytest
-from funnel_data import FakeTextEncoder, fill_db, fill_random_db, stub_version
+from funnel_data import FakeTextEncoder, fill_db, fill_random_db, random_workspace, stub_version
 
 from core.audience import audience
 from core.catalog import load_catalog
@@ -25,15 +25,8 @@ from core.versions import build_version
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("explain") / "ws"
-    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
-    db = make_engine(settings.db_url)
-    fill_random_db(db)
-    fake = FakeTextEncoder()
-    build_version(settings, "flat", "Flat", text_encoder=fake, search_params={}, engine=db, progress=False)
-    build_version(settings, "ivf", "IVF16,Flat", text_encoder=fake, search_params={"nprobe": 1}, engine=db,
-                  progress=False)
-    db.dispose()
+    settings = random_workspace(tmp_path_factory.mktemp("explain") / "ws",
+                                {"flat": ("Flat", {}), "ivf": ("IVF16,Flat", {"nprobe": 1})})
     flat, ivf = open_engine(settings, "flat"), open_engine(settings, "ivf")
     return settings, flat.catalog, flat, ivf
 

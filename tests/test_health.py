@@ -9,22 +9,15 @@ import pytest
 from core.catalog import load_catalog
 from core.db import make_engine
 from core.health import dead_and_hub_ads, health, ivf_list_stats
-from core.settings import load_settings
-from core.versions import build_version, load_version
-from funnel_data import FakeTextEncoder, fill_random_db
+from core.versions import load_version
+from funnel_data import random_workspace
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("health") / "ws"
-    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
-    db = make_engine(settings.db_url)
-    fill_random_db(db, n_ads=400)
-    build_version(settings, "ivf", "IVF16,Flat", text_encoder=FakeTextEncoder(), search_params={"nprobe": 2},
-                  engine=db, progress=False)
-    cat = load_catalog(db)
-    db.dispose()
-    return load_version(settings, "ivf"), cat
+    settings = random_workspace(tmp_path_factory.mktemp("health") / "ws", {"ivf": ("IVF16,Flat", {"nprobe": 2})},
+                                n_ads=400)
+    return load_version(settings, "ivf"), load_catalog(make_engine(settings.db_url))
 
 
 def test_curve_is_monotone_and_reaches_one_at_nlist(world):
@@ -68,3 +61,15 @@ def test_dead_ad_planted_far_from_users():
     assert "far from every sampled user" in dead["reason"].iloc[0]
     assert dead["best_score"].iloc[0] == pytest.approx(-0.7, abs=1e-6)
     assert by_vertical["vertical"].tolist() == ["z"]
+
+
+def test_hub_ad_planted():
+    n = 40
+    v = type("V", (), {"ad_ids": np.array([f"a{i}" for i in range(n)], dtype=object),
+                       "ad_vectors": np.eye(n, dtype=np.float32)})()
+    cat = type("C", (), {"ads": pd.DataFrame({"ad_id": v.ad_ids, "vertical": ["v"] * n, "title": ["t"] * n})})()
+    # 20 requests: each retrieves ad a0 plus one request-specific ad.
+    approx = [(np.array([1.0, 0.5]), np.array([0, 1 + i])) for i in range(20)]
+    _, _, hubs = dead_and_hub_ads(v, cat, np.eye(n, dtype=np.float32)[:20], approx, approx, 2)
+    assert hubs["ad_id"].tolist() == ["a0"]
+    assert hubs["share"].iloc[0] == 1.0 and hubs["expected_share"].iloc[0] == pytest.approx(2 / n)
