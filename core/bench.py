@@ -324,5 +324,10 @@ def _format_funnel(sec: dict) -> list[str]:
             lines.append(f"    {stage:<12} p50 {d['p50']:7.2f} ms   p99 {d['p99']:7.2f} ms")
         w = rep["why_not_ms"]
         lines.append(f"    {'why-not':<12} p50 {w['p50']:7.2f} ms   p99 {w['p99']:7.2f} ms")
+        m = rep.get("map") or {}
+        if m.get("available"):
+            mb = (m.get("build") or {}).get("timings", {})
+            lines.append(f"    map: place one query p50 {m['place_ms']['p50']:.2f} ms (target <= 50); "
+                         f"UMAP build {mb.get('total_s', float('nan')):.1f} s at build time")
         lines.append(f"    engine build {rep['engine_build_ms'] / 1000:.1f} s; workspace {rep['workspace']}")
     return lines

@@ -134,9 +134,27 @@ def section_funnel(ctx) -> dict:
         reqs = sample_requests(engine.catalog.impressions, engine.catalog.users, 300, seed=ctx.seed)
         rep = bench_funnel(engine, reqs, FunnelParams(), why_not_samples=40, seed=ctx.seed)
         rep["workspace"] = str(s.workspace)
+        rep["map"] = _bench_map_placement(engine, reqs)
         rep["target_p50_ms"] = 20.0
         rep["meets_target"] = bool(rep["total_ms"]["p50"] is not None and rep["total_ms"]["p50"] <= 20.0)
         ctx.log(f"funnel at {n:,} ads: p50 {rep['total_ms']['p50']:.1f} ms, p99 {rep['total_ms']['p99']:.1f} ms, "
                 f"why-not p50 {rep['why_not_ms']['p50']:.0f} ms")
         out[f"{n}"] = rep
     return out
+
+
+def _bench_map_placement(engine: FunnelEngine, requests: pd.DataFrame, n: int = 100) -> dict:
+    """Latency of placing one request's query vector on the version's map (target ≤ 50 ms)."""
+    from core.maps import MapPlacer, load_layout
+
+    layout = load_layout(engine.version.path)
+    if layout is None:
+        return {"available": False}
+    placer = MapPlacer(engine.version, layout.ads)
+    q = engine.version.encoder.encode_requests(requests.head(n), engine.features)
+    times = []
+    for row in q:
+        t0 = time.perf_counter()
+        placer.place(row)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"available": True, "place_ms": _pct(times), "build": (engine.version.manifest.get("map") or {})}
