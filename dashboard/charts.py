@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import html
+
+import pandas as pd
 import plotly.graph_objects as go
 
 from core.reasons import Stage
 
 OUTCOME_COLORS = {"slate": "#2ca02c", "ranked_out": "#1f77b4", "advertiser_cap": "#9467bd",
                   "filtered": "#d62728", "not retrieved": "#c7c7c7"}
+
+
+def plain(text):
+    """Escape data text (a str or a Series) for Plotly, whose labels and hover texts interpret
+    HTML-like tags (<b>, <br>, <a>) and drop unknown ones: an ad titled "<b>x</b>" must show
+    literally. Plotly decodes the entities back to the characters when it draws the text."""
+    if isinstance(text, pd.Series):
+        return text.astype(str).map(lambda s: html.escape(s, quote=False))
+    return html.escape(str(text), quote=False)
 
 
 def funnel_figure(stage_counts: dict) -> go.Figure:
@@ -20,6 +32,7 @@ def funnel_figure(stage_counts: dict) -> go.Figure:
 
 def bar_figure(labels: list, values: list, *, horizontal: bool = True, height: int = 300,
                color: str = "#d62728") -> go.Figure:
+    labels = [plain(v) for v in labels]
     bar = go.Bar(y=labels, x=values, orientation="h", marker_color=color) if horizontal else \
         go.Bar(x=labels, y=values, marker_color=color)
     fig = go.Figure(bar)

@@ -21,11 +21,11 @@ from dashboard.views import compare, embedding_map, health, inspect, onboarding,
 st.set_page_config(page_title="AdLens", page_icon="🔎", layout="wide")
 
 PAGES = {
-    "inspect": st.Page(inspect.render, title="Inspect", icon="🔎", url_path="inspect", default=True),
-    "why_not": st.Page(why_not.render, title="Why not", icon="❓", url_path="why-not"),
-    "map": st.Page(embedding_map.render, title="Embedding map", icon="🗺️", url_path="map"),
-    "compare": st.Page(compare.render, title="Compare", icon="⚖️", url_path="compare"),
-    "health": st.Page(health.render, title="Health", icon="🩺", url_path="health"),
+    "inspect": st.Page(inspect.render, title="Inspect", icon=":material/search:", url_path="inspect", default=True),
+    "why_not": st.Page(why_not.render, title="Why not", icon=":material/help:", url_path="why-not"),
+    "map": st.Page(embedding_map.render, title="Embedding map", icon=":material/scatter_plot:", url_path="map"),
+    "compare": st.Page(compare.render, title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    "health": st.Page(health.render, title="Health", icon=":material/monitor_heart:", url_path="health"),
 }
 REQUEST_PAGES = {"inspect", "why_not", "map", "compare"}
 
@@ -36,7 +36,8 @@ except Exception as exc:  # a broken workspace must not show a traceback
     st.stop()
 
 if not ready:
-    st.navigation([st.Page(onboarding.render, title="Get started", icon="🚀", url_path="start")]).run()
+    start = st.Page(onboarding.render, title="Get started", icon=":material/rocket_launch:", url_path="start")
+    st.navigation([start]).run()
     st.stop()
 
 st.session_state["_pages"] = PAGES  # for st.switch_page from views

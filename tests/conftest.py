@@ -4,6 +4,8 @@ PostgreSQL. Expensive objects (the embedding model) are loaded once per session.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -47,3 +49,102 @@ def engine(db_url) -> Engine:
     eng = make_engine(db_url)
     yield eng
     eng.dispose()
+
+
+# ---- one small demo workspace for the dashboard tests (AppTest and browser) ------------------
+DEMO_ADS, DEMO_USERS = 600, 300
+HTML_TITLE = ('XSS <b>bold</b><script>window.__xss=1</script>'
+              '<img src=x onerror="window.__xss=2">')
+"""An ad title full of markup: the dashboard must show it as literal text and run nothing."""
+WORKSPACE_ENV = ("ADLENS_HOME", "ADLENS_DB_URL", "ADLENS_MODEL")
+
+
+@dataclass(frozen=True)
+class DemoWorkspace:
+    """A finished `adlens demo` workspace (SQLite inside it) with one ad retitled to HTML_TITLE."""
+
+    path: Path
+    users: list[str]  # every known user id, sorted (the dashboard's user list)
+    versions: list[str]
+    html_ad: str  # retrieved for users[0] by version "exact" in their usual context (ANN rank 1)
+    html_title: str = HTML_TITLE  # html_ad's title
+
+    def env(self) -> dict[str, str]:
+        """The environment for a subprocess (`streamlit run dashboard`) using this workspace."""
+        env = {k: v for k, v in os.environ.items() if k not in WORKSPACE_ENV}
+        return {**env, "ADLENS_HOME": str(self.path), "HF_HUB_OFFLINE": "1"}
+
+
+def _retitle(settings: Settings, ad_id: str, title: str, tmp: Path) -> None:
+    """Change one ad's title through the ordinary import path (a one-row ads file updates it)."""
+    import pandas as pd
+
+    from core.ingest import ingest_directory
+
+    ads = pd.read_parquet(settings.demo_data_dir / "ads.parquet")
+    row = ads[ads["ad_id"] == ad_id].assign(title=title)
+    tmp.mkdir(parents=True, exist_ok=True)
+    row.to_parquet(tmp / "ads.parquet", index=False)
+    eng = make_engine(settings.db_url)
+    try:
+        report = ingest_directory(eng, tmp)
+    finally:
+        eng.dispose()
+    assert report.tables["ads"].updated == 1, report
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory) -> DemoWorkspace:
+    """Build ONE small demo workspace per test session (real embedding model, both towers, the
+    three versions with their maps: ~1 min on 2 cores), then retitle one retrieved ad to HTML."""
+    from core.catalog import load_catalog
+    from core.context import default_request, known_user_ids
+    from core.funnel import FunnelEngine, FunnelParams
+    from core.pipeline import build_demo
+    from core.settings import default_db_url
+    from core.versions import list_versions, load_version
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    root = tmp_path_factory.mktemp("dashboard")
+    ws = root / "ws"
+    settings = load_settings(workspace=ws, db_url=default_db_url(ws.resolve()), model="default")
+    build_demo(settings, n_ads=DEMO_ADS, n_users=DEMO_USERS)
+    eng = make_engine(settings.db_url)
+    try:
+        catalog = load_catalog(eng)
+        users = sorted(map(str, known_user_ids(catalog)))
+        versions = [v["name"] for v in list_versions(settings, engine=eng) if v["status"] == "ok"]
+        trace = FunnelEngine(load_version(settings, "exact"), catalog).run(
+            default_request(catalog, users[0]), FunnelParams())
+    finally:
+        eng.dispose()
+    html_ad = str(trace.candidates.sort_values("ann_rank")["ad_id"].iloc[0])
+    _retitle(settings, html_ad, HTML_TITLE, root / "retitle")
+    return DemoWorkspace(path=settings.workspace, users=users, versions=versions, html_ad=html_ad)
+
+
+_streamlit_workspace: list[Path | None] = [None]  # the workspace Streamlit's caches were filled from
+
+
+@pytest.fixture
+def use_workspace(monkeypatch):
+    """`use_workspace(path)` points ADLENS_HOME at `path` for an in-process dashboard (AppTest).
+
+    Streamlit's caches are process-global (settings, engines, catalogs): they are cleared when a
+    test switches to another workspace than the previous one, and kept otherwise (loading a
+    version's index and towers once per session keeps the AppTest tests fast)."""
+
+    def use(path: Path) -> Path:
+        import streamlit as st
+
+        for k in WORKSPACE_ENV:
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("ADLENS_HOME", str(path))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        if _streamlit_workspace[0] != Path(path):
+            st.cache_data.clear()
+            st.cache_resource.clear()
+            _streamlit_workspace[0] = Path(path)
+        return path
+
+    return use

@@ -10,7 +10,7 @@ import streamlit as st
 from core.compare import compare_versions, diff_traces
 from core.errors import AdLensError
 from dashboard import state
-from dashboard.charts import bar_figure
+from dashboard.charts import bar_figure, plain
 
 LIST_COLS = ["ann_rank", "ad_id", "title", "advertiser_name", "vertical", "outcome", "final_position"]
 
@@ -66,7 +66,7 @@ def _per_request(a: str, b: str) -> None:
     st.subheader("Rank shift of common candidates")
     if len(d.rank_shift):
         fig = go.Figure(go.Scattergl(x=d.rank_shift["rank_a"], y=d.rank_shift["rank_b"], mode="markers",
-                                     text=d.rank_shift["ad_id"], marker=dict(size=5, color="#FF4500")))
+                                     text=plain(d.rank_shift["ad_id"]), marker=dict(size=5, color="#FF4500")))
         top = float(max(d.rank_shift["rank_a"].max(), d.rank_shift["rank_b"].max()))
         fig.add_trace(go.Scatter(x=[1, top], y=[1, top], mode="lines", line=dict(dash="dot", color="#999"),
                                  showlegend=False))
@@ -157,7 +157,7 @@ def _moved_map(a: str, b: str) -> None:
     fig = go.Figure([
         go.Scattergl(x=fa["x"], y=fa["y"], mode="markers", name=f"A: {a}", marker=dict(size=2, color="#cccccc")),
         go.Scattergl(x=xs, y=ys, mode="lines", name="moved (top 300)", line=dict(width=1, color="#FF4500")),
-        go.Scattergl(x=top["x_b"], y=top["y_b"], mode="markers", name=f"B: {b}", text=top["title"],
+        go.Scattergl(x=top["x_b"], y=top["y_b"], mode="markers", name=f"B: {b}", text=plain(top["title"].fillna("")),
                      marker=dict(size=5, color="#FF4500")),
     ])
     fig.update_layout(height=600, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(visible=False), yaxis=dict(visible=False))

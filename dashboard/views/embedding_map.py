@@ -5,25 +5,28 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import AdLensError
 from dashboard import state
-from dashboard.charts import OUTCOME_COLORS
+from dashboard.charts import OUTCOME_COLORS, plain
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
+# 48 distinct colours, so up to MAX_LEGEND groups (the demo has 36 verticals) never share one.
+PALETTE = plotly.colors.qualitative.Dark24 + plotly.colors.qualitative.Light24
 COLOR_BY = {"Vertical": "vertical", "Advertiser": "advertiser_name", "Campaign status": "status",
             "Funnel outcome (current request)": "outcome"}
 MAX_LEGEND = 40
 
 
 def _points(df: pd.DataFrame, name: str, color: str, size: float = 3.0, opacity: float = 0.6) -> go.Scattergl:
+    """One legend group of ad points; hover shows id, title and advertiser (escaped: text, not HTML)."""
+    name = plain(name)
     return go.Scattergl(
         x=df["x"], y=df["y"], mode="markers", name=name, customdata=df["ad_id"],
-        text=df["title"].fillna("") + "<br>" + df["advertiser_name"].fillna("—"),
-        hovertemplate="%{customdata}<br>%{text}<extra>" + name + "</extra>",
+        text=plain(df["title"].fillna("")) + "<br>" + plain(df["advertiser_name"].fillna("—")),
+        hovertemplate="%{customdata}<br>%{text}<extra>%{fullData.name}</extra>",
         marker=dict(size=size, color=color, opacity=opacity),
     )
 
@@ -75,10 +78,11 @@ def render() -> None:
         for i, g in enumerate([*top, "other"]):
             sub = ads[label == g]
             if len(sub):
-                fig.add_trace(_points(sub, g, PALETTE[i % len(PALETTE)] if g != "other" else "#cccccc"))
+                fig.add_trace(_points(sub, g, PALETTE[i % len(PALETTE)] if g != "other" else "#cccccc",
+                                      size=5 if len(ads) <= 20_000 else 3))  # small maps: bigger dots
     if show_users and len(users):
         fig.add_trace(go.Scattergl(x=users["x"], y=users["y"], mode="markers", name="users",
-                                   text=users["user_id"], hovertemplate="%{text}<extra>user</extra>",
+                                   text=plain(users["user_id"]), hovertemplate="%{text}<extra>user</extra>",
                                    marker=dict(size=4, color="#000000", symbol="x", opacity=0.4)))
     if trace is not None and show_request:
         placer = state.map_placer(version)
@@ -88,7 +92,7 @@ def render() -> None:
         cl = ads[ads["ad_id"].isin(set(mine["ad_id"]))]
         if len(cl):
             fig.add_trace(go.Scattergl(x=cl["x"], y=cl["y"], mode="markers", name="user's clicked ads",
-                                       text=cl["title"], marker=dict(size=11, color="rgba(0,0,0,0)",
+                                       text=plain(cl["title"]), marker=dict(size=11, color="rgba(0,0,0,0)",
                                        line=dict(width=2, color="#000000"))))
         if q is not None and not np.isnan(q).any():
             fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)",

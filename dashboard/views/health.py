@@ -70,7 +70,7 @@ def render() -> None:
         fig.add_trace(go.Scatter(x=curve["value"], y=curve["recall_at_k"], name="recall", mode="lines+markers"))
         fig.add_trace(go.Scatter(x=curve["value"], y=curve["p50_ms"], name="p50 ms", mode="lines+markers",
                                  line=dict(dash="dot")), secondary_y=True)
-        fig.update_xaxes(type="log", title=curve["param"].iloc[0])
+        fig.update_xaxes(type="log", title=curve["param"].iloc[0], tickvals=list(curve["value"]))
         fig.update_yaxes(title_text="recall", range=[0, 1.02], secondary_y=False)
         fig.update_yaxes(title_text="ms per query", secondary_y=True)
         fig.update_layout(height=350, margin=dict(l=10, r=10, t=10, b=10))

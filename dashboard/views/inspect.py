@@ -101,4 +101,6 @@ def render() -> None:
         t = trace.stage_timings_ms
         st.plotly_chart(bar_figure(list(t), [round(v, 2) for v in t.values()], color="#FF4500", height=250),
                         key="timings_chart")
-        st.caption(f"pCTR calibration: {trace.calibration}")
+        cal = trace.calibration if isinstance(trace.calibration, dict) else {"value": trace.calibration}
+        st.caption("pCTR calibration: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in cal.items()))

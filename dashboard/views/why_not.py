@@ -35,14 +35,17 @@ def _ad_picker(cat) -> str | None:
     labels = ads.set_index("ad_id")
     if st.session_state.get("ad") not in options:
         st.session_state["ad"] = options[0]
-    st.selectbox(f"Ad ({len(hit):,} matches{', first ' + str(MAX_MATCHES) + ' shown' if len(hit) > MAX_MATCHES else ''})",
-                 options, key="ad",
+    more = f", first {MAX_MATCHES} shown" if len(hit) > MAX_MATCHES else ""
+    label = f"Ad ({len(hit):,} matches{more})" if text else "Ad"
+    st.selectbox(label, options, key="ad",
                  format_func=lambda a: f"{a} · {labels['advertiser_name'].get(a, '') or '—'} · {labels['title'].get(a, '')}")
     return st.session_state["ad"]
 
 
 def _stage_icon(passed) -> str:
-    return "✅" if passed else ("⛔" if passed is False else "⏸️")
+    # Material icons ship with Streamlit; emoji need a colour-emoji font the browser may lack.
+    return (":green[:material/check_circle:]" if passed else
+            ":red[:material/block:]" if passed is False else ":gray[:material/pause_circle:]")
 
 
 def render() -> None:
@@ -77,7 +80,7 @@ def render() -> None:
     with c2:
         st.subheader("Diversity")
         st.json(verdict.diversity, expanded=True)
-    st.caption(f"Timings (ms): {verdict.timings_ms}")
+    st.caption("Timings: " + " · ".join(f"{k} {v:.1f} ms" for k, v in verdict.timings_ms.items()))
 
     st.divider()
     st.subheader("Audience: who can see this ad?")

@@ -1,0 +1,301 @@
+"""End to end: `streamlit run dashboard` on a small demo workspace, driven by headless Chromium.
+
+A module fixture starts the server the way a user does and polls `/_stcore/health`; each test
+opens pages by URL (deep links included), waits for the page's own content and checks that no
+exception or traceback reached the page. Full-page screenshots of every page go to
+`test-artifacts/screenshots/`, and the user-switch timings to `test-artifacts/user_switch.json`
+(reported, never asserted: the ≤ 1 s target at 100k ads is measured separately).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+SHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = os.environ.get("ADLENS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+LOAD_MS = 120_000  # a cold page loads the catalog, a version's index and its tower
+STEP_MS = 60_000
+
+
+# ---- the server and the browser -----------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_streamlit(env: dict[str, str], log: Path, timeout: float = 90.0):
+    """`streamlit run dashboard` on a free port; returns (process, base url) once /_stcore/health is ok."""
+    port = _free_port()
+    fh = open(log, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            fh.close()
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200 and r.read().strip() == b"ok":
+                    return proc, url, fh
+        except OSError:
+            pass
+        time.sleep(0.5)
+    _stop(proc, fh)
+    pytest.fail(f"streamlit did not become healthy within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc, fh) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    fh.close()
+
+
+@pytest.fixture(scope="module")
+def server(demo_workspace, tmp_path_factory) -> str:
+    proc, url, fh = _start_streamlit(demo_workspace.env(), tmp_path_factory.mktemp("e2e") / "streamlit.log")
+    yield url
+    _stop(proc, fh)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
+        msg = f"no Chromium at {CHROMIUM} (Debian package `chromium`; or set ADLENS_CHROMIUM)"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(STEP_MS)
+    dialogs: list[str] = []
+    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    yield pg
+    assert not dialogs, f"a script opened a dialog: {dialogs}"
+    ctx.close()
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def _open(page, url: str, *selectors: str) -> None:
+    """Open `url`, wait for the app and for each page-specific selector, then for the run to end."""
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=LOAD_MS)
+    for sel in selectors:
+        page.wait_for_selector(sel, timeout=LOAD_MS)
+    _settle(page)
+
+
+def _settle(page) -> None:
+    """Wait until the script run is over (no 'running' status widget, no stale elements)."""
+    page.wait_for_function(
+        "() => !document.querySelector(\"[data-testid='stStatusWidget']\")"
+        " && !document.querySelector(\"[data-stale='true']\")", timeout=LOAD_MS)
+    page.wait_for_timeout(300)  # let charts and grids paint
+
+
+def _no_errors(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").all_inner_texts()
+    assert "Traceback" not in page.locator("[data-testid='stMain']").inner_text()
+    assert page.get_by_text("Page not found").count() == 0
+
+
+def _shot(page, name: str) -> Path:
+    """A full-page screenshot: the main area scrolls inside the app, so grow the viewport to fit."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    h = page.evaluate("""() => Math.max(...["stMain", "stSidebarContent"].map(
+        id => (document.querySelector(`[data-testid='${id}']`) || {scrollHeight: 0}).scrollHeight))""")
+    page.set_viewport_size({"width": size["width"], "height": min(max(size["height"], int(h) + 40), 8000)})
+    page.wait_for_timeout(500)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    return path
+
+
+def _link(server: str, path: str = "", **params) -> str:
+    return f"{server}/{path}" + (f"?{urlencode(params)}" if params else "")
+
+
+def _captions(page) -> str:
+    return " | ".join(page.locator("[data-testid='stMain'] [data-testid='stCaptionContainer']").all_inner_texts())
+
+
+def _table_cells(page) -> list[str]:
+    """The visible cells of the candidate table (the grid's accessible DOM mirror of its canvas)."""
+    return page.locator("[data-testid='stDataFrame']").last.locator("[data-testid^='glide-cell-']").all_inner_texts()
+
+
+# ---- tests ----------------------------------------------------------------------------------
+PAGES = {  # name -> (url path, title, selectors that prove the page's content rendered)
+    "inspect": ("", "Inspect", ["[data-testid='stDataFrame']", ".js-plotly-plot", "[data-testid='stMetric']"]),
+    "why-not": ("why-not", "Why not this ad?", ["text=Eligibility rules", "[data-testid='stDataFrame']"]),
+    "map": ("map", "Embedding map", [".js-plotly-plot"]),
+    "compare": ("compare", "Compare versions", ["[data-testid='stDataFrame']", ".js-plotly-plot"]),
+    "health": ("health", "Index health", [".js-plotly-plot", "text=Tower evaluation", "text=IVF inverted lists"]),
+}
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_every_page_renders(page, server, demo_workspace, name):
+    path, title, selectors = PAGES[name]  # the default page (Inspect) is served at "/" only
+    params = {"user": demo_workspace.users[1], "version": "ivf"}
+    if name == "why-not":
+        params["ad"] = demo_workspace.html_ad
+    _open(page, _link(server, path, **params), *selectors)
+    assert page.locator("h1").first.inner_text().strip() == title
+    _no_errors(page)
+    if name != "health":
+        assert page.get_by_role("combobox", name="User").input_value() == demo_workspace.users[1]
+    _shot(page, name)
+
+
+def test_compare_aggregate(page, server, demo_workspace):
+    _open(page, _link(server, "compare", user=demo_workspace.users[1], version="exact", b="ivf-noctx"),
+          "[data-testid='stDataFrame']")
+    page.get_by_role("radio", name="Aggregate").click()
+    users = page.get_by_label("Users sampled")
+    users.wait_for()
+    users.fill("20")
+    users.press("Enter")
+    _settle(page)
+    page.get_by_role("button", name="Run comparison").click()
+    page.wait_for_selector("text=Most changed requests", timeout=LOAD_MS)
+    _settle(page)
+    _no_errors(page)
+    assert page.locator(".js-plotly-plot").count() >= 2  # RBO distribution and vertical mix
+    _shot(page, "compare-aggregate")
+
+
+def test_picking_a_user_rerenders_the_candidate_table(page, server, demo_workspace):
+    _open(page, _link(server, version="exact"), "[data-testid='stDataFrame']", ".js-plotly-plot")
+    before = _table_cells(page)
+    timings = []
+    for user in demo_workspace.users[1:4]:
+        box = page.get_by_role("combobox", name="User")
+        box.click()
+        box.fill(user)
+        t0 = time.perf_counter()
+        page.keyboard.press("Enter")
+        page.wait_for_function(  # the caption above the funnel names the request's user
+            "u => [...document.querySelectorAll(\"[data-testid='stCaptionContainer']\")]"
+            ".some(e => e.innerText.includes('user ' + u + ' '))", arg=user, timeout=STEP_MS)
+        t_caption = time.perf_counter() - t0
+        _settle(page)
+        t_done = time.perf_counter() - t0 - 0.3  # _settle's paint allowance
+        after = _table_cells(page)
+        assert after and after != before, f"candidate table did not change for {user}"
+        assert page.evaluate("() => new URL(location.href).searchParams.get('user')") == user
+        timings.append({"user": user, "caption_s": round(t_caption, 3), "rerun_done_s": round(t_done, 3)})
+        before = after
+    _no_errors(page)
+    _shot(page, "inspect-after-user-switch")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "user_switch.json").write_text(json.dumps(
+        {"ads": 600, "timings": timings, "note": "select user -> caption / whole rerun done, headless Chromium"},
+        indent=2))
+    print("user switch re-render times:", timings)
+
+
+def test_deep_link_shows_that_view(page, server, demo_workspace):
+    user = demo_workspace.users[5]
+    _open(page, _link(server, user=user, version="ivf", device="ios", country="JP"),
+          "[data-testid='stDataFrame']")
+    assert page.get_by_role("combobox", name="User").input_value() == user
+    assert page.get_by_role("combobox", name="Index version").input_value() == "ivf"
+    assert page.get_by_role("combobox", name="Device").input_value() == "ios"
+    caption = _captions(page)
+    assert f"user {user} " in caption and "Version ivf" in caption and " ios " in caption and " JP " in caption
+    assert page.locator("[data-testid='stAlert']").count() == 0
+    _no_errors(page)
+
+
+def test_bad_deep_link_shows_a_warning(page, server, demo_workspace):
+    _open(page, _link(server, user="nope", placement="sideways", version="v9"), "[data-testid='stDataFrame']")
+    alerts = " ".join(page.locator("[data-testid='stAlert']").all_inner_texts())
+    for param in ("user=nope", "placement=sideways", "version=v9"):
+        assert f"Link parameter {param} is not valid" in alerts
+    assert page.get_by_role("combobox", name="User").input_value() == demo_workspace.users[0]
+    _no_errors(page)
+    _shot(page, "inspect-bad-link")
+
+
+def _nothing_ran(page) -> None:
+    """The title's markup stayed text: no script ran, no element was made from it."""
+    assert page.evaluate("() => window.__xss") is None, "a script from an ad title ran"
+    assert page.locator("[data-testid='stMain'] b", has_text="bold").count() == 0
+    assert page.locator("img[src='x']").count() == 0
+
+
+def test_html_in_an_ad_title_is_shown_literally(page, server, demo_workspace):
+    title, ad, user = demo_workspace.html_title, demo_workspace.html_ad, demo_workspace.users[0]
+    _open(page, _link(server, user=user, version="exact"), "[data-testid='stDataFrame']")
+    search = page.get_by_label("Search title, advertiser or ad id")
+    search.fill("onerror")
+    search.press("Enter")
+    page.wait_for_function("() => [...document.querySelectorAll(\"[data-testid='stCaptionContainer']\")]"
+                           ".some(e => e.innerText.startsWith('1 of '))", timeout=STEP_MS)
+    _settle(page)
+    cells = _table_cells(page)
+    assert ad in cells and title in cells  # the whole title, tags included, as text
+    _nothing_ran(page)
+    _shot(page, "inspect-html-title")
+
+    _open(page, _link(server, "why-not", user=user, version="exact", ad=ad), "text=Eligibility rules")
+    ad_box = page.locator("[data-testid='stMain'] [data-testid='stSelectbox'] input").first
+    assert title in ad_box.input_value()
+    _nothing_ran(page)
+    _shot(page, "why-not-html-title")
+
+    _open(page, _link(server, "map", user=user, version="exact"), ".js-plotly-plot")
+    _nothing_ran(page)
+    _no_errors(page)
+
+
+def test_empty_workspace_offers_the_demo(browser, tmp_path, demo_workspace):
+    env = {**demo_workspace.env(), "ADLENS_HOME": str(tmp_path / "empty")}
+    proc, url, fh = _start_streamlit(env, tmp_path / "streamlit.log")
+    try:
+        ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+        pg = ctx.new_page()
+        _open(pg, url, "text=Welcome to AdLens")
+        assert pg.get_by_role("button", name="Build the demo workspace").is_visible()
+        _no_errors(pg)
+        _shot(pg, "onboarding")
+        ctx.close()
+    finally:
+        _stop(proc, fh)
