@@ -74,3 +74,26 @@ def table_counts(engine: Engine) -> dict[str, int]:
         for model in (Advertiser, Campaign, Ad, Community, User, Impression):
             out[model.__tablename__] = conn.execute(select(func.count()).select_from(model)).scalar_one()
     return out
+
+
+def bump_revision(conn) -> None:
+    """Record, inside the caller's transaction, that the data changed."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import insert, update
+
+    from core.models import DataRevision
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    res = conn.execute(update(DataRevision).where(DataRevision.id == 1)
+                       .values(revision=DataRevision.revision + 1, updated_at=now))
+    if res.rowcount == 0:
+        conn.execute(insert(DataRevision).values(id=1, revision=1, updated_at=now))
+
+
+def data_revision(engine: Engine) -> int:
+    """How many committed imports changed data (0 for a database never written by ingest)."""
+    from core.models import DataRevision
+
+    with engine.connect() as conn:
+        return int(conn.execute(select(DataRevision.revision).where(DataRevision.id == 1)).scalar() or 0)

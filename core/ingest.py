@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import Engine, delete, select
 
+from core.catalog import bump_revision
 from core.errors import ValidationError
 from core.ingest_validate import Problems, Source, validate_frames
 from core.ingest_write import db_frame, diff, write_table
@@ -223,6 +224,8 @@ def ingest_directory(engine: Engine, directory: Path, progress: Progress | None 
         for t, inserts, updates, existing in plans:
             report_progress(f"write {t.name}", 0.3 + 0.7 * done / total)
             write_table(conn, t, inserts, updates, existing, lambda n, s=f"write {t.name}": tick(n, s))
+        if replace or any(len(i) or len(u) for _, i, u, _ in plans):
+            bump_revision(conn)
         timings["write"] = time.perf_counter() - t2
     report_progress("done", 1.0)
     return IngestReport(str(directory), tables, files.warnings + result.warnings,

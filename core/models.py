@@ -130,3 +130,14 @@ class IndexVersion(Base):
     path: Mapped[str] = mapped_column(Text)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class DataRevision(Base):
+    """One row counting committed imports that changed data, so caches (the dashboard's catalog)
+    notice updates that leave every table's row count unchanged (e.g. an edited ad title)."""
+
+    __tablename__ = "data_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.artifacts import sha256_file
-from core.catalog import Catalog, load_catalog, table_counts
+from core.catalog import Catalog, data_revision, load_catalog, table_counts
 from core.context import default_request
 from core.db import make_engine
 from core.funnel import FunnelEngine, FunnelParams
@@ -37,8 +37,10 @@ def db(url: str):
 
 @st.cache_data(ttl=5, show_spinner=False)
 def data_stamp(url: str) -> str:
-    """Changes whenever an import changes the table sizes (cache key for the catalog)."""
-    return ",".join(f"{k}={v}" for k, v in table_counts(db(url)).items())
+    """Changes whenever an import changes data (cache key for the catalog): table sizes plus the
+    data revision that every changing import bumps (an edited title leaves the sizes alone)."""
+    counts = ",".join(f"{k}={v}" for k, v in table_counts(db(url)).items())
+    return f"{counts},rev={data_revision(db(url))}"
 
 
 @st.cache_resource(show_spinner="Loading the catalog…")
@@ -94,10 +96,10 @@ def all_user_ids() -> list[str]:
 # ---- deep links and the request -----------------------------------------------------------
 def init_from_link() -> list[str]:
     """On a session's first run, copy valid query parameters into session state; return the
-    messages for invalid ones (shown by the page, never raised)."""
+    messages for invalid ones (shown by the page on that run, never raised)."""
     ss = st.session_state
     if "link_errors" in ss:
-        return ss["link_errors"]
+        return []  # shown once, on the run that opened the link
     cat = catalog()
     link = parse_link(st.query_params.to_dict(), versions=version_names(), user_ids=pd.Index(all_user_ids()),
                       community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]))

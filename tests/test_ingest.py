@@ -577,3 +577,20 @@ def test_demo_command_end_to_end(tmp_path, capsys):
         f"{t.name}.parquet" for t in TABLES)
     assert main(["--workspace", ws, "demo", "--if-missing"]) == 0
     assert "already has a demo" in capsys.readouterr().out
+
+
+def test_data_revision_counts_changing_imports_only(engine, tmp_path):
+    """Regression: an update-only import (same row counts) must still invalidate the dashboard's
+    catalog cache, which keys on table counts plus this revision."""
+    from core.catalog import data_revision
+
+    frames = typed_frames()
+    assert data_revision(engine) == 0
+    ingest_directory(engine, write_dataset(frames, tmp_path / "v1", "csv"))
+    assert data_revision(engine) == 1
+    ingest_directory(engine, write_dataset(frames, tmp_path / "same", "csv"))  # nothing changed
+    assert data_revision(engine) == 1
+    frames["ads"].loc[frames["ads"].ad_id == "ad1", "title"] = "A <b>new</b> title"
+    before = table_counts(engine)
+    ingest_directory(engine, write_dataset(frames, tmp_path / "edit", "csv"))
+    assert table_counts(engine) == before and data_revision(engine) == 2
