@@ -18,7 +18,7 @@ def user_summary(catalog: Catalog, user_id: str, n_recent: int = 5) -> dict:
     mine = imps[imps["user_id"] == user_id] if len(imps) else imps
     clicks = mine[mine["clicked"].astype(bool)] if len(mine) else mine
     recent = clicks.sort_values("ts", ascending=False).head(n_recent)
-    ads = catalog.ads.set_index("ad_id")
+    ads = catalog.ads[catalog.ads["ad_id"].isin(set(recent["ad_id"]))].set_index("ad_id")
     recent_rows = [
         {"ts": pd.Timestamp(r.ts).isoformat(sep=" "), "ad_id": r.ad_id,
          "title": ads["title"].get(r.ad_id, ""), "vertical": ads["vertical"].get(r.ad_id, "")}

@@ -93,9 +93,9 @@ def render() -> None:
         st.switch_page(st.session_state["_pages"]["why_not"])
 
     d1, d2, d3 = st.columns([1, 1, 3])
-    d1.download_button("Download trace (CSV)", frame.to_csv(index=False), file_name=f"trace_{r.user_id}.csv",
+    d1.download_button("Download trace (CSV)", lambda: frame.to_csv(index=False), file_name=f"trace_{r.user_id}.csv",
                        mime="text/csv", key="dl_csv")
-    d2.download_button("Download trace (JSON)", trace.to_json(indent=2), file_name=f"trace_{r.user_id}.json",
+    d2.download_button("Download trace (JSON)", lambda: trace.to_json(indent=2), file_name=f"trace_{r.user_id}.json",
                        mime="application/json", key="dl_json")
     with st.expander("Per-stage timings (ms)"):
         t = trace.stage_timings_ms
