@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from core.errors import AdLensError
@@ -100,9 +99,8 @@ def render() -> None:
                        mime="application/json", key="dl_json")
     with st.expander("Per-stage timings (ms)"):
         t = trace.stage_timings_ms
-        # A table, not a chart: one Plotly figure fewer to redraw on every user switch.
-        st.dataframe(pd.DataFrame({"stage": list(t), "ms": [round(v, 2) for v in t.values()]}), hide_index=True,
-                     key="timings_table")
+        # Text, not a chart: one Plotly figure fewer to redraw on every user switch.
+        st.text("   ".join(f"{stage} {ms:.2f}" for stage, ms in t.items()))
         cal = trace.calibration if isinstance(trace.calibration, dict) else {"value": trace.calibration}
         st.caption("pCTR calibration: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in cal.items()))
