@@ -13,7 +13,7 @@ import pytest
 
 from core.demo import DEMO_END, SAMPLE, generate_dataset, main, write_dataset
 from core.reasons import ELIGIBILITY_REASONS, Reason
-from core.schema import LIST_SEPARATOR, TABLES, TABLES_BY_NAME
+from core.schema import LIST_SEPARATOR, TABLES
 from core.vocab import AGE_BUCKETS, SafetyTier
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import json
 import faiss
 import numpy as np
 import pytest
-from funnel_data import FakeTextEncoder, fill_db, fill_random_db, random_workspace, stub_version
+from funnel_data import fill_db, random_workspace, stub_version
 
 from core.audience import audience
 from core.catalog import load_catalog
@@ -19,8 +19,6 @@ from core.db import make_engine
 from core.errors import NotFoundError
 from core.explain import why_not
 from core.funnel import FunnelEngine, FunnelParams, open_engine
-from core.settings import load_settings
-from core.versions import build_version
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ tests on SQLite and, when ADLENS_TEST_PG_URL is set, on PostgreSQL.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
