@@ -10,14 +10,6 @@ from core.vocab import UNKNOWN, Device, Placement, values
 from dashboard import state
 
 
-def _community_label(cat, cid: str) -> str:
-    if cid == HOME:
-        return "— home feed (no community) —"
-    names = st.session_state.setdefault("_community_names", dict(zip(cat.communities["community_id"],
-                                                                     cat.communities["name"])))
-    return f"{cid} · {names.get(cid, '')}"
-
-
 def render_request_controls() -> None:
     ss = st.session_state
     cat = state.catalog()
@@ -45,10 +37,10 @@ def render_request_controls() -> None:
             if not prof["recent_clicks"]:
                 st.text("No clicks logged.")
         st.markdown("**Context** (what-if: change any field)")
-        comms = [HOME, *cat.communities["community_id"].tolist()]
-        if ss.get("ctx_community") not in comms:
+        labels = state.community_labels()
+        if ss.get("ctx_community") not in labels:
             ss["ctx_community"] = HOME
-        st.selectbox("Community", comms, key="ctx_community", format_func=lambda c: _community_label(cat, c))
+        st.selectbox("Community", list(labels), key="ctx_community", format_func=labels.__getitem__)
         st.selectbox("Placement", values(Placement), key="ctx_placement")
         st.selectbox("Device", (*values(Device), UNKNOWN), key="ctx_device")
         st.text_input("Country", key="ctx_country", help="Country code, e.g. US")

@@ -93,6 +93,21 @@ def all_user_ids() -> list[str]:
     return user_ids(s.db_url, data_stamp(s.db_url))
 
 
+@st.cache_resource(show_spinner=False)
+def _community_labels(url: str, stamp: str) -> dict[str, str]:
+    comms = _catalog(url, stamp).communities
+    labels = {HOME: "— home feed (no community) —"}
+    labels.update({cid: f"{cid} · {name}" for cid, name in zip(comms["community_id"].tolist(), comms["name"].tolist())})
+    return labels
+
+
+def community_labels() -> dict[str, str]:
+    """Community id → label for the context picker, the home feed first (built once per catalog:
+    the selectbox formats every option on every rerun)."""
+    s = settings()
+    return _community_labels(s.db_url, data_stamp(s.db_url))
+
+
 # ---- deep links and the request -----------------------------------------------------------
 def init_from_link() -> list[str]:
     """On a session's first run, copy valid query parameters into session state; return the
