@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.funnel import EXACT_RANKS_AUTO_MAX
 from core.links import HOME
 from core.profiles import user_summary
 from core.vocab import UNKNOWN, Device, Placement, values
@@ -51,3 +52,6 @@ def render_request_controls() -> None:
             st.number_input("N kept by early ranking", 1, 1000, 50, key="p_n")
             st.number_input("M max per advertiser", 1, 50, 2, key="p_m")
             st.number_input("Slate size", 1, 100, 10, key="p_slate")
+            st.checkbox("Exact rank of every candidate", key="p_exact",
+                        help=f"Ranks each candidate by an exact scan over all ads (automatic up to "
+                             f"{EXACT_RANKS_AUTO_MAX:,} ads; above that it adds a full scan to every request).")

@@ -167,7 +167,8 @@ def current_request() -> Request:
 def current_params() -> FunnelParams:
     ss = st.session_state
     return FunnelParams(k=int(ss.get("p_k", 500)), n_ranked=int(ss.get("p_n", 50)),
-                        max_per_advertiser=int(ss.get("p_m", 2)), slate_size=int(ss.get("p_slate", 10)))
+                        max_per_advertiser=int(ss.get("p_m", 2)), slate_size=int(ss.get("p_slate", 10)),
+                        exact_ranks=True if ss.get("p_exact") else None)
 
 
 def sync_link(**extra) -> None:

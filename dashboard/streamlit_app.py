@@ -21,12 +21,15 @@ from dashboard.views import compare, embedding_map, health, inspect, onboarding,
 st.set_page_config(page_title="AdLens", page_icon="🔎", layout="wide")
 
 PAGES = {
-    "inspect": st.Page(inspect.render, title="Inspect", icon=":material/search:", url_path="inspect", default=True),
+    # The default page is served at "/"; its url_path only names it inside Streamlit, so
+    # "/inspect" (the path users type) is a hidden alias of the same page below.
+    "inspect": st.Page(inspect.render, title="Inspect", icon=":material/search:", url_path="home", default=True),
     "why_not": st.Page(why_not.render, title="Why not", icon=":material/help:", url_path="why-not"),
     "map": st.Page(embedding_map.render, title="Embedding map", icon=":material/scatter_plot:", url_path="map"),
     "compare": st.Page(compare.render, title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     "health": st.Page(health.render, title="Health", icon=":material/monitor_heart:", url_path="health"),
 }
+ALIASES = {"inspect": st.Page(inspect.render, title="Inspect", url_path="inspect", visibility="hidden")}
 REQUEST_PAGES = {"inspect", "why_not", "map", "compare"}
 
 try:
@@ -41,10 +44,10 @@ if not ready:
     st.stop()
 
 st.session_state["_pages"] = PAGES  # for st.switch_page from views
-page = st.navigation(list(PAGES.values()))
+page = st.navigation([*PAGES.values(), *ALIASES.values()])
 for msg in state.init_from_link():
     st.warning(msg)
-key = next(k for k, p in PAGES.items() if p.url_path == page.url_path)
+key = next(k for pages in (PAGES, ALIASES) for k, p in pages.items() if p.url_path == page.url_path)
 if key in REQUEST_PAGES:
     sidebar.render_request_controls()
 page.run()

@@ -17,7 +17,7 @@ TIMEOUT = 120  # the first run loads the catalog, a version's index and its towe
 PAGES = {"inspect": "Inspect", "why-not": "Why not this ad?", "map": "Embedding map",
          "compare": "Compare versions", "health": "Index health"}
 SIDEBAR_KEYS = ("version", "user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time",
-                "p_k", "p_n", "p_m", "p_slate")
+                "p_k", "p_n", "p_m", "p_slate", "p_exact")
 
 # Tests on the demo workspace are `slow`: its session fixture embeds with the real model and trains
 # (once per session, shared with test_e2e.py). The onboarding tests need no workspace.
@@ -103,6 +103,28 @@ def test_changing_the_user_changes_the_candidate_table(inspect: AppTest, demo_wo
     assert f"user **{other}**" in _caption(at)
     assert at.query_params["user"] == other
     assert list(after["ad_id"]) != list(before["ad_id"])
+
+
+@slow
+def test_exact_ranks_are_shown_and_agree_with_the_exact_version(inspect: AppTest, demo_workspace):
+    at = inspect  # 600 ads: under EXACT_RANKS_AUTO_MAX, so computed without asking
+    _ok(at.selectbox(key="version").select("exact").run())
+    table = at.dataframe(key="candidates_table").value
+    assert table["exact_rank"].notna().all()
+    assert (table["exact_rank"] == table["ann_rank"]).all()  # a Flat index is the exact oracle
+
+
+@slow
+def test_exact_ranks_above_the_auto_limit_are_opt_in(inspect: AppTest, monkeypatch):
+    import core.funnel
+
+    at = inspect
+    monkeypatch.setattr(core.funnel, "EXACT_RANKS_AUTO_MAX", 100)  # as if the catalog were large
+    _ok(at.selectbox(key="version").select("ivf").run())
+    assert "exact_rank" not in at.dataframe(key="candidates_table").value.columns  # no empty column
+    _ok(at.checkbox(key="p_exact").check().run())
+    ranks = at.dataframe(key="candidates_table").value["exact_rank"]
+    assert ranks.notna().all() and ranks.min() >= 1
 
 
 @slow

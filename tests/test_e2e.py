@@ -231,10 +231,12 @@ def test_picking_a_user_rerenders_the_candidate_table(page, server, demo_workspa
     print("user switch re-render times:", timings)
 
 
-def test_deep_link_shows_that_view(page, server, demo_workspace):
-    user = demo_workspace.users[5]
-    _open(page, _link(server, user=user, version="ivf", device="ios", country="JP"),
+@pytest.mark.parametrize("path", ["", "inspect"])
+def test_deep_link_shows_that_view(page, server, demo_workspace, path):
+    user = demo_workspace.users[5]  # Inspect is served at "/" and, typed by hand, at "/inspect"
+    _open(page, _link(server, path, user=user, version="ivf", device="ios", country="JP"),
           "[data-testid='stDataFrame']")
+    assert page.locator("h1").first.inner_text().strip() == "Inspect"
     assert page.get_by_role("combobox", name="User").input_value() == user
     assert page.get_by_role("combobox", name="Index version").input_value() == "ivf"
     assert page.get_by_role("combobox", name="Device").input_value() == "ios"

@@ -60,16 +60,18 @@ def render() -> None:
         else:
             st.info("No candidate was dropped.")
 
+    frame = trace.to_frame()
+    # Above EXACT_RANKS_AUTO_MAX ads exact ranks are opt-in (sidebar); hide an all-empty column.
+    shown = [c for c in SHOWN if c != "exact_rank" or frame["exact_rank"].notna().any()]
     st.subheader("Slate")
     slate = trace.slate
     if len(slate):
-        st.dataframe(slate[[c for c in SHOWN if c != "failed_reasons"]], hide_index=True,
+        st.dataframe(slate[[c for c in shown if c != "failed_reasons"]], hide_index=True,
                      column_config=COLUMN_CONFIG, key="slate_table")
     else:
         st.warning("The slate is empty: every candidate was filtered or ranked out. See the table below.")
 
     st.subheader("All retrieved candidates")
-    frame = trace.to_frame()
     f1, f2, f3 = st.columns([2, 2, 3])
     outcomes = f1.multiselect("Outcome", sorted(frame["outcome"].unique()), key="f_outcome")
     reasons = f2.multiselect("Primary reason", sorted(frame["primary_reason"].dropna().unique()), key="f_reason")
@@ -85,7 +87,7 @@ def render() -> None:
                     | view["advertiser_name"].fillna("").str.lower().str.contains(t, regex=False)
                     | view["ad_id"].str.lower().str.contains(t, regex=False)]
     st.caption(f"{len(view):,} of {len(frame):,} candidates · select a row to ask *why not?* about it")
-    event = st.dataframe(view[SHOWN], hide_index=True, column_config=COLUMN_CONFIG, key="candidates_table",
+    event = st.dataframe(view[shown], hide_index=True, column_config=COLUMN_CONFIG, key="candidates_table",
                          on_select="rerun", selection_mode="single-row", height=420)
     rows = event.selection.rows if event is not None else []
     if rows:
