@@ -1,14 +1,16 @@
 """Cached heavy objects and the shared request state of the dashboard.
 
 `st.cache_resource` holds one shared, never-mutated object per key (catalog, versions, funnel
-engines, map placers); keys include the data stamp and the version's manifest checksum, so a new
+engines, maps, map placers); keys include the data stamp and the version's manifest checksum, so a new
 import or version is picked up and nothing stale is served. `st.cache_data` holds frames.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -21,6 +23,7 @@ from core.links import HOME, parse_link, to_query_params
 from core.request import Request
 from core.settings import Settings, load_settings
 from core.versions import list_versions, load_version
+from dashboard.charts import plain
 
 REQUEST_KEYS = ("user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time")
 
@@ -108,6 +111,19 @@ def community_labels() -> dict[str, str]:
     return _community_labels(s.db_url, data_stamp(s.db_url))
 
 
+@st.cache_resource(show_spinner=False)
+def _clicked_ads(url: str, stamp: str) -> dict[str, np.ndarray]:
+    imps = _catalog(url, stamp).impressions
+    clicks = imps.loc[imps["clicked"].astype(bool), ["user_id", "ad_id"]]
+    return {str(u): g.to_numpy(str) for u, g in clicks.groupby("user_id", sort=False)["ad_id"]}
+
+
+def user_clicked_ads(user_id: str) -> np.ndarray:
+    """Ids of the ads this user clicked in the impression log (grouped once per catalog)."""
+    s = settings()
+    return _clicked_ads(s.db_url, data_stamp(s.db_url)).get(str(user_id), np.array([], dtype=str))
+
+
 # ---- deep links and the request -----------------------------------------------------------
 def init_from_link() -> list[str]:
     """On a session's first run, copy valid query parameters into session state; return the
@@ -190,23 +206,40 @@ def _iso(value) -> str | None:
 
 
 # ---- maps ---------------------------------------------------------------------------------
-@st.cache_data(show_spinner="Loading the map…")
-def _map_frames(name: str, checksum: str, url: str, stamp: str):
+@dataclass(frozen=True)
+class MapData:
+    """A version's map ready to draw: `ads` (ad_id, x, y, fitted, title, advertiser_name, vertical,
+    status, hover) and `users` frames, plus the ads' columns as NumPy arrays in the frame's row
+    order (fixed-width strings: Plotly copies and serialises them without a Python call per point)."""
+
+    ads: pd.DataFrame
+    users: pd.DataFrame
+    x: np.ndarray
+    y: np.ndarray
+    ad_id: np.ndarray
+    hover: np.ndarray
+
+
+@st.cache_resource(show_spinner="Loading the map…")
+def _map_data(name: str, checksum: str, url: str, stamp: str) -> MapData | None:
     from core.maps import load_layout
 
     layout = load_layout(settings().versions_dir / name)
     if layout is None:
-        return None, None
+        return None
     ads = _catalog(url, stamp).ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
     frame = layout.ads.merge(ads, on="ad_id", how="left")
     frame["status"] = frame["status"].fillna("no campaign")
-    return frame, layout.users
+    # Escaped once per version: hover labels are Plotly text, which interprets HTML-like tags.
+    frame["hover"] = plain(frame["title"].fillna("")) + "<br>" + plain(frame["advertiser_name"].fillna("—"))
+    return MapData(ads=frame, users=layout.users, x=frame["x"].to_numpy(np.float32), y=frame["y"].to_numpy(np.float32),
+                   ad_id=frame["ad_id"].to_numpy(str), hover=frame["hover"].to_numpy(str))
 
 
-def map_frames(name: str):
-    """(ads frame with coordinates and display fields, users frame) of a version, or (None, None)."""
+def map_data(name: str) -> MapData | None:
+    """The version's map (shared: never mutate it), or None when the version has none."""
     s = settings()
-    return _map_frames(name, checksum(name), s.db_url, data_stamp(s.db_url))
+    return _map_data(name, checksum(name), s.db_url, data_stamp(s.db_url))
 
 
 @st.cache_resource(show_spinner=False)

@@ -7,6 +7,7 @@ asserts that no exception reached the page. The browser-level checks are in test
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ def test_every_page_renders(app: AppTest, url_path: str):
     _ok(_goto(at, url_path).run())
     assert at.title[0].value == PAGES[url_path]
     if url_path != "health":  # the request pages share the sidebar's request controls
-        widgets = {w.key for kind in ("selectbox", "text_input", "number_input") for w in getattr(at.sidebar, kind)}
+        widgets = {w.key for kind in ("selectbox", "text_input", "number_input", "checkbox") for w in getattr(at.sidebar, kind)}
         assert widgets == set(SIDEBAR_KEYS)
 
 
@@ -221,13 +222,34 @@ def test_selecting_a_candidate_opens_why_not(inspect: AppTest):
     assert at.selectbox(key="ad").value == first
 
 
+def _map_traces(at: AppTest) -> dict[str, list[str]]:
+    """Trace name -> ad ids (customdata) of the map figure."""
+    (chart,) = at.get("plotly_chart")
+    return {t.get("name"): list(t.get("customdata") or []) for t in json.loads(chart.proto.spec)["data"]}
+
+
 @slow
-def test_map_colours_by_funnel_outcome(app: AppTest):
+def test_map_draws_every_ad_and_highlights_the_request(app: AppTest, demo_workspace):
     at = _ok(app.run())
+    _ok(at.number_input(key="p_k").set_value(80).run())
+    slate = set(_frame(at, "final_position", "ecpm")["ad_id"])
     _ok(_goto(at, "map").run())
-    _ok(at.selectbox(key="map_color").select("Funnel outcome (current request)").run())
-    _ok(at.toggle(key="map_users").set_value(True).run())
     assert not at.warning  # every demo version has a map
+    traces = _map_traces(at)
+    overlays = {"retrieved candidates", "slate", "user's clicked ads", "request (query vector)"}
+    base = [ad for name, ads in traces.items() if name not in overlays for ad in ads]
+    assert sorted(base) == sorted(set(base)) and len(base) == 600  # every ad once, coloured by vertical
+    assert len(traces["retrieved candidates"]) == 80
+    assert set(traces["slate"]) == slate
+    assert "request (query vector)" in traces
+
+    _ok(at.selectbox(key="map_color").select("Funnel outcome (current request)").run())
+    traces = _map_traces(at)
+    assert set(traces["slate"]) == slate
+    assert len(traces["not retrieved"]) == 600 - 80
+    assert "retrieved candidates" not in traces  # the colours already say it
+    _ok(at.toggle(key="map_users").set_value(True).run())
+    assert "users" in _map_traces(at)
 
 
 @slow

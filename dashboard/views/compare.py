@@ -141,11 +141,11 @@ def _aggregate(a: str, b: str) -> None:
 def _moved_map(a: str, b: str) -> None:
     from core.maps import align_to
 
-    fa, _ = state.map_frames(a)
-    fb, _ = state.map_frames(b)
-    if fa is None or fb is None:
+    ma, mb = state.map_data(a), state.map_data(b)
+    if ma is None or mb is None:
         st.info("Both versions need a map (`adlens map --version V`).")
         return
+    fa, fb = ma.ads, mb.ads
     moved = align_to(fa[["ad_id", "x", "y"]], fb[["ad_id", "x", "y"]]).merge(
         fa[["ad_id", "x", "y", "title"]], on="ad_id", suffixes=("_b", "_a"))
     moved["dist"] = np.hypot(moved["x_b"] - moved["x_a"], moved["y_b"] - moved["y_a"])
@@ -155,7 +155,7 @@ def _moved_map(a: str, b: str) -> None:
         xs += [r.x_a, r.x_b, None]
         ys += [r.y_a, r.y_b, None]
     fig = go.Figure([
-        go.Scattergl(x=fa["x"], y=fa["y"], mode="markers", name=f"A: {a}", marker=dict(size=2, color="#cccccc")),
+        go.Scattergl(x=ma.x, y=ma.y, mode="markers", name=f"A: {a}", marker=dict(size=2, color="#cccccc")),
         go.Scattergl(x=xs, y=ys, mode="lines", name="moved (top 300)", line=dict(width=1, color="#FF4500")),
         go.Scattergl(x=top["x_b"], y=top["y_b"], mode="markers", name=f"B: {b}", text=plain(top["title"].fillna("")),
                      marker=dict(size=5, color="#FF4500")),

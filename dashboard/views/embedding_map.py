@@ -20,85 +20,73 @@ COLOR_BY = {"Vertical": "vertical", "Advertiser": "advertiser_name", "Campaign s
 MAX_LEGEND = 40
 
 
-def _points(df: pd.DataFrame, name: str, color: str, size: float = 3.0, opacity: float = 0.6) -> go.Scattergl:
-    """One legend group of ad points; hover shows id, title and advertiser (escaped: text, not HTML)."""
-    name = plain(name)
+def _points(md: state.MapData, idx: np.ndarray, name: str, **marker) -> go.Scattergl:
+    """One legend group of ad points (rows `idx` of the map); hover shows id, title and advertiser."""
     return go.Scattergl(
-        x=df["x"], y=df["y"], mode="markers", name=name, customdata=df["ad_id"],
-        text=plain(df["title"].fillna("")) + "<br>" + plain(df["advertiser_name"].fillna("—")),
-        hovertemplate="%{customdata}<br>%{text}<extra>%{fullData.name}</extra>",
-        marker=dict(size=size, color=color, opacity=opacity),
+        x=md.x[idx], y=md.y[idx], mode="markers", name=plain(name), customdata=md.ad_id[idx], text=md.hover[idx],
+        hovertemplate="%{customdata}<br>%{text}<extra>%{fullData.name}</extra>", marker=marker,
     )
+
+
+def _groups(labels: pd.Series) -> dict[str, np.ndarray]:
+    """Label -> row positions, in one pass over the map."""
+    return {str(k): v for k, v in labels.groupby(labels.to_numpy(), sort=False).indices.items()}
 
 
 def render() -> None:
     st.title("Embedding map")
     version = st.session_state["version"]
-    ads, users = state.map_frames(version)
-    if ads is None:
+    md = state.map_data(version)
+    if md is None:
         st.warning(f"Version {version} has no map yet. Build it with `adlens map --version {version}` "
                    "(maps are computed once, never on a page load).")
         return
+    ads = md.ads  # shared by every session: read, never write
     state.sync_link()
     c1, c2, c3 = st.columns([2, 1, 1])
     color_by = c1.selectbox("Colour by", list(COLOR_BY), key="map_color")
     show_users = c2.toggle("User points", key="map_users")
     show_request = c3.toggle("Highlight current request", value=True, key="map_request")
+    field = COLOR_BY[color_by]
 
-    ads = ads.copy()
-    trace = None
-    if show_request or COLOR_BY[color_by] == "outcome":
+    trace = outcome = None
+    if show_request or field == "outcome":
         try:
             trace = state.engine(version).run(state.current_request(), state.current_params())
         except AdLensError as exc:
             st.error(str(exc))
             return
-        out = trace.candidates.set_index("ad_id")
-        ads["outcome"] = ads["ad_id"].map(out["outcome"]).fillna("not retrieved")
-        ads.loc[ads["outcome"] == "filtered", "outcome"] = (
-            "filtered: " + ads["ad_id"].map(out["primary_reason"]).astype(str))
+        cand = trace.candidates
+        label = np.where(cand["outcome"] == "filtered", "filtered: " + cand["primary_reason"].astype(str),
+                         cand["outcome"].astype(str))
+        outcome = ads["ad_id"].map(pd.Series(label, index=cand["ad_id"].to_numpy())).fillna("not retrieved")
 
     fig = go.Figure()
-    field = COLOR_BY[color_by]
     if field == "outcome":
-        groups = ads.groupby("outcome", sort=True)
-        order = sorted(groups.groups, key=lambda g: (g == "not retrieved", g))
+        groups = _groups(outcome)
+        order = sorted(groups, key=lambda g: (g == "not retrieved", g))
         for i, g in enumerate(order):
             base = g.split(":")[0]
-            color = OUTCOME_COLORS.get(base, PALETTE[i % len(PALETTE)])
-            if base == "filtered":
-                color = PALETTE[i % len(PALETTE)]
-            sub = groups.get_group(g)
-            fig.add_trace(_points(sub, g, color, size=3 if g == "not retrieved" else 6,
+            color = PALETTE[i % len(PALETTE)] if base == "filtered" else OUTCOME_COLORS.get(base, PALETTE[i % len(PALETTE)])
+            fig.add_trace(_points(md, groups[g], g, color=color, size=3 if g == "not retrieved" else 6,
                                   opacity=0.25 if g == "not retrieved" else 0.9))
     else:
-        counts = ads[field].fillna("unknown").value_counts()
-        top = list(counts.index[:MAX_LEGEND])
-        label = ads[field].fillna("unknown").where(ads[field].fillna("unknown").isin(top), "other")
+        values = ads[field].fillna("unknown")
+        top = list(values.value_counts().index[:MAX_LEGEND])
+        groups = _groups(values.where(values.isin(top), "other"))
         for i, g in enumerate([*top, "other"]):
-            sub = ads[label == g]
-            if len(sub):
-                fig.add_trace(_points(sub, g, PALETTE[i % len(PALETTE)] if g != "other" else "#cccccc",
-                                      size=5 if len(ads) <= 20_000 else 3))  # small maps: bigger dots
-    if show_users and len(users):
+            if g in groups:
+                fig.add_trace(_points(md, groups[g], g, color=PALETTE[i % len(PALETTE)] if g != "other" else "#cccccc",
+                                      size=5 if len(ads) <= 20_000 else 3, opacity=0.6))  # small maps: bigger dots
+    if show_users and len(md.users):
+        users = md.users
         fig.add_trace(go.Scattergl(x=users["x"], y=users["y"], mode="markers", name="users",
                                    text=plain(users["user_id"]), hovertemplate="%{text}<extra>user</extra>",
                                    marker=dict(size=4, color="#000000", symbol="x", opacity=0.4)))
     if trace is not None and show_request:
-        placer = state.map_placer(version)
-        q = placer.place(trace.query[None, :])[0] if placer is not None else None
-        clicked = state.catalog().impressions
-        mine = clicked[(clicked["user_id"] == trace.request.user_id) & clicked["clicked"].astype(bool)]
-        cl = ads[ads["ad_id"].isin(set(mine["ad_id"]))]
-        if len(cl):
-            fig.add_trace(go.Scattergl(x=cl["x"], y=cl["y"], mode="markers", name="user's clicked ads",
-                                       text=plain(cl["title"]), marker=dict(size=11, color="rgba(0,0,0,0)",
-                                       line=dict(width=2, color="#000000"))))
-        if q is not None and not np.isnan(q).any():
-            fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)",
-                                       marker=dict(size=18, color="#FF4500", symbol="star",
-                                                   line=dict(width=1, color="#000"))))
-    fig.update_layout(height=680, margin=dict(l=0, r=0, t=10, b=0), dragmode="lasso",
+        _request_layers(fig, md, version, trace, outlined_candidates=field != "outcome")
+    # uirevision: zoom, pan and hidden legend groups survive reruns (another user, another colouring).
+    fig.update_layout(height=680, margin=dict(l=0, r=0, t=10, b=0), dragmode="lasso", uirevision=version,
                       legend=dict(itemsizing="constant"), xaxis=dict(visible=False), yaxis=dict(visible=False))
     event = st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode=("box", "lasso", "points"))
     st.caption(f"{len(ads):,} ads (UMAP fitted on a stratified sample, the rest placed by their neighbours). "
@@ -107,7 +95,35 @@ def render() -> None:
     if event is not None and event.selection:
         picked = [p.get("customdata") for p in event.selection.get("points", []) if p.get("customdata")]
     if picked:
-        sel = ads[ads["ad_id"].isin(set(picked))]
+        mask = ads["ad_id"].isin(set(picked))
+        sel = ads.loc[mask, ["ad_id", "title", "advertiser_name", "vertical", "status"]]
+        if outcome is not None:
+            sel = sel.assign(outcome=outcome[mask])
         st.subheader(f"{len(sel):,} selected ads")
-        st.dataframe(sel[["ad_id", "title", "advertiser_name", "vertical", "status"]
-                         + (["outcome"] if "outcome" in sel else [])], hide_index=True, key="map_selected")
+        st.dataframe(sel, hide_index=True, key="map_selected")
+
+
+def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outlined_candidates: bool) -> None:
+    """The request on top of the map: its retrieved candidates and slate (unless the map is
+    already coloured by outcome), the user's clicked ads and the query vector's placement."""
+    pos = pd.Index(md.ads["ad_id"])
+    if outlined_candidates:
+        cand = trace.candidates
+        layers = [("retrieved candidates", cand["ad_id"],
+                   dict(size=7, color="rgba(0,0,0,0)", line=dict(width=1, color="#333333"))),
+                  ("slate", cand.loc[cand["outcome"] == "slate", "ad_id"],
+                   dict(size=12, color=OUTCOME_COLORS["slate"], symbol="diamond", line=dict(width=1, color="#000")))]
+    else:
+        layers = []
+    layers.append(("user's clicked ads", state.user_clicked_ads(trace.request.user_id),
+                   dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#000000"))))
+    for name, ids, marker in layers:
+        idx = pos.get_indexer(ids)
+        idx = idx[idx >= 0]
+        if len(idx):
+            fig.add_trace(_points(md, idx, name, **marker))
+    placer = state.map_placer(version)
+    q = placer.place(trace.query[None, :])[0] if placer is not None else None
+    if q is not None and not np.isnan(q).any():
+        fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)",
+                                   marker=dict(size=18, color="#FF4500", symbol="star", line=dict(width=1, color="#000"))))
