@@ -6,6 +6,7 @@ Everything is measured against the exact-search oracle on a seeded sample of rea
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,8 +71,10 @@ def _timed_search(version, queries: np.ndarray, k: int, params: dict) -> tuple[l
     return results, np.asarray(times)
 
 
-def recall_curve(version, queries: np.ndarray, k: int, exact: list) -> pd.DataFrame:
-    """Recall@k against exact and latency per query at each nprobe (IVF) or efSearch (HNSW)."""
+def recall_curve(version, queries: np.ndarray, k: int, exact: list,
+                 progress: Callable[[float], None] | None = None) -> pd.DataFrame:
+    """Recall@k against exact and latency per query at each nprobe (IVF) or efSearch (HNSW);
+    `progress(fraction)` after each grid value."""
     index, kind = version.index, version.index.kind
     default = version.search_params or {}
     if kind in ("ivf", "ivfpq"):
@@ -83,12 +86,15 @@ def recall_curve(version, queries: np.ndarray, k: int, exact: list) -> pd.DataFr
     else:
         name, grid = "exact", [0]
     rows = []
-    for v in sorted(set(grid) | ({default[name]} if name in default else set())):
+    values = sorted(set(grid) | ({default[name]} if name in default else set()))
+    for i, v in enumerate(values):
         params = {**default, name: v} if name != "exact" else default
         res, ms = _timed_search(version, queries, k, params)
         rows.append({"param": name, "value": int(v), "recall_at_k": _recall(res, exact, k),
                      "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "is_default": default.get(name) == v})
+        if progress:
+            progress((i + 1) / len(values))
     return pd.DataFrame(rows)
 
 
@@ -157,15 +163,27 @@ def dead_and_hub_ads(version, catalog: Catalog, queries: np.ndarray, approx: lis
     return dead_df, by_vertical, hub_df
 
 
-def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, seed: int = 0) -> HealthReport:
-    """The full health report for `version` (see module docstring)."""
+def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, seed: int = 0,
+           progress: Callable[[float, str], None] | None = None) -> HealthReport:
+    """The full health report for `version` (see module docstring); `progress(fraction, step)`
+    reports the steps (encoding, exact search, each point of the recall curve, dead/hub ads)."""
+    def step(fraction: float, what: str) -> None:
+        if progress:
+            progress(min(1.0, fraction), what)
+
     t0 = time.perf_counter()
+    step(0.0, f"Encoding {n_requests} sampled requests")
     _, q = sample_query_vectors(version, catalog, n_requests, seed)
     k = min(k, len(version.ad_ids))
+    step(0.1, "Exact search (the oracle)")
     exact = version.exact_search(q, k) if len(q) else []
-    curve = recall_curve(version, q, k, exact) if len(q) else pd.DataFrame()
+    step(0.2, "Recall and latency at each search setting")
+    curve = recall_curve(version, q, k, exact, progress=lambda f: step(0.2 + 0.7 * f, "Recall and latency at each "
+                                                                        "search setting")) if len(q) else pd.DataFrame()
+    step(0.9, "Dead and hub ads")
     approx = version.search(q, k) if len(q) else []
     dead, dead_by_vertical, hubs = dead_and_hub_ads(version, catalog, q, approx, exact, k)
+    step(1.0, "Done")
     return HealthReport(
         version=version.name, kind=version.index.kind, k=k, n_requests=len(q), curve=curve,
         ivf_lists=ivf_list_stats(version.index), dead_ads=dead, dead_by_vertical=dead_by_vertical,

@@ -7,6 +7,7 @@ import or version is picked up and nothing stale is served. `st.cache_data` hold
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -255,14 +256,49 @@ def map_placer(name: str):
     return _placer(name, checksum(name), s.db_url, data_stamp(s.db_url))
 
 
-@st.cache_resource(show_spinner="Measuring recall against exact search…")
-def _health(name: str, checksum: str, url: str, stamp: str, n_requests: int, k: int):
+class _ReportStore:
+    """Health reports by key, newest `size` kept. Not st.cache_resource: a report takes seconds to
+    measure and the page shows a progress bar meanwhile (Streamlit would replay a cached
+    function's elements, bar included, on every cache hit)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size, self._items, self._lock = size, {}, threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.pop(next(iter(self._items)))
+
+
+@st.cache_resource(show_spinner=False)
+def _health_store() -> _ReportStore:
+    return _ReportStore()
+
+
+def _health_key(name: str, n_requests: int, k: int) -> tuple:
+    s = settings()
+    return name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k
+
+
+def cached_health_report(name: str, n_requests: int = 200, k: int = 100):
+    """The version's health report if already measured with these settings, else None."""
+    return _health_store().get(_health_key(name, n_requests, k))
+
+
+def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None):
+    """The version's health report (measured once per version, data and settings)."""
     from core.health import health
 
-    eng = _engine(name, checksum, url, stamp)
-    return health(eng.version, eng.catalog, n_requests=n_requests, k=k)
-
-
-def health_report(name: str, n_requests: int = 200, k: int = 100):
-    s = settings()
-    return _health(name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k)
+    key = _health_key(name, n_requests, k)
+    rep = _health_store().get(key)
+    if rep is None:
+        eng = engine(name)
+        rep = health(eng.version, eng.catalog, n_requests=n_requests, k=k, progress=progress)
+        _health_store().put(key, rep)
+    return rep

@@ -22,7 +22,11 @@ def world(tmp_path_factory):
 
 def test_curve_is_monotone_and_reaches_one_at_nlist(world):
     v, cat = world
-    rep = health(v, cat, n_requests=40, k=20)
+    steps = []
+    rep = health(v, cat, n_requests=40, k=20, progress=lambda f, what: steps.append((f, what)))
+    fractions = [f for f, _ in steps]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert len(steps) >= len(rep.curve) + 4  # one report per point of the curve
     c = rep.curve
     assert list(c["param"].unique()) == ["nprobe"]
     assert c["value"].max() == v.index.nlist

@@ -61,7 +61,11 @@ def render() -> None:
     st.query_params.from_dict({"version": name})
     eng = state.engine(name)
     _manifest(eng.version.manifest)
-    rep = state.health_report(name, int(n), int(k))
+    rep = state.cached_health_report(name, int(n), int(k))
+    if rep is None:
+        bar = st.progress(0.0, text="Measuring recall against exact search…")
+        rep = state.health_report(name, int(n), int(k), progress=lambda f, what: bar.progress(f, text=f"{what}…"))
+        bar.empty()
 
     st.subheader(f"Recall@{rep.k} vs exact, and latency, on {rep.n_requests} sampled requests")
     curve = rep.curve
