@@ -9,6 +9,10 @@ The report is a dict of sections, each computed by a function in `BENCH_SECTIONS
   per index configuration, build time, bytes per ad, single-query p50/p99, batch queries/s,
   recall@10/100/500 against the exact oracle, and speed-up over exact search; plus whether the
   target holds (some ANN config ≥ 10× faster than exact, single-query p50, at recall@500 ≥ 0.95).
+- ``funnel`` (core/funnel_bench.py): per-stage request latency, why-not and map placement at 10k
+  and 100k ads on a generated bench workspace.
+- ``dashboard`` (core/dashboard_bench.py): Inspect's re-render after a user switch at 100k ads,
+  in headless Chromium (skipped, with the reason, where no browser is available).
 
 Every search asks for k=500 (the funnel's K); recall@K compares its top K with the exact top K.
 """
@@ -240,11 +244,18 @@ def section_funnel(ctx: BenchContext) -> dict:
     return run(ctx)
 
 
+def section_dashboard(ctx: BenchContext) -> dict:
+    from core.dashboard_bench import section_dashboard as run  # starts streamlit and a browser
+
+    return run(ctx)
+
+
 BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "machine": section_machine,
     "embedding": section_embedding,
     "ann": section_ann,
     "funnel": section_funnel,
+    "dashboard": section_dashboard,
 }
 
 
@@ -294,6 +305,9 @@ def format_report(report: dict) -> str:
         if name == "funnel":
             lines.extend(_format_funnel(sec))
             continue
+        if name == "dashboard" and "switches" in sec:
+            lines.extend(_format_dashboard(sec))
+            continue
         for k, v in sec.items():
             if k == "rows":
                 continue
@@ -330,4 +344,13 @@ def _format_funnel(sec: dict) -> list[str]:
             lines.append(f"    map: place one query p50 {m['place_ms']['p50']:.2f} ms (target <= 50); "
                          f"UMAP build {mb.get('total_s', float('nan')):.1f} s at build time")
         lines.append(f"    engine build {rep['engine_build_ms'] / 1000:.1f} s; workspace {rep['workspace']}")
+    return lines
+
+
+def _format_dashboard(sec: dict) -> list[str]:
+    lines = [f"  Inspect at {sec['ads']:,} ads, user switch in Chromium: median rerun {sec['rerun_median_s']:.2f} s, "
+             f"settled {sec['settled_median_s']:.2f} s (target <= {sec['target_s']:.0f} s: "
+             f"{'met' if sec['meets_target'] else 'NOT met'}); first load {sec['first_load_s']:.1f} s"]
+    lines += [f"    {r['user']:<14} rerun {r['rerun_s']:.2f} s   settled {r['settled_s']:.2f} s" for r in sec["switches"]]
+    lines.append(f"  workspace {sec['workspace']}")
     return lines

@@ -11,87 +11,40 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+
+from core.dashboard_bench import CHROMIUM_ARGS, find_chromium, serve_dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 SHOTS = ARTIFACTS / "screenshots"
-CHROMIUM = os.environ.get("ADLENS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
 LOAD_MS = 120_000  # a cold page loads the catalog, a version's index and its tower
 STEP_MS = 60_000
 
 
 # ---- the server and the browser -----------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_streamlit(env: dict[str, str], log: Path, timeout: float = 90.0):
-    """`streamlit run dashboard` on a free port; returns (process, base url) once /_stcore/health is ok."""
-    port = _free_port()
-    fh = open(log, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            fh.close()
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200 and r.read().strip() == b"ok":
-                    return proc, url, fh
-        except OSError:
-            pass
-        time.sleep(0.5)
-    _stop(proc, fh)
-    pytest.fail(f"streamlit did not become healthy within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc, fh) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    fh.close()
-
-
 @pytest.fixture(scope="module")
 def server(demo_workspace, tmp_path_factory) -> str:
-    proc, url, fh = _start_streamlit(demo_workspace.env(), tmp_path_factory.mktemp("e2e") / "streamlit.log")
-    yield url
-    _stop(proc, fh)
+    with serve_dashboard(demo_workspace.env(), tmp_path_factory.mktemp("e2e") / "streamlit.log", timeout=90) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
-        msg = f"no Chromium at {CHROMIUM} (Debian package `chromium`; or set ADLENS_CHROMIUM)"
+    chromium = find_chromium()
+    if chromium is None:
+        msg = "no Chromium (Debian package `chromium`; or set ADLENS_CHROMIUM)"
         pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
@@ -290,8 +243,7 @@ def test_html_in_an_ad_title_is_shown_literally(page, server, demo_workspace):
 
 def test_empty_workspace_offers_the_demo(browser, tmp_path, demo_workspace):
     env = {**demo_workspace.env(), "ADLENS_HOME": str(tmp_path / "empty")}
-    proc, url, fh = _start_streamlit(env, tmp_path / "streamlit.log")
-    try:
+    with serve_dashboard(env, tmp_path / "streamlit.log", timeout=90) as url:
         ctx = browser.new_context(viewport={"width": 1400, "height": 900})
         pg = ctx.new_page()
         _open(pg, url, "text=Welcome to AdLens")
@@ -299,5 +251,3 @@ def test_empty_workspace_offers_the_demo(browser, tmp_path, demo_workspace):
         _no_errors(pg)
         _shot(pg, "onboarding")
         ctx.close()
-    finally:
-        _stop(proc, fh)
