@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--types", nargs="+", choices=("flat", "ivf", "hnsw", "ivfpq"),
                    help="index families (default: all; hnsw skipped above 300k ads unless named)")
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-throughput section")
-    p.add_argument("--sections", nargs="+", help="run only these report sections")
+    p.add_argument("--sections", nargs="+", metavar="SECTION",
+                   help="run only these report sections: machine, embedding, ann, funnel, dashboard")
     p.add_argument("--threads", type=int,
                    help="FAISS/OpenMP threads for this run (default: untouched, all cores)")
     p.add_argument("--seed", type=int, default=0)
