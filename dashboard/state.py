@@ -101,7 +101,8 @@ def all_user_ids() -> list[str]:
 def _community_labels(url: str, stamp: str) -> dict[str, str]:
     comms = _catalog(url, stamp).communities
     labels = {HOME: "— home feed (no community) —"}
-    labels.update({cid: f"{cid} · {name}" for cid, name in zip(comms["community_id"].tolist(), comms["name"].tolist())})
+    labels.update({cid: f"{cid} · {name}"
+                   for cid, name in zip(comms["community_id"].tolist(), comms["name"].tolist())})
     return labels
 
 
@@ -219,6 +220,7 @@ class MapData:
     y: np.ndarray
     ad_id: np.ndarray
     hover: np.ndarray
+    rows: pd.Index  # ad_id -> row (for get_indexer; its hash table is built once)
 
 
 @st.cache_resource(show_spinner="Loading the map…")
@@ -234,7 +236,8 @@ def _map_data(name: str, checksum: str, url: str, stamp: str) -> MapData | None:
     # Escaped once per version: hover labels are Plotly text, which interprets HTML-like tags.
     frame["hover"] = plain(frame["title"].fillna("")) + "<br>" + plain(frame["advertiser_name"].fillna("—"))
     return MapData(ads=frame, users=layout.users, x=frame["x"].to_numpy(np.float32), y=frame["y"].to_numpy(np.float32),
-                   ad_id=frame["ad_id"].to_numpy(str), hover=frame["hover"].to_numpy(str))
+                   ad_id=frame["ad_id"].to_numpy(str), hover=frame["hover"].to_numpy(str),
+                   rows=pd.Index(frame["ad_id"]))
 
 
 def map_data(name: str) -> MapData | None:

@@ -67,7 +67,8 @@ def render() -> None:
         order = sorted(groups, key=lambda g: (g == "not retrieved", g))
         for i, g in enumerate(order):
             base = g.split(":")[0]
-            color = PALETTE[i % len(PALETTE)] if base == "filtered" else OUTCOME_COLORS.get(base, PALETTE[i % len(PALETTE)])
+            # one colour per filter reason; the other outcomes keep their fixed colours
+            color = PALETTE[i % len(PALETTE)] if base == "filtered" else OUTCOME_COLORS.get(base, "#7f7f7f")
             fig.add_trace(_points(md, groups[g], g, color=color, size=3 if g == "not retrieved" else 6,
                                   opacity=0.25 if g == "not retrieved" else 0.9))
     else:
@@ -106,7 +107,6 @@ def render() -> None:
 def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outlined_candidates: bool) -> None:
     """The request on top of the map: its retrieved candidates and slate (unless the map is
     already coloured by outcome), the user's clicked ads and the query vector's placement."""
-    pos = pd.Index(md.ads["ad_id"])
     if outlined_candidates:
         cand = trace.candidates
         layers = [("retrieved candidates", cand["ad_id"],
@@ -118,7 +118,7 @@ def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outl
     layers.append(("user's clicked ads", state.user_clicked_ads(trace.request.user_id),
                    dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#000000"))))
     for name, ids, marker in layers:
-        idx = pos.get_indexer(ids)
+        idx = md.rows.get_indexer(ids)
         idx = idx[idx >= 0]
         if len(idx):
             fig.add_trace(_points(md, idx, name, **marker))
@@ -126,4 +126,5 @@ def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outl
     q = placer.place(trace.query[None, :])[0] if placer is not None else None
     if q is not None and not np.isnan(q).any():
         fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)",
-                                   marker=dict(size=18, color="#FF4500", symbol="star", line=dict(width=1, color="#000"))))
+                                   marker=dict(size=18, color="#FF4500", symbol="star",
+                                               line=dict(width=1, color="#000"))))
