@@ -110,7 +110,7 @@ def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outl
     if outlined_candidates:
         cand = trace.candidates
         layers = [("retrieved candidates", cand["ad_id"],
-                   dict(size=7, color="rgba(0,0,0,0)", line=dict(width=1, color="#333333"))),
+                   dict(size=9, color="rgba(0,0,0,0)", line=dict(width=1, color="rgba(0,0,0,0.55)"))),
                   ("slate", cand.loc[cand["outcome"] == "slate", "ad_id"],
                    dict(size=12, color=OUTCOME_COLORS["slate"], symbol="diamond", line=dict(width=1, color="#000")))]
     else:
@@ -120,11 +120,11 @@ def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outl
     for name, ids, marker in layers:
         idx = md.rows.get_indexer(ids)
         idx = idx[idx >= 0]
-        if len(idx):
-            fig.add_trace(_points(md, idx, name, **marker))
+        if len(idx):  # legendrank: the request's layers head a legend that may scroll
+            fig.add_trace(_points(md, idx, name, **marker).update(legendrank=1))
     placer = state.map_placer(version)
     q = placer.place(trace.query[None, :])[0] if placer is not None else None
     if q is not None and not np.isnan(q).any():
-        fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)",
+        fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)", legendrank=1,
                                    marker=dict(size=18, color="#FF4500", symbol="star",
                                                line=dict(width=1, color="#000"))))
