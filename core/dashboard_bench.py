@@ -33,6 +33,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TARGET_S = 1.0
 SWITCHES = 8
 QUIET_S = 1.5
+# True once Inspect's caption above the funnel names user `u` (the new request has rendered).
+CAPTION_NAMES_USER = ("u => [...document.querySelectorAll(\"[data-testid='stCaptionContainer']\")]"
+                      ".some(e => e.innerText.includes('user ' + u + ' '))")
 # Records the mousedown that picks the user and the time of every later DOM mutation, except in
 # screen-reader live regions (the combobox announces the choice and clears it a second later).
 OBSERVER = """() => { window.__click = null; window.__last = null; window.__what = null;
@@ -131,9 +134,7 @@ def measure_user_switches(workspace: Path, switches: int = SWITCHES, chromium: s
                 t = time.perf_counter()
                 option.click()
                 page.mouse.move(900, 20)  # off the sidebar: a hovered help icon's tooltip is not the funnel
-                page.wait_for_function(  # the caption above the funnel names the request's user
-                    "u => [...document.querySelectorAll(\"[data-testid='stCaptionContainer']\")]"
-                    ".some(e => e.innerText.includes('user ' + u + ' '))", arg=user, timeout=60_000)
+                page.wait_for_function(CAPTION_NAMES_USER, arg=user, timeout=60_000)
                 page.wait_for_function("() => !document.querySelector(\"[data-testid='stStatusWidget']\")",
                                        timeout=60_000)
                 rerun = time.perf_counter() - t

@@ -177,9 +177,10 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
     k = min(k, len(version.ad_ids))
     step(0.1, "Exact search (the oracle)")
     exact = version.exact_search(q, k) if len(q) else []
-    step(0.2, "Recall and latency at each search setting")
-    curve = recall_curve(version, q, k, exact, progress=lambda f: step(0.2 + 0.7 * f, "Recall and latency at each "
-                                                                        "search setting")) if len(q) else pd.DataFrame()
+    curve_step = "Recall and latency at each search setting"
+    step(0.2, curve_step)
+    curve = recall_curve(version, q, k, exact, progress=lambda f: step(0.2 + 0.7 * f, curve_step)) \
+        if len(q) else pd.DataFrame()
     step(0.9, "Dead and hub ads")
     approx = version.search(q, k) if len(q) else []
     dead, dead_by_vertical, hubs = dead_and_hub_ads(version, catalog, q, approx, exact, k)

@@ -284,21 +284,13 @@ def _health_store() -> _ReportStore:
     return _ReportStore()
 
 
-def _health_key(name: str, n_requests: int, k: int) -> tuple:
-    s = settings()
-    return name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k
-
-
-def cached_health_report(name: str, n_requests: int = 200, k: int = 100):
-    """The version's health report if already measured with these settings, else None."""
-    return _health_store().get(_health_key(name, n_requests, k))
-
-
 def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None):
-    """The version's health report (measured once per version, data and settings)."""
+    """The version's health report, measured once per version, data and settings; `progress`
+    is only called while a report is being measured."""
     from core.health import health
 
-    key = _health_key(name, n_requests, k)
+    s = settings()
+    key = (name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k)
     rep = _health_store().get(key)
     if rep is None:
         eng = engine(name)

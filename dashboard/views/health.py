@@ -61,10 +61,15 @@ def render() -> None:
     st.query_params.from_dict({"version": name})
     eng = state.engine(name)
     _manifest(eng.version.manifest)
-    rep = state.cached_health_report(name, int(n), int(k))
-    if rep is None:
-        bar = st.progress(0.0, text="Measuring recall against exact search…")
-        rep = state.health_report(name, int(n), int(k), progress=lambda f, what: bar.progress(f, text=f"{what}…"))
+    bars = []  # created on the first progress report: a cached report shows no bar
+
+    def progress(fraction: float, what: str) -> None:
+        if not bars:
+            bars.append(st.progress(0.0))
+        bars[0].progress(fraction, text=f"{what}…")
+
+    rep = state.health_report(name, int(n), int(k), progress=progress)
+    for bar in bars:
         bar.empty()
 
     st.subheader(f"Recall@{rep.k} vs exact, and latency, on {rep.n_requests} sampled requests")
