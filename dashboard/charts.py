@@ -7,7 +7,7 @@ import html
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.reasons import Stage
+from core.funnel.reasons import Stage
 
 OUTCOME_COLORS = {"slate": "#2ca02c", "ranked_out": "#1f77b4", "advertiser_cap": "#9467bd",
                   "filtered": "#d62728", "not retrieved": "#c7c7c7"}

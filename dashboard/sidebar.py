@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.funnel import EXACT_RANKS_AUTO_MAX
-from core.links import HOME
-from core.profiles import user_summary
-from core.vocab import UNKNOWN, Device, Placement, values
+from core.analysis.links import HOME
+from core.analysis.profiles import user_summary
+from core.data.vocab import UNKNOWN, Device, Placement, values
+from core.funnel.params import EXACT_RANKS_AUTO_MAX
 from dashboard import state
 
 

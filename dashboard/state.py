@@ -15,15 +15,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.artifacts import sha256_file
-from core.catalog import Catalog, data_revision, load_catalog, table_counts
-from core.context import default_request
-from core.db import make_engine
-from core.funnel import FunnelEngine, FunnelParams
-from core.links import HOME, parse_link, to_query_params
-from core.request import Request
-from core.settings import Settings, load_settings
-from core.versions import list_versions, load_version
+from core.analysis.links import HOME, parse_link, to_query_params
+from core.data.request import Request
+from core.funnel.context import default_request
+from core.funnel.engine import FunnelEngine
+from core.funnel.params import FunnelParams
+from core.index.versions import list_versions, load_version
+from core.store.artifacts import sha256_file
+from core.store.catalog import Catalog, data_revision, load_catalog, table_counts
+from core.store.db import make_engine
+from core.store.settings import Settings, load_settings
 from dashboard.charts import plain
 
 REQUEST_KEYS = ("user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time")
@@ -87,7 +88,7 @@ def engine(name: str) -> FunnelEngine:
 
 @st.cache_resource(show_spinner=False)
 def user_ids(url: str, stamp: str) -> list[str]:
-    from core.context import known_user_ids
+    from core.funnel.context import known_user_ids
 
     return sorted(map(str, known_user_ids(_catalog(url, stamp))))
 
@@ -170,13 +171,13 @@ def reset_context() -> None:
 
 
 def current_request() -> Request:
-    """The request the sidebar describes (validated by core.context.default_request)."""
+    """The request the sidebar describes (validated by core.funnel.context.default_request)."""
     ss = st.session_state
     comm = ss.get("ctx_community")
     ts = ss.get("ctx_time")
     return default_request(
         catalog(), ss["user"],
-        community_id=comm,  # "home" = the home feed (core.context understands it)
+        community_id=comm,  # "home" = the home feed (core.funnel.context understands it)
         placement=ss.get("ctx_placement"), device=ss.get("ctx_device"),
         country=ss.get("ctx_country"), ts=ts if ts else None,
     )
@@ -225,7 +226,7 @@ class MapData:
 
 @st.cache_resource(show_spinner="Loading the map…")
 def _map_data(name: str, checksum: str, url: str, stamp: str) -> MapData | None:
-    from core.maps import load_layout
+    from core.index.maps import load_layout
 
     layout = load_layout(settings().versions_dir / name)
     if layout is None:
@@ -248,7 +249,7 @@ def map_data(name: str) -> MapData | None:
 
 @st.cache_resource(show_spinner=False)
 def _placer(name: str, checksum: str, url: str, stamp: str):
-    from core.maps import MapPlacer, load_layout
+    from core.index.maps import MapPlacer, load_layout
 
     layout = load_layout(settings().versions_dir / name)
     return None if layout is None else MapPlacer(_engine(name, checksum, url, stamp).version, layout.ads)
@@ -287,7 +288,7 @@ def _health_store() -> _ReportStore:
 def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None):
     """The version's health report, measured once per version, data and settings; `progress`
     is only called while a report is being measured."""
-    from core.health import health
+    from core.analysis.health import health
 
     s = settings()
     key = (name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k)

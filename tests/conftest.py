@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from core.db import make_engine
-from core.models import Base
-from core.settings import Settings, load_settings
+from core.store.db import make_engine
+from core.store.models import Base
+from core.store.settings import Settings, load_settings
 
 PG_ENV = "ADLENS_TEST_PG_URL"
 
@@ -79,7 +79,7 @@ def _retitle(settings: Settings, ad_id: str, title: str, tmp: Path) -> None:
     """Change one ad's title through the ordinary import path (a one-row ads file updates it)."""
     import pandas as pd
 
-    from core.ingest import ingest_directory
+    from core.data.ingest import ingest_directory
 
     ads = pd.read_parquet(settings.demo_data_dir / "ads.parquet")
     row = ads[ads["ad_id"] == ad_id].assign(title=title)
@@ -97,12 +97,13 @@ def _retitle(settings: Settings, ad_id: str, title: str, tmp: Path) -> None:
 def demo_workspace(tmp_path_factory) -> DemoWorkspace:
     """Build ONE small demo workspace per test session (real embedding model, both towers, the
     three versions with their maps: ~1 min on 2 cores), then retitle one retrieved ad to HTML."""
-    from core.catalog import load_catalog
-    from core.context import default_request, known_user_ids
-    from core.funnel import FunnelEngine, FunnelParams
-    from core.pipeline import build_demo
-    from core.settings import default_db_url
-    from core.versions import list_versions, load_version
+    from core.demo.pipeline import build_demo
+    from core.funnel.context import default_request, known_user_ids
+    from core.funnel.engine import FunnelEngine
+    from core.funnel.params import FunnelParams
+    from core.index.versions import list_versions, load_version
+    from core.store.catalog import load_catalog
+    from core.store.settings import default_db_url
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     root = tmp_path_factory.mktemp("dashboard")

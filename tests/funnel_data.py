@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, insert
 
-from core.ann import AnnIndex, exact_search
-from core.catalog import Catalog
-from core.models import Ad, Advertiser, Campaign, Community, Impression, User
-from core.query_encoder import HistoryMeanEncoder, l2_normalize
+from core.index.ann import AnnIndex, exact_search
+from core.store.catalog import Catalog
+from core.store.models import Ad, Advertiser, Campaign, Community, Impression, User
+from core.tower.query_encoder import HistoryMeanEncoder, l2_normalize
 
 NOW = datetime(2026, 10, 15, 12, 0, 0)
 H = timedelta(hours=1)
@@ -132,7 +132,7 @@ def fill_db(engine: Engine) -> None:
 
 @dataclass
 class StubVersion:
-    """Version-shaped stand-in (core.versions.Version's attributes) over seeded random vectors."""
+    """Version-shaped stand-in (core.index.versions.Version's attributes) over seeded random vectors."""
 
     name: str
     ad_ids: np.ndarray
@@ -250,9 +250,9 @@ class FakeTextEncoder:
 def random_workspace(ws: Path, versions: dict[str, tuple[str, dict]], n_ads: int = 300):
     """Settings of a workspace at `ws` holding `fill_random_db` data and real versions built with
     `FakeTextEncoder`: {name: (factory, search_params)}."""
-    from core.db import make_engine
-    from core.settings import load_settings
-    from core.versions import build_version
+    from core.index.versions import build_version
+    from core.store.db import make_engine
+    from core.store.settings import load_settings
 
     settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
     db = make_engine(settings.db_url)

@@ -7,9 +7,15 @@ import faiss
 import numpy as np
 import pytest
 
-from core.ann import AnnIndex, exact_search, recall_at, suggest_nlist, tune_search_params
-from core.bench import clustered_vectors, synthetic_queries
-from core.errors import ArtifactError
+from core.bench.runner import clustered_vectors, synthetic_queries
+from core.common.errors import ArtifactError
+from core.index.ann import (
+    AnnIndex,
+    exact_search,
+    recall_at,
+    suggest_nlist,
+    tune_search_params,
+)
 
 DIM = 32
 N = 3000
@@ -233,7 +239,7 @@ def test_recall_counts_exact_ties():
 
 
 def test_bench_report_structure_and_extra_sections(settings, monkeypatch):
-    from core import bench
+    from core.bench import runner as bench
 
     monkeypatch.setitem(bench.BENCH_SECTIONS, "custom", lambda ctx: {"n": ctx.ads, "ann_ran": "ann" in ctx.report})
     rep = bench.run_bench(settings, ads=2000, queries=10, types=["flat", "ivf"], embed=False,

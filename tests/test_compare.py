@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from funnel_data import random_workspace, stub_version
 
-from core.compare import compare_versions, diff_traces
-from core.funnel import FunnelEngine, FunnelParams, open_engine
+from core.analysis.compare import compare_versions, diff_traces
+from core.funnel.engine import FunnelEngine, open_engine
+from core.funnel.params import FunnelParams
 
 PARAMS = FunnelParams(k=60, n_ranked=10, max_per_advertiser=2, slate_size=5)
 

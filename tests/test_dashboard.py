@@ -117,10 +117,10 @@ def test_exact_ranks_are_shown_and_agree_with_the_exact_version(inspect: AppTest
 
 @slow
 def test_exact_ranks_above_the_auto_limit_are_opt_in(inspect: AppTest, monkeypatch):
-    import core.funnel
+    import core.funnel.engine
 
     at = inspect
-    monkeypatch.setattr(core.funnel, "EXACT_RANKS_AUTO_MAX", 100)  # as if the catalog were large
+    monkeypatch.setattr(core.funnel.engine, "EXACT_RANKS_AUTO_MAX", 100)  # as if the catalog were large
     _ok(at.selectbox(key="version").select("ivf").run())
     assert "exact_rank" not in at.dataframe(key="candidates_table").value.columns  # no empty column
     _ok(at.checkbox(key="p_exact").check().run())
@@ -176,7 +176,7 @@ def test_every_page_renders(app: AppTest, url_path: str):
 
 @slow
 def test_page_switches_reuse_the_cached_index_tower_and_map(app: AppTest, monkeypatch):
-    import core.maps
+    import core.index.maps
     from dashboard import state
 
     at = _ok(app.run())
@@ -189,7 +189,7 @@ def test_page_switches_reuse_the_cached_index_tower_and_map(app: AppTest, monkey
 
     monkeypatch.setattr(state, "load_version", counted("load_version", state.load_version))
     monkeypatch.setattr(state, "FunnelEngine", counted("FunnelEngine", state.FunnelEngine))
-    monkeypatch.setattr(core.maps, "load_layout", counted("load_layout", core.maps.load_layout))
+    monkeypatch.setattr(core.index.maps, "load_layout", counted("load_layout", core.index.maps.load_layout))
     for url_path in [*PAGES, *PAGES]:
         _ok(_goto(at, url_path).run())
     assert loads == []
@@ -310,7 +310,7 @@ def test_empty_workspace_shows_onboarding(tmp_path, use_workspace):
 
 
 def test_onboarding_build_failure_is_a_message(tmp_path, use_workspace, monkeypatch):
-    from core.errors import AdLensError
+    from core.common.errors import AdLensError
     from dashboard.views import onboarding
 
     def fail(settings, progress=None, **kw):

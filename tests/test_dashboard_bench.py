@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import dashboard_bench
-from core.bench import BenchContext, format_report
-from core.settings import load_settings
+from core.bench import dashboard as dashboard_bench
+from core.bench.runner import BenchContext, format_report
+from core.store.settings import load_settings
 
 
 def test_section_is_skipped_with_the_reason_when_no_browser(tmp_path, monkeypatch):

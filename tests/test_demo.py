@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from core.demo import DEMO_END, SAMPLE, generate_dataset, main, write_dataset
-from core.reasons import ELIGIBILITY_REASONS, Reason
-from core.schema import LIST_SEPARATOR, TABLES
-from core.vocab import AGE_BUCKETS, SafetyTier
+from core.data.schema import LIST_SEPARATOR, TABLES
+from core.data.vocab import AGE_BUCKETS, SafetyTier
+from core.demo.generate import DEMO_END, SAMPLE, generate_dataset, main, write_dataset
+from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
 
 REPO = Path(__file__).resolve().parents[1]
 RANK = {t.value: t.rank for t in SafetyTier}
@@ -292,12 +292,12 @@ def test_write_dataset_round_trips(frames, tmp_path, fmt):
 
 
 def test_sample_dataset_in_repo_is_current(tmp_path):
-    """data/sample is `python -m core.demo --sample data/sample`; regenerate it after changing the generator."""
+    """data/sample is `python -m core.demo.generate --sample data/sample`; regenerate it after changing the generator."""
     assert main(["--sample", str(tmp_path)]) == 0
     for t in TABLES:
         want = (tmp_path / f"{t.name}.csv").read_text()
         have = REPO / "data" / "sample" / f"{t.name}.csv"
-        assert have.exists() and have.read_text() == want, f"{have} is stale: run python -m core.demo --sample data/sample"
+        assert have.exists() and have.read_text() == want, f"{have} is stale: run python -m core.demo.generate --sample data/sample"
     imp = pd.read_csv(tmp_path / "impressions.csv")
     assert SAMPLE["n_ads"] == len(pd.read_csv(tmp_path / "ads.csv")) and 1000 <= len(imp) <= 10_000
 

@@ -17,7 +17,12 @@ from urllib.parse import urlencode
 
 import pytest
 
-from core.dashboard_bench import CAPTION_NAMES_USER, CHROMIUM_ARGS, find_chromium, serve_dashboard
+from core.bench.dashboard import (
+    CAPTION_NAMES_USER,
+    CHROMIUM_ARGS,
+    find_chromium,
+    serve_dashboard,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

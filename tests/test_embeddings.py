@@ -9,12 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import embedding_cache
-from core.catalog import Catalog
-from core.embedding_cache import MAX_SHARDS, EmbeddingCache, embed_catalog
-from core.embeddings import (AdEncoder, HashingEncoder, compose_ad_text, load_text_model, model_fingerprint,
-                             resolve_model_path, text_hash)
-from core.errors import AdLensError
+from core.common.errors import AdLensError
+from core.store.catalog import Catalog
+from core.text import embedding_cache
+from core.text.embedding_cache import MAX_SHARDS, EmbeddingCache, embed_catalog
+from core.text.embeddings import (
+    AdEncoder,
+    HashingEncoder,
+    compose_ad_text,
+    load_text_model,
+    model_fingerprint,
+    resolve_model_path,
+    text_hash,
+)
 
 ADS = [
     ("ad_1", "Fly to Lisbon from $49", "Book by Friday and save.", "Book now", "travel"),
@@ -163,10 +170,11 @@ def test_real_model_is_deterministic_normalised_and_semantic(real_encoder):
 
 @pytest.mark.slow
 def test_cli_embed_reports_encoded_then_reused(tmp_path, capsys, real_encoder):
-    from core.cli import main
-    from core.db import make_engine
-    from core.models import Ad
     from sqlalchemy import insert
+
+    from core.cli import main
+    from core.store.db import make_engine
+    from core.store.models import Ad
 
     ws = tmp_path / "ws"
     engine = make_engine(f"sqlite:///{ws / 'adlens.db'}")

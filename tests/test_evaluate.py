@@ -10,13 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.catalog import Catalog
 from core.cli import main
-from core.errors import AdLensError
-from core.evaluate import Split, evaluate_encoder, make_split, popularity_ranks
-from core.features import FeatureStore
-from core.metrics import hitrate_at_k, metric_table, ndcg_at_k, ranks_of_targets, recall_at_k
-from core.query_encoder import QueryEncoder, l2_normalize
+from core.common.errors import AdLensError
+from core.data.features import FeatureStore
+from core.store.catalog import Catalog
+from core.tower.evaluate import evaluate_encoder, popularity_ranks
+from core.tower.metrics import (
+    hitrate_at_k,
+    metric_table,
+    ndcg_at_k,
+    ranks_of_targets,
+    recall_at_k,
+)
+from core.tower.query_encoder import QueryEncoder, l2_normalize
+from core.tower.split import Split, make_split
 
 L2, L3, L5 = 1.0, 1 / math.log2(3), 1 / math.log2(5)  # 1/log2(rank+2) for ranks 0, 1, 3
 
@@ -160,11 +167,14 @@ def test_history_mean_cold_start_uses_training_clicks_only():
 
 @pytest.mark.slow
 def test_cli_evaluate_json_and_split_guard(settings, capsys):
-    from test_tower import planted_catalog, write_catalog  # tests/ is on sys.path under pytest
+    from test_tower import (  # tests/ is on sys.path under pytest
+        planted_catalog,
+        write_catalog,
+    )
 
-    from core.db import make_engine
-    from core.evaluate import evaluate_tower
-    from core.train import train_tower
+    from core.store.db import make_engine
+    from core.tower.evaluate import evaluate_tower
+    from core.tower.train import train_tower
 
     cat, ids, vecs = planted_catalog(n_ads=120, n_users=60, per_user=40)
     engine = make_engine(settings.db_url)
@@ -185,14 +195,17 @@ def test_cli_evaluate_json_and_split_guard(settings, capsys):
 def test_cli_train_and_evaluate_print_tables(settings, capsys, monkeypatch):
     from test_tower import planted_catalog, write_catalog
 
-    import core.train
-    from core.db import make_engine
-    from core.train import list_towers
+    import core.tower.evaluate
+    import core.tower.train
+    from core.store.db import make_engine
+    from core.tower.registry import list_towers
 
     cat, ids, vecs = planted_catalog(n_ads=120, n_users=60, per_user=40)
     write_catalog(make_engine(settings.db_url), cat)
     # The CLI embeds the catalog with the real text model; hand it the planted vectors instead.
-    monkeypatch.setattr(core.train, "catalog_embeddings", lambda s, c: (ids, vecs, {"fingerprint": "ab12"}))
+    planted = lambda s, c: (ids, vecs, {"fingerprint": "ab12"})  # noqa: E731
+    monkeypatch.setattr(core.tower.train, "catalog_embeddings", planted)
+    monkeypatch.setattr(core.tower.evaluate, "catalog_embeddings", planted)
     ws = ["--workspace", str(settings.workspace)]
     assert main([*ws, "train", "--name", "cli", "--epochs", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -1,6 +1,6 @@
 """Why-not and audience: agreement with the Trace, retrieval counterfactuals verified by real
 searches (IVF nprobe, HNSW efSearch, exact K), clear errors for unknown ids. Uses real versions
-built by core.versions from a tiny random catalog (with a fake, deterministic text model)."""
+built by core.index.versions from a tiny random catalog (with a fake, deterministic text model)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from funnel_data import fill_db, random_workspace, stub_version
 
-from core.audience import audience
-from core.catalog import load_catalog
 from core.cli import main
-from core.context import default_request, known_user_ids
-from core.db import make_engine
-from core.errors import NotFoundError
-from core.explain import why_not
-from core.funnel import FunnelEngine, FunnelParams, open_engine
+from core.common.errors import NotFoundError
+from core.funnel.audience import audience
+from core.funnel.context import default_request, known_user_ids
+from core.funnel.engine import FunnelEngine, open_engine
+from core.funnel.explain import why_not
+from core.funnel.params import FunnelParams
+from core.store.catalog import load_catalog
+from core.store.db import make_engine
 
 
 @pytest.fixture(scope="module")

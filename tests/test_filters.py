@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from funnel_data import ELIGIBLE_ADS, NOW, RULE_ADS, fill_db
 
-from core.ad_facts import AdFacts, FrequencyIndex, ListColumn, RequestContext
-from core.catalog import load_catalog
-from core.context import default_request
-from core.db import make_engine
-from core.errors import AdLensError, NotFoundError, ValidationError
-from core.filters import RULES, active_rules, evaluate, explain_rules
-from core.reasons import ELIGIBILITY_REASONS, Reason
-from core.request import Request
+from core.common.errors import AdLensError, NotFoundError, ValidationError
+from core.data.request import Request
+from core.funnel.ad_facts import AdFacts, FrequencyIndex, ListColumn, RequestContext
+from core.funnel.context import default_request
+from core.funnel.filters import RULES, active_rules, evaluate, explain_rules
+from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
+from core.store.catalog import load_catalog
+from core.store.db import make_engine
 
 H = timedelta(hours=1)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from core.cli import main
-from core.db import make_engine, redact_url
-from core.models import Base
-from core.reasons import ELIGIBILITY_REASONS, Reason
-from core.schema import TABLES
-from core.settings import load_settings
+from core.data.schema import TABLES
+from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
+from core.store.db import make_engine, redact_url
+from core.store.models import Base
+from core.store.settings import load_settings
 
 
 def test_settings_precedence(monkeypatch, tmp_path):

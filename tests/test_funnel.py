@@ -12,16 +12,17 @@ import pytest
 from funnel_data import NOW, fill_db, fill_random_db, stub_version
 from sqlalchemy import event, text
 
-from core.catalog import load_catalog, table_counts
 from core.cli import main
-from core.context import default_request, known_user_ids
-from core.db import make_engine
-from core.errors import ValidationError
-from core.funnel import FunnelEngine, FunnelParams
-from core.ranking import Calibration, ecpm, fit_calibration
-from core.reasons import ELIGIBILITY_REASONS, Stage
-from core.trace import CANDIDATE_COLUMNS, OUTCOMES
-from core.vocab import AGE_BUCKETS, SafetyTier
+from core.common.errors import ValidationError
+from core.data.vocab import AGE_BUCKETS, SafetyTier
+from core.funnel.context import default_request, known_user_ids
+from core.funnel.engine import FunnelEngine
+from core.funnel.params import FunnelParams
+from core.funnel.ranking import Calibration, ecpm, fit_calibration
+from core.funnel.reasons import ELIGIBILITY_REASONS, Stage
+from core.funnel.trace import CANDIDATE_COLUMNS, OUTCOMES
+from core.store.catalog import load_catalog, table_counts
+from core.store.db import make_engine
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +219,8 @@ def test_engine_uses_logged_clicks_for_calibration(tiny):
 
 def test_request_never_writes_to_the_database(engine):
     """On SQLite and (in CI) PostgreSQL: requests, why-not and audience issue no write."""
-    from core.audience import audience
-    from core.explain import why_not
+    from core.funnel.audience import audience
+    from core.funnel.explain import why_not
 
     db = engine
     fill_db(db)
@@ -259,10 +260,10 @@ def test_engine_is_not_mutated_by_requests(tiny):
 
 
 def test_cli_inspect_why_not_audience(tiny, monkeypatch, tmp_path, capsys):
-    import core.funnel
+    import core.funnel.engine
 
     _, _, engine = tiny
-    monkeypatch.setattr(core.funnel, "open_engine", lambda settings, name, **kw: engine)
+    monkeypatch.setattr(core.funnel.engine, "open_engine", lambda settings, name, **kw: engine)
     ws = ["--workspace", str(tmp_path / "ws")]
     assert main([*ws, "inspect", "--version", "v", "--user", "u1", "--slate", "3"]) == 0
     out = capsys.readouterr().out
@@ -282,8 +283,8 @@ def test_cli_inspect_why_not_audience(tiny, monkeypatch, tmp_path, capsys):
 
 
 def test_bench_funnel_reports_percentiles(tiny):
-    from core.funnel_bench import bench_funnel
-    from core.request import sample_requests
+    from core.bench.funnel import bench_funnel
+    from core.data.request import sample_requests
 
     _, cat, engine = tiny
     reqs = sample_requests(cat.impressions, cat.users, 10, seed=0)

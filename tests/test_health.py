@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from core.catalog import load_catalog
-from core.db import make_engine
-from core.health import dead_and_hub_ads, health, ivf_list_stats
-from core.versions import load_version
 from funnel_data import random_workspace
+
+from core.analysis.health import dead_and_hub_ads, health, ivf_list_stats
+from core.index.versions import load_version
+from core.store.catalog import load_catalog
+from core.store.db import make_engine
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from core.catalog import load_catalog, table_counts
 from core.cli import main
-from core.db import make_engine
-from core.errors import ValidationError
-from core.ingest import ingest_directory, read_dataset, validate_dataset
-from core.models import Base
-from core.settings import load_settings
-from core.schema import TABLES, render_markdown
+from core.common.errors import ValidationError
+from core.data.ingest import ingest_directory, read_dataset, validate_dataset
+from core.data.schema import TABLES, render_markdown
+from core.store.catalog import load_catalog, table_counts
+from core.store.db import make_engine
+from core.store.models import Base
+from core.store.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TZ = "Etc/GMT-2"  # UTC+02:00
@@ -465,7 +465,7 @@ def test_cli_ingest_json_and_error_exit(tmp_path, capsys):
 
 def test_readme_contains_the_rendered_schema():
     readme = (REPO / "data" / "README.md").read_text()
-    assert render_markdown().strip() in readme, "paste `python -m core.schema` output into data/README.md"
+    assert render_markdown().strip() in readme, "paste `python -m core.data.schema` output into data/README.md"
 
 
 def test_sample_dataset_ingests(engine):
@@ -480,8 +480,8 @@ def test_sample_dataset_ingests(engine):
 def test_sqlite_fast_datetime_text_equals_sqlalchemys():
     from sqlalchemy.dialects import sqlite
 
-    from core.ingest_write import sqlite_datetimes
-    from core.models import Impression
+    from core.data.ingest_write import sqlite_datetimes
+    from core.store.models import Impression
 
     values = pd.Series(pd.to_datetime(["2026-10-14T18:03:00", None, "1999-01-02T03:04:05.123456"], format="ISO8601"))
     dialect = sqlite.dialect()
@@ -500,9 +500,9 @@ def _schema_objects(engine) -> dict:
 
 
 def test_bulk_load_mode_restores_indexes_and_foreign_keys(engine, tmp_path, monkeypatch):
-    import core.ingest_write
+    import core.data.ingest_write
 
-    monkeypatch.setattr(core.ingest_write, "BULK_MIN_ROWS", 0)  # tiny data takes the bulk path
+    monkeypatch.setattr(core.data.ingest_write, "BULK_MIN_ROWS", 0)  # tiny data takes the bulk path
     objects = _schema_objects(engine)
     assert objects["impressions"][0] == ["ix_impressions_ad_id", "ix_impressions_user_ts"]
     frames = typed_frames()
@@ -524,8 +524,8 @@ def test_bulk_load_mode_restores_indexes_and_foreign_keys(engine, tmp_path, monk
 # ---- demo pipeline ---------------------------------------------------------------------------
 
 def test_build_demo_runs_named_timed_steps(settings, monkeypatch):
-    import core.pipeline as pl
-    from core.errors import AdLensError
+    import core.demo.pipeline as pl
+    from core.common.errors import AdLensError
 
     def generate(ctx, tick):
         tick(0.5)
@@ -564,7 +564,7 @@ def test_demo_if_missing_leaves_imported_data_alone(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_command_end_to_end(tmp_path, capsys):
-    pytest.importorskip("core.demo")
+    pytest.importorskip("core.demo.generate")
     ws = str(tmp_path / "ws")
     assert main(["--workspace", ws, "demo", "--ads", "2000", "--users", "500", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -582,7 +582,7 @@ def test_demo_command_end_to_end(tmp_path, capsys):
 def test_data_revision_counts_changing_imports_only(engine, tmp_path):
     """Regression: an update-only import (same row counts) must still invalidate the dashboard's
     catalog cache, which keys on table counts plus this revision."""
-    from core.catalog import data_revision
+    from core.store.catalog import data_revision
 
     frames = typed_frames()
     assert data_revision(engine) == 0

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from core.links import parse_link, to_query_params
+from core.analysis.links import parse_link, to_query_params
 
 KW = dict(versions=["exact", "ivf"], user_ids=pd.Index(["u1", "u2"]),
           community_ids=pd.Index(["c_a"]), ad_ids=pd.Index(["ad1"]))

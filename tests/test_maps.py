@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.maps import align_to, compute_layout, place, stratified_sample
+from core.index.maps import align_to, compute_layout, place, stratified_sample
 
 
 def _clustered(n: int, d: int = 32, k: int = 6, seed: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
+from core.analysis.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
 
 
 def test_overlap_and_jaccard():

@@ -12,17 +12,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy import insert
 
-from core.catalog import Catalog
 from core.cli import main
-from core.db import make_engine
-from core.errors import AdLensError, ArtifactError, NotFoundError
-from core.evaluate import make_split
-from core.features import FeatureStore
-from core.models import Ad, Community, Impression, Tower, User
-from core.query_encoder import load_query_encoder
-from core.request import REQUEST_COLUMNS
-from core.train import fit_tower, load_tower, nearest_unclicked, train_tower
-from core.tower import UserTowerEncoder, build_vocab
+from core.common.errors import AdLensError, ArtifactError, NotFoundError
+from core.data.features import FeatureStore
+from core.data.request import REQUEST_COLUMNS
+from core.store.catalog import Catalog
+from core.store.db import make_engine
+from core.store.models import Ad, Community, Impression, Tower, User
+from core.tower.model import UserTowerEncoder, build_vocab
+from core.tower.registry import load_query_encoder, load_tower
+from core.tower.split import make_split
+from core.tower.train import fit_tower, nearest_unclicked, train_tower
 
 T0 = datetime(2026, 1, 1)
 N_TOPICS, DIM = 6, 32
@@ -140,7 +140,7 @@ def test_cold_start_requests_give_finite_unit_vectors(trained, planted):
 
 
 def test_planted_signal_is_recovered(trained):
-    from core.evaluate import evaluate_encoder
+    from core.tower.evaluate import evaluate_encoder
 
     enc, split, stats, losses = trained
     cat, ids, vecs = planted_catalog()
@@ -275,7 +275,7 @@ def test_train_tower_saves_registers_and_refuses_duplicates(settings, planted):
     assert isinstance(load_tower(settings, "t1"), UserTowerEncoder)
     with pytest.raises(AdLensError, match="already exists"):
         train_tower(settings, "t1", epochs=1, engine=engine, progress=False, ad_ids=ids, ad_text_vectors=vecs)
-    with pytest.raises(AdLensError, match="not a safe name"):
+    with pytest.raises(AdLensError, match="invalid tower name"):
         train_tower(settings, "../evil", epochs=1, engine=engine, progress=False, ad_ids=ids, ad_text_vectors=vecs)
     with pytest.raises(NotFoundError, match="existing: t1"):
         load_tower(settings, "nope")
@@ -284,12 +284,12 @@ def test_train_tower_saves_registers_and_refuses_duplicates(settings, planted):
 
 def test_cli_train_rejects_bad_name(tmp_path, capsys):
     assert main(["--workspace", str(tmp_path / "ws"), "train", "--name", "bad name"]) == 2
-    assert "not a safe name" in capsys.readouterr().err
+    assert "invalid tower name" in capsys.readouterr().err
 
 
 def test_cli_defaults_match_training_defaults():
     from core.cli.tower_cmds import TRAIN_DEFAULTS
-    from core.train import DEFAULTS
+    from core.tower.train import DEFAULTS
 
     assert TRAIN_DEFAULTS == {k: DEFAULTS[k] for k in TRAIN_DEFAULTS}
 

@@ -7,8 +7,8 @@ import argparse
 import importlib
 import sys
 
-from core.errors import AdLensError
-from core.settings import load_settings
+from core.common.errors import AdLensError
+from core.store.settings import load_settings
 
 # Each module exposes `register(subparsers)`; imported lazily so `adlens --help` stays fast
 # enough and a heavy dependency (torch) is only imported by the commands that need it.

@@ -1,5 +1,5 @@
-"""`adlens compare`, `adlens health`, `adlens map`: version analytics (core.compare, core.health,
-core.maps). Handlers call core and print what it returns."""
+"""`adlens compare`, `adlens health`, `adlens map`: version analytics (core.analysis.compare, core.analysis.health,
+core.index.maps). Handlers call core and print what it returns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import pandas as pd
 
 from core.cli.output import add_json_flag, print_json
-from core.settings import Settings
+from core.store.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,11 +42,12 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
-    from core.compare import compare_versions
-    from core.funnel import FunnelEngine, FunnelParams
-    from core.catalog import load_catalog
-    from core.db import make_engine
-    from core.versions import load_version
+    from core.analysis.compare import compare_versions
+    from core.funnel.engine import FunnelEngine
+    from core.funnel.params import FunnelParams
+    from core.index.versions import load_version
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
 
     catalog = load_catalog(make_engine(settings.db_url))
     ea = FunnelEngine(load_version(settings, args.a), catalog)
@@ -93,10 +94,10 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
-    from core.catalog import load_catalog
-    from core.db import make_engine
-    from core.health import health
-    from core.versions import load_version
+    from core.analysis.health import health
+    from core.index.versions import load_version
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
 
     rep = health(load_version(settings, args.version), load_catalog(make_engine(settings.db_url)),
                  n_requests=args.requests, k=args.k, seed=args.seed)
@@ -130,7 +131,7 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_map(args: argparse.Namespace, settings: Settings) -> int:
-    from core.maps import build_version_map
+    from core.index.versions import build_version_map
 
     meta = build_version_map(settings, args.version)
     if args.json:

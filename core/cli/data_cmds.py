@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.catalog import table_counts
 from core.cli.output import add_json_flag, print_json
-from core.db import make_engine, redact_url
-from core.settings import Settings
+from core.store.catalog import table_counts
+from core.store.db import make_engine, redact_url
+from core.store.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +75,7 @@ def _print_ingest(report) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from core.ingest import ingest_directory
+    from core.data.ingest import ingest_directory
 
     engine = make_engine(settings.db_url)
     try:
@@ -92,7 +92,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from core.pipeline import build_demo, workspace_state
+    from core.demo.pipeline import build_demo, workspace_state
 
     n_ads, n_users, seed = args.ads, args.users, args.seed
     if args.if_missing:

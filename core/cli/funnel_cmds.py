@@ -8,8 +8,8 @@ import argparse
 import pandas as pd
 
 from core.cli.output import add_json_flag, print_json
-from core.reasons import Reason
-from core.settings import Settings
+from core.funnel.reasons import Reason
+from core.store.settings import Settings
 
 
 def _add_context(p: argparse.ArgumentParser) -> None:
@@ -64,13 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine(settings: Settings, version: str):
-    from core.funnel import open_engine
+    from core.funnel.engine import open_engine
 
     return open_engine(settings, version)
 
 
 def _params(args: argparse.Namespace):
-    from core.funnel import FunnelParams
+    from core.funnel.params import FunnelParams
 
     sp = {}
     if args.nprobe is not None:
@@ -121,7 +121,7 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
-    from core.explain import why_not
+    from core.funnel.explain import why_not
 
     params = _params(args)
     engine = _engine(settings, args.version)
@@ -143,7 +143,7 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
-    from core.audience import audience
+    from core.funnel.audience import audience
 
     params = _params(args)
     engine = _engine(settings, args.version)

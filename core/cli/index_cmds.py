@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core.cli.output import add_json_flag, print_json
-from core.settings import Settings
+from core.store.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    from core.catalog import load_catalog
-    from core.db import make_engine
-    from core.embedding_cache import embed_catalog
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+    from core.text.embedding_cache import embed_catalog
 
     catalog = load_catalog(make_engine(settings.db_url), with_impressions=False)
     res = embed_catalog(settings, catalog, progress=not args.json)
@@ -70,7 +70,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
-    from core.versions import build_version
+    from core.index.versions import build_version
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
                                 ("k_factor", args.k_factor)) if v is not None}
@@ -90,7 +90,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
-    from core.versions import delete_version, list_versions
+    from core.index.versions import delete_version, list_versions
 
     if args.delete:
         delete_version(settings, args.delete)
@@ -116,7 +116,7 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from core.bench import format_report, run_bench
+    from core.bench.runner import format_report, run_bench
 
     report = run_bench(settings, ads=args.ads, queries=args.queries, types=args.types,
                        embed=not args.no_embed, sections=args.sections, seed=args.seed,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from core.cli.output import add_json_flag, print_json
-from core.settings import Settings
+from core.store.settings import Settings
 
-TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15}  # = core.train.DEFAULTS
+TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15}  # = core.tower.train.DEFAULTS
 SHOWN_MODELS = ("tower", "history_mean", "most_popular", "random")
 
 
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from core.train import train_tower
+    from core.tower.train import train_tower
 
     res = train_tower(settings, args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       temperature=args.temperature, seed=args.seed, hard_negatives=args.hard_negatives,
@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from core.evaluate import evaluate_tower
+    from core.tower.evaluate import evaluate_tower
 
     report = evaluate_tower(settings, args.tower, split=args.split)
     if args.json:

@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.compare import compare_versions, diff_traces
-from core.errors import AdLensError
+from core.analysis.compare import compare_versions, diff_traces
+from core.common.errors import AdLensError
 from dashboard import state
 from dashboard.charts import bar_figure, plain
 
@@ -139,7 +139,7 @@ def _aggregate(a: str, b: str) -> None:
 
 
 def _moved_map(a: str, b: str) -> None:
-    from core.maps import align_to
+    from core.index.maps import align_to
 
     ma, mb = state.map_data(a), state.map_data(b)
     if ma is None or mb is None:

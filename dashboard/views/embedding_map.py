@@ -9,7 +9,7 @@ import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.errors import AdLensError
+from core.common.errors import AdLensError
 from dashboard import state
 from dashboard.charts import OUTCOME_COLORS, plain
 

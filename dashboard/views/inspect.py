@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import AdLensError
-from core.reasons import Stage
+from core.common.errors import AdLensError
+from core.funnel.reasons import Stage
 from dashboard import state
 from dashboard.charts import bar_figure, funnel_figure
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import AdLensError
-from core.pipeline import build_demo
+from core.common.errors import AdLensError
+from core.demo.pipeline import build_demo
 from dashboard import state
 
 

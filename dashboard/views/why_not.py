@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.audience import audience
-from core.errors import AdLensError
-from core.explain import why_not
+from core.common.errors import AdLensError
+from core.funnel.audience import audience
+from core.funnel.explain import why_not
 from dashboard import state
 from dashboard.charts import bar_figure
 

@@ -1,0 +1,111 @@
+"""Shareable deep links: the dashboard's URL query parameters, parsed and validated here.
+
+Query parameter values are untrusted strings: every one is checked against the workspace
+(versions, users, communities, ads) and the vocabularies; a bad value is dropped with a message
+that names the parameter, the value and what is allowed, and never crashes the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+from core.data.vocab import UNKNOWN, Device, Placement, values
+
+LINK_KEYS: tuple[str, ...] = ("version", "b", "user", "community", "placement", "device", "country", "time", "ad")
+HOME = "home"
+"""`community=home` means the home feed (no community)."""
+
+
+@dataclass
+class LinkState:
+    """The validated view a link asks for; None means "not given" (use the default)."""
+
+    version: str | None = None
+    version_b: str | None = None
+    user: str | None = None
+    community: str | None = None  # community id, or HOME for the home feed
+    placement: str | None = None
+    device: str | None = None
+    country: str | None = None
+    time: datetime | None = None
+    ad: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _first(v) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        v = v[0] if v else None
+    s = str(v).strip() if v is not None else None
+    return s or None
+
+
+def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: pd.Index,
+               community_ids: pd.Index, ad_ids: pd.Index) -> LinkState:
+    """Validate query parameters against the workspace; collect a message per bad value."""
+    st = LinkState()
+    get = {k: _first(params.get(k)) for k in LINK_KEYS}
+
+    def bad(key: str, value: str, allowed: str) -> None:
+        st.errors.append(f"Link parameter `{key}={value}` is not valid: {allowed}. It was ignored.")
+
+    for key, attr in (("version", "version"), ("b", "version_b")):
+        v = get[key]
+        if v is not None:
+            if v in versions:
+                setattr(st, attr, v)
+            else:
+                bad(key, v, f"known versions are {', '.join(versions) or 'none'}")
+    if (u := get["user"]) is not None:
+        if u in user_ids:
+            st.user = u
+        else:
+            bad("user", u, f"no such user (e.g. {', '.join(map(str, user_ids[:3]))})")
+    if (c := get["community"]) is not None:
+        if c == HOME or c in community_ids:
+            st.community = c
+        else:
+            bad("community", c, f"no such community; use `{HOME}` for the home feed")
+    for key, allowed in (("placement", values(Placement)), ("device", (*values(Device), UNKNOWN))):
+        v = get[key]
+        if v is not None:
+            if v in allowed:
+                setattr(st, key, v)
+            else:
+                bad(key, v, f"allowed: {', '.join(allowed)}")
+    if (c := get["country"]) is not None:
+        if c.isalpha() and 2 <= len(c) <= 7:
+            st.country = c if c == UNKNOWN else c.upper()
+        else:
+            bad("country", c, "use a country code such as US or DE")
+    if (t := get["time"]) is not None:
+        try:
+            ts = pd.Timestamp(t)
+            if ts is pd.NaT:
+                raise ValueError
+            st.time = (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts).to_pydatetime()
+        except (ValueError, TypeError):
+            bad("time", t, "use an ISO 8601 time such as 2026-10-31T18:00:00")
+    if (a := get["ad"]) is not None:
+        if a in ad_ids:
+            st.ad = a
+        else:
+            bad("ad", a, f"no such ad (e.g. {', '.join(map(str, ad_ids[:3]))})")
+    return st
+
+
+def to_query_params(**fields) -> dict[str, str]:
+    """Query parameters for a view (None values are left out; datetimes in ISO 8601)."""
+    out: dict[str, str] = {}
+    for key, value in fields.items():
+        if key not in LINK_KEYS:
+            raise ValueError(f"unknown link parameter {key!r}; known: {', '.join(LINK_KEYS)}")
+        if value is None:
+            continue
+        out[key] = value.isoformat() if isinstance(value, datetime) else str(value)
+    return out

@@ -1,0 +1,288 @@
+"""`adlens demo` as a list of named, timed steps: generate -> write files -> ingest -> embed ->
+train towers -> build versions (each with its UMAP map).
+
+Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may read or add to
+`ctx.results`, calls `tick(fraction_of_this_step)` and returns a small dict of details for the
+report. `progress(step_name, fraction)` receives the fraction of the whole build (0..1), weighted
+by the steps' `weight`, so a dashboard can show one progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from core.common.errors import AdLensError
+from core.data.ingest import IngestReport, ingest_directory
+from core.data.schema import TABLES
+from core.store.catalog import table_counts
+from core.store.db import make_engine
+from core.store.settings import Settings
+
+Progress = Callable[[str, float], None]
+MARKER = "demo.json"  # in the workspace: parameters and status of the last demo build
+
+
+@dataclass
+class DemoContext:
+    """What the steps share: parameters, the engine, and each step's results by name."""
+
+    settings: Settings
+    engine: Engine
+    n_ads: int
+    n_users: int
+    seed: int
+    replace: bool = False  # delete existing data rows in the ingest transaction
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    name: str
+    run: Callable[[DemoContext, Callable[[float], None]], dict[str, Any]]
+    weight: float = 1.0  # share of the progress bar (roughly its share of the time)
+
+
+@dataclass
+class StepTiming:
+    name: str
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoReport:
+    workspace: str
+    data_dir: str
+    n_ads: int
+    n_users: int
+    seed: int
+    steps: list[StepTiming]
+    counts: dict[str, int]  # rows per table after the build
+    seconds: float
+    ingest: IngestReport | None = None
+
+
+def _generate(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.demo.generate import (
+        generate_dataset,  # imported here: the generator is only needed by `demo`
+    )
+
+    stages = iter(range(1, 100))  # the generator names each of its ~4 stages as it starts it
+    frames = generate_dataset(n_ads=ctx.n_ads, n_users=ctx.n_users, seed=ctx.seed,
+                              progress=lambda message: tick(min(0.95, next(stages) / 4)))
+    ctx.results["frames"] = frames
+    return {name: len(df) for name, df in frames.items()}
+
+
+def _write_files(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.demo.generate import write_dataset
+
+    directory = ctx.settings.demo_data_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    for t in TABLES:  # a previous demo in the other format would make "both formats" an error
+        for ext in ("csv", "parquet"):
+            (directory / f"{t.name}.{ext}").unlink(missing_ok=True)
+    paths = write_dataset(ctx.results.pop("frames"), directory, "parquet")
+    return {"directory": str(directory), "files": [Path(p).name for p in paths]}
+
+
+def _ingest(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    report = ingest_directory(ctx.engine, ctx.settings.demo_data_dir, lambda step, f: tick(f),
+                              replace=ctx.replace)
+    ctx.results["ingest"] = report
+    return {name: {"inserted": c.inserted, "updated": c.updated, "unchanged": c.unchanged}
+            for name, c in report.tables.items()}
+
+
+# Towers and versions the demo builds: the main tower, a context-free tower trained for fewer
+# epochs (a model change to compare), an exact and an IVF version of the main tower (an index
+# change) and an IVF version of the second tower.
+DEMO_TOWERS: dict[str, dict[str, Any]] = {
+    "tower": {},
+    "tower-noctx": {"use_context": False, "epochs": 6},
+}
+DEMO_VERSIONS: tuple[tuple[str, str, str, str | None], ...] = (
+    # name, factory ("IVF" gets a list count for the catalog size), tower, parent
+    # (the dashboard opens on the newest version, so the main IVF version is built last)
+    ("exact", "Flat", "tower", None),
+    ("ivf-noctx", "IVF", "tower-noctx", "exact"),
+    ("ivf", "IVF", "tower", "exact"),
+)
+
+
+def _embed(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.store.catalog import load_catalog
+    from core.text.embedding_cache import embed_catalog
+
+    res = embed_catalog(ctx.settings, load_catalog(ctx.engine, with_impressions=False), progress=False,
+                        callback=tick)
+    return {"encoded": res.n_encoded, "reused": res.n_reused, "model": res.model}
+
+
+def _train(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.tower.registry import list_towers
+    from core.tower.train import train_tower
+
+    have = {t["name"] for t in list_towers(ctx.settings, ctx.engine)}
+    out: dict[str, Any] = {}
+    for i, (name, kwargs) in enumerate(DEMO_TOWERS.items()):
+        tick(i / len(DEMO_TOWERS))
+        if name in have:
+            out[name] = "exists"
+            continue
+        res = train_tower(ctx.settings, name, engine=ctx.engine, progress=False, seed=ctx.seed, **kwargs)
+        models = res.report.models if res.report is not None else {}
+        mine = models.get(name) or models.get("tower") or {}
+        out[name] = {"train_s": round(res.train_seconds, 1), "recall@100": mine.get("recall@100"),
+                     "baselines_recall@100": {m: v.get("recall@100") for m, v in models.items() if v is not mine}}
+    return out
+
+
+def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    from core.index.ann import suggest_nlist
+    from core.index.versions import build_version, list_versions
+
+    have = {v["name"] for v in list_versions(ctx.settings, engine=ctx.engine)}
+    n_ads = table_counts(ctx.engine)["ads"]
+    out: dict[str, Any] = {}
+    for i, (name, factory, tower, parent) in enumerate(DEMO_VERSIONS):
+        tick(i / len(DEMO_VERSIONS))
+        if name in have:
+            out[name] = "exists"
+            continue
+        if factory == "IVF":
+            factory = f"IVF{suggest_nlist(n_ads)},Flat"
+        v = build_version(ctx.settings, name, factory, tower=tower, parent=parent, engine=ctx.engine,
+                          progress=False, with_map=True)
+        out[name] = {"factory": factory, "recall": v.manifest.get("recall"),
+                     "build_s": (v.manifest.get("timings") or {}).get("total_s")}
+    return out
+
+
+DEMO_STEPS: list[DemoStep] = [
+    DemoStep("generate", _generate, weight=0.05),
+    DemoStep("write files", _write_files, weight=0.01),
+    DemoStep("ingest", _ingest, weight=0.08),
+    DemoStep("embed", _embed, weight=0.25),
+    DemoStep("train towers", _train, weight=0.2),
+    DemoStep("build versions", _build, weight=0.41),
+]
+
+
+def _marker_path(settings: Settings) -> Path:
+    return settings.workspace / MARKER
+
+
+def read_marker(settings: Settings) -> dict[str, Any] | None:
+    """The last demo build's parameters and status ("started" or "complete"), if any."""
+    path = _marker_path(settings)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_marker(settings: Settings, data: dict[str, Any]) -> None:
+    path = _marker_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class WorkspaceState:
+    """What `adlens demo --if-missing` needs to know about a workspace."""
+
+    n_ads: int  # ads in the database
+    marker: dict[str, Any] | None  # the last demo build's parameters and status
+
+    @property
+    def has_demo(self) -> bool:
+        """A finished build that ran every step of today's DEMO_STEPS (a workspace built before
+        a step was added counts as unfinished, so `--if-missing` completes it)."""
+        m = self.marker or {}
+        return (self.n_ads > 0 and m.get("status") == "complete"
+                and all(s.name in m.get("steps", {}) for s in DEMO_STEPS))
+
+    @property
+    def interrupted_demo(self) -> bool:
+        return bool(self.marker) and not self.has_demo
+
+    @property
+    def has_other_data(self) -> bool:
+        """Ads in the database that no demo build put there (an import)."""
+        return self.n_ads > 0 and not self.marker
+
+
+def workspace_state(settings: Settings) -> WorkspaceState:
+    engine = make_engine(settings.db_url)
+    try:
+        return WorkspaceState(table_counts(engine)["ads"], read_marker(settings))
+    finally:
+        engine.dispose()
+
+
+def workspace_has_demo(settings: Settings) -> bool:
+    """True when a demo build finished in this workspace and its database holds ads."""
+    return workspace_state(settings).has_demo
+
+
+def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0,
+               progress: Progress | None = None, *, replace: bool = False) -> DemoReport:
+    """Run every step of DEMO_STEPS and report their timings and the final table counts.
+
+    Refuses (AdLensError) when the database already holds data that is not a demo with the same
+    parameters, unless `replace=True` (the ingest then deletes every data row first, in its one
+    transaction). Re-running with the same parameters is idempotent."""
+    if n_ads < 1 or n_users < 1:
+        raise AdLensError(f"--ads and --users must be at least 1 (got {n_ads}, {n_users})")
+    params = {"n_ads": n_ads, "n_users": n_users, "seed": seed}
+    engine = make_engine(settings.db_url)
+    try:
+        counts = table_counts(engine)
+        marker = read_marker(settings) or {}
+        same = {k: marker.get(k) for k in params} == params
+        if counts["ads"] and not same and not replace:
+            raise AdLensError(
+                f"the database already holds {counts['ads']:,} ads that are not a demo built with "
+                f"--ads {n_ads} --users {n_users} --seed {seed}. Fix: use a fresh --workspace (or "
+                "ADLENS_DB_URL), or pass --replace to delete the existing data first."
+            )
+        _write_marker(settings, {**params, "status": "started"})
+        ctx = DemoContext(settings, engine, n_ads, n_users, seed, replace=replace)
+        report_progress = progress or (lambda step, frac: None)
+        total = sum(s.weight for s in DEMO_STEPS) or 1.0
+        steps: list[StepTiming] = []
+        done = 0.0
+        t0 = time.perf_counter()
+        for step in DEMO_STEPS:
+            start = done
+
+            def tick(f: float, name: str = step.name, start: float = start, w: float = step.weight) -> None:
+                report_progress(name, min(1.0, (start + w * max(0.0, min(1.0, f))) / total))
+
+            tick(0.0)
+            ts = time.perf_counter()
+            detail = step.run(ctx, tick) or {}
+            steps.append(StepTiming(step.name, time.perf_counter() - ts, detail))
+            done += step.weight
+        report_progress("done", 1.0)
+        counts = table_counts(engine)
+        _write_marker(settings, {**params, "status": "complete", "counts": counts,
+                                 "steps": {s.name: round(s.seconds, 3) for s in steps}})
+        return DemoReport(str(settings.workspace), str(settings.demo_data_dir), n_ads, n_users, seed, steps,
+                          counts, time.perf_counter() - t0, ctx.results.get("ingest"))
+    finally:
+        engine.dispose()

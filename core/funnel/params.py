@@ -1,0 +1,56 @@
+"""`FunnelParams`: every threshold of the funnel, with the one set of defaults that the CLI, the
+dashboard and the analytics share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.common.errors import ValidationError
+from core.funnel.filters import active_rules
+from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
+
+EXACT_RANKS_AUTO_MAX = 20_000
+"""With `exact_ranks=None`, exact ranks are computed when the version has at most this many ads
+(one matrix-vector product); a Flat index is exact, so its ANN rank is the exact rank."""
+
+
+@dataclass(frozen=True)
+class FunnelParams:
+    """Every threshold of the funnel, with defaults.
+
+    k: candidates retrieved; n_ranked: top N kept by eCPM; max_per_advertiser: M slate slots per
+    advertiser; slate_size: S; rule_order: eligibility rules in evaluation order (codes left
+    out are not evaluated); disabled_rules: codes switched off; mmr_lambda: None = plain eCPM
+    order, else MMR trade-off in [0, 1]; search_params: per-call ANN params merged over the
+    version's (e.g. {"nprobe": 32}); exact_ranks: True/False/None (auto, see EXACT_RANKS_AUTO_MAX).
+    """
+
+    k: int = 500
+    n_ranked: int = 50
+    max_per_advertiser: int = 2
+    slate_size: int = 10
+    rule_order: tuple = ELIGIBILITY_REASONS
+    disabled_rules: tuple = ()
+    mmr_lambda: float | None = None
+    search_params: dict | None = None
+    exact_ranks: bool | None = None
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be a positive integer; got {getattr(self, name)!r}"
+                    for name in ("k", "n_ranked", "max_per_advertiser", "slate_size")
+                    if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, np.integer))
+                    or getattr(self, name) < 1]
+        if self.mmr_lambda is not None and not 0.0 <= float(self.mmr_lambda) <= 1.0:
+            problems.append(f"mmr_lambda must be in [0, 1] or None; got {self.mmr_lambda!r}")
+        if problems:
+            raise ValidationError(problems)
+        object.__setattr__(self, "rule_order", tuple(str(r) for r in self.rule_order))
+        object.__setattr__(self, "disabled_rules", tuple(str(r) for r in self.disabled_rules))
+        active_rules(self.rule_order, self.disabled_rules)  # validates the codes
+
+    @property
+    def rules(self) -> tuple[Reason, ...]:
+        """The enabled rules in evaluation order."""
+        return active_rules(self.rule_order, self.disabled_rules)

@@ -1,0 +1,92 @@
+"""The Trace: one request's funnel, every candidate's fate. Produced by `FunnelEngine.run`;
+the CLI, the dashboard, why-not and audience read it and never re-implement a stage.
+
+`candidates` has one row per retrieved candidate (ANN order) with the columns CANDIDATE_COLUMNS:
+- score: tower similarity (inner product of L2-normalised vectors); ann_rank: 1-based rank in the
+  ANN result; exact_rank: 1-based rank among all ads by exact search (<NA> when not computed);
+- failed_reasons: every failing eligibility code (configured order); primary_reason: the first
+  failing rule, else BELOW_CUTOFF / ADVERTISER_CAP for eligible ads that missed the slate;
+- pctr, ecpm: early-ranking values (computed for every candidate, used only for eligible ones);
+- rank_position: 1-based eCPM rank among eligible candidates (<NA> if not eligible);
+- final_position: 1-based slate position (<NA> if not in the slate);
+- outcome: one of OUTCOMES; version_pos: the ad's position in the version (FAISS id).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from core.common.jsonio import to_jsonable
+from core.data.request import Request
+from core.funnel.reasons import Stage
+
+if TYPE_CHECKING:
+    from core.funnel.params import FunnelParams
+
+CANDIDATE_COLUMNS: tuple[str, ...] = (
+    "ad_id", "advertiser_id", "advertiser_name", "campaign_id", "vertical", "title", "score",
+    "ann_rank", "exact_rank", "failed_reasons", "primary_reason", "pctr", "ecpm", "rank_position",
+    "final_position", "outcome", "version_pos",
+)
+OUTCOMES: tuple[str, ...] = ("slate", "advertiser_cap", "ranked_out", "filtered")
+"""slate: shown; advertiser_cap: ranked but its advertiser already filled M slots; ranked_out:
+eligible but below the top-N cutoff or left over when the slate was full; filtered: failed an
+eligibility rule."""
+
+
+
+@dataclass
+class Trace:
+    """One simulated request through every funnel stage."""
+
+    request: Request
+    version_name: str
+    version_checksum: str
+    params: "FunnelParams"
+    candidates: pd.DataFrame
+    stage_counts: dict[Stage, int]
+    stage_timings_ms: dict[str, float]
+    calibration: dict = field(default_factory=dict)
+    query: np.ndarray | None = field(default=None, repr=False)  # the request's query vector
+
+    def to_frame(self) -> pd.DataFrame:
+        """The candidates frame (a copy: callers may sort or filter it freely)."""
+        return self.candidates.copy()
+
+    @property
+    def slate(self) -> pd.DataFrame:
+        """Slate rows in slate order."""
+        c = self.candidates
+        return c[c["outcome"] == "slate"].sort_values("final_position")
+
+    def row(self, ad_id: str) -> pd.Series | None:
+        """The candidate row of `ad_id`, or None if it was not retrieved."""
+        hit = self.candidates.index[self.candidates["ad_id"] == ad_id]
+        return self.candidates.loc[hit[0]] if len(hit) else None
+
+    def reason_counts(self) -> dict[str, int]:
+        """Primary reason -> number of candidates (filtered and ranked-out ones)."""
+        r = self.candidates["primary_reason"].dropna()
+        return {str(k): int(v) for k, v in r.value_counts().items()}
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (NA/NaN -> None, enums -> strings)."""
+        params = asdict(self.params) if self.params is not None else {}
+        records = self.candidates.astype(object).where(self.candidates.notna(), None).to_dict("records")
+        return to_jsonable({
+            "request": self.request.to_dict(),
+            "version": {"name": self.version_name, "checksum": self.version_checksum},
+            "params": params,
+            "calibration": self.calibration,
+            "stage_counts": {str(k): v for k, v in self.stage_counts.items()},
+            "stage_timings_ms": self.stage_timings_ms,
+            "candidates": records,
+        })
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)

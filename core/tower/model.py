@@ -1,0 +1,375 @@
+"""The learned user tower: a small PyTorch (CPU) model mapping a request into the ad embedding space.
+
+Query side, per request:
+- profile: country (of the request), age bucket and device of the user (embeddings);
+- subscribed communities: mean of community embeddings (EmbeddingBag);
+- engagement history: the text embeddings of the ads the user clicked strictly before the
+  request, mean-pooled over the last `history_limit` and the last `recent_limit` clicks, plus
+  log(1 + count); users without history get a learned "no history" vector instead;
+- context (unless `use_context` is off): community (or "none" on the home feed), placement,
+  request device, hour of day.
+These go through a 2-layer MLP whose output is added to the pooled history (a learned gate on a
+skip connection), then L2-normalised: the tower starts from "what the user clicked" and learns
+the corrections.
+
+Ad side: the frozen sentence-transformer text vector plus an optional residual linear adapter
+(`a + W a + b`, W and b start at zero), L2-normalised (`transform_ads`).
+
+Cold start never fails: unknown users, countries, devices or communities map to an
+"unknown" slot (trained by randomly masking ids during training), no history uses the learned
+vector. Saved as `config.json` + `model.safetensors` + `vocab.json`; loaded strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import weakref
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from core.common.errors import ArtifactError
+from core.data.features import FeatureStore
+from core.data.request import REQUEST_COLUMNS
+from core.data.vocab import AGE_BUCKETS, UNKNOWN, Device, Placement, values
+from core.tower.query_encoder import QueryEncoder, l2_normalize
+
+FORMAT_VERSION = 1
+UNK = 0  # the unknown / out-of-vocabulary slot of every categorical vocabulary
+PAD, COMM_UNK, COMM_NONE = 0, 1, 2  # community vocabulary: padding, unknown, "no community"
+VOCABS = ("country", "age_bucket", "device", "placement", "community")
+DEFAULTS: dict[str, Any] = {
+    "use_context": True, "ad_adapter": True, "history_limit": 50, "recent_limit": 5,
+    "max_subscriptions": 32, "cat_dim": 16, "community_dim": 32, "hidden": 256, "dropout": 0.1,
+}
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v == "" or v == UNKNOWN
+
+
+class Lookup:
+    """Maps values to embedding rows: `offset + position in values`, anything else -> `unk`."""
+
+    def __init__(self, values_: list[str], offset: int, unk: int):
+        self.values = list(values_)
+        self.offset, self.unk = offset, unk
+        self._map = {v: i + offset for i, v in enumerate(self.values)}
+
+    @property
+    def size(self) -> int:
+        return self.offset + len(self.values)
+
+    def codes(self, vals) -> np.ndarray:
+        get, unk = self._map.get, self.unk
+        return np.fromiter((get(v, unk) if isinstance(v, str) else unk for v in vals), dtype=np.int64)
+
+
+def build_vocab(users: pd.DataFrame, communities: pd.DataFrame, impressions: pd.DataFrame) -> dict[str, list[str]]:
+    """Vocabularies from the profile tables and the (training) impressions; sorted, deterministic.
+    "unknown" and empty values are never entries: they use the unknown slot."""
+
+    def col(frame: pd.DataFrame, name: str) -> list:
+        if not len(frame) or name not in frame:
+            return []
+        return list(pd.unique(frame[name].to_numpy(dtype=object))) if name != "communities" else frame[name].tolist()
+
+    subs = [c for lst in col(users, "communities") if isinstance(lst, (list, tuple)) for c in lst]
+    raw = {
+        "country": col(users, "country"),
+        "age_bucket": [*AGE_BUCKETS, *col(users, "age_bucket")],
+        "device": [*values(Device), *col(users, "device"), *col(impressions, "device")],
+        "placement": [*values(Placement), *col(impressions, "placement")],
+        "community": [*col(communities, "community_id"), *subs, *col(impressions, "community_id")],
+    }
+    return {k: sorted({str(v) for v in vs if not _is_missing(v)}) for k, vs in raw.items()}
+
+
+@dataclass
+class TowerInputs:
+    """Featurised requests (numpy), row i = request i. Categorical fields are embedding rows."""
+
+    country: np.ndarray
+    age_bucket: np.ndarray
+    user_device: np.ndarray
+    subscriptions: np.ndarray  # (n, max_subscriptions), PAD-padded
+    community: np.ndarray
+    placement: np.ndarray
+    request_device: np.ndarray
+    hour: np.ndarray
+    history: np.ndarray  # (n, d) mean text vector of the last history_limit clicks (0 if none)
+    recent: np.ndarray  # (n, d) same over the last recent_limit clicks
+    history_count: np.ndarray  # (n,) clicks in the long window
+
+    def __len__(self) -> int:
+        return len(self.country)
+
+    def tensors(self, idx: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        out = {}
+        for f in fields(self):
+            a = getattr(self, f.name)
+            a = a if idx is None else a[idx]
+            out[f.name] = torch.from_numpy(np.ascontiguousarray(a))
+        return out
+
+
+class TowerNet(nn.Module):
+    """The trainable parameters: query tower and ad adapter."""
+
+    def __init__(self, cfg: dict, sizes: dict[str, int]):
+        super().__init__()
+        d, c, cd = cfg["text_dim"], cfg["cat_dim"], cfg["community_dim"]
+        self.use_context = cfg["use_context"]
+        self.country = nn.Embedding(sizes["country"], c)
+        self.age_bucket = nn.Embedding(sizes["age_bucket"], c // 2)
+        self.user_device = nn.Embedding(sizes["device"], c // 2)
+        self.subscriptions = nn.EmbeddingBag(sizes["community"], cd, mode="mean", padding_idx=PAD)
+        in_dim = c + c // 2 + c // 2 + cd + 2 * d + 2
+        if self.use_context:
+            self.community = nn.Embedding(sizes["community"], cd)
+            self.placement = nn.Embedding(sizes["placement"], c // 2)
+            self.request_device = nn.Embedding(sizes["device"], c // 2)
+            self.hour = nn.Embedding(24, c // 2)
+            in_dim += cd + 3 * (c // 2)
+        self.no_history = nn.Parameter(torch.zeros(d))
+        self.history_gate = nn.Parameter(torch.ones(()))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, cfg["hidden"]), nn.ReLU(), nn.Dropout(cfg["dropout"]),
+            nn.Linear(cfg["hidden"], d),
+        )
+        self.ad_adapter = nn.Linear(d, d) if cfg["ad_adapter"] else None
+        for m in self.modules():
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+                nn.init.normal_(m.weight, std=0.05)
+        if self.ad_adapter is not None:
+            nn.init.zeros_(self.ad_adapter.weight)
+            nn.init.zeros_(self.ad_adapter.bias)
+
+    def forward(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        has = (t["history_count"] > 0).unsqueeze(1)
+        hist = torch.where(has, t["history"], self.no_history)
+        recent = torch.where(has, t["recent"], self.no_history)
+        parts = [
+            self.country(t["country"]), self.age_bucket(t["age_bucket"]),
+            self.user_device(t["user_device"]), self.subscriptions(t["subscriptions"]),
+            hist, recent, torch.log1p(t["history_count"].float()).unsqueeze(1), has.float(),
+        ]
+        if self.use_context:
+            parts += [self.community(t["community"]), self.placement(t["placement"]),
+                      self.request_device(t["request_device"]), self.hour(t["hour"])]
+        out = self.mlp(torch.cat(parts, 1)) + self.history_gate * hist
+        return nn.functional.normalize(out, dim=1)
+
+    def ads(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        x = text_vectors if self.ad_adapter is None else text_vectors + self.ad_adapter(text_vectors)
+        return nn.functional.normalize(x, dim=1)
+
+
+class _ProfileCodes:
+    """Embedding rows of every user's profile fields; row -1 (unknown user) takes the last row,
+    an all-unknown profile."""
+
+    def __init__(self, users: pd.DataFrame, lookups: dict[str, Lookup], max_subs: int):
+        n = len(users)
+        self.index = pd.Index(users["user_id"].to_numpy(dtype=object) if n else [], dtype=object)
+
+        def col(name: str, lookup: Lookup) -> np.ndarray:
+            vals = users[name].to_numpy(dtype=object) if n and name in users else np.full(n, None, object)
+            return np.r_[lookup.codes(vals), lookup.unk].astype(np.int64)
+
+        self.country = col("country", lookups["country"])
+        self.age_bucket = col("age_bucket", lookups["age_bucket"])
+        self.device = col("device", lookups["device"])
+        self.subscriptions = np.full((n + 1, max_subs), PAD, np.int64)
+        lists = users["communities"].tolist() if n and "communities" in users else []
+        for i, lst in enumerate(lists):
+            if isinstance(lst, (list, tuple, np.ndarray)) and len(lst):
+                codes = lookups["community"].codes([str(c) for c in lst[:max_subs]])
+                self.subscriptions[i, : len(codes)] = codes
+
+    def rows(self, user_ids: np.ndarray) -> np.ndarray:
+        """Row of each user in the code tables; -1 (the trailing all-unknown row) if unknown."""
+        return self.index.get_indexer(pd.Index(user_ids, dtype=object)) if len(user_ids) else np.empty(0, np.int64)
+
+
+class UserTowerEncoder(QueryEncoder):
+    """The learned query encoder of a version (kind "user_tower")."""
+
+    kind = "user_tower"
+
+    def __init__(self, cfg: dict, vocab: dict[str, list[str]], net: TowerNet | None = None):
+        if "text_dim" not in cfg:
+            raise ValueError("tower config lacks 'text_dim'")
+        self.cfg = {**DEFAULTS, **cfg, "kind": self.kind, "format_version": FORMAT_VERSION}
+        self.vocab = {k: list(vocab.get(k, [])) for k in VOCABS}
+        self.lookups = {k: Lookup(self.vocab[k], 1, UNK) for k in VOCABS if k != "community"}
+        self.lookups["community"] = Lookup(self.vocab["community"], 3, COMM_UNK)
+        sizes = {k: lk.size for k, lk in self.lookups.items()}
+        self.net = net if net is not None else TowerNet(self.cfg, sizes)
+        self.net.eval()
+        self._profile_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return int(self.cfg["text_dim"])
+
+    # -- features --------------------------------------------------------------------------
+    def _profiles(self, features: FeatureStore) -> "_ProfileCodes":
+        """Every profile's codes, computed once per FeatureStore (requests then just index them)."""
+        with self._lock:
+            codes = self._profile_cache.get(features)
+            if codes is None:
+                codes = _ProfileCodes(features.users, self.lookups, int(self.cfg["max_subscriptions"]))
+                self._profile_cache[features] = codes
+            return codes
+
+    def featurize(self, requests: pd.DataFrame, features: FeatureStore) -> TowerInputs:
+        """Turn a requests frame (core.data.request.REQUEST_COLUMNS) into model inputs."""
+        if features.dim != self.dim:
+            raise ArtifactError(
+                f"this user tower was trained on {self.dim}-d ad text vectors but the catalog's "
+                f"vectors are {features.dim}-d (embedding model changed?): retrain the tower"
+            )
+        absent = [c for c in REQUEST_COLUMNS if c not in requests]
+        if absent:
+            raise ValueError(f"requests frame lacks columns {absent}; expected {list(REQUEST_COLUMNS)}")
+        lk = self.lookups
+        prof = self._profiles(features)
+        uid = requests["user_id"].to_numpy(dtype=object)
+        rows = prof.rows(uid)
+        country = requests["country"].to_numpy(dtype=object)
+        own = np.array([not _is_missing(c) for c in country], dtype=bool)
+        ts = pd.to_datetime(requests["ts"]).to_numpy(dtype="datetime64[ns]")
+        comm = requests["community_id"].to_numpy(dtype=object)
+        none = np.array([_is_missing(c) for c in comm], dtype=bool)
+        hist, recent, count = self._history(features, uid, ts)
+        return TowerInputs(
+            country=np.where(own, lk["country"].codes(country), prof.country[rows]),
+            age_bucket=prof.age_bucket[rows],
+            user_device=prof.device[rows],
+            subscriptions=prof.subscriptions[rows],
+            community=np.where(none, COMM_NONE, lk["community"].codes(comm)).astype(np.int64),
+            placement=lk["placement"].codes(requests["placement"].to_numpy(dtype=object)),
+            request_device=lk["device"].codes(requests["device"].to_numpy(dtype=object)),
+            hour=np.where(np.isnat(ts), 0, (ts.astype(np.int64) // 3_600_000_000_000) % 24).astype(np.int64),
+            history=hist, recent=recent, history_count=count,
+        )
+
+    def _history(self, features: FeatureStore, uid: np.ndarray, ts: np.ndarray):
+        n, d = len(uid), self.dim
+        long_l, short_l = int(self.cfg["history_limit"]), int(self.cfg["recent_limit"])
+        hist = np.zeros((n, d), np.float32)
+        recent = np.zeros((n, d), np.float32)
+        count = np.zeros(n, np.float32)
+        vecs = features.ad_text_vectors
+        for i, rows in enumerate(features.click_histories(uid, ts, long_l)):
+            if len(rows):
+                v = vecs[rows]
+                hist[i] = v.mean(0)
+                recent[i] = v[-short_l:].mean(0)
+                count[i] = len(rows)
+        return hist, recent, count
+
+    # -- QueryEncoder ----------------------------------------------------------------------
+    def encode_inputs(self, inputs: TowerInputs, batch_size: int = 4096) -> np.ndarray:
+        """(n, d) float32 L2-normalised query vectors for featurised requests."""
+        if len(inputs) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(inputs), batch_size):
+                idx = np.arange(s, min(s + batch_size, len(inputs)))
+                out.append(self.net(inputs.tensors(idx)).numpy())
+        return l2_normalize(np.concatenate(out))
+
+    def encode_requests(self, requests: pd.DataFrame, features: FeatureStore) -> np.ndarray:
+        return self.encode_inputs(self.featurize(requests, features))
+
+    def transform_ads(self, ad_text_vectors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(ad_text_vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"ad text vectors must be (n, {self.dim}); got {x.shape}")
+        self.net.eval()
+        with torch.inference_mode():
+            return l2_normalize(self.net.ads(torch.from_numpy(x)).numpy())
+
+    def config(self) -> dict:
+        return dict(self.cfg)
+
+    def save(self, directory: Path) -> None:
+        """Write config.json, vocab.json and model.safetensors into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config(), indent=2, sort_keys=True))
+        (directory / "vocab.json").write_text(json.dumps(self.vocab, indent=1, sort_keys=True))
+        state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        (directory / "model.safetensors").write_bytes(save(state, metadata={"kind": self.kind}))
+
+    @classmethod
+    def load(cls, directory: Path) -> "UserTowerEncoder":
+        """Load strictly: every tensor present with the shape the config implies, nothing extra."""
+        directory = Path(directory)
+        cfg = _read_json(directory / "config.json")
+        vocab = _read_json(directory / "vocab.json")
+        if cfg.get("kind") != cls.kind:
+            raise ArtifactError(f"{directory / 'config.json'}: kind is {cfg.get('kind')!r}, expected {cls.kind!r}")
+        if cfg.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ArtifactError(f"{directory / 'config.json'}: format_version {cfg['format_version']} is newer "
+                                f"than this AdLens supports ({FORMAT_VERSION}); upgrade AdLens")
+        try:
+            enc = cls(cfg, vocab)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ArtifactError(f"{directory / 'config.json'}: invalid tower config ({exc})") from exc
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise ArtifactError(f"{weights}: missing")
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers/data
+            raise ArtifactError(f"{weights}: unreadable or corrupted safetensors file ({exc})") from exc
+        _check_state(weights, enc.net.state_dict(), state)
+        enc.net.load_state_dict(state, strict=True)
+        enc.net.eval()
+        return enc
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing")
+    try:
+        obj = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(f"{k}: file {tuple(got[k].shape)} != expected {tuple(expected[k].shape)}"
+                    for k in set(expected) & set(got) if got[k].shape != expected[k].shape)
+    bad = sorted(k for k in set(expected) & set(got)
+                 if got[k].shape == expected[k].shape and not torch.isfinite(got[k]).all())
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches [{'; '.join(shapes)}]")
+    if bad:
+        problems.append(f"non-finite values in {bad}")
+    if problems:
+        raise ArtifactError(f"{path}: weights do not match config.json/vocab.json: " + ", ".join(problems))

@@ -1,0 +1,105 @@
+"""The tower registry: towers live in `<workspace>/towers/<name>/` and are listed in the towers
+table; saved query encoders are loaded by the "kind" in their config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from core.common.errors import ArtifactError, NotFoundError
+from core.common.jsonio import to_jsonable
+from core.store.artifacts import atomic_write_json
+from core.store.catalog import Catalog
+from core.store.db import make_engine, session_scope
+from core.store.models import Tower
+from core.store.settings import Settings
+from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder
+
+
+def tower_path(settings: Settings, name: str) -> Path:
+    return settings.towers_dir / name
+
+
+def list_towers(settings: Settings, engine: Engine | None = None) -> list[dict]:
+    """Registered towers: name, created_at, path, training config and headline metrics."""
+    engine = engine or make_engine(settings.db_url)
+    with session_scope(engine) as s:
+        rows = s.execute(select(Tower).order_by(Tower.created_at)).scalars().all()
+        return [{"name": r.name, "created_at": r.created_at, "path": r.path, "config": r.config,
+                 "recall@100": ((r.metrics or {}).get("models", {}).get("tower", {}) or {}).get("recall@100")}
+                for r in rows]
+
+
+def load_tower(settings: Settings, name: str) -> QueryEncoder:
+    """Load tower `name` from the workspace (NotFoundError lists the existing ones)."""
+    path = tower_path(settings, name)
+    if not (path / "config.json").is_file():
+        existing = sorted(p.name for p in settings.towers_dir.glob("*") if (p / "config.json").is_file()) \
+            if settings.towers_dir.is_dir() else []
+        raise NotFoundError(f"no tower {name!r} in {settings.towers_dir}; existing: {', '.join(existing) or 'none'} "
+                            "(train one with `adlens train --name NAME`)")
+    from core.tower.model import (
+        UserTowerEncoder,  # imports torch: only when a tower is used
+    )
+
+    return UserTowerEncoder.load(path)
+
+
+def read_tower_metrics(settings: Settings, name: str) -> dict:
+    path = tower_path(settings, name) / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path}: missing (the tower folder is incomplete; retrain it)") from exc
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def save_tower_metrics(settings: Settings, name: str, report, engine: Engine | None = None) -> None:
+    """Replace the evaluation in the tower's metrics.json (atomically) and its towers row."""
+    metrics = read_tower_metrics(settings, name)
+    metrics["evaluation"] = to_jsonable(report)
+    atomic_write_json(tower_path(settings, name) / "metrics.json", metrics)
+    engine = engine or make_engine(settings.db_url)
+    with session_scope(engine) as s:
+        row = s.get(Tower, name)
+        if row is not None:
+            row.metrics = metrics["evaluation"]
+
+
+def catalog_embeddings(settings: Settings, catalog: Catalog) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(ad_ids, text vectors, model info) for the catalog, from the embedding cache."""
+    from core.text.embedding_cache import embed_catalog  # imports the text model lazily
+
+    res = embed_catalog(settings, catalog)
+    info = {k: getattr(res, k) for k in ("model", "fingerprint", "model_name") if hasattr(res, k)}
+    return np.asarray(res.ad_ids, dtype=object), np.asarray(res.vectors, dtype=np.float32), to_jsonable(info)
+
+
+def _registry() -> dict[str, type[QueryEncoder]]:
+    reg: dict[str, type[QueryEncoder]] = {HistoryMeanEncoder.kind: HistoryMeanEncoder}
+    try:  # the learned tower imports torch; only needed when a tower is used
+        from core.tower.model import UserTowerEncoder
+
+        reg[UserTowerEncoder.kind] = UserTowerEncoder
+    except ImportError:
+        pass
+    return reg
+
+
+def load_query_encoder(directory: Path) -> QueryEncoder:
+    """Load the encoder saved in `directory` (dispatching on config.json's "kind")."""
+    cfg_path = Path(directory) / "config.json"
+    if not cfg_path.is_file():
+        raise ArtifactError(f"{cfg_path}: missing; this folder holds no saved query encoder")
+    try:
+        kind = json.loads(cfg_path.read_text())["kind"]
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(f"{cfg_path}: not a valid encoder config ({exc})") from exc
+    reg = _registry()
+    if kind not in reg:
+        raise ArtifactError(f"{cfg_path}: unknown encoder kind {kind!r}; known: {', '.join(sorted(reg))}")
+    return reg[kind].load(Path(directory))

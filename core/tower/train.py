@@ -1,0 +1,286 @@
+"""Train a user tower on the impression log and register it in the workspace.
+
+Data: every clicked impression on the training side of the split (core.tower.evaluate.make_split:
+by default before the 80th percentile of impression timestamps) is one (request, clicked ad)
+pair; the request's history is the user's clicks strictly before that impression.
+
+Loss: sampled softmax over in-batch negatives. logits[i, j] = <q_i, a_j> / temperature
+- log(B * Q(ad_j)), where Q is the ad's share of training clicks and B the batch size (logQ
+correction: popular ads appear as in-batch negatives more often, and without it the tower learns
+to push them down; B * Q is the ad's expected count in a batch, so the corrected logits estimate
+the full softmax over all ads). In-batch copies of a row's own positive ad are masked. With
+`hard_negatives`, each row also brings the user's nearest-in-time shown-but-not-clicked training
+impression as an extra column for every row of the batch, corrected the same way by its share
+among the hard negatives (they were sampled by exposure, not by clicks).
+
+Deterministic for a seed: seeded init, shuffles and dropout, deterministic algorithms, and one
+intra-op thread while training (restored afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sqlalchemy import Engine
+from tqdm.auto import tqdm
+
+from core.common.errors import AdLensError
+from core.common.jsonio import to_jsonable
+from core.common.names import validate_name
+from core.data.features import FeatureStore
+from core.data.request import requests_from_impressions
+from core.store.artifacts import atomic_write_json, fsync_tree
+from core.store.catalog import Catalog, load_catalog
+from core.store.db import make_engine, session_scope
+from core.store.models import Tower
+from core.store.settings import Settings
+from core.tower.evaluate import DEFAULT_KS, EvalReport, evaluate_encoder
+from core.tower.model import (
+    COMM_UNK,
+    PAD,
+    UNK,
+    TowerInputs,
+    UserTowerEncoder,
+    build_vocab,
+)
+from core.tower.registry import catalog_embeddings, tower_path
+from core.tower.split import Split, make_split
+
+DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15, "weight_decay": 1e-5,
+            "oov_dropout": 0.05}
+
+
+@dataclass
+class TrainResult:
+    """What `train_tower` produced: where, with which settings, how it trained and evaluated."""
+
+    name: str
+    path: Path
+    config: dict  # training settings, split and data counts (also in metrics.json "training")
+    losses: list[float]  # mean loss per epoch
+    train_seconds: float
+    report: EvalReport
+
+
+@contextmanager
+def _deterministic():
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+
+
+def nearest_unclicked(clicks: pd.DataFrame, shown: pd.DataFrame, shown_pos: np.ndarray) -> np.ndarray:
+    """For each click, the ad row of the same user's shown-but-not-clicked impression nearest in
+    time (earlier on ties); -1 where the user has none. `shown_pos` are the ad rows of `shown`."""
+    if len(clicks) == 0 or len(shown) == 0:
+        return np.full(len(clicks), -1, np.int64)
+    users = np.unique(np.concatenate([clicks["user_id"].to_numpy(dtype=object), shown["user_id"].to_numpy(dtype=object)]).astype(str))
+    cu = np.searchsorted(users, clicks["user_id"].astype(str).to_numpy(dtype=object).astype(str))
+    su = np.searchsorted(users, shown["user_id"].astype(str).to_numpy(dtype=object).astype(str))
+    ct = pd.to_datetime(clicks["ts"]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    st = pd.to_datetime(shown["ts"]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    order = np.lexsort((st, su))
+    su, st, spos = su[order], st[order], np.asarray(shown_pos)[order]
+    # Search each click in the shown list by its (user, ts) key packed into one int64.
+    ts_all = np.unique(np.r_[st, ct])
+    width = len(ts_all) + 1
+    skey = su.astype(np.int64) * width + np.searchsorted(ts_all, st)
+    ckey = cu.astype(np.int64) * width + np.searchsorted(ts_all, ct)
+    right = np.searchsorted(skey, ckey, side="left")
+    left = right - 1
+    out = np.full(len(ct), -1, np.int64)
+    best = np.full(len(ct), np.iinfo(np.int64).max)
+    for cand in (left, right):  # left first so it wins ties
+        ok = (cand >= 0) & (cand < len(skey))
+        c = np.clip(cand, 0, len(skey) - 1)
+        ok &= su[c] == cu
+        dist = np.abs(st[c] - ct)
+        better = ok & (dist < best)
+        out[better], best[better] = spos[c][better], dist[better]
+    return out
+
+
+def _mask_oov(t: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Replace a random share `p` of categorical ids by the unknown slot, so it learns a generic
+    vector for cold start (the vocabulary covers training data, so it is never seen otherwise)."""
+    if p <= 0:
+        return t
+    t = dict(t)
+    for key, unk in (("country", UNK), ("age_bucket", UNK), ("user_device", UNK), ("request_device", UNK),
+                     ("placement", UNK), ("community", COMM_UNK)):
+        m = torch.rand(t[key].shape, generator=gen) < p
+        t[key] = torch.where(m, torch.full_like(t[key], unk), t[key])
+    s = t["subscriptions"]
+    m = (torch.rand(s.shape, generator=gen) < p) & (s != PAD)
+    t["subscriptions"] = torch.where(m, torch.full_like(s, COMM_UNK), s)
+    return t
+
+
+def _batch_loss(net, q: torch.Tensor, text: torch.Tensor, pos: torch.Tensor, log_q: torch.Tensor,
+                temperature: float, hard: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Sampled softmax of row i's positive among the batch's positives (logQ-corrected, copies of
+    the own positive masked) and, with `hard` = (ad rows or -1, their log Q), the hard negatives."""
+    logits = (q @ net.ads(text[pos]).T) / temperature - log_q[None, :]
+    same = (pos[:, None] == pos[None, :]) & ~torch.eye(len(pos), dtype=torch.bool)
+    logits = logits.masked_fill(same, float("-inf"))
+    if hard is not None:
+        neg, log_qn = hard
+        h = (q @ net.ads(text[neg.clamp(min=0)]).T) / temperature - log_qn[None, :]
+        h = h.masked_fill((neg[None, :] < 0) | (neg[None, :] == pos[:, None]), float("-inf"))
+        logits = torch.cat([logits, h], 1)
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(pos)))
+
+
+def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, split: Split, *,
+              epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
+              temperature: float = DEFAULTS["temperature"], seed: int = 0, hard_negatives: bool = False,
+              use_context: bool = True, ad_adapter: bool = True, weight_decay: float = DEFAULTS["weight_decay"],
+              oov_dropout: float = DEFAULTS["oov_dropout"], logq: float = 1.0, progress: bool = True,
+              features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
+    """Train a tower in memory on the training side of `split`: (encoder, data stats, epoch losses).
+
+    `temperature` divides the dot products; `logq` scales the logQ correction (1 = the unbiased
+    sampled softmax, 0 = none); `oov_dropout` is the share of categorical ids replaced by the
+    unknown slot per batch (cold start); `ad_adapter` trains the residual linear ad adapter;
+    `use_context` feeds community, placement, request device and hour. One-cycle LR schedule
+    with AdamW; see the module docstring for the loss."""
+    if epochs < 1 or batch_size < 2 or lr <= 0 or temperature <= 0:
+        raise AdLensError(f"need epochs >= 1, batch_size >= 2, lr > 0, temperature > 0; got "
+                          f"{epochs}, {batch_size}, {lr}, {temperature}")
+    features = features or FeatureStore(catalog, ad_ids, ad_text_vectors)
+    imps = catalog.impressions
+    train = imps[~split.test_side(imps)] if len(imps) else imps
+    clicked = train["clicked"].astype(bool).to_numpy() if len(train) else np.zeros(0, bool)
+    clicks, shown = train[clicked], train[~clicked]
+    pos = features.ad_positions(clicks["ad_id"].to_numpy()) if len(clicks) else np.empty(0, np.int64)
+    clicks, pos = clicks[pos >= 0], pos[pos >= 0]
+    if len(clicks) < 2:
+        raise AdLensError(f"only {len(clicks)} clicked impression(s) on the training side of the {split.kind} "
+                          f"split ({split.to_dict()}): ingest impressions with clicks (adlens ingest / adlens demo)")
+    torch.manual_seed(seed)
+    enc = UserTowerEncoder({"text_dim": features.dim, "use_context": use_context, "ad_adapter": ad_adapter},
+                           build_vocab(catalog.users, catalog.communities, train))
+    inputs: TowerInputs = enc.featurize(requests_from_impressions(clicks, catalog.users), features)
+    counts = np.bincount(pos, minlength=len(features.ad_ids)).astype(np.float64)
+    log_q = torch.from_numpy(logq * np.log(batch_size * counts[pos] / counts.sum()).astype(np.float32))
+    neg = np.full(len(pos), -1, np.int64)
+    log_qn = torch.zeros(len(pos))
+    if hard_negatives:
+        spos = features.ad_positions(shown["ad_id"].to_numpy()) if len(shown) else np.empty(0, np.int64)
+        neg = nearest_unclicked(clicks, shown[spos >= 0], spos[spos >= 0])
+        ncounts = np.bincount(neg[neg >= 0], minlength=len(features.ad_ids)).astype(np.float64)
+        share = ncounts[np.maximum(neg, 0)] / max(ncounts.sum(), 1.0)
+        log_qn = torch.from_numpy(np.log(batch_size * np.maximum(share, 1e-12)).astype(np.float32))
+    text = torch.from_numpy(features.ad_text_vectors)
+    pos_t, neg_t = torch.from_numpy(pos), torch.from_numpy(neg)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = enc.net
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = max(1, int(np.ceil(len(pos) / batch_size))) * epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc="train tower", unit="batch", disable=not progress, leave=False)
+    with _deterministic():
+        net.train()
+        for _ in range(epochs):
+            perm = rng.permutation(len(pos))
+            total, n = 0.0, 0
+            for s in range(0, len(perm), batch_size):
+                idx = np.sort(perm[s:s + batch_size])
+                if len(idx) < 2:
+                    continue
+                it = torch.from_numpy(idx)
+                q = net(_mask_oov(inputs.tensors(idx), oov_dropout, gen))
+                loss = _batch_loss(net, q, text, pos_t[it], log_q[it], temperature,
+                                   (neg_t[it], log_qn[it]) if hard_negatives else None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                lv = float(loss.detach())
+                total, n = total + lv * len(idx), n + len(idx)
+                bar.update(1)
+                bar.set_postfix(loss=f"{lv:.3f}")
+            losses.append(round(total / max(n, 1), 5))
+        net.eval()
+    bar.close()
+    stats = {"n_train_clicks": int(len(pos)), "n_hard_negatives": int((neg >= 0).sum()) if hard_negatives else 0,
+             "n_train_users": int(clicks["user_id"].nunique()), "n_ads": int(len(features.ad_ids))}
+    return enc, stats, losses
+
+
+def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs"],
+                batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
+                temperature: float = DEFAULTS["temperature"], seed: int = 0, hard_negatives: bool = False,
+                use_context: bool = True, ad_adapter: bool = True, cutoff=None, split: str = "time",
+                engine: Engine | None = None, progress: bool = True, ad_ids: np.ndarray | None = None,
+                ad_text_vectors: np.ndarray | None = None, ks: tuple[int, ...] = DEFAULT_KS) -> TrainResult:
+    """Train tower `name` on the workspace's impressions, evaluate it on the held-out clicks, save
+    it to `<towers_dir>/<name>/` atomically and register it. Ad vectors default to the embedding
+    cache (pass `ad_ids` + `ad_text_vectors`, sorted by id, to use others)."""
+    validate_name(name, "tower")
+    engine = engine or make_engine(settings.db_url)
+    final = tower_path(settings, name)
+    with session_scope(engine) as s:
+        taken = s.get(Tower, name) is not None
+    if taken or final.exists():
+        raise AdLensError(f"tower {name!r} already exists ({final}); towers are immutable: pick a new name")
+    catalog = load_catalog(engine)
+    if (ad_ids is None) != (ad_text_vectors is None):
+        raise AdLensError("pass both ad_ids and ad_text_vectors, or neither")
+    emb_info = {"source": "arguments"}
+    if ad_ids is None:
+        ad_ids, ad_text_vectors, emb_info = catalog_embeddings(settings, catalog)
+        emb_info = {"source": "embedding_cache", "embedding_model": settings.embedding_model, **emb_info}
+    the_split = make_split(catalog.impressions, split, cutoff=cutoff, seed=seed)
+    features = FeatureStore(catalog, ad_ids, ad_text_vectors)
+    params = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "temperature": float(temperature),
+              "seed": int(seed), "hard_negatives": bool(hard_negatives), "use_context": bool(use_context),
+              "ad_adapter": bool(ad_adapter)}
+    t0 = time.perf_counter()
+    enc, stats, losses = fit_tower(catalog, ad_ids, ad_text_vectors, the_split, progress=progress,
+                                   features=features, **params)
+    train_seconds = round(time.perf_counter() - t0, 2)
+    # Which text space the tower was trained in, so a version can refuse a mismatched model.
+    enc.cfg["embedding_model"] = emb_info.get("model", emb_info.get("embedding_model"))
+    enc.cfg["embedding_fingerprint"] = emb_info.get("fingerprint")
+    report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, features=features, seed=seed)
+    report.tower = name
+    config = {**params, "split": the_split.to_dict(), **stats, "embeddings": emb_info, "losses": losses,
+              "train_seconds": train_seconds}
+    created = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    settings.towers_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.towers_dir / f".{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        enc.save(tmp)
+        atomic_write_json(tmp / "metrics.json", {"tower": name, "created_at": created, "training": config,
+                                                  "evaluation": report})
+        fsync_tree(tmp)
+        os.rename(tmp, final)  # fails if `final` appeared meanwhile: never overwrite a tower
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        with session_scope(engine) as s:
+            s.add(Tower(name=name, created_at=created, path=str(final), config=to_jsonable(config),
+                        metrics=to_jsonable(report)))
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)  # registered only when complete: undo the folder
+        raise
+    return TrainResult(name=name, path=final, config=config, losses=losses, train_seconds=train_seconds, report=report)
