@@ -8,16 +8,16 @@ object over seeded random vectors when a real version is not needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, insert
 
-from core.index.ann import AnnIndex, exact_search
+from core.index.ann import AnnIndex
 from core.store.catalog import Catalog
 from core.store.models import Ad, Advertiser, Campaign, Community, Impression, User
+from core.index.versions import Version
 from core.tower.query_encoder import HistoryMeanEncoder, l2_normalize
 
 NOW = datetime(2026, 10, 15, 12, 0, 0)
@@ -130,43 +130,13 @@ def fill_db(engine: Engine) -> None:
         conn.execute(insert(Impression.__table__), _impressions())
 
 
-@dataclass
-class StubVersion:
-    """Version-shaped stand-in (core.index.versions.Version's attributes) over seeded random vectors."""
-
-    name: str
-    ad_ids: np.ndarray
-    ad_text_vectors: np.ndarray
-    ad_vectors: np.ndarray
-    index: AnnIndex
-    encoder: HistoryMeanEncoder
-    search_params: dict = field(default_factory=dict)
-    checksum: str = "stub"
-    path: Path = Path(".")
-    manifest: dict = field(default_factory=dict)
-
-    def position_of(self, ad_ids) -> np.ndarray:
-        import pandas as pd
-
-        if "_index" not in self.__dict__:
-            self.__dict__["_index"] = pd.Index(self.ad_ids)
-        return self.__dict__["_index"].get_indexer(pd.Index(np.atleast_1d(np.asarray(ad_ids, dtype=object))))
-
-    def search(self, queries, k, params=None):
-        return self.index.search(queries, k, {**self.search_params, **(params or {})})
-
-    def exact_search(self, queries, k):
-        return exact_search(self.ad_vectors, queries, k)
-
-
 def stub_version(catalog: Catalog, factory: str = "Flat", dim: int = 8, seed: int = 0,
-                 search_params: dict | None = None, ad_ids=None) -> StubVersion:
+                 search_params: dict | None = None, ad_ids=None) -> Version:
     ids = np.asarray(sorted(catalog.ads["ad_id"] if ad_ids is None else ad_ids), dtype=object)
     text = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
     enc = HistoryMeanEncoder()
-    vecs = enc.transform_ads(text)
-    return StubVersion(f"stub_{factory}", ids, text, vecs, AnnIndex.build(vecs, factory, seed=seed), enc,
-                       dict(search_params or {}))
+    index = AnnIndex.build(l2_normalize(enc.transform_ads(text)), factory, seed=seed)
+    return Version.in_memory(f"stub_{factory}", ids, text, index, enc, search_params)
 
 
 def fill_random_db(engine: Engine, n_ads: int = 300, n_users: int = 30, seed: int = 0,

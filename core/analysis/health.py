@@ -188,6 +188,6 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
     return HealthReport(
         version=version.name, kind=version.index.kind, k=k, n_requests=len(q), curve=curve,
         ivf_lists=ivf_list_stats(version.index), dead_ads=dead, dead_by_vertical=dead_by_vertical,
-        hub_ads=hubs, tower_metrics=version.manifest.get("tower_metrics") or {},
+        hub_ads=hubs, tower_metrics=version.manifest.tower_metrics,
         seconds=time.perf_counter() - t0,
     )

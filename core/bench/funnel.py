@@ -158,4 +158,4 @@ def _bench_map_placement(engine: FunnelEngine, requests: pd.DataFrame, n: int = 
         t0 = time.perf_counter()
         placer.place(row)
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"available": True, "place_ms": _pct(times), "build": (engine.version.manifest.get("map") or {})}
+    return {"available": True, "place_ms": _pct(times), "build": engine.version.manifest.extras.get("map", {})}

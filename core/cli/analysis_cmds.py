@@ -119,8 +119,7 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nhub ads (retrieved ≥ 10× the average share): {len(rep.hub_ads)}")
     if len(rep.hub_ads):
         print(rep.hub_ads.head(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    tm = rep.tower_metrics or {}
-    ev = tm if "models" in tm else (tm.get("evaluation") or {})
+    ev = rep.tower_metrics  # the evaluation report (core.index.manifest normalises its shape)
     if ev.get("models"):
         print(f"\ntower evaluation on {ev.get('n_test_clicks', 0):,} held-out clicks (from the manifest; "
               "`adlens evaluate --tower T` has segments):")

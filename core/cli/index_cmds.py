@@ -80,12 +80,12 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(m)
     else:
-        r = m["recall"]
-        print(f"built version {v.name} at {v.path}\n  {m['factory']} over {m['n_ads']:,} ads, dim "
-              f"{m['dims']['index']}, search params {m['search_params']} ({m['search_params_source']})\n"
+        r = m.recall
+        print(f"built version {v.name} at {v.path}\n  {m.factory} over {m.n_ads:,} ads, dim "
+              f"{m.dims['index']}, search params {m.search_params} ({m.search_params_source})\n"
               f"  recall@10 {r['recall@10']:.3f}  @100 {r['recall@100']:.3f}  @500 {r['recall@500']:.3f} "
-              f"vs exact on {m['recall_queries']['n']} {m['recall_queries']['source']}\n"
-              f"  {m['bytes_per_ad']:.0f} bytes/ad, built in {m['timings']['total_s']:.1f}s")
+              f"vs exact on {m.recall_queries['n']} {m.recall_queries['source']}\n"
+              f"  {m.bytes_per_ad:.0f} bytes/ad, built in {m.total_build_s:.1f}s")
     return 0
 
 

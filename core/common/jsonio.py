@@ -16,10 +16,10 @@ import pandas as pd
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses and `to_dict()` objects expanded, numpy values unwrapped, NA/NaN/inf -> None
     (JSON and PostgreSQL's json type have no NaN), enums -> values, dates -> ISO text, paths -> str."""
+    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, (type, dict, pd.DataFrame, pd.Series)):
+        return to_jsonable(obj.to_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
-    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, (dict, pd.DataFrame, pd.Series)):
-        return to_jsonable(obj.to_dict())
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, np.ndarray)):

@@ -162,8 +162,8 @@ def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
             factory = f"IVF{suggest_nlist(n_ads)},Flat"
         v = build_version(ctx.settings, name, factory, tower=tower, parent=parent, engine=ctx.engine,
                           progress=False, with_map=True)
-        out[name] = {"factory": factory, "recall": v.manifest.get("recall"),
-                     "build_s": (v.manifest.get("timings") or {}).get("total_s")}
+        out[name] = {"factory": factory, "recall": v.manifest.recall,
+                     "build_s": v.manifest.total_build_s}
     return out
 
 

@@ -14,6 +14,8 @@ is shared (dashboard sessions, threads) and is never mutated after `build`/`load
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import math
 import re
 from pathlib import Path
@@ -28,6 +30,15 @@ SEARCH_PARAM_KEYS = ("nprobe", "efSearch", "k_factor")
 MIN_POINTS_PER_LIST = 8  # below this k-means assigns lists from noise; FAISS itself warns < 39
 PQ_MIN_TRAIN = 256  # a PQ sub-quantizer has 256 centroids (8 bits)
 Result = tuple[np.ndarray, np.ndarray]
+
+
+class IndexKind(StrEnum):
+    """The FAISS index families AdLens builds."""
+
+    FLAT = "flat"
+    IVF = "ivf"
+    IVFPQ = "ivfpq"
+    HNSW = "hnsw"
 
 
 def suggest_nlist(n: int) -> int:
@@ -53,15 +64,15 @@ def _unwrap(index: faiss.Index) -> list[faiss.Index]:
             return chain
 
 
-def _kind_of(base: faiss.Index) -> str:
+def _kind_of(base: faiss.Index) -> IndexKind:
     if isinstance(base, faiss.IndexFlat):
-        return "flat"
+        return IndexKind.FLAT
     if isinstance(base, faiss.IndexHNSW):
-        return "hnsw"
+        return IndexKind.HNSW
     if isinstance(base, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)):
-        return "ivfpq"
+        return IndexKind.IVFPQ
     if isinstance(base, faiss.IndexIVF):
-        return "ivf"
+        return IndexKind.IVF
     raise ValueError(
         f"unsupported index family {type(base).__name__}; use Flat, IVF{{n}},Flat, HNSW{{m}} "
         "or IVF{n},PQ{m}[,RFlat]"

@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -38,11 +38,11 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from core.common.errors import AdLensError, ArtifactError, NotFoundError
-from core.common.jsonio import to_jsonable
 from core.common.names import validate_name
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index import maps
+from core.index.manifest import Manifest
 from core.index.ann import AnnIndex, exact_search, recall_at, tune_search_params
 from core.store.artifacts import (
     atomic_write_json,
@@ -65,7 +65,6 @@ from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, l2_normal
 from core.tower.registry import load_query_encoder
 
 MANIFEST = "manifest.json"
-FORMAT = 1
 RECALL_KS = (10, 100, 500)
 RECALL_REQUESTS = 200
 RECALL_TARGET = 0.95
@@ -85,7 +84,7 @@ class BuildContext:
     index: AnnIndex
     encoder: QueryEncoder
     search_params: dict
-    manifest: dict = field(default_factory=dict)
+    manifest: Manifest | None = None
 
     @cached_property
     def features(self) -> FeatureStore:
@@ -102,7 +101,7 @@ class Version:
 
     name: str
     path: Path
-    manifest: dict
+    manifest: Manifest
     checksum: str
     ad_ids: np.ndarray
     ad_text_vectors: np.ndarray
@@ -126,6 +125,19 @@ class Version:
     def exact_search(self, queries, k: int):
         return exact_search(self.ad_vectors, queries, k)
 
+    @classmethod
+    def in_memory(cls, name: str, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, index: AnnIndex,
+                  encoder: QueryEncoder, search_params: dict | None = None) -> "Version":
+        """A version that lives only in memory (tests, notebooks): same behaviour, no folder."""
+        ad_vectors = l2_normalize(encoder.transform_ads(ad_text_vectors))
+        manifest = Manifest(name=name, created_at="", factory=index.factory, index_kind=str(index.kind),
+                            n_ads=int(index.ntotal), dims={"text": int(ad_text_vectors.shape[1]), "index": index.dim},
+                            embedding={"model": "in-memory", "fingerprint": ""}, encoder=encoder.config(),
+                            search_params=dict(search_params or {}))
+        return cls(name=name, path=Path("."), manifest=manifest, checksum=f"in-memory:{name}",
+                   ad_ids=np.asarray(ad_ids, dtype=object), ad_text_vectors=ad_text_vectors, ad_vectors=ad_vectors,
+                   index=index, encoder=encoder, search_params=dict(search_params or {}))
+
 
 # ---- loading --------------------------------------------------------------------------------
 def _existing(settings: Settings) -> list[str]:
@@ -139,11 +151,11 @@ def _load_dir(path: Path, name: str) -> Version:
         raise ArtifactError(f"{mpath}: missing; {path} is not a complete version")
     raw = mpath.read_bytes()
     try:
-        manifest = json.loads(raw)
-        files, n, dims, factory = manifest["files"], manifest["n_ads"], manifest["dims"], manifest["factory"]
-        fingerprint = manifest["embedding"]["fingerprint"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{mpath}: not a valid manifest (missing or bad {exc})") from exc
+        manifest = Manifest.from_dict(json.loads(raw), where=str(mpath))
+    except ValueError as exc:
+        raise ArtifactError(f"{mpath}: not valid JSON ({exc})") from exc
+    files, n, dims, factory = manifest.files, manifest.n_ads, manifest.dims, manifest.factory
+    fingerprint = manifest.fingerprint
     verify_files(path, files)
     ad_ids = load_npy(path / "ad_ids.npy").astype(object)
     text = load_npy(path / "ad_text_vectors.npy").astype(np.float32, copy=False)
@@ -168,7 +180,7 @@ def _load_dir(path: Path, name: str) -> Version:
                        fingerprint, where=str(path / "encoder"))
     return Version(name=name, path=path, manifest=manifest, checksum=sha256_bytes(raw), ad_ids=ad_ids,
                    ad_text_vectors=text, ad_vectors=ad_vectors, index=index, encoder=encoder,
-                   search_params=dict(manifest.get("search_params") or {}))
+                   search_params=dict(manifest.search_params))
 
 
 def _recorded_fingerprints(encoder_dir: Path | None, *configs: dict) -> set[str]:
@@ -322,20 +334,18 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
               for k in RECALL_KS}
     timings["recall_s"] = time.perf_counter() - t
 
-    manifest = {
-        "format": FORMAT, "name": name,
-        "created_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
-        "parent": parent, "tower": tower,
-        "embedding": {"model": emb.model, "fingerprint": emb.fingerprint, "n_encoded": emb.n_encoded,
-                      "n_reused": emb.n_reused},
-        "encoder": encoder.config(),
-        "dims": {"text": int(emb.vectors.shape[1]), "index": int(index.dim)},
-        "factory": factory, "index_kind": index.kind, "nlist": index.nlist,
-        "search_params": search_params, "search_params_source": params_source,
-        "n_ads": int(index.ntotal), "recall": recall,
-        "recall_queries": {"source": source, "n": int(len(queries)), "seed": seed, "k": kmax},
-        "tower_metrics": tower_info.get("metrics", {}),
-    }
+    manifest = Manifest(
+        name=name, created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
+        parent=parent, tower=tower,
+        embedding={"model": emb.model, "fingerprint": emb.fingerprint, "n_encoded": emb.n_encoded,
+                   "n_reused": emb.n_reused},
+        encoder=encoder.config(), dims={"text": int(emb.vectors.shape[1]), "index": int(index.dim)},
+        factory=factory, index_kind=str(index.kind), nlist=index.nlist,
+        search_params=search_params, search_params_source=params_source,
+        n_ads=int(index.ntotal), recall=recall,
+        recall_queries={"source": source, "n": int(len(queries)), "seed": seed, "k": kmax},
+        tower_metrics=tower_info.get("metrics", {}),
+    )
     ctx = BuildContext(settings, name, catalog, emb.ad_ids, emb.vectors, ad_vectors, index, encoder,
                        search_params, manifest)
     ctx.__dict__["features"] = features  # already built: seed the cached property
@@ -357,15 +367,14 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
         for builder in builders:
             t = time.perf_counter()
             extra = builder(ctx, tmp) or {}
-            manifest.update({k: v for k, v in extra.items() if k != "files"})
+            manifest.extras.update({k: v for k, v in extra.items() if k != "files"})
             timings[f"{getattr(builder, '__name__', 'artifact')}_s"] = time.perf_counter() - t
-        manifest["bytes_per_ad"] = (tmp / "index.faiss").stat().st_size / max(index.ntotal, 1)
-        manifest["index_bytes"] = (tmp / "index.faiss").stat().st_size
-        manifest["files"] = hash_tree(tmp, exclude=(MANIFEST,))
+        manifest.index_bytes = (tmp / "index.faiss").stat().st_size
+        manifest.bytes_per_ad = manifest.index_bytes / max(index.ntotal, 1)
+        manifest.files = hash_tree(tmp, exclude=(MANIFEST,))
         timings["total_s"] = time.perf_counter() - t_start
-        manifest["timings"] = {k: round(v, 4) for k, v in timings.items()}
-        manifest = to_jsonable(manifest)
-        atomic_write_json(tmp / MANIFEST, manifest)
+        manifest.timings = {k: round(v, 4) for k, v in timings.items()}
+        atomic_write_json(tmp / MANIFEST, manifest.to_dict())
         fsync_tree(tmp)
         _load_dir(tmp, name)  # read back through the loader's checks before publishing
         try:
@@ -382,29 +391,30 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     return _load_dir(final, name)
 
 
-def _register(engine: Engine, name: str, path: Path, manifest: dict) -> None:
+def _register(engine: Engine, name: str, path: Path, manifest: Manifest) -> None:
     with session_scope(engine) as s:
         s.add(IndexVersion(
-            name=name, created_at=datetime.fromisoformat(manifest["created_at"]), parent=manifest["parent"],
-            tower=manifest["tower"], factory=manifest["factory"], embedding_model=manifest["embedding"]["model"],
-            model_fingerprint=manifest["embedding"]["fingerprint"], dim=manifest["dims"]["index"],
-            n_ads=manifest["n_ads"], path=str(path), manifest_sha256=sha256_file(path / MANIFEST),
-            manifest=manifest,
+            name=name, created_at=datetime.fromisoformat(manifest.created_at), parent=manifest.parent,
+            tower=manifest.tower, factory=manifest.factory, embedding_model=manifest.embedding["model"],
+            model_fingerprint=manifest.fingerprint, dim=manifest.dims["index"],
+            n_ads=manifest.n_ads, path=str(path), manifest_sha256=sha256_file(path / MANIFEST),
+            manifest=manifest.to_dict(),
         ))
 
 
 # ---- listing, deleting, derived artifacts -----------------------------------------------------
-def _summary(m: dict, path: Path, status: str) -> dict:
-    r = m.get("recall", {})
+def _summary(raw: dict, path: Path, status: str) -> dict:
+    try:
+        m = Manifest.from_dict(raw, where=str(path / MANIFEST))
+    except ArtifactError:
+        return {"name": raw.get("name") or path.name, "created_at": raw.get("created_at"), "path": str(path),
+                "status": "invalid manifest"}
     return {
-        "name": m.get("name"), "created_at": m.get("created_at"), "parent": m.get("parent"),
-        "tower": m.get("tower"), "factory": m.get("factory"), "index_kind": m.get("index_kind"),
-        "search_params": m.get("search_params"), "n_ads": m.get("n_ads"),
-        "dim": (m.get("dims") or {}).get("index"), "embedding_model": (m.get("embedding") or {}).get("model"),
-        "model_fingerprint": ((m.get("embedding") or {}).get("fingerprint") or "")[:12],
-        **{k: r.get(k) for k in (f"recall@{k}" for k in RECALL_KS)},
-        "bytes_per_ad": m.get("bytes_per_ad"), "build_s": (m.get("timings") or {}).get("total_s"),
-        "path": str(path), "status": status,
+        "name": m.name, "created_at": m.created_at, "parent": m.parent, "tower": m.tower, "factory": m.factory,
+        "index_kind": m.index_kind, "search_params": m.search_params, "n_ads": m.n_ads, "dim": m.dims["index"],
+        "embedding_model": m.embedding.get("model"), "model_fingerprint": m.fingerprint[:12],
+        **{k: m.recall.get(k) for k in (f"recall@{k}" for k in RECALL_KS)},
+        "bytes_per_ad": m.bytes_per_ad, "build_s": m.total_build_s, "path": str(path), "status": status,
     }
 
 
@@ -464,8 +474,8 @@ def add_artifacts(settings: Settings, name: str, builder: ArtifactBuilder, *,
     engine = engine or make_engine(settings.db_url)
     v = load_version(settings, name)
     ctx = BuildContext(settings, name, load_catalog(engine), v.ad_ids, v.ad_text_vectors, v.ad_vectors,
-                       v.index, v.encoder, v.search_params, dict(v.manifest))
-    manifest = dict(v.manifest)
+                       v.index, v.encoder, v.search_params, v.manifest)
+    manifest = Manifest.from_dict(v.manifest.to_dict())
     with staging_dir(v.path, "artifacts") as tmp:
         extra = builder(ctx, tmp) or {}
         new = hash_tree(tmp)
@@ -476,14 +486,13 @@ def add_artifacts(settings: Settings, name: str, builder: ArtifactBuilder, *,
         for rel in new:
             (v.path / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / rel, v.path / rel)
-    manifest.update({k: val for k, val in extra.items() if k != "files"})
-    manifest["files"] = {**v.manifest["files"], **new}
-    manifest = to_jsonable(manifest)
-    atomic_write_json(v.path / MANIFEST, manifest)
+    manifest.extras.update({k: val for k, val in extra.items() if k != "files"})
+    manifest.files = {**v.manifest.files, **new}
+    atomic_write_json(v.path / MANIFEST, manifest.to_dict())
     with session_scope(engine) as s:
         row = s.get(IndexVersion, name)
         if row is not None:
-            row.manifest = manifest
+            row.manifest = manifest.to_dict()
             row.manifest_sha256 = sha256_file(v.path / MANIFEST)
     return load_version(settings, name)
 

@@ -7,32 +7,30 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.index.manifest import Manifest
 from dashboard import state
 
 
-def _manifest(m: dict) -> None:
-    emb = m.get("embedding") or {}
+def _manifest(m: Manifest) -> None:
     cols = st.columns(4)
-    cols[0].metric("Ads", f"{m.get('n_ads', 0):,}")
-    cols[1].metric("Index", m.get("factory", "?"))
-    cols[2].metric("Bytes per ad", f"{m.get('bytes_per_ad', 0):,.0f}")
-    cols[3].metric("Tower", m.get("tower") or "history mean")
-    st.text(f"Embedding model: {emb.get('model')}  (fingerprint {str(emb.get('fingerprint', ''))[:16]})")
-    st.text(f"Search params: {m.get('search_params')} · parent: {m.get('parent') or '—'} · created {m.get('created_at')}")
-    rec = m.get("recall") or {}
-    if rec:
-        st.text("Recall vs exact at build time: " + ", ".join(f"{k} {v:.3f}" for k, v in rec.items()
+    cols[0].metric("Ads", f"{m.n_ads:,}")
+    cols[1].metric("Index", m.factory)
+    cols[2].metric("Bytes per ad", f"{m.bytes_per_ad or 0:,.0f}")
+    cols[3].metric("Tower", m.tower or "history mean")
+    st.text(f"Embedding model: {m.embedding.get('model')}  (fingerprint {m.fingerprint[:16]})")
+    st.text(f"Search params: {m.search_params} · parent: {m.parent or '—'} · created {m.created_at}")
+    if m.recall:
+        st.text("Recall vs exact at build time: " + ", ".join(f"{k} {v:.3f}" for k, v in m.recall.items()
                                                             if isinstance(v, (int, float))))
     with st.expander("Build timings"):
-        st.json(m.get("timings") or {})
+        st.json(m.timings)
     with st.expander("Files and sha256 checksums"):
-        st.dataframe(pd.DataFrame([{"file": f, "sha256": h} for f, h in (m.get("files") or {}).items()]),
+        st.dataframe(pd.DataFrame([{"file": f, "sha256": h} for f, h in m.files.items()]),
                      hide_index=True, key="files_table")
 
 
-def _tower(m: dict) -> None:
-    tm = m.get("tower_metrics") or {}
-    ev = tm if "models" in tm else tm.get("evaluation")
+def _tower(m: Manifest) -> None:
+    ev = m.tower_metrics
     if not ev:
         st.info("This version has no learned tower (history-mean query encoder): no tower evaluation.")
         return

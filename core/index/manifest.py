@@ -1,0 +1,104 @@
+"""`Manifest`: what a version's manifest.json holds, read and written here only.
+
+Core fields are typed attributes. Sections contributed by build-time artifact builders (the map,
+candidate sources, shards, imported parts, ...) live in `extras` and are written at the top level
+of manifest.json, next to the core fields, so every manifest stays one flat JSON object. Old
+manifests load: missing optional fields take their defaults, and a tower evaluation stored in
+either historical shape is normalised to the evaluation report itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from core.common.errors import ArtifactError
+from core.common.jsonio import to_jsonable
+
+FORMAT = 1
+
+
+def _tower_evaluation(tm: Any) -> dict:
+    """The evaluation report from either stored shape: the report itself ({"models": ...}) or a
+    tower metrics.json ({"evaluation": {...}, "training": ...})."""
+    if not isinstance(tm, dict):
+        return {}
+    if "models" in tm or "evaluation" not in tm:
+        return dict(tm)
+    return dict(tm.get("evaluation") or {})
+
+
+@dataclass
+class Manifest:
+    """A version's manifest (see core/index/versions.py for the folder it describes)."""
+
+    name: str
+    created_at: str
+    factory: str
+    index_kind: str
+    n_ads: int
+    dims: dict[str, int]
+    embedding: dict[str, Any]
+    encoder: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+    format: int = FORMAT
+    parent: str | None = None
+    tower: str | None = None
+    nlist: int | None = None
+    search_params: dict[str, int] = field(default_factory=dict)
+    search_params_source: str = "given"
+    recall: dict[str, float | None] = field(default_factory=dict)
+    recall_queries: dict[str, Any] = field(default_factory=dict)
+    tower_metrics: dict[str, Any] = field(default_factory=dict)
+    bytes_per_ad: float | None = None
+    index_bytes: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    REQUIRED = ("name", "created_at", "factory", "n_ads", "dims", "embedding")
+
+    @classmethod
+    def from_dict(cls, d: dict, *, where: str = "manifest.json") -> "Manifest":
+        """Parse a manifest (old ones included); ArtifactError names the missing or bad field."""
+        if not isinstance(d, dict):
+            raise ArtifactError(f"{where}: not a JSON object")
+        missing = [k for k in cls.REQUIRED if k not in d]
+        if missing:
+            raise ArtifactError(f"{where}: not a valid manifest (missing {', '.join(missing)})")
+        known = {f.name for f in fields(cls)} - {"extras"}
+        core = {k: v for k, v in d.items() if k in known}
+        try:
+            fp = d["embedding"]["fingerprint"]
+            dims = {"text": int(d["dims"]["text"]), "index": int(d["dims"]["index"])}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{where}: not a valid manifest (bad embedding or dims: {exc})") from exc
+        if not isinstance(fp, str):
+            raise ArtifactError(f"{where}: not a valid manifest (embedding.fingerprint is not text)")
+        core.update(dims=dims, n_ads=int(d["n_ads"]), index_kind=str(d.get("index_kind") or ""),
+                    encoder=dict(d.get("encoder") or {}), search_params=dict(d.get("search_params") or {}),
+                    files=dict(d.get("files") or {}), tower_metrics=_tower_evaluation(d.get("tower_metrics")))
+        return cls(**core, extras={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """The JSON object written to manifest.json (extras at the top level)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        out.update(self.extras)
+        return to_jsonable(out)
+
+    # Read access by key, for builder sections and for callers that print the whole manifest.
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default) if key not in self.extras else self.extras[key]
+
+    def __getitem__(self, key: str) -> Any:
+        d = self.to_dict()
+        if key not in d:
+            raise KeyError(key)
+        return d[key]
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.embedding["fingerprint"])
+
+    @property
+    def total_build_s(self) -> float | None:
+        return self.timings.get("total_s")
