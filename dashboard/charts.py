@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.common.escape import hover
 from core.funnel.reasons import Stage
 
 OUTCOME_COLORS = {"slate": "#2ca02c", "ranked_out": "#1f77b4", "advertiser_cap": "#9467bd",
                   "filtered": "#d62728", "not retrieved": "#c7c7c7"}
 
 
-def plain(text):
-    """Escape data text (a str or a Series) for Plotly, whose labels and hover texts interpret
-    HTML-like tags (<b>, <br>, <a>) and drop unknown ones: an ad titled "<b>x</b>" must show
-    literally. Plotly decodes the entities back to the characters when it draws the text."""
-    if isinstance(text, pd.Series):
-        return text.astype(str).map(lambda s: html.escape(s, quote=False))
-    return html.escape(str(text), quote=False)
+plain = hover  # Plotly labels and hover texts interpret HTML-like tags: data text is escaped
 
 
 def funnel_figure(stage_counts: dict) -> go.Figure:
