@@ -13,6 +13,8 @@ from datetime import datetime
 
 import pandas as pd
 
+from core.common.errors import AdLensError
+from core.data.request import TIME_MAX, TIME_MIN, parse_request_time
 from core.data.vocab import UNKNOWN, Device, Placement, values
 
 LINK_KEYS: tuple[str, ...] = ("version", "b", "user", "community", "placement", "device", "country", "time", "ad")
@@ -85,12 +87,10 @@ def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: p
             bad("country", c, "use a country code such as US or DE")
     if (t := get["time"]) is not None:
         try:
-            ts = pd.Timestamp(t)
-            if ts is pd.NaT:
-                raise ValueError
-            st.time = (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts).to_pydatetime()
-        except (ValueError, TypeError):
-            bad("time", t, "use an ISO 8601 time such as 2026-10-31T18:00:00")
+            st.time = parse_request_time(t)
+        except AdLensError:
+            bad("time", t, f"use an ISO 8601 time between {TIME_MIN.date()} and {TIME_MAX.date()}, "
+                           "such as 2026-10-31T18:00:00")
     if (a := get["ad"]) is not None:
         if a in ad_ids:
             st.ad = a

@@ -4,11 +4,19 @@ registers its sub-commands; handlers call `core` functions and print what they r
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import logging
+import os
 import sys
 
+from sqlalchemy import exc as sa_exc
+
 from core.common.errors import AdLensError
+from core.common.escape import term
 from core.store.settings import load_settings
+
+ENV_DEBUG = "ADLENS_DEBUG"
 
 # Each module exposes `register(subparsers)`; imported lazily so `adlens --help` stays fast
 # enough and a heavy dependency (torch) is only imported by the commands that need it.
@@ -34,18 +42,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_message(exc: OSError) -> str:
+    path = exc.filename or "a workspace file"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write {path} ({exc.strerror}): the workspace is read-only; make it writable "
+                "(chmod u+w) or copy it somewhere writable and pass --workspace DIR")
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {path}: free some space and run the command again"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{path}: {exc.strerror}; pass --workspace DIR naming a folder"
+    return f"{path}: {exc.strerror or exc}"
+
+
+def _quiet_closed_pipe() -> int:
+    # The reader went away (`adlens versions | head -1`): stop writing, say nothing.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every user-facing failure exits 2 with a message (no traceback); a closed
+    output pipe exits 0 quietly; ADLENS_DEBUG=1 re-raises for the traceback."""
+    logging.basicConfig(level=logging.DEBUG if os.environ.get(ENV_DEBUG) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = load_settings(workspace=args.workspace, model=getattr(args, "model", None))
+    debug = bool(os.environ.get(ENV_DEBUG))
     try:
-        return int(args.func(args, settings) or 0)
-    except AdLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        settings = load_settings(workspace=args.workspace, model=getattr(args, "model", None))
+        code = int(args.func(args, settings) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the boundary: classify, print one message, never a traceback
+        if debug:
+            raise
+        from core.store.db import describe_db_error
+
+        if isinstance(exc, AdLensError):
+            msg = str(exc)
+        elif isinstance(exc, sa_exc.SQLAlchemyError):
+            msg = str(describe_db_error(exc, getattr(settings, "db_url", "") if "settings" in locals() else ""))
+        elif isinstance(exc, OSError):
+            msg = _os_error_message(exc)
+        else:
+            print(f"internal error: {type(exc).__name__}: {term(exc)}\nThis is a bug in AdLens; run again with "
+                  f"{ENV_DEBUG}=1 for the traceback and report it.", file=sys.stderr)
+            return 1
+        print(f"error: {term(msg, keep_newlines=True)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,3 +23,7 @@ class NotFoundError(AdLensError):
 
 class ArtifactError(AdLensError):
     """An artifact on disk is missing, corrupted or does not match its manifest."""
+
+
+class StoreError(AdLensError):
+    """The database or the workspace folder cannot be used (unreachable, unwritable, misnamed)."""

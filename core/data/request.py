@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pandas as pd
+
+from core.common.errors import AdLensError
 
 REQUEST_COLUMNS: tuple[str, ...] = ("user_id", "community_id", "placement", "device", "country", "ts")
 
@@ -25,6 +27,31 @@ class Request:
         d = asdict(self)
         d["ts"] = self.ts.isoformat()
         return d
+
+
+TIME_MIN = pd.Timestamp("1677-09-22")
+TIME_MAX = pd.Timestamp("2262-04-11")
+"""Request times must fit the nanosecond timestamps the log and features are held in."""
+
+
+def parse_request_time(value) -> datetime:
+    """A request time (ISO 8601 text, datetime or Timestamp) as naive UTC; AdLensError when it is
+    not a time or lies outside TIME_MIN..TIME_MAX."""
+    example = "use an ISO 8601 time such as 2026-10-14T18:03:00"
+    if isinstance(value, datetime) and not isinstance(value, pd.Timestamp):
+        value = value if value.tzinfo is None else value.astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise AdLensError(f"time {str(value)!r} is not a valid time: {example}") from exc
+    if ts is pd.NaT:
+        raise AdLensError(f"time {str(value)!r} is not a valid time: {example}")
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    if not TIME_MIN <= ts <= TIME_MAX:
+        raise AdLensError(f"time {str(value)!r} is outside the supported range {TIME_MIN.date()} .. "
+                          f"{TIME_MAX.date()}: {example}")
+    return ts.to_pydatetime()
 
 
 def requests_frame(requests: list[Request]) -> pd.DataFrame:

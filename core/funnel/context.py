@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from core.common.errors import AdLensError, NotFoundError
-from core.data.request import Request
+from core.data.request import Request, parse_request_time
 from core.data.vocab import UNKNOWN, Device, Placement, values
 from core.store.catalog import Catalog
 
@@ -53,19 +53,6 @@ def latest_ts(catalog: Catalog) -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
-def _parse_ts(value) -> datetime:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=None) if value.tzinfo is None else (
-            value.astimezone(timezone.utc).replace(tzinfo=None))
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise AdLensError(f"time {value!r} is not a valid ISO timestamp (e.g. 2026-10-14T18:03:00)") from exc
-    if ts is pd.NaT:
-        raise AdLensError(f"time {value!r} is not a valid ISO timestamp (e.g. 2026-10-14T18:03:00)")
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts.to_pydatetime()
 
 
 @dataclass(frozen=True)
@@ -191,7 +178,7 @@ def default_request(catalog: Catalog, user_id: str, *, usual: UsualContexts | No
     elif given.get("placement") == Placement.HOME_FEED.value:
         given["community_id"] = None  # the home feed has no community
     if "ts" in given:
-        given["ts"] = _parse_ts(given["ts"])
+        given["ts"] = parse_request_time(given["ts"])
     req.update(given)
     _validate(usual, req)
     return Request(**req)

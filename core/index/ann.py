@@ -14,10 +14,9 @@ is shared (dashboard sessions, threads) and is never mutated after `build`/`load
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import math
 import re
+from enum import StrEnum
 from pathlib import Path
 
 import faiss

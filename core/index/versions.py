@@ -42,8 +42,8 @@ from core.common.names import validate_name
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index import maps
-from core.index.manifest import Manifest
 from core.index.ann import AnnIndex, exact_search, recall_at, tune_search_params
+from core.index.manifest import Manifest
 from core.store.artifacts import (
     atomic_write_json,
     fsync_dir,

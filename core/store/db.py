@@ -6,16 +6,47 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import logging
+
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.common.errors import StoreError
 from core.store.models import Base
+
+log = logging.getLogger(__name__)
+ENV_HINT = "set ADLENS_DB_URL to a SQLAlchemy URL such as postgresql+psycopg://user@host/db, or unset it for SQLite"
 
 
 def redact_url(url: str) -> str:
     """The URL with its password hidden, for logs and error messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<not a URL>"
+
+
+def describe_db_error(exc: BaseException, url: str) -> StoreError:
+    """A database failure as a StoreError naming the database and the fix."""
+    where = redact_url(url)
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    low = first.lower()
+    if isinstance(exc, sa_exc.NoSuchModuleError):
+        return StoreError(f"database {where}: no driver installed for this URL ({first}); {ENV_HINT}")
+    if isinstance(exc, sa_exc.ArgumentError):
+        return StoreError(f"database URL {url!r} is not valid ({first}); {ENV_HINT}")
+    if "readonly" in low or "read-only" in low or "unable to open database" in low:
+        return StoreError(f"database {where} cannot be written ({first}): the workspace folder or database file "
+                          "is read-only or missing; make it writable (chmod u+w), or copy the workspace somewhere "
+                          "writable and pass --workspace DIR")
+    if "database is locked" in low:
+        return StoreError(f"database {where} is locked by another AdLens process that is still writing; wait for it "
+                          "to finish and run the command again")
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return StoreError(f"database {where} is unreachable ({first}); start the server or fix the URL; {ENV_HINT}")
+    return StoreError(f"database {where} failed: {first}")
 
 
 def _set_sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -32,17 +63,34 @@ def _set_sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def make_engine(url: str, *, create_tables: bool = True) -> Engine:
-    """Create an engine for `url`; for SQLite, create the parent folder and set pragmas."""
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
-        event.listen(engine, "connect", _set_sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
-    if create_tables:
-        Base.metadata.create_all(engine)
+    """Create an engine for `url`; for SQLite, create the parent folder and set pragmas.
+    StoreError (with the fix) for a bad URL, a missing driver, an unreachable server, or a folder
+    that cannot hold the database."""
+    try:
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite":
+            if u.database and u.database != ":memory:":
+                folder = Path(u.database).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except (FileExistsError, NotADirectoryError) as exc:
+                    raise StoreError(f"workspace {folder} is not a folder ({exc.strerror}): pass --workspace DIR "
+                                     "(or ADLENS_HOME) naming a folder") from exc
+                except PermissionError as exc:
+                    raise StoreError(f"cannot create the workspace {folder} (permission denied): make its parent "
+                                     "writable or pass --workspace DIR") from exc
+            engine = create_engine(url)
+            event.listen(engine, "connect", _set_sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        log.debug("database %s", redact_url(url))
+        if create_tables:
+            Base.metadata.create_all(engine)
+    except sa_exc.SQLAlchemyError as exc:
+        raise describe_db_error(exc, url) from exc
+    except ImportError as exc:  # the URL's DBAPI driver is not installed
+        raise StoreError(f"database {redact_url(url)}: its driver is not installed ({exc}); install it "
+                         f"(e.g. pip install mysqlclient) or {ENV_HINT}") from exc
     return engine
 
 
