@@ -20,6 +20,7 @@ from core.common.errors import ValidationError
 from core.data.ingest_validate import Problems, Source, validate_frames
 from core.data.ingest_write import db_frame, diff, write_table
 from core.data.schema import TABLES, TABLES_BY_NAME
+from core.store.db import write_transaction
 from core.store.catalog import bump_revision
 from core.store.models import Base
 
@@ -189,7 +190,7 @@ def ingest_directory(engine: Engine, directory: Path, progress: Progress | None 
     files = _read_files(directory)
     timings["read"] = time.perf_counter() - t0
     report_progress("validate", 0.1)
-    with engine.begin() as conn:
+    with write_transaction(engine, f"import {directory}") as conn:
         if replace:
             if conn.dialect.name == "postgresql":  # transactional there, and far faster than DELETE
                 conn.exec_driver_sql("TRUNCATE " + ", ".join(t.name for t in TABLES))

@@ -392,7 +392,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
 
 
 def _register(engine: Engine, name: str, path: Path, manifest: Manifest) -> None:
-    with session_scope(engine) as s:
+    with session_scope(engine, write="register a version") as s:
         s.add(IndexVersion(
             name=name, created_at=datetime.fromisoformat(manifest.created_at), parent=manifest.parent,
             tower=manifest.tower, factory=manifest.factory, embedding_model=manifest.embedding["model"],
@@ -453,7 +453,7 @@ def delete_version(settings: Settings, name: str, *, engine: Engine | None = Non
     if path.exists():
         os.rename(path, aside)
     try:
-        with session_scope(engine) as s:
+        with session_scope(engine, write="delete a version") as s:
             row = s.get(IndexVersion, name)
             if row is not None:
                 s.delete(row)
@@ -489,7 +489,7 @@ def add_artifacts(settings: Settings, name: str, builder: ArtifactBuilder, *,
     manifest.extras.update({k: val for k, val in extra.items() if k != "files"})
     manifest.files = {**v.manifest.files, **new}
     atomic_write_json(v.path / MANIFEST, manifest.to_dict())
-    with session_scope(engine) as s:
+    with session_scope(engine, write="add version artifacts") as s:
         row = s.get(IndexVersion, name)
         if row is not None:
             row.manifest = manifest.to_dict()

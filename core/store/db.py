@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import logging
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -94,9 +98,86 @@ def make_engine(url: str, *, create_tables: bool = True) -> Engine:
     return engine
 
 
+WRITE_LOCK_KEY = 0x4AD1E5  # pg_advisory_xact_lock key shared by every AdLens writer
+WAIT_NOTICE_S = 1.0
+
+
+def _notice_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sqlite_lock_path(engine: Engine) -> Path | None:
+    db = engine.url.database
+    return Path(f"{db}.write-lock") if db and db != ":memory:" else None
+
+
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session whose work is one transaction: committed on success, rolled back on error."""
+def _sqlite_write_lock(engine: Engine, what: str, notice: Callable[[str], None]) -> Iterator[None]:
+    # SQLite takes its write lock at the first write, after a writer has already read what it
+    # compares against: two imports would both plan the same inserts. A lock file held for the
+    # whole transaction serialises writers from the start (readers are never blocked).
+    path = _sqlite_lock_path(engine)
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            t0 = time.monotonic()
+            while True:
+                time.sleep(0.05)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if t0 is not None and time.monotonic() - t0 >= WAIT_NOTICE_S:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                        notice(f"waiting for another AdLens writer to finish ({holder}) before: {what}")
+                        t0 = None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _pg_write_lock(conn: Connection, what: str, notice: Callable[[str], None]) -> None:
+    if conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY}).scalar():
+        return
+    notice(f"waiting for another AdLens writer to finish before: {what}")
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
+
+
+@contextmanager
+def write_transaction(engine: Engine, what: str, notice: Callable[[str], None] = _notice_stderr
+                      ) -> Iterator[Connection]:
+    """One transaction that holds AdLens's database write lock from its first statement, so
+    concurrent writers (two imports, a build registering while an import runs) run one after
+    the other; a waiting writer gets one `notice` after a second. SQLite: a lock file beside the
+    database; PostgreSQL: a transaction-scoped advisory lock."""
+    with _sqlite_write_lock(engine, what, notice) if engine.dialect.name == "sqlite" else _nullcontext():
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                _pg_write_lock(conn, what, notice)
+            yield conn
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def session_scope(engine: Engine, *, write: str | None = None) -> Iterator[Session]:
+    """A session whose work is one transaction: committed on success, rolled back on error.
+    `write="what it does"` takes the write lock first (see `write_transaction`)."""
     factory = sessionmaker(bind=engine, expire_on_commit=False)
-    with factory() as session, session.begin():
+    if write is None:
+        with factory() as session, session.begin():
+            yield session
+        return
+    with write_transaction(engine, write) as conn, factory(bind=conn) as session:
         yield session
+        session.flush()

@@ -64,7 +64,7 @@ def save_tower_metrics(settings: Settings, name: str, report, engine: Engine | N
     metrics["evaluation"] = to_jsonable(report)
     atomic_write_json(tower_path(settings, name) / "metrics.json", metrics)
     engine = engine or make_engine(settings.db_url)
-    with session_scope(engine) as s:
+    with session_scope(engine, write="update tower metrics") as s:
         row = s.get(Tower, name)
         if row is not None:
             row.metrics = metrics["evaluation"]

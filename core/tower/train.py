@@ -277,7 +277,7 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
-        with session_scope(engine) as s:
+        with session_scope(engine, write="register a tower") as s:
             s.add(Tower(name=name, created_at=created, path=str(final), config=to_jsonable(config),
                         metrics=to_jsonable(report)))
     except BaseException:
