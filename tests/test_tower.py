@@ -264,7 +264,8 @@ def test_train_tower_saves_registers_and_refuses_duplicates(settings, planted):
     write_catalog(engine, cat)
     res = train_tower(settings, "t1", epochs=2, batch_size=128, seed=3, engine=engine, progress=False,
                       ad_ids=ids, ad_text_vectors=vecs, hard_negatives=True)
-    assert sorted(p.name for p in res.path.iterdir()) == ["config.json", "metrics.json", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in res.path.iterdir()) == ["config.json", "manifest.json", "metrics.json",
+                                                         "model.safetensors", "vocab.json"]
     metrics = json.loads((res.path / "metrics.json").read_text())
     assert metrics["training"]["split"]["kind"] == "time" and metrics["training"]["n_hard_negatives"] > 0
     assert metrics["evaluation"]["models"]["tower"]["recall@100"] is not None

@@ -4,6 +4,7 @@ dimensions), slugs, towers, listing and deletion, derived artifacts."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 from datetime import datetime, timedelta
 
@@ -263,6 +264,11 @@ def test_tower_from_folder_or_registry_and_unknown_tower(vsettings, data_engine)
     with data_engine.begin() as c:
         c.execute(insert(Tower), [{"name": "t2", "created_at": datetime(2026, 1, 1), "path": str(elsewhere),
                                    "config": {}, "metrics": {"recall@100": 0.5}}])
+    # A registered path outside the workspace is never followed (a copied workspace would read the
+    # original's tower): towers live in <workspace>/towers/<name>.
+    with pytest.raises(ArtifactError, match="tower 't2' is registered but .*towers/t2 does not exist"):
+        _build(vsettings, data_engine, "v2", tower="t2")
+    shutil.copytree(elsewhere, vsettings.towers_dir / "t2")
     v2 = _build(vsettings, data_engine, "v2", tower="t2")
     assert v2.encoder.config()["history_limit"] == 7 and v2.manifest["tower_metrics"] == {"recall@100": 0.5}
     with pytest.raises(NotFoundError, match="tower 'zzz' not found; existing towers: t1, t2"):

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 from core.cli.output import add_json_flag, print_json
+from core.common.escape import term
 from core.store.catalog import table_counts
 from core.store.db import make_engine, redact_url
 from core.store.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show the workspace, database and table counts")
+    p = sub.add_parser("status", help="show the workspace, database, table counts and leftovers of killed builds")
+    p.add_argument("--clean", action="store_true", help="remove the leftovers of interrupted builds it lists")
     add_json_flag(p)
     p.set_defaults(func=cmd_status)
 
@@ -36,18 +38,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from core.store.debris import clean_debris, find_debris
+
     engine = make_engine(settings.db_url)
+    debris = clean_debris(settings) if args.clean else find_debris(settings)
     report = {
         "workspace": str(settings.workspace),
         "database": redact_url(settings.db_url),
         "tables": table_counts(engine),
+        "debris": [{"path": str(d.path), "bytes": d.bytes, "kind": d.kind, "age_s": round(d.age_s)} for d in debris],
+        "debris_removed": bool(args.clean),
     }
     if args.json:
         print_json(report)
-    else:
-        print(f"workspace: {report['workspace']}\ndatabase:  {report['database']}")
-        for name, n in report["tables"].items():
-            print(f"  {name:<12} {n:>10,}")
+        return 0
+    print(f"workspace: {term(report['workspace'])}\ndatabase:  {term(report['database'])}")
+    for name, n in report["tables"].items():
+        print(f"  {name:<12} {n:>10,}")
+    if debris:
+        total = sum(d.bytes for d in debris)
+        verb = "removed" if args.clean else "found"
+        print(f"{verb} {len(debris)} leftover(s) of interrupted builds, {total / 2**20:,.1f} MiB:")
+        for d in debris:
+            print(f"  {d.bytes / 2**20:>8,.1f} MiB  {d.kind:<18} {term(d.path)}")
+        if not args.clean:
+            print("remove them with: adlens status --clean")
     return 0
 
 

@@ -20,8 +20,8 @@ from core.common.errors import ValidationError
 from core.data.ingest_validate import Problems, Source, validate_frames
 from core.data.ingest_write import db_frame, diff, write_table
 from core.data.schema import TABLES, TABLES_BY_NAME
-from core.store.db import write_transaction
 from core.store.catalog import bump_revision
+from core.store.db import write_transaction
 from core.store.models import Base
 
 Progress = Callable[[str, float], None]

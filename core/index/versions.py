@@ -58,11 +58,12 @@ from core.store.artifacts import (
 )
 from core.store.catalog import Catalog, load_catalog
 from core.store.db import make_engine, session_scope
-from core.store.models import IndexVersion, Tower
+from core.store.debris import clean_debris
+from core.store.models import IndexVersion
 from core.store.settings import Settings
 from core.text.embedding_cache import embed_catalog
 from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, l2_normalize
-from core.tower.registry import load_query_encoder
+from core.tower.registry import load_query_encoder, resolve_tower
 
 MANIFEST = "manifest.json"
 RECALL_KS = (10, 100, 500)
@@ -213,43 +214,32 @@ def _check_fingerprint(recorded: set[str], fingerprint: str, *, where: str) -> N
             )
 
 
-def load_version(settings: Settings, name: str) -> Version:
-    """Load and verify a version (sha256 of every file, row counts, dims, model fingerprint)."""
+def load_version(settings: Settings, name: str, *, engine: Engine | None = None) -> Version:
+    """Load and verify a version: sha256 of every file against the manifest, the manifest's own
+    sha256 against the registry (so re-hashed files and manifest together are still caught), row
+    counts, dims and the text-model fingerprint."""
     validate_name(name)
     path = settings.versions_dir / name
     if not path.is_dir():
         have = ", ".join(_existing(settings)) or "none; build one with `adlens build-index`"
         raise NotFoundError(f"version {name!r} not found in {settings.versions_dir}; existing: {have}")
-    return _load_dir(path, name)
+    version = _load_dir(path, name)
+    db = engine or make_engine(settings.db_url)
+    try:
+        with session_scope(db) as s:
+            row = s.get(IndexVersion, name)
+            registered = row.manifest_sha256 if row is not None else None
+    finally:
+        if engine is None:
+            db.dispose()
+    if registered and registered != version.checksum:
+        raise ArtifactError(f"{path / MANIFEST}: sha256 {version.checksum[:12]}… differs from the one registered at "
+                            f"build time ({registered[:12]}…): the version was modified after it was built. Rebuild "
+                            f"it under a new name, or remove it with `adlens versions --delete {name}`")
+    return version
 
 
 # ---- building -------------------------------------------------------------------------------
-def _resolve_tower(settings: Settings, engine: Engine, tower: str) -> tuple[Path, dict]:
-    if Path(tower).name != tower or tower.startswith("."):
-        raise AdLensError(f"invalid tower name {tower!r}")
-    with session_scope(engine) as s:
-        row = s.get(Tower, tower)
-        info = {"metrics": dict(row.metrics or {}), "config": dict(row.config or {})} if row else None
-        path = Path(row.path) if row else None
-        names = set(s.scalars(select(Tower.name)).all())
-    if path is not None:
-        path = path if path.is_absolute() else settings.workspace / path
-        if not path.is_dir():
-            raise ArtifactError(f"tower {tower!r} is registered at {path}, which does not exist")
-        return path, info
-    folder = settings.towers_dir / tower
-    if folder.is_dir():
-        try:  # unregistered tower folder: its metrics.json (if any) still describes it
-            metrics = json.loads((folder / "metrics.json").read_text()).get("evaluation") or {}
-        except (OSError, ValueError, AttributeError):
-            metrics = {}
-        return folder, {"metrics": metrics}
-    if settings.towers_dir.is_dir():
-        names |= {p.name for p in settings.towers_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    have = ", ".join(sorted(names)) or "none; train one with `adlens train --name T`"
-    raise NotFoundError(f"tower {tower!r} not found; existing towers: {have}")
-
-
 def _recall_queries(catalog: Catalog, features: FeatureStore, encoder: QueryEncoder,
                     ad_vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     reqs = sample_requests(catalog.impressions, catalog.users, RECALL_REQUESTS, seed=seed)
@@ -304,7 +294,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     timings["embed_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tower_dir, tower_info = _resolve_tower(settings, engine, tower) if tower else (None, {})
+    tower_dir, tower_info = resolve_tower(settings, engine, tower) if tower else (None, {})
     encoder = load_query_encoder(tower_dir) if tower_dir else HistoryMeanEncoder()
     _check_fingerprint(_recorded_fingerprints(tower_dir, encoder.config(), tower_info.get("config", {})),
                        emb.fingerprint, where=f"tower {tower!r}")
@@ -350,6 +340,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
                        search_params, manifest)
     ctx.__dict__["features"] = features  # already built: seed the cached property
     settings.versions_dir.mkdir(parents=True, exist_ok=True)
+    clean_debris(settings, under=settings.versions_dir)
     with staging_dir(settings.versions_dir, name) as tmp:
         t = time.perf_counter()
         index.save(tmp / "index.faiss")
@@ -397,7 +388,7 @@ def _register(engine: Engine, name: str, path: Path, manifest: Manifest) -> None
             name=name, created_at=datetime.fromisoformat(manifest.created_at), parent=manifest.parent,
             tower=manifest.tower, factory=manifest.factory, embedding_model=manifest.embedding["model"],
             model_fingerprint=manifest.fingerprint, dim=manifest.dims["index"],
-            n_ads=manifest.n_ads, path=str(path), manifest_sha256=sha256_file(path / MANIFEST),
+            n_ads=manifest.n_ads, path=path.relative_to(path.parent.parent).as_posix(), manifest_sha256=sha256_file(path / MANIFEST),
             manifest=manifest.to_dict(),
         ))
 
@@ -423,7 +414,8 @@ def list_versions(settings: Settings, *, engine: Engine | None = None) -> list[d
     folder gone); "unregistered" (folder without a registry row, e.g. a crash mid-build)."""
     engine = engine or make_engine(settings.db_url)
     with session_scope(engine) as s:
-        rows = [(r.name, dict(r.manifest or {}), Path(r.path)) for r in s.scalars(select(IndexVersion))]
+        # Located by name inside this workspace: the row's path is informative only.
+        rows = [(r.name, dict(r.manifest or {}), settings.versions_dir / r.name) for r in s.scalars(select(IndexVersion))]
     out, seen = [], set()
     for name, m, path in rows:
         seen.add(name)

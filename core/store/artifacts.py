@@ -76,7 +76,7 @@ def write_via_temp(path: Path, writer: Callable[[Path], None]) -> None:
     which is fsynced and renamed over `path`. The temp file is removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f".{path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:
         writer(tmp)
         fsync_file(tmp)
@@ -165,13 +165,22 @@ def verify_files(root: Path, files: dict[str, str]) -> None:
             )
 
 
+STAGING_PREFIX = ".tmp-"
+
+
+def staging_name(prefix: str) -> str:
+    """`.tmp-<prefix>-<pid>-<hex>`: the pid lets a later run tell a live build from debris."""
+    return f"{STAGING_PREFIX}{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 @contextmanager
 def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
     """A fresh temporary directory inside `parent` (same filesystem, so it can be renamed into
-    place); removed if the body raises, or if the body did not rename it away."""
+    place); removed if the body raises, or if the body did not rename it away. A process killed
+    meanwhile leaves it behind: core.store.debris finds and removes it."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{prefix}-{uuid.uuid4().hex[:12]}"
+    tmp = parent / staging_name(prefix)
     tmp.mkdir()
     try:
         yield tmp

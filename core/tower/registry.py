@@ -4,6 +4,7 @@ table; saved query encoders are loaded by the "kind" in their config.json."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,57 @@ from sqlalchemy import Engine, select
 
 from core.common.errors import ArtifactError, NotFoundError
 from core.common.jsonio import to_jsonable
-from core.store.artifacts import atomic_write_json
+from core.common.names import validate_name
+from core.store.artifacts import atomic_write_json, hash_tree, sha256_file, verify_files
 from core.store.catalog import Catalog
 from core.store.db import make_engine, session_scope
 from core.store.models import Tower
 from core.store.settings import Settings
 from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder
 
+log = logging.getLogger(__name__)
+
+
+TOWER_MANIFEST = "manifest.json"
+MUTABLE_FILES = ("metrics.json", TOWER_MANIFEST)
+"""metrics.json is rewritten by `adlens evaluate`; every other file of a tower is checksummed."""
+
 
 def tower_path(settings: Settings, name: str) -> Path:
-    return settings.towers_dir / name
+    """Where tower `name` lives: always inside this workspace (the database's path column is only
+    informative, so a copied or moved workspace never reads another one's towers)."""
+    return settings.towers_dir / validate_name(name, "tower")
+
+
+def write_tower_manifest(folder: Path, name: str) -> str:
+    """Checksum a tower folder being saved (before it is renamed into place); returns the sha256
+    of the manifest, which the towers row records."""
+    atomic_write_json(folder / TOWER_MANIFEST, {"tower": name, "files": hash_tree(folder, exclude=MUTABLE_FILES)})
+    return sha256_file(folder / TOWER_MANIFEST)
+
+
+def verify_tower(settings: Settings, name: str, engine: Engine | None = None) -> Path:
+    """The tower's folder after checking every file against its manifest and the manifest against
+    the registry; ArtifactError names the file and the fix. Towers saved before checksums existed
+    (no manifest.json) load with a warning."""
+    folder = tower_path(settings, name)
+    mpath = folder / TOWER_MANIFEST
+    if not mpath.is_file():
+        log.warning("tower %s has no %s (saved by an older AdLens): its files cannot be verified", name, TOWER_MANIFEST)
+        return folder
+    try:
+        files = json.loads(mpath.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{mpath}: not a valid tower manifest ({exc}); retrain the tower under a new name") from exc
+    verify_files(folder, files)
+    engine = engine or make_engine(settings.db_url)
+    with session_scope(engine) as s:
+        row = s.get(Tower, name)
+        recorded = (row.config or {}).get("manifest_sha256") if row is not None else None
+    if recorded and recorded != sha256_file(mpath):
+        raise ArtifactError(f"{mpath}: does not match the checksum registered for tower {name!r} (the tower was "
+                            "modified after training); retrain it under a new name")
+    return folder
 
 
 def list_towers(settings: Settings, engine: Engine | None = None) -> list[dict]:
@@ -28,7 +70,7 @@ def list_towers(settings: Settings, engine: Engine | None = None) -> list[dict]:
     engine = engine or make_engine(settings.db_url)
     with session_scope(engine) as s:
         rows = s.execute(select(Tower).order_by(Tower.created_at)).scalars().all()
-        return [{"name": r.name, "created_at": r.created_at, "path": r.path, "config": r.config,
+        return [{"name": r.name, "created_at": r.created_at, "path": str(tower_path(settings, r.name)), "config": r.config,
                  "recall@100": ((r.metrics or {}).get("models", {}).get("tower", {}) or {}).get("recall@100")}
                 for r in rows]
 
@@ -45,7 +87,32 @@ def load_tower(settings: Settings, name: str) -> QueryEncoder:
         UserTowerEncoder,  # imports torch: only when a tower is used
     )
 
-    return UserTowerEncoder.load(path)
+    return UserTowerEncoder.load(verify_tower(settings, name))
+
+
+def resolve_tower(settings: Settings, engine: Engine, name: str) -> tuple[Path, dict]:
+    """(verified folder, {"metrics": evaluation, "config": training config}) of tower `name`, for
+    building a version; NotFoundError lists the towers that exist."""
+    folder = tower_path(settings, name)
+    with session_scope(engine) as s:
+        row = s.get(Tower, name)
+        info = {"metrics": dict(row.metrics or {}), "config": dict(row.config or {})} if row else None
+        names = set(s.scalars(select(Tower.name)).all())
+    if folder.is_dir():
+        verify_tower(settings, name, engine)
+        if info is None:  # an unregistered tower folder: its metrics.json (if any) still describes it
+            try:
+                info = {"metrics": json.loads((folder / "metrics.json").read_text()).get("evaluation") or {}}
+            except (OSError, ValueError, AttributeError):
+                info = {"metrics": {}}
+        return folder, info
+    if info is not None:
+        raise ArtifactError(f"tower {name!r} is registered but {folder} does not exist; retrain it or copy the "
+                            "whole workspace")
+    if settings.towers_dir.is_dir():
+        names |= {p.name for p in settings.towers_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    have = ", ".join(sorted(names)) or "none; train one with `adlens train --name T`"
+    raise NotFoundError(f"tower {name!r} not found; existing towers: {have}")
 
 
 def read_tower_metrics(settings: Settings, name: str) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,9 +38,10 @@ from core.common.jsonio import to_jsonable
 from core.common.names import validate_name
 from core.data.features import FeatureStore
 from core.data.request import requests_from_impressions
-from core.store.artifacts import atomic_write_json, fsync_tree
+from core.store.artifacts import atomic_write_json, fsync_tree, staging_dir
 from core.store.catalog import Catalog, load_catalog
 from core.store.db import make_engine, session_scope
+from core.store.debris import clean_debris
 from core.store.models import Tower
 from core.store.settings import Settings
 from core.tower.evaluate import DEFAULT_KS, EvalReport, evaluate_encoder
@@ -53,7 +53,7 @@ from core.tower.model import (
     UserTowerEncoder,
     build_vocab,
 )
-from core.tower.registry import catalog_embeddings, tower_path
+from core.tower.registry import catalog_embeddings, tower_path, write_tower_manifest
 from core.tower.split import Split, make_split
 
 DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15, "weight_decay": 1e-5,
@@ -265,20 +265,17 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     config = {**params, "split": the_split.to_dict(), **stats, "embeddings": emb_info, "losses": losses,
               "train_seconds": train_seconds}
     created = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-    settings.towers_dir.mkdir(parents=True, exist_ok=True)
-    tmp = settings.towers_dir / f".{name}.{uuid.uuid4().hex}.tmp"
-    try:
+    clean_debris(settings, under=settings.towers_dir)
+    with staging_dir(settings.towers_dir, name) as tmp:
         enc.save(tmp)
+        manifest_sha = write_tower_manifest(tmp, name)
         atomic_write_json(tmp / "metrics.json", {"tower": name, "created_at": created, "training": config,
                                                   "evaluation": report})
         fsync_tree(tmp)
         os.rename(tmp, final)  # fails if `final` appeared meanwhile: never overwrite a tower
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     try:
         with session_scope(engine, write="register a tower") as s:
-            s.add(Tower(name=name, created_at=created, path=str(final), config=to_jsonable(config),
+            s.add(Tower(name=name, created_at=created, path=f"towers/{name}", config=to_jsonable({**config, "manifest_sha256": manifest_sha}),
                         metrics=to_jsonable(report)))
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)  # registered only when complete: undo the folder
