@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.common.errors import AdLensError
 from core.index.ann import AnnIndex, exact_search, recall_at, suggest_nlist
 from core.store.settings import Settings
 
@@ -270,11 +271,11 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
     """Run the requested sections (default: all registered) and return the report.
     `threads` sets FAISS's OpenMP thread count for this process (a bench-only knob)."""
     if ads < 1000:
-        raise ValueError(f"--ads must be at least 1000; got {ads}")
+        raise AdLensError(f"--ads must be at least 1000; got {ads}")
     names = list(sections or BENCH_SECTIONS)
     unknown = [s for s in names if s not in BENCH_SECTIONS]
     if unknown:
-        raise ValueError(f"unknown bench sections {unknown}; known: {', '.join(BENCH_SECTIONS)}")
+        raise AdLensError(f"unknown bench sections {unknown}; known: {', '.join(BENCH_SECTIONS)}")
     if not embed and "embedding" in names:
         names.remove("embedding")
     queries = queries or (200 if ads <= 300_000 else 50)

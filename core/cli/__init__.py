@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Every user-facing failure exits 2 with a message (no traceback); a closed
     output pipe exits 0 quietly; ADLENS_DEBUG=1 re-raises for the traceback."""
     logging.basicConfig(level=logging.DEBUG if os.environ.get(ENV_DEBUG) else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(os.environ.get(ENV_DEBUG))

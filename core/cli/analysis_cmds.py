@@ -7,7 +7,7 @@ import argparse
 
 import pandas as pd
 
-from core.cli.output import add_json_flag, print_json
+from core.cli.output import add_json_flag, positive_int, print_json
 from core.store.settings import Settings
 
 
@@ -15,18 +15,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="run the same requests through versions A and B and compare")
     p.add_argument("a", help="version A (the baseline)")
     p.add_argument("b", help="version B (the candidate)")
-    p.add_argument("--users", type=int, default=100, help="users sampled, in their usual contexts (default 100)")
+    p.add_argument("--users", type=positive_int, default=100, help="users sampled, in their usual contexts (default 100)")
     p.add_argument("--user", action="append", default=None, metavar="ID", help="compare these users instead (repeatable)")
-    p.add_argument("--k", type=int, default=500, help="candidates retrieved (default 500)")
+    p.add_argument("--k", type=positive_int, default=500, help="candidates retrieved (default 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=10, help="most-changed requests shown (default 10)")
+    p.add_argument("--top", type=positive_int, default=10, help="most-changed requests shown (default 10)")
     add_json_flag(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("health", help="recall-vs-nprobe/efSearch curve, IVF balance, dead and hub ads")
     p.add_argument("--version", required=True)
-    p.add_argument("--requests", type=int, default=200, help="sampled real requests (default 200)")
-    p.add_argument("--k", type=int, default=100, help="recall@k (default 100)")
+    p.add_argument("--requests", type=positive_int, default=200, help="sampled real requests (default 200)")
+    p.add_argument("--k", type=positive_int, default=100, help="recall@k (default 100)")
     p.add_argument("--seed", type=int, default=0)
     add_json_flag(p)
     p.set_defaults(func=cmd_health)

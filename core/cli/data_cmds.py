@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.output import add_json_flag, print_json
+from core.cli.output import add_json_flag, positive_int, print_json
 from core.common.escape import term
 from core.store.catalog import table_counts
 from core.store.db import make_engine, redact_url
@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("demo", help="generate the realistic demo dataset and import it")
-    p.add_argument("--ads", type=int, default=10_000, help="number of ads (default 10000)")
-    p.add_argument("--users", type=int, default=5_000, help="number of users (default 5000)")
+    p.add_argument("--ads", type=positive_int, default=10_000, help="number of ads (default 10000)")
+    p.add_argument("--users", type=positive_int, default=5_000, help="number of users (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when the workspace already has a demo or imported data")

@@ -4,10 +4,12 @@ one ad's audience. Handlers build a FunnelEngine, call core and print what it re
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pandas as pd
 
-from core.cli.output import add_json_flag, print_json
+from core.cli.output import add_json_flag, fraction, positive_int, print_json
+from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
 from core.store.settings import Settings
 
@@ -22,14 +24,17 @@ def _add_context(p: argparse.ArgumentParser) -> None:
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
+    d = DEFAULT_PARAMS
     g = p.add_argument_group("funnel parameters")
-    g.add_argument("--k", type=int, default=500, help="candidates retrieved (default 500)")
-    g.add_argument("--n", type=int, default=50, help="kept by early ranking (default 50)")
-    g.add_argument("--m", type=int, default=2, help="max slate ads per advertiser (default 2)")
-    g.add_argument("--slate", type=int, default=10, help="slate size (default 10)")
-    g.add_argument("--mmr", type=float, default=None, help="MMR lambda in [0, 1] (default off)")
-    g.add_argument("--nprobe", type=int, default=None, help="IVF nprobe for this request (default: the version's)")
-    g.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch for this request")
+    g.add_argument("--k", type=positive_int, default=d.k, help=f"candidates retrieved (default {d.k})")
+    g.add_argument("--n", type=positive_int, default=d.n_ranked, help=f"kept by early ranking (default {d.n_ranked})")
+    g.add_argument("--m", type=positive_int, default=d.max_per_advertiser,
+                   help=f"max slate ads per advertiser (default {d.max_per_advertiser})")
+    g.add_argument("--slate", type=positive_int, default=d.slate_size, help=f"slate size (default {d.slate_size})")
+    g.add_argument("--mmr", type=fraction, default=d.mmr_lambda, help="MMR lambda in [0, 1] (default off)")
+    g.add_argument("--nprobe", type=positive_int, default=None,
+                   help="IVF nprobe for this request (default: the version's)")
+    g.add_argument("--ef-search", type=positive_int, default=None, help="HNSW efSearch for this request")
     g.add_argument("--disable", action="append", default=[], metavar="CODE",
                    help="switch off an eligibility rule (repeatable), e.g. FREQUENCY_CAP")
 
@@ -38,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="one request's funnel: counts, slate, filtered candidates by reason")
     p.add_argument("--version", required=True, help="index version name (`adlens versions` lists them)")
     p.add_argument("--user", required=True, help="user id")
-    p.add_argument("--show", type=int, default=5, help="ad ids shown per reason (default 5)")
+    p.add_argument("--show", type=positive_int, default=5, help="ad ids shown per reason (default 5)")
     _add_context(p)
     _add_params(p)
     add_json_flag(p)
@@ -56,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audience", help="who can see this ad? retrieval/eligibility over sampled users")
     p.add_argument("--version", required=True)
     p.add_argument("--ad", required=True)
-    p.add_argument("--users", type=int, default=200, help="users sampled (default 200)")
+    p.add_argument("--users", type=positive_int, default=200, help="users sampled (default 200)")
     p.add_argument("--seed", type=int, default=0)
     _add_params(p)
     add_json_flag(p)
@@ -69,7 +74,8 @@ def _engine(settings: Settings, version: str):
     return open_engine(settings, version)
 
 
-def _params(args: argparse.Namespace):
+def _params(args: argparse.Namespace, engine=None):
+    """The request's FunnelParams; with `engine`, fitted to its catalog (a notice on stderr)."""
     from core.funnel.params import FunnelParams
 
     sp = {}
@@ -77,8 +83,14 @@ def _params(args: argparse.Namespace):
         sp["nprobe"] = args.nprobe
     if args.ef_search is not None:
         sp["efSearch"] = args.ef_search
-    return FunnelParams(k=args.k, n_ranked=args.n, max_per_advertiser=args.m, slate_size=args.slate,
-                        disabled_rules=tuple(args.disable), mmr_lambda=args.mmr, search_params=sp or None)
+    params = FunnelParams(k=args.k, n_ranked=args.n, max_per_advertiser=args.m, slate_size=args.slate,
+                          disabled_rules=tuple(args.disable), mmr_lambda=args.mmr, search_params=sp or None)
+    if engine is None:
+        return params
+    params, notices = params.fit_to_catalog(engine.n_ads)
+    for note in notices:
+        print(f"note: {note}", file=sys.stderr)
+    return params
 
 
 def _request(engine, args: argparse.Namespace):
@@ -92,8 +104,9 @@ def _describe_request(r) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    params = _params(args)
+    _params(args)  # bad flags fail before the version loads
     engine = _engine(settings, args.version)
+    params = _params(args, engine)
     trace = engine.run(_request(engine, args), params)
     if args.json:
         print_json(trace.to_dict())
@@ -123,8 +136,9 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.explain import why_not
 
-    params = _params(args)
+    _params(args)  # bad flags fail before the version loads
     engine = _engine(settings, args.version)
+    params = _params(args, engine)
     w = why_not(engine, _request(engine, args), args.ad, params)
     if args.json:
         print_json(w.to_dict())
@@ -145,8 +159,9 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.audience import audience
 
-    params = _params(args)
+    _params(args)  # bad flags fail before the version loads
     engine = _engine(settings, args.version)
+    params = _params(args, engine)
     rep = audience(engine, args.ad, n_users=args.users, seed=args.seed, params=params)
     if args.json:
         print_json(rep.to_dict())

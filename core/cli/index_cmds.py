@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.output import add_json_flag, print_json
+from core.cli.output import add_json_flag, positive_int, print_json
 from core.store.settings import Settings
 
 
@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="version name (a-z 0-9 . _ -)")
     p.add_argument("--factory", default="Flat",
                    help='FAISS factory string: "Flat", "IVF256,Flat", "HNSW32", "IVF256,PQ32,RFlat" (default Flat)')
-    p.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: tuned for recall@500 >= 0.95)")
-    p.add_argument("--ef-search", type=int, dest="ef_search", help="HNSW efSearch (default: tuned)")
-    p.add_argument("--k-factor", type=int, dest="k_factor", help="refined PQ: candidates re-ranked = k * k_factor")
+    p.add_argument("--nprobe", type=positive_int, help="IVF lists probed per query (default: tuned for recall@500 >= 0.95)")
+    p.add_argument("--ef-search", type=positive_int, dest="ef_search", help="HNSW efSearch (default: tuned)")
+    p.add_argument("--k-factor", type=positive_int, dest="k_factor", help="refined PQ: candidates re-ranked = k * k_factor")
     p.add_argument("--tower", help="trained user tower to use as query encoder (default: history mean)")
     p.add_argument("--parent", help="version this one derives from (recorded in the manifest)")
     p.add_argument("--no-map", action="store_true", dest="no_map",
@@ -36,14 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("bench", help="benchmark embedding and ANN indexes on this machine")
-    p.add_argument("--ads", type=int, default=100_000, help="synthetic catalog size (default 100000)")
-    p.add_argument("--queries", type=int, help="queries per measurement (default 200; fewer at 1M)")
+    p.add_argument("--ads", type=positive_int, default=100_000, help="synthetic catalog size (default 100000)")
+    p.add_argument("--queries", type=positive_int, help="queries per measurement (default 200; fewer at 1M)")
     p.add_argument("--types", nargs="+", choices=("flat", "ivf", "hnsw", "ivfpq"),
                    help="index families (default: all; hnsw skipped above 300k ads unless named)")
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-throughput section")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
                    help="run only these report sections: machine, embedding, ann, funnel, dashboard")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=positive_int,
                    help="FAISS/OpenMP threads for this run (default: untouched, all cores)")
     p.add_argument("--seed", type=int, default=0)
     add_json_flag(p)

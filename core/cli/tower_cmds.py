@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.output import add_json_flag, print_json
+from core.cli.output import add_json_flag, positive_int, print_json
 from core.store.settings import Settings
 
 TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15}  # = core.tower.train.DEFAULTS
@@ -14,8 +14,8 @@ SHOWN_MODELS = ("tower", "history_mean", "most_popular", "random")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a user tower on the impression log, evaluate and register it")
     p.add_argument("--name", required=True, help="tower name (letters, digits, _ - .); towers are immutable")
-    p.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    p.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=positive_int, default=TRAIN_DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     p.add_argument("--temperature", type=float, default=TRAIN_DEFAULTS["temperature"])
     p.add_argument("--seed", type=int, default=0)
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tower", required=True)
     p.add_argument("--split", choices=("time", "random"), default=None,
                    help="default: the split the tower was trained on")
-    p.add_argument("--k", type=int, default=100, help="K shown in the segment table (default 100)")
+    p.add_argument("--k", type=positive_int, default=100, help="K shown in the segment table (default 100)")
     add_json_flag(p)
     p.set_defaults(func=cmd_evaluate)
 

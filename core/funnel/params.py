@@ -3,7 +3,7 @@ dashboard and the analytics share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,3 +54,21 @@ class FunnelParams:
     def rules(self) -> tuple[Reason, ...]:
         """The enabled rules in evaluation order."""
         return active_rules(self.rule_order, self.disabled_rules)
+
+    def fit_to_catalog(self, n_ads: int) -> tuple["FunnelParams", list[str]]:
+        """These params with K (and N, the slate) no larger than the catalog, plus a notice for
+        each value that was lowered (asking for more candidates than ads exist is not an error,
+        but silently returning fewer would be)."""
+        n_ads = max(int(n_ads), 1)
+        changes, notices = {}, []
+        for name, label in (("k", "K (candidates retrieved)"), ("n_ranked", "N (kept by early ranking)"),
+                            ("slate_size", "the slate size")):
+            if getattr(self, name) > n_ads:
+                changes[name] = n_ads
+                notices.append(f"{label} {getattr(self, name):,} is more than the {n_ads:,} ads in this version; "
+                               f"using {n_ads:,}")
+        return (replace(self, **changes) if changes else self), notices
+
+
+DEFAULT_PARAMS = FunnelParams()
+"""The defaults the CLI flags and the dashboard's controls start from."""

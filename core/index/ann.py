@@ -14,8 +14,12 @@ is shared (dashboard sessions, threads) and is never mutated after `build`/`load
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import re
+import sys
 from enum import StrEnum
 from pathlib import Path
 
@@ -25,8 +29,11 @@ import numpy as np
 from core.common.errors import ArtifactError
 from core.store.artifacts import write_via_temp
 
+log = logging.getLogger(__name__)
+
 SEARCH_PARAM_KEYS = ("nprobe", "efSearch", "k_factor")
 MIN_POINTS_PER_LIST = 8  # below this k-means assigns lists from noise; FAISS itself warns < 39
+FAISS_POINTS_PER_CENTROID = 39  # FAISS prints a raw warning below this many training points per centroid
 PQ_MIN_TRAIN = 256  # a PQ sub-quantizer has 256 centroids (8 bits)
 Result = tuple[np.ndarray, np.ndarray]
 
@@ -76,6 +83,37 @@ def _kind_of(base: faiss.Index) -> IndexKind:
         f"unsupported index family {type(base).__name__}; use Flat, IVF{{n}},Flat, HNSW{{m}} "
         "or IVF{n},PQ{m}[,RFlat]"
     )
+
+
+def _training_warnings(chain: list[faiss.Index], n: int, factory: str) -> list[str]:
+    """FAISS's "please provide at least N training points" warnings, in plain words."""
+    out = []
+    for sub in chain:
+        ivf = faiss.try_extract_index_ivf(sub) if isinstance(sub, faiss.IndexIVF) else None
+        if ivf is not None and n < ivf.nlist * FAISS_POINTS_PER_CENTROID:
+            best = max(1, n // FAISS_POINTS_PER_CENTROID)
+            out.append(f"{ivf.nlist} lists for {n:,} ads is too many for stable k-means (about "
+                       f"{FAISS_POINTS_PER_CENTROID} ads per list are needed); use IVF{best} or fewer, or Flat "
+                       f"(factory {factory!r})")
+        if isinstance(sub, (faiss.IndexPQ, faiss.IndexIVFPQ)) and n < 256 * FAISS_POINTS_PER_CENTROID:
+            out.append(f"product quantization learns 256 codes per sub-vector from {n:,} ads (about "
+                       f"{256 * FAISS_POINTS_PER_CENTROID:,} are needed for stable codes): expect lower recall, or "
+                       "use IVF-Flat or Flat at this size")
+    return out
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence C-level stderr (FAISS prints training warnings there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _check_int_param(name: str, value) -> int:
@@ -147,7 +185,10 @@ class AnnIndex:
             if max_train is not None and n > max_train:
                 rows = np.sort(np.random.default_rng(seed).choice(n, size=max_train, replace=False))
                 train = x[rows]
-            index.train(train)
+            for msg in _training_warnings(chain, len(train), factory):
+                log.warning(msg)
+            with _native_stderr_silenced():  # FAISS's own version of the warnings above
+                index.train(train)
         index.add(x)
         return cls(index, factory)
 

@@ -20,6 +20,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from core.common.errors import AdLensError
+
 MAP_FIT_MAX = 20_000
 """Above this many ads, UMAP is fitted on a stratified sample and the rest are placed."""
 ADS_FILE = "map_ads.parquet"
@@ -93,7 +95,7 @@ def compute_layout(
     from sklearn.decomposition import PCA
 
     if len(ad_ids) < 5:
-        raise ValueError(f"a map needs at least 5 ads, got {len(ad_ids)}")
+        raise AdLensError(f"a map needs at least 5 ads, got {len(ad_ids)}; build the version with --no-map")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     fit_pos = stratified_sample(strata, max_fit, seed)
@@ -198,7 +200,7 @@ def align_to(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
 
     common = reference.merge(other, on="ad_id", suffixes=("_ref", "_oth"))
     if len(common) < 3:
-        raise ValueError(f"aligning maps needs ≥ 3 shared ads, found {len(common)}")
+        raise AdLensError(f"aligning maps needs ≥ 3 shared ads, found {len(common)}")
     a = common[["x_ref", "y_ref"]].to_numpy(np.float64)
     b = common[["x_oth", "y_oth"]].to_numpy(np.float64)
     ma, mb = a.mean(0), b.mean(0)
