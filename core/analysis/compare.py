@@ -24,11 +24,11 @@ from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Reason, Stage
 from core.funnel.trace import Trace
+from core.index.ann import recall_at
+from core.tower.split import heldout_mask, tower_split
 
 STATIC_RULES = (Reason.POLICY_REJECTED, Reason.CAMPAIGN_INACTIVE, Reason.OUT_OF_SCHEDULE, Reason.BUDGET_EXHAUSTED)
 """Rules that do not depend on who asks: an ad passing them is 'eligible' for catalog coverage."""
-QUALITY_HOLDOUT = 0.2
-"""Quality recall uses logged clicks from the last 20 % of the log's time span."""
 
 
 @dataclass
@@ -147,12 +147,14 @@ def _static_eligible(engine: FunnelEngine, request: Request) -> np.ndarray:
 
 
 def _recall_vs_exact(engine: FunnelEngine, traces: Sequence[Trace], k: int) -> float:
-    vals = []
-    for t in traces:
-        ex = engine.version.exact_search(t.query, k)[0][1]
-        got = t.candidates["version_pos"].to_numpy()[:k]
-        vals.append(len(np.intersect1d(got, ex)) / max(1, len(ex)))
-    return float(np.mean(vals)) if vals else float("nan")
+    """Recall@k of the retrieved candidates against the version's exact search (ties counted, as
+    in the manifest and Health: core.index.ann.recall_at)."""
+    if not traces:
+        return float("nan")
+    queries = np.stack([np.asarray(t.query, np.float32) for t in traces])
+    approx = [(t.candidates["score"].to_numpy()[:k], t.candidates["version_pos"].to_numpy()[:k]) for t in traces]
+    exact = engine.version.exact_search(queries, k)
+    return recall_at(approx, exact, k, vectors=engine.version.ad_vectors, queries=queries)
 
 
 def _recall_vs_clicks(engine: FunnelEngine, clicks: pd.DataFrame, ad_ids: np.ndarray, k: int) -> dict:
@@ -166,13 +168,15 @@ def _recall_vs_clicks(engine: FunnelEngine, clicks: pd.DataFrame, ad_ids: np.nda
             "clicked_ads_missing_from_version": int((pos < 0).sum())}
 
 
-def _holdout_clicks(engine: FunnelEngine, n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+def _holdout_clicks(engines: Sequence[FunnelEngine], n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """A sample of logged clicks that no compared version's tower trained on: the held-out side of
+    every tower's own split (core.tower.split), or the default time split without a tower."""
+    engine = engines[0]
     imps = engine.catalog.impressions
     if not len(imps):
         return pd.DataFrame(), np.array([], dtype=object)
-    ts = pd.to_datetime(imps["ts"])
-    cutoff = ts.min() + (ts.max() - ts.min()) * (1 - QUALITY_HOLDOUT)
-    late = imps[(ts >= cutoff).to_numpy() & imps["clicked"].astype(bool).to_numpy()]
+    held_out = heldout_mask(imps, [tower_split(e.version.manifest.tower_metrics, imps) for e in engines])
+    late = imps[held_out & imps["clicked"].astype(bool).to_numpy()]
     picked = late.sample(n=min(n, len(late)), random_state=seed) if len(late) else late
     return requests_from_impressions(picked, engine.catalog.users), picked["ad_id"].to_numpy(dtype=object)
 
@@ -212,7 +216,7 @@ def compare_versions(
                                     "mean_abs_rank_shift")}
     summary["identical_slates"] = int((per["slate_overlap"] == 1.0).sum()) if len(per) else 0
 
-    clicks, clicked_ads = _holdout_clicks(engine_a, n_clicks, seed)
+    clicks, clicked_ads = _holdout_clicks([engine_a, engine_b], n_clicks, seed)
     exposure = {}
     for label, traces, eng in (("a", ta, engine_a), ("b", tb, engine_b)):
         slate_ads = Counter(a for t in traces for a in t.slate["ad_id"])

@@ -14,6 +14,7 @@ import pandas as pd
 
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
+from core.index.ann import recall_at
 from core.store.catalog import Catalog
 
 NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -57,11 +58,6 @@ def sample_query_vectors(version, catalog: Catalog, n: int, seed: int = 0,
     return reqs, version.encoder.encode_requests(reqs, features)
 
 
-def _recall(approx: list, exact: list, k: int) -> float:
-    hits = [len(np.intersect1d(a[1][:k], e[1][:k])) / max(1, min(k, len(e[1]))) for a, e in zip(approx, exact)]
-    return float(np.mean(hits)) if hits else float("nan")
-
-
 def _timed_search(version, queries: np.ndarray, k: int, params: dict) -> tuple[list, np.ndarray]:
     results, times = [], []
     for q in queries:
@@ -90,7 +86,8 @@ def recall_curve(version, queries: np.ndarray, k: int, exact: list,
     for i, v in enumerate(values):
         params = {**default, name: v} if name != "exact" else default
         res, ms = _timed_search(version, queries, k, params)
-        rows.append({"param": name, "value": int(v), "recall_at_k": _recall(res, exact, k),
+        recall = recall_at(res, exact, k, vectors=version.ad_vectors, queries=queries)  # the manifest's measure
+        rows.append({"param": name, "value": int(v), "recall_at_k": recall,
                      "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "is_default": default.get(name) == v})
         if progress:

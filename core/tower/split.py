@@ -70,3 +70,18 @@ def make_split(impressions: pd.DataFrame, kind: str = "time", cutoff=None, seed:
     except (ValueError, TypeError) as exc:
         raise AdLensError(f"cutoff {cutoff!r} is not a timestamp (e.g. 2026-10-20T00:00:00)") from exc
     return Split("time", cutoff.replace(tzinfo=None))
+
+
+def tower_split(evaluation: dict | None, impressions: pd.DataFrame) -> Split:
+    """The split a tower was trained with (from its evaluation report's "split"), or the default
+    time split of `impressions` when there is no tower (the history-mean encoder trains nothing)."""
+    d = (evaluation or {}).get("split")
+    return Split.from_dict(d) if isinstance(d, dict) and d.get("kind") else make_split(impressions, "time")
+
+
+def heldout_mask(impressions: pd.DataFrame, splits: list[Split]) -> np.ndarray:
+    """Impressions on the held-out side of every split: unseen by every tower trained on them."""
+    mask = np.ones(len(impressions), bool)
+    for split in splits:
+        mask &= split.test_side(impressions)
+    return mask
