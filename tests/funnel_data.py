@@ -15,9 +15,9 @@ import numpy as np
 from sqlalchemy import Engine, insert
 
 from core.index.ann import AnnIndex
+from core.index.versions import Version
 from core.store.catalog import Catalog
 from core.store.models import Ad, Advertiser, Campaign, Community, Impression, User
-from core.index.versions import Version
 from core.tower.query_encoder import HistoryMeanEncoder, l2_normalize
 
 NOW = datetime(2026, 10, 15, 12, 0, 0)

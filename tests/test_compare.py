@@ -44,9 +44,9 @@ def test_index_change_loses_recall_and_explains_lost_ads(world):
     for d in rep.diffs:
         for r in d.lost.itertuples():
             row = d.trace_b.row(r.ad_id)
-            if r.lost_stage == "retrieval":
+            if r.lost_stage == "retrieved":
                 assert row is None
-            elif r.lost_stage == "eligibility":
+            elif r.lost_stage == "eligible":
                 assert row["outcome"] == "filtered" and r.lost_reason == row["primary_reason"]
             else:
                 assert row is not None and row["outcome"] in ("ranked_out", "advertiser_cap")
@@ -66,9 +66,9 @@ def test_subset_catalog_reports_missing_ads(world):
     assert rep.catalog_diff["only_in_b"] == 0
     assert set(rep.catalog_diff["examples_only_in_a"]) <= set(cat.ads["ad_id"]) - set(keep)
     lost = [r for d in rep.diffs for r in d.lost.itertuples()]
-    assert any(r.lost_stage == "catalog" for r in lost)
+    assert any(r.lost_stage == "inventory" for r in lost)
     for r in lost:
-        if r.lost_stage == "catalog":
+        if r.lost_stage == "inventory":
             assert r.ad_id not in set(keep)
 
 

@@ -74,3 +74,31 @@ def test_compare_holds_out_exactly_what_the_towers_did_not_train_on():
     none = _engine(imps, users, {})
     reqs_none, _ = _holdout_clicks([none], 500, 0)
     assert len(reqs_none) == int(make_split(imps, "time").test_side(imps).sum())
+
+
+@pytest.mark.slow
+def test_blocking_stage_is_one_definition_for_trace_why_not_audience_and_compare(tmp_path):
+    from funnel_data import random_workspace
+
+    from core.analysis.compare import lost_why
+    from core.funnel.audience import audience
+    from core.funnel.engine import open_engine
+    from core.funnel.explain import why_not
+    from core.funnel.params import FunnelParams
+
+    settings = random_workspace(tmp_path / "ws", {"flat": ("Flat", {})}, n_ads=300)
+    eng = open_engine(settings, "flat")
+    params = FunnelParams(k=80, n_ranked=8, max_per_advertiser=1, slate_size=4)
+    req = eng.default_request(sorted(eng.usual.known)[0])
+    trace = eng.run(req, params)
+    c = trace.candidates
+    assert set(c["blocking_stage"].dropna()) >= {"eligible", "slate"}
+    assert c.loc[c["outcome"] == "slate", "blocking_stage"].isna().all()
+    for row in c.groupby("outcome").head(3).itertuples():
+        w = why_not(eng, req, row.ad_id, params)
+        assert w.blocking_stage == (None if pd.isna(row.blocking_stage) else row.blocking_stage), row.ad_id
+        if row.outcome != "slate":
+            assert lost_why(row.ad_id, trace, eng)[0] == row.blocking_stage
+    ad = c.loc[c["outcome"] == "filtered", "ad_id"].iloc[0]
+    rep = audience(eng, ad, n_users=5, params=params)
+    assert set(rep.blocking_stage_counts) <= {"retrieved", "eligible", "ranked", "slate", "shown"}

@@ -4,8 +4,8 @@ dimensions), slugs, towers, listing and deletion, derived artifacts."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 from datetime import datetime, timedelta
 
 import numpy as np

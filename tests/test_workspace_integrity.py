@@ -57,8 +57,6 @@ def _copy(ws: Path, dest: Path) -> Path:
 @pytest.mark.slow
 def test_copied_workspace_never_reads_the_original(built, tmp_path, monkeypatch):
     ws, enc, ids, vecs = built
-    import core.tower.train
-    import core.tower.evaluate
 
     copy = _copy(ws, tmp_path / "copy")
     shutil.rmtree(copy / "versions", ignore_errors=True)

@@ -22,7 +22,7 @@ from core.data.request import Request, requests_from_impressions
 from core.funnel.audience import sample_users
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
-from core.funnel.reasons import Reason, Stage
+from core.funnel.reasons import Outcome, Reason, Stage
 from core.funnel.trace import Trace
 from core.index.ann import recall_at
 from core.tower.split import heldout_mask, tower_split
@@ -67,17 +67,19 @@ def _ranked_ids(t: Trace) -> list[str]:
 
 
 def lost_why(ad_id: str, trace_b: Trace, engine_b: FunnelEngine) -> tuple[str, str]:
-    """(stage, detail) explaining why an ad of A's slate is not in B's slate."""
+    """(stage, detail) explaining why an ad of A's slate is not in B's slate; the stage is the
+    Trace's blocking_stage (core.funnel.reasons), or "inventory" when B does not hold the ad."""
     if engine_b.version.position_of([ad_id])[0] < 0:
-        return "catalog", "not in version B's catalog"
+        return Stage.INVENTORY.value, "not in version B's catalog"
     row = trace_b.row(ad_id)
     if row is None:
-        return "retrieval", f"not in B's top-{trace_b.params.k}"
-    if row["outcome"] == "filtered":
-        return "eligibility", str(row["primary_reason"])
-    if row["outcome"] == "advertiser_cap":
-        return "diversity", str(Reason.ADVERTISER_CAP)
-    return "ranking", f"{Reason.BELOW_CUTOFF} (eCPM rank {row['rank_position']})"
+        return Stage.RETRIEVED.value, f"not in B's top-{trace_b.params.k}"
+    stage = row["blocking_stage"]
+    if row["outcome"] == Outcome.FILTERED.value:
+        return stage, str(row["primary_reason"])
+    if row["outcome"] == Outcome.ADVERTISER_CAP.value:
+        return stage, str(Reason.ADVERTISER_CAP)
+    return stage, f"{Reason.BELOW_CUTOFF} (eCPM rank {row['rank_position']})"
 
 
 def diff_traces(ta: Trace, tb: Trace, engine_b: FunnelEngine, k: int | None = None) -> RequestDiff:

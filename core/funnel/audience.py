@@ -19,7 +19,7 @@ from core.common.jsonio import to_jsonable
 from core.funnel.context import example_ids
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
-from core.funnel.reasons import Stage
+from core.funnel.reasons import Outcome, Stage
 
 USER_COLUMNS = ("user_id", "community_id", "device", "country", "retrieved", "ann_rank", "eligible",
                 "failed_reasons", "outcome", "final_position", "blocking_stage")
@@ -81,18 +81,11 @@ def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0
         elig = engine.eligibility(req, np.array([pos]), params)
         failed = elig.failed_lists()[0]
         if row is None:
-            outcome, final, stage = "not_retrieved", None, Stage.RETRIEVED.value
+            outcome, final, stage = Outcome.NOT_RETRIEVED.value, None, Stage.RETRIEVED.value
         else:
             outcome = str(row["outcome"])
             final = None if pd.isna(row["final_position"]) else int(row["final_position"])
-            if outcome == "slate":
-                stage = None
-            elif outcome == "filtered":
-                stage = Stage.ELIGIBLE.value
-            elif outcome == "ranked_out" and int(row["rank_position"]) > params.n_ranked:
-                stage = Stage.RANKED.value
-            else:  # advertiser cap, or left over when the slate was full
-                stage = Stage.SLATE.value
+            stage = row["blocking_stage"]
         rows.append({"user_id": uid, "community_id": req.community_id, "device": req.device,
                      "country": req.country, "retrieved": row is not None,
                      "ann_rank": None if row is None else int(row["ann_rank"]), "eligible": not failed,
@@ -111,7 +104,7 @@ def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0
         retrieved=int(users["retrieved"].sum()) if n else 0,
         eligible=int(users["eligible"].sum()) if n else 0,
         retrieved_and_eligible=int((users["retrieved"] & users["eligible"]).sum()) if n else 0,
-        in_slate=int((users["outcome"] == "slate").sum()) if n else 0,
+        in_slate=int((users["outcome"] == Outcome.SLATE.value).sum()) if n else 0,
         rank_quantiles=quant,
         primary_reason_counts=dict(primary.most_common()),
         failed_reason_counts=dict(every.most_common()),

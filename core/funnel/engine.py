@@ -30,7 +30,7 @@ from core.funnel.ranking import (
     rank_by_ecpm,
     select_slate,
 )
-from core.funnel.reasons import Reason, Stage
+from core.funnel.reasons import Outcome, Reason, Stage, blocking_stages
 from core.funnel.trace import Trace
 from core.store.catalog import Catalog
 
@@ -186,10 +186,10 @@ class FunnelEngine:
         t6 = time.perf_counter()
         t["diversity"] = (t6 - t5) * 1e3
         primary = np.where(eligible, slate.reason, elig.primary)
-        outcome = np.full(n, "filtered", dtype=object)
-        outcome[eligible & (slate.reason == Reason.BELOW_CUTOFF.value)] = "ranked_out"
-        outcome[eligible & (slate.reason == Reason.ADVERTISER_CAP.value)] = "advertiser_cap"
-        outcome[slate.final_position > 0] = "slate"
+        outcome = np.full(n, Outcome.FILTERED.value, dtype=object)
+        outcome[eligible & (slate.reason == Reason.BELOW_CUTOFF.value)] = Outcome.RANKED_OUT.value
+        outcome[eligible & (slate.reason == Reason.ADVERTISER_CAP.value)] = Outcome.ADVERTISER_CAP.value
+        outcome[slate.final_position > 0] = Outcome.SLATE.value
         frame = pd.DataFrame({
             **{name: arr.take(pos) for name, arr in self._display.items()},
             "score": scores.astype(np.float64),
@@ -202,6 +202,7 @@ class FunnelEngine:
             "rank_position": pd.arrays.IntegerArray(rank, rank == 0),
             "final_position": pd.arrays.IntegerArray(slate.final_position, slate.final_position == 0),
             "outcome": pd.array(outcome, dtype="str"),
+            "blocking_stage": blocking_stages(outcome, rank, params.n_ranked),
             "version_pos": pos,
         })
         t["assemble"] = (time.perf_counter() - t6) * 1e3

@@ -32,8 +32,6 @@ from core.funnel.params import FunnelParams
 from core.funnel.reasons import Reason, Stage
 from core.funnel.trace import Trace
 
-STAGE_ORDER = (Stage.INVENTORY, Stage.RETRIEVED, Stage.ELIGIBLE, Stage.RANKED, Stage.SLATE)
-
 
 @dataclass
 class RetrievalVerdict:

@@ -9,7 +9,8 @@ the CLI, the dashboard, why-not and audience read it and never re-implement a st
 - pctr, ecpm: early-ranking values (computed for every candidate, used only for eligible ones);
 - rank_position: 1-based eCPM rank among eligible candidates (<NA> if not eligible);
 - final_position: 1-based slate position (<NA> if not in the slate);
-- outcome: one of OUTCOMES; version_pos: the ad's position in the version (FAISS id).
+- outcome: one of OUTCOMES; blocking_stage: the first stage the ad did not pass (None in the
+  slate; core.funnel.reasons.blocking_stages); version_pos: the ad's position in the version.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 
 from core.common.jsonio import to_jsonable
 from core.data.request import Request
-from core.funnel.reasons import Stage
+from core.funnel.reasons import Outcome, Stage
 
 if TYPE_CHECKING:
     from core.funnel.params import FunnelParams
@@ -31,12 +32,10 @@ if TYPE_CHECKING:
 CANDIDATE_COLUMNS: tuple[str, ...] = (
     "ad_id", "advertiser_id", "advertiser_name", "campaign_id", "vertical", "title", "score",
     "ann_rank", "exact_rank", "failed_reasons", "primary_reason", "pctr", "ecpm", "rank_position",
-    "final_position", "outcome", "version_pos",
+    "final_position", "outcome", "blocking_stage", "version_pos",
 )
-OUTCOMES: tuple[str, ...] = ("slate", "advertiser_cap", "ranked_out", "filtered")
-"""slate: shown; advertiser_cap: ranked but its advertiser already filled M slots; ranked_out:
-eligible but below the top-N cutoff or left over when the slate was full; filtered: failed an
-eligibility rule."""
+OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outcome.NOT_RETRIEVED)
+"""The outcomes a retrieved candidate can have (core.funnel.reasons.Outcome)."""
 
 
 
@@ -62,7 +61,7 @@ class Trace:
     def slate(self) -> pd.DataFrame:
         """Slate rows in slate order."""
         c = self.candidates
-        return c[c["outcome"] == "slate"].sort_values("final_position")
+        return c[c["outcome"] == Outcome.SLATE.value].sort_values("final_position")
 
     def row(self, ad_id: str) -> pd.Series | None:
         """The candidate row of `ad_id`, or None if it was not retrieved."""
