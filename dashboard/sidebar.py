@@ -7,7 +7,7 @@ import streamlit as st
 from core.analysis.links import HOME
 from core.analysis.profiles import user_summary
 from core.data.vocab import UNKNOWN, Device, Placement, values
-from core.funnel.params import EXACT_RANKS_AUTO_MAX
+from core.funnel.params import DEFAULT_PARAMS, EXACT_RANKS_AUTO_MAX
 from dashboard import state
 
 
@@ -48,10 +48,11 @@ def render_request_controls() -> None:
         st.text_input("Time (UTC)", key="ctx_time", help="ISO 8601; defaults to the latest logged impression")
         st.button("Reset to usual context", on_click=state.reset_context, key="reset_ctx")
         with st.expander("Funnel parameters"):
-            st.number_input("K retrieved", 10, 5000, 500, step=50, key="p_k")
-            st.number_input("N kept by early ranking", 1, 1000, 50, key="p_n")
-            st.number_input("M max per advertiser", 1, 50, 2, key="p_m")
-            st.number_input("Slate size", 1, 100, 10, key="p_slate")
+            d = DEFAULT_PARAMS
+            st.number_input("K retrieved", 10, 5000, d.k, step=50, key="p_k")
+            st.number_input("N kept by early ranking", 1, 1000, d.n_ranked, key="p_n")
+            st.number_input("M max per advertiser", 1, 50, d.max_per_advertiser, key="p_m")
+            st.number_input("Slate size", 1, 100, d.slate_size, key="p_slate")
             st.checkbox("Exact rank of every candidate", key="p_exact",
                         help=f"Ranks each candidate by an exact scan over all ads (automatic up to "
                              f"{EXACT_RANKS_AUTO_MAX:,} ads; above that it adds a full scan to every request).")

@@ -19,7 +19,7 @@ from core.analysis.links import HOME, parse_link, to_query_params
 from core.data.request import Request
 from core.funnel.context import default_request
 from core.funnel.engine import FunnelEngine
-from core.funnel.params import FunnelParams
+from core.funnel.params import DEFAULT_PARAMS, FunnelParams
 from core.index.versions import list_versions, load_version
 from core.store.artifacts import sha256_file
 from core.store.catalog import Catalog, data_revision, load_catalog, table_counts
@@ -185,8 +185,10 @@ def current_request() -> Request:
 
 def current_params() -> FunnelParams:
     ss = st.session_state
-    return FunnelParams(k=int(ss.get("p_k", 500)), n_ranked=int(ss.get("p_n", 50)),
-                        max_per_advertiser=int(ss.get("p_m", 2)), slate_size=int(ss.get("p_slate", 10)),
+    d = DEFAULT_PARAMS
+    return FunnelParams(k=int(ss.get("p_k", d.k)), n_ranked=int(ss.get("p_n", d.n_ranked)),
+                        max_per_advertiser=int(ss.get("p_m", d.max_per_advertiser)),
+                        slate_size=int(ss.get("p_slate", d.slate_size)),
                         exact_ranks=True if ss.get("p_exact") else None)
 
 

@@ -314,7 +314,7 @@ def test_onboarding_build_failure_is_a_message(tmp_path, use_workspace, monkeypa
     from dashboard.views import onboarding
 
     def fail(settings, progress=None, **kw):
-        progress("generate", 0.5)
+        progress(0.5, "generate")
         raise AdLensError("disk full: free some space and retry")
 
     monkeypatch.setattr(onboarding, "build_demo", fail)

@@ -427,7 +427,7 @@ def test_failure_mid_write_changes_nothing(engine, tmp_path):
     before = snapshot(engine)
     frames["ads"].loc[0, "title"] = "Changed title"
 
-    def fail_at_impressions(step: str, fraction: float) -> None:
+    def fail_at_impressions(fraction: float, step: str) -> None:
         if step == "write impressions":
             raise RuntimeError("injected failure")
 
@@ -508,7 +508,7 @@ def test_bulk_load_mode_restores_indexes_and_foreign_keys(engine, tmp_path, monk
     frames = typed_frames()
     d = write_dataset(frames, tmp_path / "a", "csv")
 
-    def fail_late(step: str, fraction: float) -> None:
+    def fail_late(fraction: float, step: str) -> None:
         if step == "write impressions" and fraction > 0.99:
             raise RuntimeError("injected failure")
 
@@ -536,7 +536,7 @@ def test_build_demo_runs_named_timed_steps(settings, monkeypatch):
                                            pl.DemoStep("ingest", pl._ingest, 1.0)])
     seen: list[tuple[str, float]] = []
     assert not pl.workspace_has_demo(settings)
-    report = pl.build_demo(settings, n_ads=3, n_users=2, progress=lambda s, f: seen.append((s, f)))
+    report = pl.build_demo(settings, n_ads=3, n_users=2, progress=lambda f, s: seen.append((s, f)))
     assert [s.name for s in report.steps] == ["generate", "ingest"] and report.steps[0].detail == {"ads": 3}
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and ("generate", 0.25) in seen

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 
 from core.analysis.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
 from core.common.jsonio import to_jsonable
+from core.common.progress import Progress, report
 from core.data.request import Request, requests_from_impressions
 from core.funnel.audience import sample_users
 from core.funnel.engine import FunnelEngine
@@ -192,7 +193,7 @@ def compare_versions(
     seed: int = 0,
     params: FunnelParams | None = None,
     n_clicks: int = 500,
-    progress: Callable[[float], None] | None = None,
+    progress: Progress | None = None,
 ) -> CompareReport:
     """Run the same requests through A and B and compare everything (see module docstring)."""
     t0 = time.perf_counter()
@@ -203,8 +204,7 @@ def compare_versions(
     for i, uid in enumerate(user_ids):
         req = engine_a.default_request(uid)
         diffs.append(diff_traces(engine_a.run(req, params), engine_b.run(req, params), engine_b, k))
-        if progress:
-            progress((i + 1) / max(len(user_ids), 1) * 0.9)
+        report(progress, (i + 1) / max(len(user_ids), 1) * 0.9, f"Ran request {i + 1} of {len(user_ids)} through A and B")
     per = pd.DataFrame([d.summary() for d in diffs])
     ta, tb = [d.trace_a for d in diffs], [d.trace_b for d in diffs]
 
@@ -261,8 +261,7 @@ def compare_versions(
     def pct(x: np.ndarray, q: float) -> float:
         return float(np.nanpercentile(x, q)) if len(x) else float("nan")
 
-    if progress:
-        progress(1.0)
+    report(progress, 1.0, "Done")
     return CompareReport(
         version_a=engine_a.version.name, version_b=engine_b.version.name, k=k, seed=seed,
         per_request=per, summary=summary,

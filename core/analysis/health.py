@@ -6,12 +6,12 @@ Everything is measured against the exact-search oracle on a seeded sample of rea
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from core.common.progress import Progress, report
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index.ann import recall_at
@@ -68,9 +68,9 @@ def _timed_search(version, queries: np.ndarray, k: int, params: dict) -> tuple[l
 
 
 def recall_curve(version, queries: np.ndarray, k: int, exact: list,
-                 progress: Callable[[float], None] | None = None) -> pd.DataFrame:
+                 progress: Progress | None = None) -> pd.DataFrame:
     """Recall@k against exact and latency per query at each nprobe (IVF) or efSearch (HNSW);
-    `progress(fraction)` after each grid value."""
+    `progress(fraction, step)` after each grid value."""
     index, kind = version.index, version.index.kind
     default = version.search_params or {}
     if kind in ("ivf", "ivfpq"):
@@ -90,8 +90,7 @@ def recall_curve(version, queries: np.ndarray, k: int, exact: list,
         rows.append({"param": name, "value": int(v), "recall_at_k": recall,
                      "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "is_default": default.get(name) == v})
-        if progress:
-            progress((i + 1) / len(values))
+        report(progress, (i + 1) / len(values), f"{name} {v}")
     return pd.DataFrame(rows)
 
 
@@ -161,7 +160,7 @@ def dead_and_hub_ads(version, catalog: Catalog, queries: np.ndarray, approx: lis
 
 
 def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, seed: int = 0,
-           progress: Callable[[float, str], None] | None = None) -> HealthReport:
+           progress: Progress | None = None) -> HealthReport:
     """The full health report for `version` (see module docstring); `progress(fraction, step)`
     reports the steps (encoding, exact search, each point of the recall curve, dead/hub ads)."""
     def step(fraction: float, what: str) -> None:
@@ -176,7 +175,7 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
     exact = version.exact_search(q, k) if len(q) else []
     curve_step = "Recall and latency at each search setting"
     step(0.2, curve_step)
-    curve = recall_curve(version, q, k, exact, progress=lambda f: step(0.2 + 0.7 * f, curve_step)) \
+    curve = recall_curve(version, q, k, exact, progress=lambda f, what: step(0.2 + 0.7 * f, f"{curve_step}: {what}")) \
         if len(q) else pd.DataFrame()
     step(0.9, "Dead and hub ads")
     approx = version.search(q, k) if len(q) else []

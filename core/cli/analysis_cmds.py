@@ -8,6 +8,7 @@ import argparse
 import pandas as pd
 
 from core.cli.output import add_json_flag, positive_int, print_json
+from core.funnel.params import DEFAULT_PARAMS
 from core.store.settings import Settings
 
 
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("b", help="version B (the candidate)")
     p.add_argument("--users", type=positive_int, default=100, help="users sampled, in their usual contexts (default 100)")
     p.add_argument("--user", action="append", default=None, metavar="ID", help="compare these users instead (repeatable)")
-    p.add_argument("--k", type=positive_int, default=500, help="candidates retrieved (default 500)")
+    p.add_argument("--k", type=positive_int, default=DEFAULT_PARAMS.k, help=f"candidates retrieved (default {DEFAULT_PARAMS.k})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=positive_int, default=10, help="most-changed requests shown (default 10)")
     add_json_flag(p)

@@ -70,7 +70,7 @@ def _step_printer(enabled: bool):
     """A progress callback printing each new step name once to stderr."""
     last = [None]
 
-    def progress(step: str, fraction: float) -> None:
+    def progress(fraction: float, step: str) -> None:
         if enabled and step != last[0] and step != "done":
             last[0] = step
             print(f"  [{fraction:4.0%}] {step}...", file=sys.stderr, flush=True)

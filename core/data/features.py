@@ -62,12 +62,9 @@ class FeatureStore:
         """Row of each ad id in `ad_ids`; -1 for ids not in the catalog."""
         return self._ad_pos.get_indexer(pd.Index(np.asarray(ad_ids, dtype=object)))
 
-    def click_history(self, user_id: str, before, limit: int | None = None) -> np.ndarray:
-        """Rows of the ads `user_id` clicked strictly before `before`, oldest first (last `limit`)."""
-        return self._history_rows(user_id, _to_ns([before])[0], limit)
-
     def click_histories(self, user_ids, before, limit: int | None = None) -> list[np.ndarray]:
-        """`click_history` for many (user, time) pairs; times are converted in one call (fast)."""
+        """Rows of the ads each user clicked strictly before its time, oldest first (the last `limit`);
+        times are converted in one call (fast)."""
         ts = _to_ns(before) if len(user_ids) else np.empty(0, np.int64)
         return [self._history_rows(u, t, limit) for u, t in zip(user_ids, ts)]
 
@@ -91,9 +88,3 @@ class FeatureStore:
                 out[i] = self.ad_text_vectors[rows].mean(0)
         return out, counts
 
-    def profile(self, user_id: str) -> dict:
-        """The user's profile row as a dict; unknown users get an all-unknown profile."""
-        if len(self.users) and user_id in self.users.index:
-            return self.users.loc[user_id].to_dict()
-        return {"user_id": user_id, "country": "unknown", "age_bucket": "unknown",
-                "device": "unknown", "communities": [], "signup_date": None}

@@ -9,7 +9,6 @@ from a re-import are kept (impressions reference them). The format: data/README.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +16,13 @@ import pandas as pd
 from sqlalchemy import Engine, delete, select
 
 from core.common.errors import ValidationError
+from core.common.progress import Progress
 from core.data.ingest_validate import Problems, Source, validate_frames
 from core.data.ingest_write import db_frame, diff, write_table
 from core.data.schema import TABLES, TABLES_BY_NAME
 from core.store.catalog import bump_revision
 from core.store.db import write_transaction
 from core.store.models import Base
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass
@@ -179,17 +177,17 @@ def ingest_directory(engine: Engine, directory: Path, progress: Progress | None 
                      replace: bool = False) -> IngestReport:
     """Validate every file of `directory`, then write all tables in one transaction.
 
-    `replace=True` first deletes every data row (same transaction). `progress(step, fraction)`
-    gets the step name ("read", "validate", "compare", "write <table>", "done") and the
-    fraction of the whole import done. Raises ValidationError (nothing written) on any problem."""
+    `replace=True` first deletes every data row (same transaction). `progress(fraction, step)`
+    (core.common.progress) gets the fraction of the whole import done and the step ("read",
+    "validate", "compare", "write <table>", "done"). Raises ValidationError (nothing written) on any problem."""
     directory = Path(directory)
-    report_progress = progress or (lambda step, frac: None)
+    report_progress = progress or (lambda frac, step: None)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    report_progress("read", 0.0)
+    report_progress(0.0, "read")
     files = _read_files(directory)
     timings["read"] = time.perf_counter() - t0
-    report_progress("validate", 0.1)
+    report_progress(0.1, "validate")
     with write_transaction(engine, f"import {directory}") as conn:
         if replace:
             if conn.dialect.name == "postgresql":  # transactional there, and far faster than DELETE
@@ -210,7 +208,7 @@ def ingest_directory(engine: Engine, directory: Path, progress: Progress | None 
             raise ValidationError(list(problems))
         t1 = time.perf_counter()
         timings["validate"] = t1 - t0 - timings["read"]
-        report_progress("compare", 0.2)
+        report_progress(0.2, "compare")
         tables, plans = _plan(conn, result, files, known)
         timings["compare"] = time.perf_counter() - t1
         total = max(1, sum(len(i) + len(u) for _, i, u, _ in plans))
@@ -219,15 +217,15 @@ def ingest_directory(engine: Engine, directory: Path, progress: Progress | None 
         def tick(n: int, step: str) -> None:
             nonlocal done
             done += n
-            report_progress(step, 0.3 + 0.7 * done / total)
+            report_progress(0.3 + 0.7 * done / total, step)
 
         t2 = time.perf_counter()
         for t, inserts, updates, existing in plans:
-            report_progress(f"write {t.name}", 0.3 + 0.7 * done / total)
+            report_progress(0.3 + 0.7 * done / total, f"write {t.name}")
             write_table(conn, t, inserts, updates, existing, lambda n, s=f"write {t.name}": tick(n, s))
         if replace or any(len(i) or len(u) for _, i, u, _ in plans):
             bump_revision(conn)
         timings["write"] = time.perf_counter() - t2
-    report_progress("done", 1.0)
+    report_progress(1.0, "done")
     return IngestReport(str(directory), tables, files.warnings + result.warnings,
                         time.perf_counter() - t0, timings)

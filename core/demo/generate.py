@@ -23,7 +23,6 @@ The story (hidden parts come back with `generate_dataset(..., return_truth=True)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import pandas as pd
 from core.data.schema import LIST_SEPARATOR, TABLES, Table
 from core.data.vocab import AGE_BUCKETS, SafetyTier
 from core.demo import copy as T
+from core.store.artifacts import write_via_temp
 
 DEMO_END = datetime(2026, 11, 1)
 SAMPLE = {"n_ads": 300, "n_users": 150, "impressions_per_user": 25.0}
@@ -599,20 +599,14 @@ def write_dataset(frames: dict[str, pd.DataFrame], directory: Path, fmt: str = "
     paths = []
     for table in TABLES:
         path = directory / f"{table.name}.{fmt}"
-        tmp = directory / f".{table.name}.{fmt}.tmp"
         frame = frames[table.name]
-        try:
-            if fmt == "parquet":
-                import pyarrow.parquet as pq
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-                pq.write_table(_arrow_table(frame, table), tmp)
-            else:
-                _csv_frame(frame, table).to_csv(tmp, index=False, lineterminator="\n")
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            write_via_temp(path, lambda tmp, f=frame, t=table: pq.write_table(_arrow_table(f, t), tmp))
+        else:
+            write_via_temp(path, lambda tmp, f=frame, t=table: _csv_frame(f, t).to_csv(tmp, index=False,
+                                                                                      lineterminator="\n"))
         paths.append(path)
     return paths
 

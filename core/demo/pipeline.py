@@ -3,14 +3,13 @@ train towers -> build versions (each with its UMAP map).
 
 Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may read or add to
 `ctx.results`, calls `tick(fraction_of_this_step)` and returns a small dict of details for the
-report. `progress(step_name, fraction)` receives the fraction of the whole build (0..1), weighted
-by the steps' `weight`, so a dashboard can show one progress bar.
+report. `progress(fraction, step_name)` (core.common.progress) receives the fraction of the whole
+build (0..1), weighted by the steps' `weight`, so a dashboard can show one progress bar.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,13 +19,14 @@ from typing import Any
 from sqlalchemy import Engine
 
 from core.common.errors import AdLensError
+from core.common.progress import Progress
 from core.data.ingest import IngestReport, ingest_directory
 from core.data.schema import TABLES
+from core.store.artifacts import atomic_write_json
 from core.store.catalog import table_counts
 from core.store.db import make_engine
 from core.store.settings import Settings
 
-Progress = Callable[[str, float], None]
 MARKER = "demo.json"  # in the workspace: parameters and status of the last demo build
 
 
@@ -95,7 +95,7 @@ def _write_files(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, A
 
 
 def _ingest(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
-    report = ingest_directory(ctx.engine, ctx.settings.demo_data_dir, lambda step, f: tick(f),
+    report = ingest_directory(ctx.engine, ctx.settings.demo_data_dir, lambda f, step: tick(f),
                               replace=ctx.replace)
     ctx.results["ingest"] = report
     return {name: {"inserted": c.inserted, "updated": c.updated, "unchanged": c.unchanged}
@@ -191,14 +191,7 @@ def read_marker(settings: Settings) -> dict[str, Any] | None:
 
 
 def _write_marker(settings: Settings, data: dict[str, Any]) -> None:
-    path = _marker_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(_marker_path(settings), data)
 
 
 @dataclass
@@ -262,7 +255,7 @@ def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, se
             )
         _write_marker(settings, {**params, "status": "started"})
         ctx = DemoContext(settings, engine, n_ads, n_users, seed, replace=replace)
-        report_progress = progress or (lambda step, frac: None)
+        report_progress = progress or (lambda frac, step: None)
         total = sum(s.weight for s in DEMO_STEPS) or 1.0
         steps: list[StepTiming] = []
         done = 0.0
@@ -271,14 +264,14 @@ def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, se
             start = done
 
             def tick(f: float, name: str = step.name, start: float = start, w: float = step.weight) -> None:
-                report_progress(name, min(1.0, (start + w * max(0.0, min(1.0, f))) / total))
+                report_progress(min(1.0, (start + w * max(0.0, min(1.0, f))) / total), name)
 
             tick(0.0)
             ts = time.perf_counter()
             detail = step.run(ctx, tick) or {}
             steps.append(StepTiming(step.name, time.perf_counter() - ts, detail))
             done += step.weight
-        report_progress("done", 1.0)
+        report_progress(1.0, "done")
         counts = table_counts(engine)
         _write_marker(settings, {**params, "status": "complete", "counts": counts,
                                  "steps": {s.name: round(s.seconds, 3) for s in steps}})

@@ -16,6 +16,7 @@ import pandas as pd
 
 from core.common.errors import NotFoundError
 from core.common.jsonio import to_jsonable
+from core.common.progress import Progress, report
 from core.funnel.context import example_ids
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
@@ -59,9 +60,9 @@ def sample_users(engine: FunnelEngine, n_users: int, seed: int = 0) -> list[str]
 
 
 def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0,
-             params: FunnelParams | None = None, progress=None) -> AudienceReport:
+             params: FunnelParams | None = None, progress: Progress | None = None) -> AudienceReport:
     """How often, and at what rank, `ad_id` is retrieved for sampled users; how often it survives
-    eligibility, which reasons block it, and how often it reaches the slate. `progress(fraction)`
+    eligibility, which reasons block it, and how often it reaches the slate. `progress(fraction, step)`
     is called after each user."""
     params = params or FunnelParams()
     ad_id = str(ad_id)
@@ -73,8 +74,7 @@ def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0
     rows = []
     users = sample_users(engine, n_users, seed)
     for i, uid in enumerate(users):
-        if progress:
-            progress(i / max(len(users), 1))
+        report(progress, i / max(len(users), 1), f"Running the funnel for sampled user {i + 1} of {len(users)}")
         req = engine.default_request(uid)
         trace = engine.run(req, params)
         row = trace.row(ad_id)

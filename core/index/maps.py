@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.common.errors import AdLensError
+from core.common.progress import Progress, report
 
 MAP_FIT_MAX = 20_000
 """Above this many ads, UMAP is fitted on a stratified sample and the rest are placed."""
@@ -88,7 +89,7 @@ def compute_layout(
     max_fit: int = MAP_FIT_MAX,
     pca_dims: int = 50,
     n_neighbors: int = 15,
-    progress=None,
+    progress: Progress | None = None,
 ) -> MapLayout:
     """Fit the map for a version (see the module docstring for the method)."""
     import umap  # heavy import (numba): only when a map is built
@@ -103,8 +104,7 @@ def compute_layout(
     pca = PCA(n_components=dims, random_state=seed).fit(ad_vectors[fit_pos])
     reduced = _unit(pca.transform(ad_vectors))
     timings["pca_s"] = time.perf_counter() - t0
-    if progress:
-        progress("map: neighbours", 0.1)
+    report(progress, 0.1, "map: neighbours")
 
     t = time.perf_counter()
     fit_x = reduced[fit_pos]
@@ -112,8 +112,7 @@ def compute_layout(
     sims, idx = _knn(fit_x, fit_x, nn)
     dists = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims)).astype(np.float32)
     timings["knn_s"] = time.perf_counter() - t
-    if progress:
-        progress("map: UMAP fit", 0.2)
+    report(progress, 0.2, "map: UMAP fit")
 
     t = time.perf_counter()
     reducer = umap.UMAP(
@@ -125,8 +124,7 @@ def compute_layout(
         warnings.filterwarnings("ignore", message=".*(n_jobs|knn_search_index).*", category=UserWarning)
         fit_xy = reducer.fit_transform(fit_x).astype(np.float32)
     timings["umap_fit_s"] = time.perf_counter() - t
-    if progress:
-        progress("map: placing the rest", 0.8)
+    report(progress, 0.8, "map: placing the rest")
 
     t = time.perf_counter()
     xy = np.zeros((len(ad_ids), 2), np.float32)

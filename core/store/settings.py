@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_WORKSPACE = Path("data") / "workspace"
@@ -43,8 +43,6 @@ class Settings:
         """Where `adlens demo` writes its generated dataset in the ingest format."""
         return self.workspace / "demo_data"
 
-    def with_model(self, model: str | None) -> "Settings":
-        return replace(self, embedding_model=model) if model else self
 
 
 def default_db_url(workspace: Path) -> str:

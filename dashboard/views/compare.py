@@ -86,7 +86,7 @@ def _aggregate(a: str, b: str) -> None:
             bar = st.progress(0.0, text="Running both versions on the same requests…")
             ss["cmp_report"] = compare_versions(state.engine(a), state.engine(b), n_users=int(n), seed=int(seed),
                                                 params=state.current_params(),
-                                                progress=lambda f: bar.progress(min(1.0, f)))
+                                                progress=lambda f, step: bar.progress(f, text=step))
             ss["cmp_key"] = key
             bar.empty()
     rep = ss.get("cmp_report") if ss.get("cmp_key") == key else None

@@ -23,7 +23,7 @@ def render() -> None:
     if st.button("Build the demo workspace", type="primary", key="build_demo"):
         bar = st.progress(0.0, text="Starting…")
         try:
-            build_demo(s, progress=lambda step, f: bar.progress(min(1.0, f), text=f"{step}…"))
+            build_demo(s, progress=lambda f, step: bar.progress(min(1.0, f), text=f"{step}…"))
         except AdLensError as exc:
             st.error(str(exc))
             return

@@ -88,7 +88,7 @@ def render() -> None:
     if st.button("Compute audience", key="aud_go"):
         bar = st.progress(0.0, text="Running the funnel for sampled users…")
         rep = audience(engine, ad_id, n_users=int(n), params=state.current_params(),
-                       progress=lambda f: bar.progress(f, text=f"Running the funnel for sampled users… {f:.0%}"))
+                       progress=lambda f, step: bar.progress(f, text=f"{step}…"))
         bar.progress(1.0, text="Done")
         st.session_state["audience"] = (ad_id, st.session_state["version"], rep)
     saved = st.session_state.get("audience")
