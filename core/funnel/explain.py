@@ -293,7 +293,9 @@ def _stages(trace, row, rv, failed, ranking, diversity, params):
                       f"ranks {rk['rank_position']} of {rk['n_eligible']} eligible") + f"; {cutoff}")
     sibs = diversity["siblings_in_slate"]
     sib_txt = ", ".join(f"{s['ad_id']} (#{s['final_position']})" for s in sibs) or "none"
-    div_detail = f"advertiser {diversity['advertiser_id']}: cap {params.max_per_advertiser}, slots taken by {sib_txt}"
+    adv = diversity["advertiser_id"]
+    adv_txt = "no advertiser (the ad is its own group)" if adv is None or pd.isna(adv) else f"advertiser {adv}"
+    div_detail = f"{adv_txt}: cap {params.max_per_advertiser}, slots taken by {sib_txt}"
     if row is None:
         hint = f" (it would also fail {', '.join(r['code'] for r in failed)})" if failed else ""
         stages += [StageVerdict(Stage.ELIGIBLE.value, None if not failed else False, elig_detail),

@@ -38,7 +38,7 @@ def _ad_picker(cat) -> str | None:
     more = f", first {MAX_MATCHES} shown" if len(hit) > MAX_MATCHES else ""
     label = f"Ad ({len(hit):,} matches{more})" if text else "Ad"
     st.selectbox(label, options, key="ad",
-                 format_func=lambda a: f"{a} · {labels['advertiser_name'].get(a, '') or '—'} · {labels['title'].get(a, '')}")
+                 format_func=lambda a: f"{a} · {_text(labels['advertiser_name'].get(a)) or '—'} · {_text(labels['title'].get(a))}")
     return st.session_state["ad"]
 
 
@@ -46,6 +46,11 @@ def _stage_icon(passed) -> str:
     # Material icons ship with Streamlit; emoji need a colour-emoji font the browser may lack.
     return (":green[:material/check_circle:]" if passed else
             ":red[:material/block:]" if passed is False else ":gray[:material/pause_circle:]")
+
+
+def _text(value) -> str:
+    """Data text for a label: missing values show as empty, never as "None" or "nan"."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def render() -> None:
