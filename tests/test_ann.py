@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.bench.runner import clustered_vectors, synthetic_queries
-from core.common.errors import ArtifactError
+from core.common.errors import AdLensError, ArtifactError
 from core.index.ann import (
     AnnIndex,
     exact_search,
@@ -254,5 +254,5 @@ def test_bench_report_structure_and_extra_sections(settings, monkeypatch):
     assert recalls == sorted(recalls)
     assert isinstance(rep["ann"]["target"]["holds"], bool)
     assert "IVF" in bench.format_report(rep)
-    with pytest.raises(ValueError, match="unknown bench sections"):
+    with pytest.raises(AdLensError, match="unknown bench sections"):
         bench.run_bench(settings, ads=2000, sections=["nope"], log=False)
