@@ -14,7 +14,7 @@ import pandas as pd
 from core.common.progress import Progress, report
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
-from core.index.ann import recall_at
+from core.index.ann import recall_at, similarity
 from core.store.catalog import Catalog
 
 NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -86,7 +86,8 @@ def recall_curve(version, queries: np.ndarray, k: int, exact: list,
     for i, v in enumerate(values):
         params = {**default, name: v} if name != "exact" else default
         res, ms = _timed_search(version, queries, k, params)
-        recall = recall_at(res, exact, k, vectors=version.ad_vectors, queries=queries)  # the manifest's measure
+        recall = recall_at(res, exact, k, vectors=version.ad_vectors, queries=queries,  # the manifest's measure
+                           metric=version.index.metric)
         rows.append({"param": name, "value": int(v), "recall_at_k": recall,
                      "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                      "is_default": default.get(name) == v})
@@ -127,7 +128,7 @@ def dead_and_hub_ads(version, catalog: Catalog, queries: np.ndarray, approx: lis
     dead = np.flatnonzero(got == 0)
     best = np.full(len(dead), np.nan, np.float32)
     if len(dead) and len(queries):
-        best = (version.ad_vectors[dead] @ queries.T).max(axis=1)
+        best = similarity(version.ad_vectors[dead], queries, version.index.metric).max(axis=0)
     kth = np.array([e[0][min(k, len(e[0])) - 1] for e in exact if len(e[0])]) if exact else np.array([])
     dead_df = pd.DataFrame({
         "ad_id": np.asarray(version.ad_ids, dtype=object)[dead],

@@ -4,7 +4,8 @@ The report is a dict of sections, each computed by a function in `BENCH_SECTIONS
 `BenchContext` (other modules add sections, e.g. funnel latency, by registering a function).
 
 - ``machine``: CPU count, library versions.
-- ``embedding``: sentences/s of the configured text model on a few hundred ad-like texts.
+- ``embedding``: sentences/s of the configured text model on a few hundred ad-like texts, with
+  the torch, onnx and onnx-int8 backends side by side (speed-up and cosine to torch's vectors).
 - ``ann``: synthetic clustered vectors (no text encoding, so 1M ads take minutes, not hours):
   per index configuration, build time, bytes per ad, single-query p50/p99, batch queries/s,
   recall@10/100/500 against the exact oracle, and speed-up over exact search; plus whether the
@@ -135,16 +136,33 @@ def ad_like_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def section_embedding(ctx: BenchContext) -> dict:
+    """Sentences/s of the text model with each backend (torch, onnx, onnx-int8) on the same ad
+    texts, with each ONNX backend's speed-up over torch and the cosine of its vectors to torch's."""
     from core.text.embeddings import AdEncoder, embedding_throughput
+    from core.text.onnx_backend import BACKENDS
 
-    t = time.perf_counter()
-    enc = AdEncoder.load(ctx.settings.embedding_model)
-    load_s = time.perf_counter() - t
     texts = ad_like_texts(320, seed=ctx.seed)
-    res = embedding_throughput(enc, texts)
-    ctx.log(f"embedding: {res['sentences_per_s']:.0f} sentences/s")
-    return {"model": ctx.settings.embedding_model, "model_path": str(enc.path), "dim": enc.dim,
-            "load_s": load_s, "batch_size": 64, **res}
+    out: dict = {"model": ctx.settings.embedding_model, "batch_size": 64, "n_texts": len(texts),
+                 "target": "onnx-int8 >= 1.3x torch at mean cosine >= 0.99"}
+    ref = None
+    for backend in BACKENDS:
+        t = time.perf_counter()
+        enc = AdEncoder.load(ctx.settings.embedding_model, backend, ctx.settings.cache_dir)
+        load_s = time.perf_counter() - t
+        res = embedding_throughput(enc, texts)
+        vecs = enc.encode(texts)
+        row = {"load_s": load_s, **res}
+        if ref is None:
+            ref = vecs
+            out.update({"model_path": str(enc.path), "dim": enc.dim, **res})  # torch: the headline numbers
+        else:
+            cos = (vecs * ref).sum(1)
+            row.update({"speedup_vs_torch": res["sentences_per_s"] / out["sentences_per_s"],
+                        "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())})
+        out[backend] = row
+        ctx.log(f"embedding ({backend}): {res['sentences_per_s']:.0f} sentences/s"
+                + (f", {row['speedup_vs_torch']:.2f}x torch, cosine {row['cosine_mean']:.4f}" if backend != "torch" else ""))
+    return out
 
 
 def ann_configs(n: int, types: tuple[str, ...]) -> list[tuple[str, str, list[dict]]]:
@@ -311,6 +329,9 @@ def format_report(report: dict) -> str:
         if name == "funnel":
             lines.extend(_format_funnel(sec))
             continue
+        if name == "embedding" and "torch" in sec:
+            lines.extend(_format_embedding(sec))
+            continue
         if name == "dashboard" and "switches" in sec:
             lines.extend(_format_dashboard(sec))
             continue
@@ -329,6 +350,19 @@ def format_report(report: dict) -> str:
                              f"{r['recall@100']:6.3f} {r['recall@500']:6.3f} {r['speedup_p50']:6.1f} "
                              f"{r['speedup_batch']:7.1f}")
     return "\n".join(lines)
+
+
+def _format_embedding(sec: dict) -> list[str]:
+    lines = [f"  {sec['model']} ({sec.get('dim')}-d), {sec['n_texts']} ad texts, batch {sec['batch_size']}; "
+             f"target: {sec['target']}",
+             f"  {'backend':<10} {'sent/s':>8} {'first pass':>10} {'x torch':>8} {'cos mean':>9} {'cos min':>8} {'load_s':>7}"]
+    for backend in ("torch", "onnx", "onnx-int8"):
+        r = sec.get(backend)
+        if r:
+            lines.append(f"  {backend:<10} {r['sentences_per_s']:8.0f} {r['first_pass_sentences_per_s']:10.0f} "
+                         f"{r.get('speedup_vs_torch', 1.0):8.2f} {r.get('cosine_mean', 1.0):9.4f} "
+                         f"{r.get('cosine_min', 1.0):8.4f} {r['load_s']:7.1f}")
+    return lines
 
 
 def _format_funnel(sec: dict) -> list[str]:

@@ -23,6 +23,7 @@ ENV_DEBUG = "ADLENS_DEBUG"
 COMMAND_MODULES: tuple[str, ...] = (
     "core.cli.data_cmds",  # status, ingest, demo
     "core.cli.index_cmds",  # embed, build-index, versions, bench
+    "core.cli.vectors_cmds",  # import-vectors
     "core.cli.tower_cmds",  # train, evaluate
     "core.cli.funnel_cmds",  # inspect, why-not, audience
     "core.cli.analysis_cmds",  # compare, health, map
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(os.environ.get(ENV_DEBUG))
     try:
-        settings = load_settings(workspace=args.workspace, model=getattr(args, "model", None))
+        settings = load_settings(workspace=args.workspace, model=getattr(args, "model", None),
+                                 text_backend=getattr(args, "text_backend", None))
         code = int(args.func(args, settings) or 0)
         sys.stdout.flush()
         return code

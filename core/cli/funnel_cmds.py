@@ -11,6 +11,7 @@ import pandas as pd
 from core.cli.output import add_json_flag, fraction, positive_int, print_json
 from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
+from core.funnel.trace import describe_query_source
 from core.store.settings import Settings
 
 
@@ -113,6 +114,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"version {trace.version_name} · {_describe_request(trace.request)}")
     print("funnel: " + " → ".join(f"{k} {v:,}" for k, v in trace.stage_counts.items()))
+    if describe_query_source(trace.query_source):
+        print(describe_query_source(trace.query_source))
     print("timings (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in trace.stage_timings_ms.items()))
     slate = trace.slate
     print(f"\nslate ({len(slate)}):")

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from core.cli.output import add_json_flag, positive_int, print_json
 from core.store.settings import Settings
 
 
+def _add_text_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-backend", dest="text_backend", choices=("torch", "onnx", "onnx-int8"),
+                   help="run the text model with PyTorch (default) or a locally exported ONNX model, fp32 or "
+                        "int8 (env ADLENS_TEXT_BACKEND; vectors of each backend are cached separately)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed the catalog's ad texts (only new or changed ads are encoded)")
     p.add_argument("--model", help="sentence-transformers model name or folder (env ADLENS_MODEL; default: packaged all-MiniLM-L6-v2)")
+    _add_text_backend(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_embed)
 
@@ -23,9 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k-factor", type=positive_int, dest="k_factor", help="refined PQ: candidates re-ranked = k * k_factor")
     p.add_argument("--tower", help="trained user tower to use as query encoder (default: history mean)")
     p.add_argument("--parent", help="version this one derives from (recorded in the manifest)")
+    g = p.add_argument_group("your own model (data/README.md, 'Your own model')")
+    g.add_argument("--ad-vectors", dest="ad_vectors", metavar="NAME",
+                   help="imported ad vectors (`adlens import-vectors ads`) instead of AdLens's text embeddings")
+    g.add_argument("--query-encoder", dest="query_encoder", metavar="MODEL.onnx|PLUGIN",
+                   help="an ONNX user tower (with --signature) or a plugin from entry-point group adlens.query_encoders")
+    g.add_argument("--signature", type=Path, help="JSON mapping AdLens request features to the ONNX model's inputs")
+    g.add_argument("--encoder-config", type=Path, dest="encoder_config", help="JSON config for a plugin encoder")
+    g.add_argument("--request-vectors", dest="request_vectors", metavar="NAME",
+                   help="imported request vectors (`adlens import-vectors requests`) as the query side")
+    g.add_argument("--allow-partial", action="store_true", dest="allow_partial",
+                   help="build on the ads both the catalog and the imported vectors have")
     p.add_argument("--no-map", action="store_true", dest="no_map",
                    help="skip the UMAP map (build it later with `adlens map --version V`)")
     p.add_argument("--model", help="embedding model (as for `adlens embed`)")
+    _add_text_backend(p)
     p.add_argument("--seed", type=int, default=0, help="k-means and request-sampling seed")
     add_json_flag(p)
     p.set_defaults(func=cmd_build_index)
@@ -71,17 +91,20 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     from core.index.versions import build_version
+    from core.vectors.query_side import QuerySpec, read_encoder_config
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
                                 ("k_factor", args.k_factor)) if v is not None}
+    query = QuerySpec(args.query_encoder, args.signature, args.request_vectors, read_encoder_config(args.encoder_config))
     v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
-                      parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map)
+                      parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map,
+                      ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial)
     m = v.manifest
     if args.json:
         print_json(m)
     else:
         r = m.recall
-        print(f"built version {v.name} at {v.path}\n  {m.factory} over {m.n_ads:,} ads, dim "
+        print(f"built version {v.name} at {v.path}\n  {m.factory} ({m.metric}) over {m.n_ads:,} ads, dim "
               f"{m.dims['index']}, search params {m.search_params} ({m.search_params_source})\n"
               f"  recall@10 {r['recall@10']:.3f}  @100 {r['recall@100']:.3f}  @500 {r['recall@500']:.3f} "
               f"vs exact on {m.recall_queries['n']} {m.recall_queries['source']}\n"

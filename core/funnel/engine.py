@@ -32,7 +32,9 @@ from core.funnel.ranking import (
 )
 from core.funnel.reasons import Outcome, Reason, Stage, blocking_stages
 from core.funnel.trace import Trace
+from core.index.ann import pair_similarity, similarity
 from core.store.catalog import Catalog
+from core.tower.query_encoder import l2_normalize
 
 CALIBRATION_SAMPLES = 5_000
 
@@ -119,7 +121,7 @@ class FunnelEngine:
             "ts": pd.to_datetime(sub["ts"]).to_numpy(),
         }, columns=list(REQUEST_COLUMNS))
         q = self.version.encoder.encode_requests(frame, self.features) if len(frame) else np.empty((0, 1))
-        s = np.einsum("ij,ij->i", q, self.version.ad_vectors[pos[pick]]) if len(frame) else np.empty(0)
+        s = pair_similarity(self.version.ad_vectors[pos[pick]], q, self.metric) if len(frame) else np.empty(0)
         return fit_calibration(s, sub["clicked"].astype(bool).to_numpy())
 
     def request_context(self, request: Request) -> RequestContext:
@@ -129,6 +131,12 @@ class FunnelEngine:
     def encode(self, request: Request) -> np.ndarray:
         """The request's query vector (d,) from the version's encoder."""
         return self.version.encoder.encode_requests(requests_frame([request]), self.features)[0]
+
+    def describe_query(self, request: Request) -> dict:
+        """What made the request's query vector: the encoder kind, plus what it used when it says
+        (e.g. which imported request-vectors row, or that none matched)."""
+        detail = self.version.encoder.describe_requests(requests_frame([request]), self.features)
+        return {"encoder": self.version.encoder.kind, **(detail[0] if detail else {})}
 
     def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams) -> EligibilityResult:
         return evaluate(self.facts, positions, self.request_context(request), params.rules)
@@ -140,7 +148,12 @@ class FunnelEngine:
 
     def exact_scores(self, q: np.ndarray) -> np.ndarray:
         """Similarity of the query to every ad in the version (the exact-search oracle)."""
-        return self.version.ad_vectors @ np.asarray(q, dtype=np.float32)
+        return similarity(self.version.ad_vectors, q, self.metric)[0]
+
+    @property
+    def metric(self) -> str:
+        """The version's FAISS metric ("ip" or "l2"; scores are higher-is-better either way)."""
+        return self.version.index.metric
 
     def _want_exact(self, params: FunnelParams) -> bool:
         if params.exact_ranks is not None:
@@ -154,6 +167,7 @@ class FunnelEngine:
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         q = self.encode(request)
+        query_source = self.describe_query(request)
         t1 = time.perf_counter()
         t["encode"] = (t1 - t0) * 1e3
         scores, pos = self.version.search(q, params.k, params.search_params)[0]
@@ -181,8 +195,8 @@ class FunnelEngine:
         t5 = time.perf_counter()
         t["ranking"] = (t5 - t4) * 1e3
         slate = select_slate(rank, params.n_ranked, self.cap_key[pos], params.max_per_advertiser,
-                             params.slate_size, ecpm_v, self.version.ad_vectors[pos] if params.mmr_lambda is not None
-                             else None, params.mmr_lambda)
+                             params.slate_size, ecpm_v, l2_normalize(self.version.ad_vectors[pos])
+                             if params.mmr_lambda is not None else None, params.mmr_lambda)
         t6 = time.perf_counter()
         t["diversity"] = (t6 - t5) * 1e3
         primary = np.where(eligible, slate.reason, elig.primary)
@@ -217,7 +231,8 @@ class FunnelEngine:
         t["total"] = (time.perf_counter() - t0) * 1e3
         cal = {"a": self.calibration.a, "b": self.calibration.b, "n": self.calibration.n,
                "positives": self.calibration.positives, "method": self.calibration.method}
-        return Trace(request, self.version.name, self.version.checksum, params, frame, counts, t, cal, q)
+        return Trace(request, self.version.name, self.version.checksum, params, frame, counts, t, cal, q,
+                     query_source)
 
 
 def open_engine(settings, version_name: str, **kwargs) -> FunnelEngine:

@@ -39,6 +39,17 @@ OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outcome.N
 
 
 
+def describe_query_source(query_source: dict) -> str:
+    """One line on what made the query vector (for the CLI and the dashboard), "" if nothing to say."""
+    if not query_source.get("detail"):
+        return ""
+    ctx = query_source.get("context") or {}
+    where = ", ".join(f"{k}={v}" for k, v in ctx.items()) or "any context"
+    ts = f", ts {query_source['ts']}" if query_source.get("ts") else ""
+    used = f" ({where}{ts})" if query_source.get("matched") else ""
+    return f"query vector: {query_source.get('encoder')}: {query_source['detail']}{used}"
+
+
 @dataclass
 class Trace:
     """One simulated request through every funnel stage."""
@@ -52,6 +63,7 @@ class Trace:
     stage_timings_ms: dict[str, float]
     calibration: dict = field(default_factory=dict)
     query: np.ndarray | None = field(default=None, repr=False)  # the request's query vector
+    query_source: dict = field(default_factory=dict)  # encoder kind and what it used (e.g. which row)
 
     def to_frame(self) -> pd.DataFrame:
         """The candidates frame (a copy: callers may sort or filter it freely)."""
@@ -82,6 +94,7 @@ class Trace:
             "version": {"name": self.version_name, "checksum": self.version_checksum},
             "params": params,
             "calibration": self.calibration,
+            "query_source": self.query_source,
             "stage_counts": {str(k): v for k, v in self.stage_counts.items()},
             "stage_timings_ms": self.stage_timings_ms,
             "candidates": records,

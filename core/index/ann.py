@@ -1,5 +1,10 @@
-"""The retrieval backend: one small interface (`AnnIndex`) over FAISS, inner product on
-L2-normalised vectors, plus the exact-search oracle every approximate claim is checked against.
+"""The retrieval backend: one small interface (`AnnIndex`) over FAISS, plus the exact-search
+oracle every approximate claim is checked against.
+
+Metrics (`METRICS`): "ip" (inner product; AdLens's own versions use it on L2-normalised vectors,
+i.e. cosine) and "l2" (FAISS METRIC_L2). Scores are always "higher is better": for l2 a score is
+the *negative squared distance*, so ranking, pCTR calibration, recall and the map treat both alike.
+`similarity` is the one place a score is computed outside FAISS.
 
 Supported factory strings (any FAISS factory whose family is one of these):
 - ``Flat``: exact search.
@@ -32,6 +37,7 @@ from core.store.artifacts import write_via_temp
 log = logging.getLogger(__name__)
 
 SEARCH_PARAM_KEYS = ("nprobe", "efSearch", "k_factor")
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 MIN_POINTS_PER_LIST = 8  # below this k-means assigns lists from noise; FAISS itself warns < 39
 FAISS_POINTS_PER_CENTROID = 39  # FAISS prints a raw warning below this many training points per centroid
 PQ_MIN_TRAIN = 256  # a PQ sub-quantizer has 256 centroids (8 bits)
@@ -122,10 +128,38 @@ def _check_int_param(name: str, value) -> int:
     return int(value)
 
 
-class AnnIndex:
-    """One small interface over a FAISS index (inner product on L2-normalised vectors).
+def check_metric(metric: str) -> str:
+    """`metric` if it is one FAISS metric AdLens serves ("ip" or "l2"); else ValueError."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    return metric
 
-    Positions returned by `search` index the rows of the vectors the index was built from.
+
+def similarity(vectors: np.ndarray, queries: np.ndarray, metric: str = "ip") -> np.ndarray:
+    """(n_queries, n_vectors) scores, higher is better: inner product, or for "l2" the negative
+    squared Euclidean distance (what `AnnIndex.search` returns for the same pair)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    s = q @ x.T
+    if check_metric(metric) == "l2":
+        s = 2.0 * s - (x * x).sum(1)[None, :] - (q * q).sum(1)[:, None]
+    return s
+
+
+def pair_similarity(vectors: np.ndarray, queries: np.ndarray, metric: str = "ip") -> np.ndarray:
+    """Row-wise `similarity`: the score of query i against vector i, (n,)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    q = np.asarray(queries, dtype=np.float32)
+    if check_metric(metric) == "l2":
+        return -((q - x) ** 2).sum(1)
+    return np.einsum("ij,ij->i", q, x)
+
+
+class AnnIndex:
+    """One small interface over a FAISS index (inner product or L2, see `METRICS`).
+
+    Positions returned by `search` index the rows of the vectors the index was built from; scores
+    are higher-is-better (negative squared distances for l2).
     """
 
     def __init__(self, faiss_index: faiss.Index, factory: str):
@@ -135,8 +169,11 @@ class AnnIndex:
         self._chain = chain
         self._base = chain[-1]
         self.kind = _kind_of(self._base)
-        if faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError(f"index {factory!r} does not use inner product (metric {faiss_index.metric_type})")
+        by_code = {code: name for name, code in METRICS.items()}
+        if faiss_index.metric_type not in by_code:
+            raise ValueError(f"index {factory!r} uses FAISS metric {faiss_index.metric_type}; "
+                             f"AdLens serves {', '.join(METRICS)}")
+        self.metric = by_code[faiss_index.metric_type]
         self.dim = int(faiss_index.d)
         self.ntotal = int(faiss_index.ntotal)
         self._ivf = faiss.extract_index_ivf(faiss_index) if self.kind in ("ivf", "ivfpq") else None
@@ -146,14 +183,14 @@ class AnnIndex:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def build(cls, vectors: np.ndarray, factory: str, *, seed: int = 0,
+    def build(cls, vectors: np.ndarray, factory: str, *, seed: int = 0, metric: str = "ip",
               max_train: int | None = None, kmeans_iters: int | None = None) -> "AnnIndex":
         """Train (seeded k-means, on at most `max_train` sampled rows, FAISS's 25 iterations
         unless `kmeans_iters`) and add `vectors`."""
         x = _as_matrix(vectors, None, "vectors")
         n, d = x.shape
         try:
-            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(d, factory, METRICS[check_metric(metric)])
         except RuntimeError as exc:
             raise ValueError(f"invalid FAISS factory string {factory!r}: {_first_line(exc)}") from exc
         chain = _unwrap(index)
@@ -264,7 +301,7 @@ class AnnIndex:
             return [(np.empty(0, np.float32), np.empty(0, np.int64)) for _ in range(len(q))]
         D, I = self.faiss_index.search(q, min(k, self.ntotal), params=sp)
         del keep
-        return _strip(D, I)
+        return _strip(-D if self.metric == "l2" else D, I)
 
     # ---- IVF introspection --------------------------------------------------------------
     def list_assignments(self) -> np.ndarray | None:
@@ -297,11 +334,12 @@ class AnnIndex:
         return lists[0][lists[0] >= 0].astype(np.int64)
 
     def __repr__(self) -> str:
-        return f"AnnIndex({self.factory!r}, kind={self.kind}, dim={self.dim}, ntotal={self.ntotal})"
+        return (f"AnnIndex({self.factory!r}, kind={self.kind}, metric={self.metric}, dim={self.dim}, "
+                f"ntotal={self.ntotal})")
 
 
-def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> list[Result]:
-    """Brute-force inner-product top-`k` in numpy (the oracle): same return shape as
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> list[Result]:
+    """Brute-force top-`k` by `similarity` in numpy (the oracle): same return shape as
     `AnnIndex.search`; ties broken by lower position."""
     x = _as_matrix(vectors, None, "vectors")
     q = _as_matrix(queries, x.shape[1], "queries")
@@ -309,7 +347,7 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> list[Resul
     out: list[Result] = []
     step = max(1, int(2e7 // max(len(x), 1)))  # bound the score matrix to ~80 MB
     for a in range(0, len(q), step):
-        scores = q[a:a + step] @ x.T
+        scores = similarity(x, q[a:a + step], metric)
         for row in scores:
             top = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
             order = np.lexsort((top, -row[top]))
@@ -319,7 +357,7 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> list[Resul
 
 
 def recall_at(approx: list[Result], exact: list[Result], k: int, *, vectors: np.ndarray | None = None,
-              queries: np.ndarray | None = None, tol: float = 1e-5) -> float:
+              queries: np.ndarray | None = None, tol: float = 1e-5, metric: str = "ip") -> float:
     """Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k|.
 
     With `vectors` and `queries`, ties count: an approximate hit outside the exact list still
@@ -332,7 +370,7 @@ def recall_at(approx: list[Result], exact: list[Result], k: int, *, vectors: np.
         hit = np.isin(a_k, e_k)
         if vectors is not None and queries is not None and not hit.all():
             q = np.asarray(queries, np.float32).reshape(len(exact), -1)[i]
-            true = vectors[a_k[~hit]] @ q
+            true = similarity(vectors[a_k[~hit]], q, metric)[0]
             hit[~hit] = true >= es[len(e_k) - 1] - tol
         vals.append(min(int(hit.sum()), len(e_k)) / len(e_k))
     return float(np.mean(vals)) if vals else float("nan")
@@ -382,7 +420,8 @@ def tune_search_params(index: AnnIndex, queries: np.ndarray, exact: list[Result]
     (else the most expensive one), with the recall it measured."""
     best: tuple[dict, float] = ({}, float("nan"))
     for params in param_ladder(index, k):
-        r = recall_at(index.search(queries, k, params), exact, k, vectors=vectors, queries=queries)
+        r = recall_at(index.search(queries, k, params), exact, k, vectors=vectors, queries=queries,
+                      metric=index.metric)
         best = (params, r)
         if not r < target:  # NaN (no queries) stops at the cheapest
             break

@@ -53,6 +53,14 @@ class Manifest:
     bytes_per_ad: float | None = None
     index_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Bring your own model: the similarity the ads were indexed for (cosine = AdLens's own), the
+    # imported ad vectors (name, file sha256, metric, dim, coverage; None for AdLens's text
+    # embeddings), the query side (source: tower / history_mean / onnx / request_vectors / plugin,
+    # with file sha256s and the ONNX signature) and whether queries are L2-normalised on load.
+    metric: str = "cosine"
+    ad_vectors: dict[str, Any] | None = None
+    query_side: dict[str, Any] = field(default_factory=dict)
+    normalize_queries: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     REQUIRED = ("name", "created_at", "factory", "n_ads", "dims", "embedding")

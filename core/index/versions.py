@@ -5,8 +5,14 @@ A version is the folder ``<workspace>/versions/<name>/``::
     index.faiss            the AnnIndex over ad_vectors
     ad_ids.npy             unicode array, sorted; row i <-> FAISS position i
     ad_text_vectors.npy    (n, d_text) float32 sentence-transformer embeddings
+    ad_vectors.npy         instead, for a version from imported ad vectors: the vectors as indexed
     encoder/               the query encoder (config.json [+ model.safetensors, vocab.json])
     manifest.json          lineage, model, factory, params, counts, timings, recall, sha256 of files
+
+The ads come from AdLens's text embeddings or from imported ad vectors (core/vectors), with the
+metric they declare (cosine, ip, l2); the query side is a trained tower, the history mean, or an
+imported one (ONNX model, plugin, precomputed request vectors). The manifest records what was
+imported (file sha256, metric, dimension, encoder signature).
 
 `build_version` writes everything into a temporary folder inside versions/, fsyncs it, reads it
 back through the same verification as `load_version`, renames it into place, and only then
@@ -28,7 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -62,10 +68,13 @@ from core.store.debris import clean_debris
 from core.store.models import IndexVersion
 from core.store.settings import Settings
 from core.text.embedding_cache import embed_catalog
-from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, l2_normalize
+from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, UnitQueries, l2_normalize
 from core.tower.registry import load_query_encoder, resolve_tower
+from core.vectors.ad_vectors import check_coverage, coverage, load_ad_vectors
+from core.vectors.query_side import QuerySpec, resolve_query_encoder
 
 MANIFEST = "manifest.json"
+AD_VECTORS_FILE = "ad_vectors.npy"  # versions from imported ad vectors: the vectors as indexed
 RECALL_KS = (10, 100, 500)
 RECALL_REQUESTS = 200
 RECALL_TARGET = 0.95
@@ -124,7 +133,7 @@ class Version:
         return self.index.search(queries, k, {**self.search_params, **(params or {})})
 
     def exact_search(self, queries, k: int):
-        return exact_search(self.ad_vectors, queries, k)
+        return exact_search(self.ad_vectors, queries, k, self.index.metric)
 
     @classmethod
     def in_memory(cls, name: str, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, index: AnnIndex,
@@ -159,9 +168,12 @@ def _load_dir(path: Path, name: str) -> Version:
     fingerprint = manifest.fingerprint
     verify_files(path, files)
     ad_ids = load_npy(path / "ad_ids.npy").astype(object)
-    text = load_npy(path / "ad_text_vectors.npy").astype(np.float32, copy=False)
+    imported = bool(manifest.ad_vectors)
+    text = load_npy(path / (AD_VECTORS_FILE if imported else "ad_text_vectors.npy")).astype(np.float32, copy=False)
     index = AnnIndex.load(path / "index.faiss", factory)
     encoder = load_query_encoder(path / "encoder")
+    if manifest.normalize_queries:
+        encoder = UnitQueries(encoder)
     if not (len(ad_ids) == len(text) == index.ntotal == n):
         raise ArtifactError(
             f"{path}: row counts disagree (manifest {n}, ad_ids.npy {len(ad_ids)}, "
@@ -170,7 +182,10 @@ def _load_dir(path: Path, name: str) -> Version:
     if text.ndim != 2 or text.shape[1] != dims["text"]:
         raise ArtifactError(f"{path / 'ad_text_vectors.npy'}: dim {text.shape[1:]} but manifest says {dims['text']}")
     try:
-        ad_vectors = l2_normalize(encoder.transform_ads(text)) if n else np.zeros((0, index.dim), np.float32)
+        if imported:  # stored as indexed
+            ad_vectors = text
+        else:
+            ad_vectors = l2_normalize(encoder.transform_ads(text)) if n else np.zeros((0, index.dim), np.float32)
     except ValueError as exc:
         raise ArtifactError(f"{path / 'encoder'}: does not fit ad_text_vectors.npy ({exc})") from exc
     if index.dim != dims["index"] or ad_vectors.shape[1] != index.dim:
@@ -260,20 +275,28 @@ def _check_params(params: dict | None) -> None:
             raise AdLensError(f"search param {key} must be a positive integer; got {value!r}")
 
 
-def build_version(settings: Settings, name: str, factory: str, *, tower: str | None = None,
-                  search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
-                  progress: bool | None = None, text_encoder=None, seed: int = 0,
-                  with_map: bool = False) -> Version:
-    """Build, verify and register version `name` from the current catalog.
+@dataclass
+class _AdSide:
+    """The ads of a build: ids, the per-ad vectors features use (text embeddings, or the imported
+    vectors), the vectors indexed, and what the manifest says about them."""
 
-    `search_params=None` picks the cheapest params reaching recall@500 ≥ 0.95 on the sampled
-    requests (recorded as tuned in the manifest). `text_encoder` overrides the embedding model.
-    `with_map` also computes the version's UMAP map (core.index.maps) at build time (the CLI and the
-    demo do; library callers such as tests usually skip it)."""
-    validate_name(name)
-    _check_params(search_params)
-    t_start = time.perf_counter()
-    engine = engine or make_engine(settings.db_url)
+    ad_ids: np.ndarray
+    item_vectors: np.ndarray
+    embedding: dict
+    metric: str  # cosine (AdLens's own: normalised inner product), ip or l2
+    imported: dict | None = None
+    ad_vectors: np.ndarray | None = None  # set once the query side is known
+
+
+@dataclass
+class _QuerySide:
+    encoder: QueryEncoder
+    tower_dir: Path | None = None
+    tower_info: dict = field(default_factory=dict)
+    description: dict = field(default_factory=dict)
+
+
+def _check_new(settings: Settings, engine: Engine, name: str, parent: str | None) -> None:
     final = settings.versions_dir / name
     with session_scope(engine) as s:
         if final.exists() or s.get(IndexVersion, name) is not None:
@@ -281,38 +304,75 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
         if parent is not None and s.get(IndexVersion, parent) is None:
             have = ", ".join(s.scalars(select(IndexVersion.name)).all()) or "none"
             raise NotFoundError(f"parent version {parent!r} not found; existing: {have}")
-    progress = sys.stderr.isatty() if progress is None else progress
-    timings: dict[str, float] = {}
 
-    t = time.perf_counter()
-    catalog = load_catalog(engine)
-    if catalog.n_ads == 0:
-        raise AdLensError("the catalog has no ads: run `adlens ingest DIR` or `adlens demo` first")
-    timings["catalog_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+
+def _text_ad_side(settings: Settings, catalog: Catalog, progress: bool, text_encoder) -> _AdSide:
     emb = embed_catalog(settings, catalog, progress=progress, encoder=text_encoder)
-    timings["embed_s"] = time.perf_counter() - t
+    return _AdSide(emb.ad_ids, emb.vectors, {"model": emb.model, "fingerprint": emb.fingerprint,
+                                             "n_encoded": emb.n_encoded, "n_reused": emb.n_reused}, "cosine")
 
-    t = time.perf_counter()
-    tower_dir, tower_info = resolve_tower(settings, engine, tower) if tower else (None, {})
-    encoder = load_query_encoder(tower_dir) if tower_dir else HistoryMeanEncoder()
-    _check_fingerprint(_recorded_fingerprints(tower_dir, encoder.config(), tower_info.get("config", {})),
-                       emb.fingerprint, where=f"tower {tower!r}")
-    ad_vectors = l2_normalize(encoder.transform_ads(emb.vectors))
-    timings["encoder_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    try:
-        index = AnnIndex.build(ad_vectors, factory, seed=seed)
-    except ValueError as exc:
-        raise AdLensError(str(exc)) from exc
-    timings["index_build_s"] = time.perf_counter() - t
+def _imported_ad_side(settings: Settings, catalog: Catalog, name: str, allow_partial: bool) -> _AdSide:
+    """Imported ad vectors restricted to the catalog's ads (refused when partial unless allowed at
+    import or build time)."""
+    vs, ids, vectors = load_ad_vectors(settings, name)
+    cov = coverage(catalog.ads["ad_id"], ids)
+    check_coverage(cov, allow_partial or bool(vs.manifest.get("allow_partial")), f"imported ad vectors {name!r}")
+    keep = np.isin(ids.astype(str), catalog.ads["ad_id"].to_numpy(dtype=str))
+    ids, vectors = ids[keep], vectors[keep]
+    metric = vs.manifest["metric"]
+    sha = vs.manifest["source"]["sha256"]
+    imported = {"name": name, "source": vs.manifest["source"], "metric": metric, "dim": vs.dim,
+                "n_file": vs.manifest["n"], "n_used": int(len(ids)), "coverage": cov}
+    side = _AdSide(ids, vectors, {"model": f"imported:{name}", "fingerprint": sha, "n_encoded": 0,
+                                  "n_reused": int(len(ids))}, metric, imported)
+    side.ad_vectors = l2_normalize(vectors) if metric == "cosine" else vectors
+    return side
 
-    t = time.perf_counter()
-    features = FeatureStore(catalog, emb.ad_ids, emb.vectors)
-    queries, source = _recall_queries(catalog, features, encoder, ad_vectors, seed)
+
+def _query_side(settings: Settings, engine: Engine, ads: _AdSide, tower: str | None, query: QuerySpec) -> _QuerySide:
+    """The version's query encoder: a tower, an imported one, or the history mean."""
+    if tower and query:
+        raise AdLensError("give either --tower or an imported query side (--query-encoder / --request-vectors)")
+    if tower:
+        if ads.imported:
+            raise AdLensError(f"tower {tower!r} was trained on AdLens's text embeddings and cannot encode for "
+                              f"imported ad vectors {ads.imported['name']!r}; use --query-encoder or --request-vectors")
+        tower_dir, tower_info = resolve_tower(settings, engine, tower)
+        encoder = load_query_encoder(tower_dir)
+        _check_fingerprint(_recorded_fingerprints(tower_dir, encoder.config(), tower_info.get("config", {})),
+                           ads.embedding["fingerprint"], where=f"tower {tower!r}")
+        return _QuerySide(encoder, tower_dir, tower_info, {"source": "tower", "tower": tower})
+    resolved = resolve_query_encoder(settings, query)
+    if resolved is None:
+        return _QuerySide(HistoryMeanEncoder(), description={"source": "history_mean"})
+    encoder, description = resolved
+    return _QuerySide(UnitQueries(encoder) if ads.metric == "cosine" else encoder, description=description)
+
+
+def _check_dims(queries: np.ndarray, ads: _AdSide, side: _QuerySide) -> None:
+    """The query side must produce vectors in the ad vectors' space."""
+    d_ads, d_q = ads.ad_vectors.shape[1], queries.shape[1]
+    if d_q != d_ads:
+        what = side.description.get("source", "query encoder")
+        ad_what = f"imported ad vectors {ads.imported['name']!r}" if ads.imported else f"ad embeddings ({ads.embedding['model']})"
+        raise AdLensError(f"the query side ({what}) gives {d_q}-dimensional vectors but the {ad_what} are "
+                          f"{d_ads}-dimensional; both towers must share one space (check the signature's "
+                          "output dim or the request vectors file)")
+
+
+def _probe_requests(catalog: Catalog) -> pd.DataFrame:
+    """One request to check the query side's dimension even without an impression log."""
+    user = catalog.users["user_id"].iloc[0] if len(catalog.users) else "probe"
+    return pd.DataFrame([{"user_id": user, "community_id": None, "placement": "home_feed", "device": "unknown",
+                          "country": "unknown", "ts": pd.Timestamp.now().floor("s")}])
+
+
+def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray,
+                    search_params: dict | None) -> tuple[dict, str, dict, int]:
+    """(search params, where they came from, recall@K vs exact, k) on the recall queries."""
     kmax = min(max(RECALL_KS), index.ntotal)
-    exact = exact_search(ad_vectors, queries, kmax)
+    exact = exact_search(ad_vectors, queries, kmax, index.metric)
     if search_params is None:
         search_params, _ = tune_search_params(index, queries, exact, k=kmax, target=RECALL_TARGET,
                                               vectors=ad_vectors)
@@ -320,41 +380,31 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     else:
         params_source = "given"
     approx = index.search(queries, kmax, search_params)
-    recall = {f"recall@{k}": recall_at(approx, exact, min(k, kmax), vectors=ad_vectors, queries=queries)
-              for k in RECALL_KS}
-    timings["recall_s"] = time.perf_counter() - t
+    recall = {f"recall@{k}": recall_at(approx, exact, min(k, kmax), vectors=ad_vectors, queries=queries,
+                                       metric=index.metric) for k in RECALL_KS}
+    return search_params, params_source, recall, kmax
 
-    manifest = Manifest(
-        name=name, created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
-        parent=parent, tower=tower,
-        embedding={"model": emb.model, "fingerprint": emb.fingerprint, "n_encoded": emb.n_encoded,
-                   "n_reused": emb.n_reused},
-        encoder=encoder.config(), dims={"text": int(emb.vectors.shape[1]), "index": int(index.dim)},
-        factory=factory, index_kind=str(index.kind), nlist=index.nlist,
-        search_params=search_params, search_params_source=params_source,
-        n_ads=int(index.ntotal), recall=recall,
-        recall_queries={"source": source, "n": int(len(queries)), "seed": seed, "k": kmax},
-        tower_metrics=tower_info.get("metrics", {}),
-    )
-    ctx = BuildContext(settings, name, catalog, emb.ad_ids, emb.vectors, ad_vectors, index, encoder,
-                       search_params, manifest)
-    ctx.__dict__["features"] = features  # already built: seed the cached property
+
+def _publish(settings: Settings, ctx: BuildContext, ads: _AdSide, side: _QuerySide, builders: list,
+             timings: dict, t_start: float) -> Manifest:
+    """Write the version into a staging folder, run the artifact builders, checksum, read back
+    through the loader, and rename into place; returns the final manifest."""
+    name, manifest, index = ctx.name, ctx.manifest, ctx.index
     settings.versions_dir.mkdir(parents=True, exist_ok=True)
     clean_debris(settings, under=settings.versions_dir)
     with staging_dir(settings.versions_dir, name) as tmp:
         t = time.perf_counter()
         index.save(tmp / "index.faiss")
-        save_npy(tmp / "ad_ids.npy", emb.ad_ids.astype(str))
-        save_npy(tmp / "ad_text_vectors.npy", emb.vectors)
-        if tower_dir:
-            shutil.copytree(tower_dir, tmp / "encoder")
+        save_npy(tmp / "ad_ids.npy", ads.ad_ids.astype(str))
+        if ads.imported:
+            save_npy(tmp / AD_VECTORS_FILE, ads.ad_vectors)
         else:
-            encoder.save(tmp / "encoder")
+            save_npy(tmp / "ad_text_vectors.npy", ads.item_vectors)
+        if side.tower_dir:
+            shutil.copytree(side.tower_dir, tmp / "encoder")
+        else:
+            side.encoder.save(tmp / "encoder")
         timings["write_s"] = time.perf_counter() - t
-        builders = list(EXTRA_ARTIFACT_BUILDERS)
-        if with_map:
-
-            builders.append(maps.map_artifact_builder)
         for builder in builders:
             t = time.perf_counter()
             extra = builder(ctx, tmp) or {}
@@ -369,10 +419,85 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
         fsync_tree(tmp)
         _load_dir(tmp, name)  # read back through the loader's checks before publishing
         try:
-            os.rename(tmp, final)
+            os.rename(tmp, settings.versions_dir / name)
         except OSError as exc:
-            raise AdLensError(f"version {name!r} already exists ({final}); pick a new name") from exc
+            raise AdLensError(f"version {name!r} already exists ({settings.versions_dir / name}); pick a new name") from exc
         fsync_dir(settings.versions_dir)
+    return manifest
+
+
+def build_version(settings: Settings, name: str, factory: str, *, tower: str | None = None,
+                  search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
+                  progress: bool | None = None, text_encoder=None, seed: int = 0,
+                  with_map: bool = False, ad_vectors: str | None = None, query: QuerySpec | None = None,
+                  allow_partial: bool = False) -> Version:
+    """Build, verify and register version `name` from the current catalog.
+
+    Ads: AdLens's text embeddings (`text_encoder` overrides the model), or imported ad vectors
+    `ad_vectors` (core.vectors; `allow_partial` builds on the ads both the catalog and the file
+    have). Queries: `tower`, an imported query side (`query`: ONNX, plugin, request vectors), or
+    the history mean. `search_params=None` picks the cheapest params reaching recall@500 ≥ 0.95 on
+    the sampled requests (recorded as tuned in the manifest). `with_map` also computes the
+    version's UMAP map (core.index.maps) at build time (the CLI and the demo do; library callers
+    such as tests usually skip it)."""
+    validate_name(name)
+    _check_params(search_params)
+    query = query or QuerySpec()
+    t_start = time.perf_counter()
+    engine = engine or make_engine(settings.db_url)
+    _check_new(settings, engine, name, parent)
+    progress = sys.stderr.isatty() if progress is None else progress
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    catalog = load_catalog(engine)
+    if catalog.n_ads == 0:
+        raise AdLensError("the catalog has no ads: run `adlens ingest DIR` or `adlens demo` first")
+    timings["catalog_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ads = (_imported_ad_side(settings, catalog, ad_vectors, allow_partial) if ad_vectors
+           else _text_ad_side(settings, catalog, progress, text_encoder))
+    timings["embed_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    side = _query_side(settings, engine, ads, tower, query)
+    if ads.ad_vectors is None:
+        ads.ad_vectors = l2_normalize(side.encoder.transform_ads(ads.item_vectors))
+    features = FeatureStore(catalog, ads.ad_ids, ads.item_vectors)
+    queries, source = _recall_queries(catalog, features, side.encoder, ads.ad_vectors, seed)
+    probe = queries if source == "sampled_requests" else side.encoder.encode_requests(_probe_requests(catalog), features)
+    _check_dims(probe, ads, side)
+    timings["encoder_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    try:
+        index = AnnIndex.build(ads.ad_vectors, factory, seed=seed, metric="l2" if ads.metric == "l2" else "ip")
+    except ValueError as exc:
+        raise AdLensError(str(exc)) from exc
+    timings["index_build_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    search_params, params_source, recall, kmax = _measure_recall(index, queries, ads.ad_vectors, search_params)
+    timings["recall_s"] = time.perf_counter() - t
+
+    manifest = Manifest(
+        name=name, created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
+        parent=parent, tower=tower, embedding=ads.embedding, encoder=side.encoder.config(),
+        metric=ads.metric, ad_vectors=ads.imported, query_side=side.description,
+        normalize_queries=isinstance(side.encoder, UnitQueries),
+        dims={"text": int(ads.item_vectors.shape[1]), "index": int(index.dim)},
+        factory=factory, index_kind=str(index.kind), nlist=index.nlist,
+        search_params=search_params, search_params_source=params_source,
+        n_ads=int(index.ntotal), recall=recall,
+        recall_queries={"source": source, "n": int(len(queries)), "seed": seed, "k": kmax},
+        tower_metrics=side.tower_info.get("metrics", {}),
+    )
+    ctx = BuildContext(settings, name, catalog, ads.ad_ids, ads.item_vectors, ads.ad_vectors, index, side.encoder,
+                       search_params, manifest)
+    ctx.__dict__["features"] = features  # already built: seed the cached property
+    builders = list(EXTRA_ARTIFACT_BUILDERS) + ([maps.map_artifact_builder] if with_map else [])
+    manifest = _publish(settings, ctx, ads, side, builders, timings, t_start)
+    final = settings.versions_dir / name
     try:
         _register(engine, name, final, manifest)
     except BaseException:
@@ -394,6 +519,21 @@ def _register(engine: Engine, name: str, path: Path, manifest: Manifest) -> None
 
 
 # ---- listing, deleting, derived artifacts -----------------------------------------------------
+def describe_sides(m: Manifest) -> dict:
+    """Short labels for a manifest's ad side, query side and metric (versions list, Health page)."""
+    qs = m.query_side or {}
+    src = qs.get("source") or ("tower" if m.tower else "history_mean")
+    query = {"tower": f"tower {m.tower}", "history_mean": "history mean",
+             "onnx": f"ONNX {qs.get('file')} ({str(qs.get('sha256', ''))[:12]})",
+             "request_vectors": f"request vectors {qs.get('name')}",
+             "plugin": f"plugin {qs.get('name')}"}.get(src, src)
+    imp = m.ad_vectors or {}
+    sha = str((imp.get("source") or {}).get("sha256", ""))[:12]
+    ads = (f"imported {imp.get('name')} ({imp.get('dim')}-d, sha256 {sha})" if imp
+           else f"text embeddings {m.embedding.get('model')}")
+    return {"ads": ads, "query": query, "metric": m.metric}
+
+
 def _summary(raw: dict, path: Path, status: str) -> dict:
     try:
         m = Manifest.from_dict(raw, where=str(path / MANIFEST))
@@ -401,7 +541,7 @@ def _summary(raw: dict, path: Path, status: str) -> dict:
         return {"name": raw.get("name") or path.name, "created_at": raw.get("created_at"), "path": str(path),
                 "status": "invalid manifest"}
     return {
-        "name": m.name, "created_at": m.created_at, "parent": m.parent, "tower": m.tower, "factory": m.factory,
+        **describe_sides(m), "name": m.name, "created_at": m.created_at, "parent": m.parent, "tower": m.tower, "factory": m.factory,
         "index_kind": m.index_kind, "search_params": m.search_params, "n_ads": m.n_ads, "dim": m.dims["index"],
         "embedding_model": m.embedding.get("model"), "model_fingerprint": m.fingerprint[:12],
         **{k: m.recall.get(k) for k in (f"recall@{k}" for k in RECALL_KS)},

@@ -3,6 +3,7 @@
 - workspace: ``--workspace`` / ``ADLENS_HOME``, default ``data/workspace`` (git-ignored)
 - database:  ``ADLENS_DB_URL``, default SQLite file ``<workspace>/adlens.db``
 - embedding model: ``--model`` / ``ADLENS_MODEL``, default the packaged all-MiniLM-L6-v2
+- text backend: ``--text-backend`` / ``ADLENS_TEXT_BACKEND``: torch (default), onnx or onnx-int8
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ DEFAULT_MODEL = "default"  # resolved by core.text.embeddings to the gt-all-mini
 ENV_HOME = "ADLENS_HOME"
 ENV_DB_URL = "ADLENS_DB_URL"
 ENV_MODEL = "ADLENS_MODEL"
+ENV_TEXT_BACKEND = "ADLENS_TEXT_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Settings:
     workspace: Path
     db_url: str
     embedding_model: str = DEFAULT_MODEL
+    text_backend: str = "torch"
 
     @property
     def versions_dir(self) -> Path:
@@ -53,10 +56,12 @@ def load_settings(
     workspace: str | os.PathLike | None = None,
     db_url: str | None = None,
     model: str | None = None,
+    text_backend: str | None = None,
 ) -> Settings:
     """Resolve settings: explicit arguments win over environment variables over defaults."""
     ws = workspace or os.environ.get(ENV_HOME) or DEFAULT_WORKSPACE
     ws_path = Path(ws).expanduser().resolve()
     url = db_url or os.environ.get(ENV_DB_URL) or default_db_url(ws_path)
     mdl = model or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
-    return Settings(workspace=ws_path, db_url=url, embedding_model=mdl)
+    backend = text_backend or os.environ.get(ENV_TEXT_BACKEND) or "torch"
+    return Settings(workspace=ws_path, db_url=url, embedding_model=mdl, text_backend=backend)

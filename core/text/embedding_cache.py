@@ -1,6 +1,7 @@
 """Embedding cache: ad text vectors keyed by (model fingerprint, sha256 of the composed text).
 
-Layout: ``<workspace>/cache/embeddings/<model fingerprint>/``
+Layout: ``<workspace>/cache/embeddings/<model fingerprint>/`` (the fingerprint includes the text
+backend for the ONNX ones, so vectors of different backends never share an entry)
 
 - ``model.json``: the model name, folder and dimension (informational)
 - ``shard-<stamp>.npy``: (n, dim) float32 vectors (np.save, no pickle)
@@ -34,6 +35,7 @@ from core.store.artifacts import (
 )
 from core.store.catalog import Catalog
 from core.store.settings import Settings
+from core.text.onnx_backend import backend_fingerprint
 from core.text.embeddings import (
     AdEncoder,
     compose_ad_text,
@@ -146,8 +148,11 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
     ad_ids = ads["ad_id"].to_numpy(dtype=object)
     texts = compose_ad_text(ads)
     keys = [text_hash(t) for t in texts]
-    fp = encoder.fingerprint if encoder is not None else model_fingerprint(settings.embedding_model)
-    model = encoder.name if encoder is not None else settings.embedding_model
+    backend = settings.text_backend
+    fp = encoder.fingerprint if encoder is not None else \
+        backend_fingerprint(model_fingerprint(settings.embedding_model), backend)
+    model = encoder.name if encoder is not None else \
+        settings.embedding_model + ("" if backend == "torch" else f" ({backend})")
     cache = EmbeddingCache(settings.cache_dir, fp)
     cached_keys, cached_vecs = cache.load()
     pos = cached_keys.get_indexer(pd.Index(keys, dtype=object)) if len(keys) else np.empty(0, np.int64)
@@ -158,7 +163,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
     new_pos = pd.Index([], dtype=object)
     if len(missing):
         if encoder is None:
-            encoder = AdEncoder.load(settings.embedding_model)
+            encoder = AdEncoder.load(settings.embedding_model, backend, settings.cache_dir)
             if encoder.fingerprint != fp:
                 raise AdLensError(f"embedding model {model!r} changed on disk while embedding; run again")
         if dim is not None and encoder.dim != dim:
@@ -173,7 +178,8 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
         cache.add(list(uniq), new_vecs, model=model, dim=dim)
         new_pos = pd.Index(list(uniq), dtype=object)
     if dim is None:  # empty catalog, empty cache
-        dim = encoder.dim if encoder is not None else AdEncoder.load(settings.embedding_model).dim
+        dim = encoder.dim if encoder is not None else AdEncoder.load(settings.embedding_model, backend,
+                                                                      settings.cache_dir).dim
     out = np.zeros((len(keys), dim), np.float32)
     hit = pos >= 0
     if hit.any():

@@ -158,20 +158,32 @@ def model_fingerprint(name: str) -> str:
 
 @dataclass
 class AdEncoder:
-    """A loaded text model: `encode` gives (n, dim) float32 L2-normalised vectors."""
+    """A loaded text model: `encode` gives (n, dim) float32 L2-normalised vectors.
+
+    `backend` "torch" runs sentence-transformers; "onnx" / "onnx-int8" run the same model
+    exported locally (core/text/onnx_backend.py) and have their own `fingerprint`."""
 
     name: str
     path: Path
     fingerprint: str
     dim: int
     model: object
+    backend: str = "torch"
 
     @classmethod
-    def load(cls, name: str = DEFAULT_MODEL) -> "AdEncoder":
+    def load(cls, name: str = DEFAULT_MODEL, backend: str = "torch", cache_dir: Path | None = None) -> "AdEncoder":
+        from core.text.onnx_backend import OnnxSentenceModel, backend_fingerprint, check_backend, onnx_model_file
+
+        backend = check_backend(backend)
         model = load_text_model(name)
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return cls(name=name or DEFAULT_MODEL, path=resolve_model_path(name), fingerprint=model_fingerprint(name),
-                   dim=int(get_dim()), model=model)
+        fp = model_fingerprint(name)
+        if backend != "torch":
+            if cache_dir is None:
+                raise AdLensError(f"the {backend} text backend needs a cache folder for its exported model")
+            model = OnnxSentenceModel(model, onnx_model_file(model, fp, backend, cache_dir))
+        return cls(name=name or DEFAULT_MODEL, path=resolve_model_path(name), fingerprint=backend_fingerprint(fp, backend),
+                   dim=int(get_dim()), model=model, backend=backend)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
                callback: Callable[[float], None] | None = None) -> np.ndarray:

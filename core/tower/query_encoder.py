@@ -1,9 +1,13 @@
 """Query encoders: turn (user, context) requests into vectors in the ad index's space.
 
 One interface, several implementations: the untrained `HistoryMeanEncoder` (mean of the user's
-previously clicked ads' text embeddings) and the learned user tower (core/tower.py). A version
-stores its encoder in `<version>/encoder/` (`config.json` names the kind) and loads it with
-`load_query_encoder`.
+previously clicked ads' text embeddings), the learned user tower (core/tower/model.py), imported
+query sides (core/tower/onnx_encoder.py, core/tower/request_encoder.py) and plugins from the
+`adlens.query_encoders` entry-point group. A version stores its encoder in `<version>/encoder/`
+(`config.json` names the kind) and loads it with `core.tower.registry.load_query_encoder`.
+
+A plugin is a `QueryEncoder` subclass: `kind`, `encode_requests`, `config()` (JSON, with "kind")
+and, unless `from_config(config)` suffices to rebuild it, `save`/`load` for extra files.
 """
 
 from __future__ import annotations
@@ -26,13 +30,19 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class QueryEncoder(ABC):
-    """Maps a frame of requests (core.data.request.REQUEST_COLUMNS) to L2-normalised float32 vectors."""
+    """Maps a frame of requests (core.data.request.REQUEST_COLUMNS) to float32 query vectors
+    (L2-normalised for AdLens's own encoders; imported ones return what the team's model returns)."""
 
     kind: ClassVar[str]
 
     @abstractmethod
     def encode_requests(self, requests: pd.DataFrame, features: FeatureStore) -> np.ndarray:
-        """(n, dim) float32, each row L2-normalised."""
+        """(n, dim) float32 query vectors."""
+
+    def describe_requests(self, requests: pd.DataFrame, features: FeatureStore) -> list[dict] | None:
+        """Per request, what the encoder used to make its vector (e.g. which precomputed row),
+        for the Trace; None when there is nothing to say beyond the encoder's config."""
+        return None
 
     def transform_ads(self, ad_text_vectors: np.ndarray) -> np.ndarray:
         """The ad side of the two towers, applied to every ad before indexing (identity by default)."""
@@ -47,8 +57,37 @@ class QueryEncoder(ABC):
         (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
 
     @classmethod
+    def from_config(cls, config: dict) -> "QueryEncoder":
+        """Rebuild from `config()` (default: every key but "kind" is a constructor argument)."""
+        return cls(**{k: v for k, v in config.items() if k != "kind"})
+
+    @classmethod
     def load(cls, directory: Path) -> "QueryEncoder":
-        raise NotImplementedError
+        return cls.from_config(json.loads((Path(directory) / "config.json").read_text()))
+
+
+class UnitQueries(QueryEncoder):
+    """Wraps an encoder so its query vectors are L2-normalised (versions built with the cosine
+    metric); everything else is the wrapped encoder's, so it saves and describes as that one."""
+
+    def __init__(self, inner: QueryEncoder):
+        self.inner = inner
+        self.kind = inner.kind
+
+    def encode_requests(self, requests: pd.DataFrame, features: FeatureStore) -> np.ndarray:
+        return l2_normalize(self.inner.encode_requests(requests, features))
+
+    def describe_requests(self, requests: pd.DataFrame, features: FeatureStore) -> list[dict] | None:
+        return self.inner.describe_requests(requests, features)
+
+    def transform_ads(self, ad_text_vectors: np.ndarray) -> np.ndarray:
+        return self.inner.transform_ads(ad_text_vectors)
+
+    def config(self) -> dict:
+        return self.inner.config()
+
+    def save(self, directory: Path) -> None:
+        self.inner.save(directory)
 
 
 class HistoryMeanEncoder(QueryEncoder):

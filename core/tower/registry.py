@@ -1,16 +1,19 @@
 """The tower registry: towers live in `<workspace>/towers/<name>/` and are listed in the towers
-table; saved query encoders are loaded by the "kind" in their config.json."""
+table; saved query encoders are loaded by the "kind" in their config.json: AdLens's own kinds, the
+imported ones (onnx, request_vectors) and plugins registered in the `adlens.query_encoders`
+entry-point group (name = kind, value = a QueryEncoder subclass)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, select
 
-from core.common.errors import ArtifactError, NotFoundError
+from core.common.errors import AdLensError, ArtifactError, NotFoundError
 from core.common.jsonio import to_jsonable
 from core.common.names import validate_name
 from core.store.artifacts import atomic_write_json, hash_tree, sha256_file, verify_files
@@ -146,15 +149,49 @@ def catalog_embeddings(settings: Settings, catalog: Catalog) -> tuple[np.ndarray
     return np.asarray(res.ad_ids, dtype=object), np.asarray(res.vectors, dtype=np.float32), to_jsonable(info)
 
 
+ENTRY_POINT_GROUP = "adlens.query_encoders"
+
+
+def plugin_encoders() -> dict[str, type[QueryEncoder]]:
+    """Query encoder classes registered by installed packages under ENTRY_POINT_GROUP."""
+    out: dict[str, type[QueryEncoder]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plugin must say which one
+            raise AdLensError(f"query encoder plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, QueryEncoder)):
+            raise AdLensError(f"query encoder plugin {ep.name!r} ({ep.value}) is not a QueryEncoder subclass")
+        out[ep.name] = cls
+    return out
+
+
 def _registry() -> dict[str, type[QueryEncoder]]:
-    reg: dict[str, type[QueryEncoder]] = {HistoryMeanEncoder.kind: HistoryMeanEncoder}
+    from core.tower.onnx_encoder import OnnxQueryEncoder
+    from core.tower.request_encoder import RequestVectorsEncoder
+
+    reg: dict[str, type[QueryEncoder]] = {HistoryMeanEncoder.kind: HistoryMeanEncoder,
+                                          OnnxQueryEncoder.kind: OnnxQueryEncoder,
+                                          RequestVectorsEncoder.kind: RequestVectorsEncoder}
     try:  # the learned tower imports torch; only needed when a tower is used
         from core.tower.model import UserTowerEncoder
 
         reg[UserTowerEncoder.kind] = UserTowerEncoder
     except ImportError:
         pass
-    return reg
+    return {**plugin_encoders(), **reg}  # a plugin cannot shadow a built-in kind
+
+
+def make_plugin_encoder(name: str, config: dict | None = None) -> QueryEncoder:
+    """Instantiate plugin `name` from `config` (its `from_config`); lists the installed plugins."""
+    plugins = plugin_encoders()
+    if name not in plugins:
+        raise NotFoundError(f"no query encoder plugin {name!r} in entry-point group {ENTRY_POINT_GROUP}; "
+                            f"installed: {', '.join(sorted(plugins)) or 'none'}")
+    try:
+        return plugins[name].from_config({**(config or {}), "kind": name})
+    except (TypeError, ValueError) as exc:
+        raise AdLensError(f"query encoder plugin {name!r} rejected its config {config!r}: {exc}") from exc
 
 
 def load_query_encoder(directory: Path) -> QueryEncoder:

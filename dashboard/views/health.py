@@ -8,6 +8,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.index.manifest import Manifest
+from core.index.versions import describe_sides
 from dashboard import state
 
 
@@ -16,8 +17,9 @@ def _manifest(m: Manifest) -> None:
     cols[0].metric("Ads", f"{m.n_ads:,}")
     cols[1].metric("Index", m.factory)
     cols[2].metric("Bytes per ad", f"{m.bytes_per_ad or 0:,.0f}")
-    cols[3].metric("Tower", m.tower or "history mean")
-    st.text(f"Embedding model: {m.embedding.get('model')}  (fingerprint {m.fingerprint[:16]})")
+    sides = describe_sides(m)
+    cols[3].metric("Query side", sides["query"])
+    st.text(f"Ads: {sides['ads']} · metric {sides['metric']}  (fingerprint {m.fingerprint[:16]})")
     st.text(f"Search params: {m.search_params} · parent: {m.parent or '—'} · created {m.created_at}")
     if m.recall:
         st.text("Recall vs exact at build time: " + ", ".join(f"{k} {v:.3f}" for k, v in m.recall.items()
@@ -32,7 +34,8 @@ def _manifest(m: Manifest) -> None:
 def _tower(m: Manifest) -> None:
     ev = m.tower_metrics
     if not ev:
-        st.info("This version has no learned tower (history-mean query encoder): no tower evaluation.")
+        st.info(f"This version has no AdLens-trained tower (query side: {describe_sides(m)['query']}): "
+                "no tower evaluation.")
         return
     split = ev.get("split") or {}
     st.caption(f"{ev.get('n_test_clicks', 0):,} held-out clicks from {ev.get('n_test_users', 0):,} users, "

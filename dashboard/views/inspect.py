@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.common.errors import AdLensError
 from core.funnel.reasons import Stage
+from core.funnel.trace import describe_query_source
 from dashboard import state
 from dashboard.charts import bar_figure, funnel_figure
 
@@ -42,6 +43,8 @@ def render() -> None:
     st.title("Inspect")
     st.caption(f"Version **{trace.version_name}** · user **{r.user_id}** · "
                f"{r.community_id or 'home feed'} · {r.placement} · {r.device} · {r.country} · {r.ts:%Y-%m-%d %H:%M} UTC")
+    if describe_query_source(trace.query_source):  # imported request vectors: which row was used
+        st.text(describe_query_source(trace.query_source))
     counts = trace.stage_counts
     cols = st.columns(len(Stage))
     for col, s in zip(cols, Stage):
