@@ -38,6 +38,11 @@ class Settings:
         return self.workspace / "towers"
 
     @property
+    def vectors_dir(self) -> Path:
+        """Imported ad and request vectors (core/vectors)."""
+        return self.workspace / "vectors"
+
+    @property
     def cache_dir(self) -> Path:
         return self.workspace / "cache"
 

@@ -30,6 +30,7 @@ from core.store.artifacts import (
     staging_dir,
     verify_files,
 )
+from core.store.debris import clean_debris
 from core.store.settings import Settings
 
 MANIFEST = "manifest.json"
@@ -37,7 +38,7 @@ KINDS = ("ads", "requests")
 
 
 def vectors_root(settings: Settings) -> Path:
-    return settings.workspace / "vectors"
+    return settings.vectors_dir
 
 
 @dataclass
@@ -62,7 +63,9 @@ class VectorSet:
 
 def existing(settings: Settings) -> list[str]:
     root = vectors_root(settings)
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
 
 def load_set(settings: Settings, name: str, kind: str | None = None) -> VectorSet:
@@ -112,6 +115,7 @@ def write_set(settings: Settings, name: str, manifest: dict, writer: Callable[[P
     completed (files, created_at), fsynced, and the folder renamed into place."""
     validate_name(name, "vectors")
     root = vectors_root(settings)
+    clean_debris(settings, under=root)
     with staging_dir(root, name) as tmp:
         writer(tmp)
         manifest = {**manifest, "name": name,
