@@ -135,6 +135,26 @@ def test_l2_metric_scores_are_negative_distances_and_match_the_oracle(ws, tmp_pa
     assert v.manifest["recall"]["recall@10"] >= 0.95  # measured against the l2 oracle
 
 
+@pytest.mark.parametrize("factory,params", [("Flat", {}), ("IVF16,Flat", {"nprobe": 16}), ("HNSW16", {"efSearch": 256})])
+def test_l2_ann_index_against_the_exact_oracle(factory, params):
+    from core.index.ann import AnnIndex, recall_at
+
+    x = ad_matrix(2000, 32, seed=1)
+    q = ad_matrix(50, 32, seed=2)
+    index = AnnIndex.build(x, factory, metric="l2")
+    assert index.metric == "l2"
+    exact = exact_search(x, q, 20, "l2")
+    brute = -((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # independent of `similarity`
+    for (scores, pos), row in zip(exact, brute):
+        assert pos.tolist() == np.argsort(-row, kind="stable")[:20].tolist()
+        np.testing.assert_allclose(scores, row[pos], rtol=1e-4)
+    approx = index.search(q, 20, params)
+    assert recall_at(approx, exact, 20, vectors=x, queries=q, metric="l2") >= 0.95
+    np.testing.assert_allclose(approx[0][0], brute[0][approx[0][1]], rtol=1e-4)  # scores: -squared distance
+    with pytest.raises(ValueError, match="unknown metric 'cos'"):
+        AnnIndex.build(x, "Flat", metric="cos")
+
+
 def test_cosine_metric_normalises_ads_and_queries(ws, tmp_path):
     x = imported(ws, tmp_path, name="prod-cos", metric="cosine")
     v = build_version(ws, "cos", "Flat", ad_vectors="prod-cos", progress=False)
