@@ -32,7 +32,8 @@ from core.vectors.ad_vectors import import_ad_vectors
 from core.vectors.query_side import QuerySpec
 from core.vectors.request_vectors import import_request_vectors
 from core.vectors.store import existing
-from tests.funnel_data import NOW, FakeTextEncoder, fill_random_db
+
+from funnel_data import NOW, FakeTextEncoder, fill_random_db
 
 DIM = 64
 N_ADS = 300
@@ -518,7 +519,7 @@ def test_imported_version_health_map_audience_and_dashboard(ws, tmp_path, use_wo
     at.selectbox(key="version").set_value("prod-map").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Inspect" and not at.error
-    from tests.test_dashboard import _goto
+    from test_dashboard import _goto
 
     for page in ("map", "health", "compare"):
         at = _goto(at, page).run()

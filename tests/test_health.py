@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,6 +51,7 @@ class _Version:
 
     ad_ids = np.array(["a", "b", "c", "d"], dtype=object)
     ad_vectors = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+    index = SimpleNamespace(metric="ip")  # scores are inner products
 
 
 def test_dead_ad_planted_far_from_users():
@@ -70,7 +73,7 @@ def test_dead_ad_planted_far_from_users():
 def test_hub_ad_planted():
     n = 40
     v = type("V", (), {"ad_ids": np.array([f"a{i}" for i in range(n)], dtype=object),
-                       "ad_vectors": np.eye(n, dtype=np.float32)})()
+                       "ad_vectors": np.eye(n, dtype=np.float32), "index": SimpleNamespace(metric="ip")})()
     cat = type("C", (), {"ads": pd.DataFrame({"ad_id": v.ad_ids, "vertical": ["v"] * n, "title": ["t"] * n})})()
     # 20 requests: each retrieves ad a0 plus one request-specific ad.
     approx = [(np.array([1.0, 0.5]), np.array([0, 1 + i])) for i in range(20)]

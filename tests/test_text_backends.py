@@ -56,7 +56,7 @@ def test_onnx_int8_agrees_with_torch_on_real_ad_texts(tmp_path, demo_texts):
 
 @pytest.mark.slow
 def test_backends_never_share_an_embedding_cache_entry(tmp_path):
-    from tests.test_embeddings import make_catalog
+    from test_embeddings import make_catalog
 
     from core.text.embedding_cache import embed_catalog
 

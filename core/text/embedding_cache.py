@@ -121,6 +121,13 @@ class EmbeddingCache:
             vpath.unlink(missing_ok=True)
 
 
+def _load_encoder(settings: Settings) -> AdEncoder:
+    """The configured text model with the configured backend (ONNX files cached in the workspace)."""
+    if settings.text_backend == "torch":
+        return AdEncoder.load(settings.embedding_model)
+    return AdEncoder.load(settings.embedding_model, settings.text_backend, settings.cache_dir)
+
+
 @dataclass
 class EmbedResult:
     """Text vectors for every ad of a catalog, aligned with `ad_ids` (sorted as Catalog.ads)."""
@@ -163,7 +170,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
     new_pos = pd.Index([], dtype=object)
     if len(missing):
         if encoder is None:
-            encoder = AdEncoder.load(settings.embedding_model, backend, settings.cache_dir)
+            encoder = _load_encoder(settings)
             if encoder.fingerprint != fp:
                 raise AdLensError(f"embedding model {model!r} changed on disk while embedding; run again")
         if dim is not None and encoder.dim != dim:
@@ -178,8 +185,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
         cache.add(list(uniq), new_vecs, model=model, dim=dim)
         new_pos = pd.Index(list(uniq), dtype=object)
     if dim is None:  # empty catalog, empty cache
-        dim = encoder.dim if encoder is not None else AdEncoder.load(settings.embedding_model, backend,
-                                                                      settings.cache_dir).dim
+        dim = encoder.dim if encoder is not None else _load_encoder(settings).dim
     out = np.zeros((len(keys), dim), np.float32)
     hit = pos >= 0
     if hit.any():
