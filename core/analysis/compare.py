@@ -157,7 +157,8 @@ def _recall_vs_exact(engine: FunnelEngine, traces: Sequence[Trace], k: int) -> f
     queries = np.stack([np.asarray(t.query, np.float32) for t in traces])
     approx = [(t.candidates["score"].to_numpy()[:k], t.candidates["version_pos"].to_numpy()[:k]) for t in traces]
     exact = engine.version.exact_search(queries, k)
-    return recall_at(approx, exact, k, vectors=engine.version.ad_vectors, queries=queries, metric=engine.metric)
+    return recall_at(approx, exact, k, vectors=engine.version.ad_vectors, queries=queries,
+                     metric=engine.version.index.metric)
 
 
 def _recall_vs_clicks(engine: FunnelEngine, clicks: pd.DataFrame, ad_ids: np.ndarray, k: int) -> dict:
