@@ -34,7 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +50,17 @@ from core.data.request import sample_requests
 from core.index import maps
 from core.index.ann import AnnIndex, exact_search, recall_at, tune_search_params
 from core.index.manifest import Manifest
+from core.index.parts import (
+    AdSide,
+    QuerySide,
+    check_dims,
+    check_fingerprint,
+    imported_ad_side,
+    probe_requests,
+    query_side,
+    recorded_fingerprints,
+    text_ad_side,
+)
 from core.store.artifacts import (
     atomic_write_json,
     fsync_dir,
@@ -67,18 +78,15 @@ from core.store.db import make_engine, session_scope
 from core.store.debris import clean_debris
 from core.store.models import IndexVersion
 from core.store.settings import Settings
-from core.text.embedding_cache import embed_catalog
-from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, UnitQueries, l2_normalize
-from core.tower.registry import load_query_encoder, resolve_tower
-from core.vectors.ad_vectors import check_coverage, coverage, load_ad_vectors
-from core.vectors.query_side import QuerySpec, resolve_query_encoder
+from core.tower.query_encoder import QueryEncoder, UnitQueries, l2_normalize
+from core.tower.registry import load_query_encoder
+from core.vectors.query_side import QuerySpec
 
 MANIFEST = "manifest.json"
 AD_VECTORS_FILE = "ad_vectors.npy"  # versions from imported ad vectors: the vectors as indexed
 RECALL_KS = (10, 100, 500)
 RECALL_REQUESTS = 200
 RECALL_TARGET = 0.95
-FINGERPRINT_KEYS = ("embedding_fingerprint", "model_fingerprint")
 
 
 @dataclass
@@ -192,41 +200,11 @@ def _load_dir(path: Path, name: str) -> Version:
         raise ArtifactError(
             f"{path / 'index.faiss'}: dim {index.dim}, encoder gives {ad_vectors.shape[1]}, manifest says {dims['index']}"
         )
-    _check_fingerprint(_recorded_fingerprints(path / "encoder", encoder.config()),
+    check_fingerprint(recorded_fingerprints(path / "encoder", encoder.config()),
                        fingerprint, where=str(path / "encoder"))
     return Version(name=name, path=path, manifest=manifest, checksum=sha256_bytes(raw), ad_ids=ad_ids,
                    ad_text_vectors=text, ad_vectors=ad_vectors, index=index, encoder=encoder,
                    search_params=dict(manifest.search_params))
-
-
-def _recorded_fingerprints(encoder_dir: Path | None, *configs: dict) -> set[str]:
-    """Text-model fingerprints a trained encoder records (its config, its registry row's config,
-    or the metrics.json the tower trainer writes next to it)."""
-    configs = list(configs)
-    if encoder_dir is not None and (encoder_dir / "metrics.json").is_file():
-        try:
-            configs.append(json.loads((encoder_dir / "metrics.json").read_text()).get("training") or {})
-        except ValueError:
-            pass
-    out = set()
-    for cfg in configs:
-        for key in FINGERPRINT_KEYS:
-            if isinstance(cfg.get(key), str):
-                out.add(cfg[key])
-        emb = cfg.get("embeddings")
-        if isinstance(emb, dict) and isinstance(emb.get("fingerprint"), str):
-            out.add(emb["fingerprint"])
-    return out
-
-
-def _check_fingerprint(recorded: set[str], fingerprint: str, *, where: str) -> None:
-    """A learned tower was trained on one text model's embeddings; the ads must use the same."""
-    for fp in recorded:
-        if fp != fingerprint:
-            raise ArtifactError(
-                f"{where}: the query encoder was trained on text model {fp[:12]}… but the ad "
-                f"embeddings come from {fingerprint[:12]}…; embed with the tower's model (--model)"
-            )
 
 
 def load_version(settings: Settings, name: str, *, engine: Engine | None = None) -> Version:
@@ -275,27 +253,6 @@ def _check_params(params: dict | None) -> None:
             raise AdLensError(f"search param {key} must be a positive integer; got {value!r}")
 
 
-@dataclass
-class _AdSide:
-    """The ads of a build: ids, the per-ad vectors features use (text embeddings, or the imported
-    vectors), the vectors indexed, and what the manifest says about them."""
-
-    ad_ids: np.ndarray
-    item_vectors: np.ndarray
-    embedding: dict
-    metric: str  # cosine (AdLens's own: normalised inner product), ip or l2
-    imported: dict | None = None
-    ad_vectors: np.ndarray | None = None  # set once the query side is known
-
-
-@dataclass
-class _QuerySide:
-    encoder: QueryEncoder
-    tower_dir: Path | None = None
-    tower_info: dict = field(default_factory=dict)
-    description: dict = field(default_factory=dict)
-
-
 def _check_new(settings: Settings, engine: Engine, name: str, parent: str | None) -> None:
     final = settings.versions_dir / name
     with session_scope(engine) as s:
@@ -304,68 +261,6 @@ def _check_new(settings: Settings, engine: Engine, name: str, parent: str | None
         if parent is not None and s.get(IndexVersion, parent) is None:
             have = ", ".join(s.scalars(select(IndexVersion.name)).all()) or "none"
             raise NotFoundError(f"parent version {parent!r} not found; existing: {have}")
-
-
-def _text_ad_side(settings: Settings, catalog: Catalog, progress: bool, text_encoder) -> _AdSide:
-    emb = embed_catalog(settings, catalog, progress=progress, encoder=text_encoder)
-    return _AdSide(emb.ad_ids, emb.vectors, {"model": emb.model, "fingerprint": emb.fingerprint,
-                                             "n_encoded": emb.n_encoded, "n_reused": emb.n_reused}, "cosine")
-
-
-def _imported_ad_side(settings: Settings, catalog: Catalog, name: str, allow_partial: bool) -> _AdSide:
-    """Imported ad vectors restricted to the catalog's ads (refused when partial unless allowed at
-    import or build time)."""
-    vs, ids, vectors = load_ad_vectors(settings, name)
-    cov = coverage(catalog.ads["ad_id"], ids)
-    check_coverage(cov, allow_partial or bool(vs.manifest.get("allow_partial")), f"imported ad vectors {name!r}")
-    keep = np.isin(ids.astype(str), catalog.ads["ad_id"].to_numpy(dtype=str))
-    ids, vectors = ids[keep], vectors[keep]
-    metric = vs.manifest["metric"]
-    sha = vs.manifest["source"]["sha256"]
-    imported = {"name": name, "source": vs.manifest["source"], "metric": metric, "dim": vs.dim,
-                "n_file": vs.manifest["n"], "n_used": int(len(ids)), "coverage": cov}
-    side = _AdSide(ids, vectors, {"model": f"imported:{name}", "fingerprint": sha, "n_encoded": 0,
-                                  "n_reused": int(len(ids))}, metric, imported)
-    side.ad_vectors = l2_normalize(vectors) if metric == "cosine" else vectors
-    return side
-
-
-def _query_side(settings: Settings, engine: Engine, ads: _AdSide, tower: str | None, query: QuerySpec) -> _QuerySide:
-    """The version's query encoder: a tower, an imported one, or the history mean."""
-    if tower and query:
-        raise AdLensError("give either --tower or an imported query side (--query-encoder / --request-vectors)")
-    if tower:
-        if ads.imported:
-            raise AdLensError(f"tower {tower!r} was trained on AdLens's text embeddings and cannot encode for "
-                              f"imported ad vectors {ads.imported['name']!r}; use --query-encoder or --request-vectors")
-        tower_dir, tower_info = resolve_tower(settings, engine, tower)
-        encoder = load_query_encoder(tower_dir)
-        _check_fingerprint(_recorded_fingerprints(tower_dir, encoder.config(), tower_info.get("config", {})),
-                           ads.embedding["fingerprint"], where=f"tower {tower!r}")
-        return _QuerySide(encoder, tower_dir, tower_info, {"source": "tower", "tower": tower})
-    resolved = resolve_query_encoder(settings, query)
-    if resolved is None:
-        return _QuerySide(HistoryMeanEncoder(), description={"source": "history_mean"})
-    encoder, description = resolved
-    return _QuerySide(UnitQueries(encoder) if ads.metric == "cosine" else encoder, description=description)
-
-
-def _check_dims(queries: np.ndarray, ads: _AdSide, side: _QuerySide) -> None:
-    """The query side must produce vectors in the ad vectors' space."""
-    d_ads, d_q = ads.ad_vectors.shape[1], queries.shape[1]
-    if d_q != d_ads:
-        what = side.description.get("source", "query encoder")
-        ad_what = f"imported ad vectors {ads.imported['name']!r}" if ads.imported else f"ad embeddings ({ads.embedding['model']})"
-        raise AdLensError(f"the query side ({what}) gives {d_q}-dimensional vectors but the {ad_what} are "
-                          f"{d_ads}-dimensional; both towers must share one space (check the signature's "
-                          "output dim or the request vectors file)")
-
-
-def _probe_requests(catalog: Catalog) -> pd.DataFrame:
-    """One request to check the query side's dimension even without an impression log."""
-    user = catalog.users["user_id"].iloc[0] if len(catalog.users) else "probe"
-    return pd.DataFrame([{"user_id": user, "community_id": None, "placement": "home_feed", "device": "unknown",
-                          "country": "unknown", "ts": pd.Timestamp.now().floor("s")}])
 
 
 def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray,
@@ -385,7 +280,7 @@ def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray
     return search_params, params_source, recall, kmax
 
 
-def _publish(settings: Settings, ctx: BuildContext, ads: _AdSide, side: _QuerySide, builders: list,
+def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide, builders: list,
              timings: dict, t_start: float) -> Manifest:
     """Write the version into a staging folder, run the artifact builders, checksum, read back
     through the loader, and rename into place; returns the final manifest."""
@@ -455,18 +350,18 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
         raise AdLensError("the catalog has no ads: run `adlens ingest DIR` or `adlens demo` first")
     timings["catalog_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    ads = (_imported_ad_side(settings, catalog, ad_vectors, allow_partial) if ad_vectors
-           else _text_ad_side(settings, catalog, progress, text_encoder))
+    ads = (imported_ad_side(settings, catalog, ad_vectors, allow_partial) if ad_vectors
+           else text_ad_side(settings, catalog, progress, text_encoder))
     timings["embed_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    side = _query_side(settings, engine, ads, tower, query)
+    side = query_side(settings, engine, ads, tower, query)
     if ads.ad_vectors is None:
         ads.ad_vectors = l2_normalize(side.encoder.transform_ads(ads.item_vectors))
     features = FeatureStore(catalog, ads.ad_ids, ads.item_vectors)
     queries, source = _recall_queries(catalog, features, side.encoder, ads.ad_vectors, seed)
-    probe = queries if source == "sampled_requests" else side.encoder.encode_requests(_probe_requests(catalog), features)
-    _check_dims(probe, ads, side)
+    probe = queries if source == "sampled_requests" else side.encoder.encode_requests(probe_requests(catalog), features)
+    check_dims(probe, ads, side)
     timings["encoder_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -489,7 +384,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
         factory=factory, index_kind=str(index.kind), nlist=index.nlist,
         search_params=search_params, search_params_source=params_source,
         n_ads=int(index.ntotal), recall=recall,
-        recall_queries={"source": source, "n": int(len(queries)), "seed": seed, "k": kmax},
+        recall_queries={"source": source, "n": len(queries), "seed": seed, "k": kmax},
         tower_metrics=side.tower_info.get("metrics", {}),
     )
     ctx = BuildContext(settings, name, catalog, ads.ad_ids, ads.item_vectors, ads.ad_vectors, index, side.encoder,

@@ -45,7 +45,7 @@ class RequestVectorsEncoder(QueryEncoder):
         self._ts = _ns(self.rows["ts"])
         self._ctx = {c: self.rows[c].astype(object).where(self.rows[c].notna(), None).to_numpy(dtype=object)
                      for c in CONTEXT_COLUMNS}
-        self._specificity = sum((v != None).astype(np.int64) for v in self._ctx.values())  # noqa: E711
+        self._specificity = sum(np.array([x is not None for x in v], np.int64) for v in self._ctx.values())
         self._by_user = {u: np.asarray(ix, np.int64) for u, ix in self.rows.groupby("user_id", sort=False).indices.items()}
 
     def lookup(self, requests: pd.DataFrame) -> np.ndarray:

@@ -27,7 +27,14 @@ from core.store.artifacts import save_npy, sha256_file
 from core.store.catalog import load_catalog
 from core.store.db import make_engine
 from core.store.settings import Settings
-from core.vectors.store import VectorSet, check_finite, load_set, unchanged, vector_column, write_set
+from core.vectors.store import (
+    VectorSet,
+    check_finite,
+    load_set,
+    unchanged,
+    vector_column,
+    write_set,
+)
 
 METRICS = ("ip", "cosine", "l2")
 IDS_FILE, VECTORS_FILE = "ad_ids.npy", "vectors.npy"

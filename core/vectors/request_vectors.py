@@ -23,7 +23,12 @@ from core.common.errors import AdLensError
 from core.common.names import validate_name
 from core.store.artifacts import save_npy, save_parquet, sha256_file
 from core.store.settings import Settings
-from core.tower.request_encoder import CONTEXT_COLUMNS, ROWS_FILE, VECTORS_FILE, RequestVectorsEncoder
+from core.tower.request_encoder import (
+    CONTEXT_COLUMNS,
+    ROWS_FILE,
+    VECTORS_FILE,
+    RequestVectorsEncoder,
+)
 from core.vectors.store import load_set, unchanged, vector_column, write_set
 
 ALIASES = {"community": "community_id"}
