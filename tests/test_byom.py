@@ -521,6 +521,6 @@ def test_imported_version_health_map_audience_and_dashboard(ws, tmp_path, use_wo
     assert at.title[0].value == "Inspect" and not at.error
     from test_dashboard import _goto
 
-    for page in ("map", "health", "compare"):
+    for page in ("why-not", "map", "health", "compare"):
         at = _goto(at, page).run()
         assert not at.exception and not at.error, (page, [e.value for e in at.exception], [e.value for e in at.error])
