@@ -439,6 +439,48 @@ def test_onnx_signature_mismatches_are_refused(ws, tmp_path, onnx_parts):
     assert {v["name"] for v in list_versions(ws)} == {"base"}
 
 
+def test_onnx_feeds_click_ids_vocab_hash_and_scalar_shapes(ws, tmp_path):
+    """The features an ONNX model receives, checked field by field against the click log."""
+    import torch
+    from torch import nn
+
+    from core.tower.onnx_encoder import OnnxQueryEncoder, _bucket
+
+    class ClickTower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ads = nn.Embedding(N_ADS + 1, DIM)
+            self.place = nn.Embedding(8, DIM)
+
+        def forward(self, clicks, placement, hour):
+            return self.ads(clicks).mean(1) + self.place(placement) + hour
+
+    args = (torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.zeros(2, 1))
+    path = tmp_path / "clicks.onnx"
+    torch.onnx.export(ClickTower().eval(), args, str(path), input_names=["clicks", "placement", "hour"],
+                      output_names=["q"], dynamic_axes={n: {0: "b"} for n in ("clicks", "placement", "hour", "q")},
+                      dynamo=False)
+    sig = {"inputs": {"clicks": {"feature": "click_history_ids", "max_len": 5, "vocab": ad_ids()},
+                      "placement": {"feature": "placement", "hash_buckets": 8},
+                      "hour": {"feature": "hour"}},
+           "output": {"name": "q", "dim": DIM}}
+    enc = OnnxQueryEncoder(path, sig)
+    eng = engine_for(ws, "base")
+    reqs = pd.DataFrame([request(user="u004", placement="community_feed", community="c1").__dict__,
+                         request(user="nobody", ts=NOW - timedelta(hours=7)).__dict__])
+    feeds = enc.feeds(reqs, eng.features)
+    hist = eng.features.click_history("u004", NOW, 5)
+    want = [ad_ids().index(a) + 1 for a in eng.features.ad_ids[hist]]
+    assert 0 < len(want) <= 5, "u004 must have clicks before NOW, or the padding check proves nothing"
+    assert feeds["clicks"].shape == (2, 5) and feeds["clicks"].dtype == np.int64
+    assert feeds["clicks"][0].tolist() == [0] * (5 - len(want)) + want  # left-padded, oldest first
+    assert feeds["clicks"][1].tolist() == [0] * 5  # unknown user: no clicks
+    assert feeds["placement"].tolist() == [_bucket("community_feed", 8), _bucket("home_feed", 8)]
+    assert feeds["hour"].shape == (2, 1) and feeds["hour"].dtype == np.float32
+    assert feeds["hour"][:, 0].tolist() == [NOW.hour, (NOW - timedelta(hours=7)).hour]
+    assert enc.encode_requests(reqs, eng.features).shape == (2, DIM)
+
+
 # ---- an entry-point plugin --------------------------------------------------------------------
 PLUGIN = '''
 import numpy as np
