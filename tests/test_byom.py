@@ -555,9 +555,18 @@ def test_imported_version_health_map_audience_and_dashboard(ws, tmp_path, use_wo
     assert audience(eng, "ad0001", n_users=10).n_users == 10
     assert len(load_layout(v.path).ads) == N_ADS
 
+    users = [f"u{i:03d}" for i in range(30)]
+    rows = [{"user_id": u, "vector": ad_matrix(30)[i]} for i, u in enumerate(users)]  # wildcard rows: always match
+    import_request_vectors(ws, write_requests(tmp_path / "req.parquet", rows), "req")
+    build_version(ws, "prod-req", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="req"), progress=False)
+
     use_workspace(ws.workspace)
     app = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
     at = AppTest.from_file(str(app), default_timeout=120).run()
+    at.selectbox(key="version").set_value("prod-req").run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    shown = " ".join(t.value for t in at.text)
+    assert "query vector: request_vectors: row " in shown and "of the imported file" in shown
     at.selectbox(key="version").set_value("prod-map").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Inspect" and not at.error
