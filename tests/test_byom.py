@@ -111,7 +111,7 @@ def test_imported_64d_ads_through_the_funnel_against_the_oracle(ws, tmp_path):
     trace = eng.run(request())
     q = trace.query
     # the default query side is the history mean of the user's clicked ads' *imported* vectors
-    hist = eng.features.click_history(("u000"), NOW, 50)
+    hist = eng.features.click_histories(["u000"], [NOW], 50)[0]
     expect = x[hist].mean(0)
     np.testing.assert_allclose(q, expect / np.linalg.norm(expect), rtol=1e-5, atol=1e-6)
     exact_scores, exact_pos = exact_search(x, q, 500)[0]
@@ -393,9 +393,9 @@ def test_onnx_tower_end_to_end_inspect_why_not_compare(ws, tmp_path, onnx_parts)
     req = request(user="u003", ts=NOW - timedelta(hours=5))
     trace = eng.run(req)
     # the oracle: the PyTorch model on features computed here by hand
-    hist = eng.features.click_history("u003", req.ts, 20)
+    hist = eng.features.click_histories(["u003"], [req.ts], 20)[0]
     mean = x[hist].mean(0) if len(hist) else np.zeros(DIM, np.float32)
-    country = eng.features.profile("u003")["country"]
+    country = eng.catalog.users.set_index("user_id").loc["u003", "country"]
     with torch.no_grad():
         want = model(torch.tensor([users.index("u003") + 1]), torch.tensor([_bucket(country, 16)]),
                      torch.tensor([req.ts.hour]), torch.from_numpy(mean[None, :].astype(np.float32)))[0].numpy()
@@ -469,7 +469,7 @@ def test_onnx_feeds_click_ids_vocab_hash_and_scalar_shapes(ws, tmp_path):
     reqs = pd.DataFrame([request(user="u004", placement="community_feed", community="c1").__dict__,
                          request(user="nobody", ts=NOW - timedelta(hours=7)).__dict__])
     feeds = enc.feeds(reqs, eng.features)
-    hist = eng.features.click_history("u004", NOW, 5)
+    hist = eng.features.click_histories(["u004"], [NOW], 5)[0]
     want = [ad_ids().index(a) + 1 for a in eng.features.ad_ids[hist]]
     assert 0 < len(want) <= 5, "u004 must have clicks before NOW, or the padding check proves nothing"
     assert feeds["clicks"].shape == (2, 5) and feeds["clicks"].dtype == np.int64

@@ -141,8 +141,13 @@ class OnnxQueryEncoder(QueryEncoder):
             return self._categorical(requests[f].to_numpy(dtype=object), spec, dtype)
         if f in ("country", "age_bucket", "profile_device"):
             key = "device" if f == "profile_device" else f
-            vals = [features.profile(u).get(key) for u in requests["user_id"]]
-            return self._categorical(np.asarray(vals, dtype=object), spec, dtype)
+            users = features.users
+            if not len(users) or key not in users:
+                vals = np.full(len(requests), None, dtype=object)
+            else:  # users without a profile get None (vocab 0, hashed like any missing value)
+                col = users[key].reindex(pd.Index(requests["user_id"].to_numpy(dtype=object)))
+                vals = col.astype(object).where(col.notna(), None).to_numpy(dtype=object)
+            return self._categorical(vals, spec, dtype)
         ts = pd.to_datetime(requests["ts"])
         if f == "hour":
             return ts.dt.hour.to_numpy().astype(dtype)
