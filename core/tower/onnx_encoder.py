@@ -100,6 +100,9 @@ class OnnxQueryEncoder(QueryEncoder):
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.dim = int(self.signature["output"]["dim"])
         self._check_model(where)
+        # vocab lookups built once (a vocab can hold every user or ad id), shared by every request
+        self._vocab = {name: {v: i + 1 for i, v in enumerate(spec["vocab"])}
+                       for name, spec in self.signature["inputs"].items() if "vocab" in spec}
         self.sha256 = sha256_file(self.model_path)
 
     def _check_model(self, where: str) -> None:
@@ -126,19 +129,20 @@ class OnnxQueryEncoder(QueryEncoder):
             raise AdLensError(f"{where}: output {out!r} has dimension {last} but the signature declares {self.dim}")
 
     # ---- features -------------------------------------------------------------------------
-    def _categorical(self, values: np.ndarray, spec: dict, dtype) -> np.ndarray:
+    def _categorical(self, name: str, values: np.ndarray, spec: dict, dtype) -> np.ndarray:
         if dtype is object:
             return np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values],
                             dtype=object)
-        if "vocab" in spec:
-            lookup = {v: i + 1 for i, v in enumerate(spec["vocab"])}
+        if name in self._vocab:
+            lookup = self._vocab[name]
             return np.array([lookup.get(v, 0) for v in values], dtype=dtype)
         return np.array([_bucket(v, spec["hash_buckets"]) for v in values], dtype=dtype)
 
-    def _feature(self, spec: dict, requests: pd.DataFrame, features: FeatureStore, dtype) -> np.ndarray:
+    def _feature(self, name: str, requests: pd.DataFrame, features: FeatureStore, dtype) -> np.ndarray:
+        spec = self.signature["inputs"][name]
         f = spec["feature"]
         if f in ("user_id", "community_id", "placement", "device"):
-            return self._categorical(requests[f].to_numpy(dtype=object), spec, dtype)
+            return self._categorical(name, requests[f].to_numpy(dtype=object), spec, dtype)
         if f in ("country", "age_bucket", "profile_device"):
             key = "device" if f == "profile_device" else f
             users = features.users
@@ -147,7 +151,7 @@ class OnnxQueryEncoder(QueryEncoder):
             else:  # users without a profile get None (vocab 0, hashed like any missing value)
                 col = users[key].reindex(pd.Index(requests["user_id"].to_numpy(dtype=object)))
                 vals = col.astype(object).where(col.notna(), None).to_numpy(dtype=object)
-            return self._categorical(vals, spec, dtype)
+            return self._categorical(name, vals, spec, dtype)
         ts = pd.to_datetime(requests["ts"])
         if f == "hour":
             return ts.dt.hour.to_numpy().astype(dtype)
@@ -168,7 +172,7 @@ class OnnxQueryEncoder(QueryEncoder):
         out = np.full((len(hist), n), pad, dtype=dtype)
         for i, rows in enumerate(hist):
             if len(rows):
-                ids = self._categorical(features.ad_ids[rows], spec, dtype)
+                ids = self._categorical(name, features.ad_ids[rows], spec, dtype)
                 out[i, n - len(ids):] = ids
         return out
 
@@ -177,7 +181,7 @@ class OnnxQueryEncoder(QueryEncoder):
         out = {}
         for name, spec in self.signature["inputs"].items():
             meta = self.inputs[name]
-            x = self._feature(spec, requests, features, _DTYPES[meta.type])
+            x = self._feature(name, requests, features, _DTYPES[meta.type])
             if x.ndim == 1 and len(meta.shape) == 2:
                 x = x[:, None]
             width = meta.shape[-1] if len(meta.shape) == 2 else None
