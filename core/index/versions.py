@@ -365,10 +365,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     timings["encoder_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    try:
-        index = AnnIndex.build(ads.ad_vectors, factory, seed=seed, metric="l2" if ads.metric == "l2" else "ip")
-    except ValueError as exc:
-        raise AdLensError(str(exc)) from exc
+    index = _build_index(ads, factory, seed)
     timings["index_build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -392,6 +389,21 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     ctx.__dict__["features"] = features  # already built: seed the cached property
     builders = list(EXTRA_ARTIFACT_BUILDERS) + ([maps.map_artifact_builder] if with_map else [])
     manifest = _publish(settings, ctx, ads, side, builders, timings, t_start)
+    _register_or_remove(settings, engine, name, manifest)
+    return _load_dir(settings.versions_dir / name, name)
+
+
+def _build_index(ads: AdSide, factory: str, seed: int) -> AnnIndex:
+    """The FAISS index over the ad vectors, with the metric the ads declare (cosine: inner product
+    on normalised vectors)."""
+    try:
+        return AnnIndex.build(ads.ad_vectors, factory, seed=seed, metric="l2" if ads.metric == "l2" else "ip")
+    except ValueError as exc:
+        raise AdLensError(str(exc)) from exc
+
+
+def _register_or_remove(settings: Settings, engine: Engine, name: str, manifest: Manifest) -> None:
+    """Register the published version; if that fails, remove its folder again."""
     final = settings.versions_dir / name
     try:
         _register(engine, name, final, manifest)
@@ -399,7 +411,6 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
         shutil.rmtree(final, ignore_errors=True)
         fsync_dir(settings.versions_dir)
         raise
-    return _load_dir(final, name)
 
 
 def _register(engine: Engine, name: str, path: Path, manifest: Manifest) -> None:
