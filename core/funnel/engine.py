@@ -170,7 +170,8 @@ class FunnelEngine:
         query_source = self.describe_query(request)
         t1 = time.perf_counter()
         t["encode"] = (t1 - t0) * 1e3
-        scores, pos = self.version.search(q, params.k, params.search_params)[0]
+        shard_ms: dict[int, float] = {}
+        scores, pos = self.version.search(q, params.k, params.search_params, stats=shard_ms)[0]
         t2 = time.perf_counter()
         t["retrieve"] = (t2 - t1) * 1e3
         n = len(pos)
@@ -218,6 +219,7 @@ class FunnelEngine:
             "outcome": pd.array(outcome, dtype="str"),
             "blocking_stage": blocking_stages(outcome, rank, params.n_ranked),
             "version_pos": pos,
+            "shard": self.version.shard_of(pos),
         })
         t["assemble"] = (time.perf_counter() - t6) * 1e3
         n_elig = int(eligible.sum())
@@ -232,7 +234,7 @@ class FunnelEngine:
         cal = {"a": self.calibration.a, "b": self.calibration.b, "n": self.calibration.n,
                "positives": self.calibration.positives, "method": self.calibration.method}
         return Trace(request, self.version.name, self.version.checksum, params, frame, counts, t, cal, q,
-                     query_source)
+                     query_source, shard_timings_ms=shard_ms, backend=self.version.backend_name)
 
 
 def open_engine(settings, version_name: str, **kwargs) -> FunnelEngine:

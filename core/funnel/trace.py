@@ -10,7 +10,11 @@ the CLI, the dashboard, why-not and audience read it and never re-implement a st
 - rank_position: 1-based eCPM rank among eligible candidates (<NA> if not eligible);
 - final_position: 1-based slate position (<NA> if not in the slate);
 - outcome: one of OUTCOMES; blocking_stage: the first stage the ad did not pass (None in the
-  slate; core.funnel.reasons.blocking_stages); version_pos: the ad's position in the version.
+  slate; core.funnel.reasons.blocking_stages); version_pos: the ad's position in the version;
+- shard: the index shard that returned the candidate (0 for an unsharded version).
+
+`shard_timings_ms` holds each shard's retrieve time ({shard: ms}; with the ray backend the time
+until that shard's answer arrived) and `backend` the serving backend (local or ray).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 CANDIDATE_COLUMNS: tuple[str, ...] = (
     "ad_id", "advertiser_id", "advertiser_name", "campaign_id", "vertical", "title", "score",
     "ann_rank", "exact_rank", "failed_reasons", "primary_reason", "pctr", "ecpm", "rank_position",
-    "final_position", "outcome", "blocking_stage", "version_pos",
+    "final_position", "outcome", "blocking_stage", "version_pos", "shard",
 )
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outcome.NOT_RETRIEVED)
 """The outcomes a retrieved candidate can have (core.funnel.reasons.Outcome)."""
@@ -64,6 +68,8 @@ class Trace:
     calibration: dict = field(default_factory=dict)
     query: np.ndarray | None = field(default=None, repr=False)  # the request's query vector
     query_source: dict = field(default_factory=dict)  # encoder kind and what it used (e.g. which row)
+    shard_timings_ms: dict[int, float] = field(default_factory=dict)
+    backend: str = "local"
 
     def to_frame(self) -> pd.DataFrame:
         """The candidates frame (a copy: callers may sort or filter it freely)."""
@@ -97,6 +103,8 @@ class Trace:
             "query_source": self.query_source,
             "stage_counts": {str(k): v for k, v in self.stage_counts.items()},
             "stage_timings_ms": self.stage_timings_ms,
+            "retrieve": {"backend": self.backend,
+                         "shard_timings_ms": {str(k): v for k, v in self.shard_timings_ms.items()}},
             "candidates": records,
         })
 

