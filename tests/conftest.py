@@ -15,6 +15,7 @@ from core.store.models import Base
 from core.store.settings import Settings, load_settings
 
 PG_ENV = "ADLENS_TEST_PG_URL"
+RAY_ENV = "ADLENS_TEST_RAY_ADDRESS"
 
 
 @pytest.fixture
@@ -149,3 +150,32 @@ def use_workspace(monkeypatch):
         return path
 
     return use
+
+
+# ---- Ray: a real local cluster in this process, and (CI) a separately started head ---------------
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster started in the test process (shut down at the end of the session)."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    # address="local": a new cluster even when `ray start` left one running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_head_address() -> str:
+    """The address of the head `.ci/run` starts with `ray start --head --node-ip-address=127.0.0.1`."""
+    addr = os.environ.get(RAY_ENV)
+    if not addr:
+        if os.environ.get("CI"):
+            pytest.fail(f"{RAY_ENV} is not set in CI: .ci/run must start a Ray head and export its address")
+        pytest.skip(f"separate Ray head: run `ray start --head --node-ip-address=127.0.0.1 --port=6389` "
+                    f"and set {RAY_ENV}=127.0.0.1:6389 (then `ray stop`)")
+    return addr

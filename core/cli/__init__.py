@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get(ENV_DEBUG))
     try:
         settings = load_settings(workspace=args.workspace, model=getattr(args, "model", None),
-                                 text_backend=getattr(args, "text_backend", None))
+                                 text_backend=getattr(args, "text_backend", None),
+                                 backend=getattr(args, "backend", None))
         code = int(args.func(args, settings) or 0)
         sys.stdout.flush()
         return code

@@ -7,7 +7,7 @@ import argparse
 
 import pandas as pd
 
-from core.cli.output import add_json_flag, positive_int, print_json
+from core.cli.output import add_backend_flag, add_json_flag, positive_int, print_json
 from core.funnel.params import DEFAULT_PARAMS
 from core.store.settings import Settings
 
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=positive_int, default=DEFAULT_PARAMS.k, help=f"candidates retrieved (default {DEFAULT_PARAMS.k})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=positive_int, default=10, help="most-changed requests shown (default 10)")
+    add_backend_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_compare)
 
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=positive_int, default=200, help="sampled real requests (default 200)")
     p.add_argument("--k", type=positive_int, default=100, help="recall@k (default 100)")
     p.add_argument("--seed", type=int, default=0)
+    add_backend_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_health)
 

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from core.cli.output import add_json_flag, fraction, positive_int, print_json
+from core.cli.output import add_backend_flag, add_json_flag, fraction, positive_int, print_json
 from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
 from core.funnel.trace import describe_query_source
@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show", type=positive_int, default=5, help="ad ids shown per reason (default 5)")
     _add_context(p)
     _add_params(p)
+    add_backend_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ad", required=True, help="ad id")
     _add_context(p)
     _add_params(p)
+    add_backend_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_why_not)
 
@@ -65,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--users", type=positive_int, default=200, help="users sampled (default 200)")
     p.add_argument("--seed", type=int, default=0)
     _add_params(p)
+    add_backend_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_audience)
 

@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed the catalog's ad texts (only new or changed ads are encoded)")
     p.add_argument("--model", help="sentence-transformers model name or folder (env ADLENS_MODEL; default: packaged all-MiniLM-L6-v2)")
     _add_text_backend(p)
+    p.add_argument("--ray", action="store_true",
+                   help="encode on a Ray Data actor pool (cluster from ADLENS_RAY_ADDRESS, default auto); "
+                        "results go into the same cache, so an interrupted run resumes")
+    p.add_argument("--actors", type=int, default=2, help="with --ray: encoder actors (default 2)")
     add_json_flag(p)
     p.set_defaults(func=cmd_embed)
 
@@ -47,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="embedding model (as for `adlens embed`)")
     _add_text_backend(p)
     p.add_argument("--seed", type=int, default=0, help="k-means and request-sampling seed")
+    p.add_argument("--shards", type=int, default=1,
+                   help="split the index into N shards sharing one trained quantizer (default 1: unsharded)")
     add_json_flag(p)
     p.set_defaults(func=cmd_build_index)
 
@@ -76,7 +82,12 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     from core.text.embedding_cache import embed_catalog
 
     catalog = load_catalog(make_engine(settings.db_url), with_impressions=False)
-    res = embed_catalog(settings, catalog, progress=not args.json)
+    if args.ray:
+        from core.text.ray_embed import embed_catalog_ray
+
+        res = embed_catalog_ray(settings, catalog, concurrency=args.actors, progress=not args.json)
+    else:
+        res = embed_catalog(settings, catalog, progress=not args.json)
     report = {"model": res.model, "fingerprint": res.fingerprint, "n_ads": len(res.ad_ids),
               "n_encoded": res.n_encoded, "n_reused": res.n_reused,
               "n_texts_encoded": res.n_texts_encoded, "dim": int(res.vectors.shape[1]),
@@ -98,7 +109,8 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     query = QuerySpec(args.query_encoder, args.signature, args.request_vectors, read_encoder_config(args.encoder_config))
     v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
                       parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map,
-                      ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial)
+                      ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
+                      shards=args.shards)
     m = v.manifest
     if args.json:
         print_json(m)
@@ -108,7 +120,9 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
               f"{m.dims['index']}, search params {m.search_params} ({m.search_params_source})\n"
               f"  recall@10 {r['recall@10']:.3f}  @100 {r['recall@100']:.3f}  @500 {r['recall@500']:.3f} "
               f"vs exact on {m.recall_queries['n']} {m.recall_queries['source']}\n"
-              f"  {m.bytes_per_ad:.0f} bytes/ad, built in {m.total_build_s:.1f}s")
+              f"  {m.bytes_per_ad:.0f} bytes/ad, built in {m.total_build_s:.1f}s"
+              + (f"\n  {m['shards']['n']} shards: " + ", ".join(f"{e['count']:,} ads / {e['bytes'] / 2**20:.1f} MiB"
+                                                            for e in m["shards"]["entries"]) if m.get("shards") else ""))
     return 0
 
 

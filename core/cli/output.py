@@ -13,6 +13,14 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def add_backend_flag(p: argparse.ArgumentParser) -> None:
+    """`--backend local|ray` for commands that serve a version (read by core.cli.main into settings)."""
+    p.add_argument("--backend", choices=("local", "ray"), default=None,
+                   help="serve the version in-process (local) or from one Ray actor per shard (ray; "
+                        "cluster from ADLENS_RAY_ADDRESS, default auto). Default: ray if "
+                        "ADLENS_RAY_ADDRESS is set, else local")
+
+
 
 def print_json(obj: Any) -> None:
     print(json.dumps(to_jsonable(obj), indent=2, sort_keys=False))

@@ -6,7 +6,8 @@ the Trace's) and adds what the Trace alone cannot say:
   whether the ANN index returned it and, if not, why: for IVF its inverted list and that list's
   rank among the query's nearest centroids versus nprobe, and the smallest nprobe that retrieves
   it (verified by searching with it); for HNSW the smallest efSearch that does (found by
-  searching with doubling then bisected values); the K exact search would need;
+  searching with doubling then bisected values); the K exact search would need; for a sharded
+  version the shard that holds the ad (its IVF list is the same in every shard: one quantizer);
 - eligibility: every rule's outcome with concrete values (even when the ad was not retrieved);
 - ranking: pCTR, eCPM and its eCPM position versus the top-N cutoff (counterfactual when it was
   not retrieved or not eligible);
@@ -45,6 +46,8 @@ class RetrievalVerdict:
     gap: float | None = None
     ann_returned: bool = False
     ann_rank: int | None = None
+    shard: int | None = None  # the shard holding the ad (sharded versions)
+    n_shards: int = 1
     ivf_list: int | None = None
     list_rank: int | None = None
     nprobe: int | None = None
@@ -95,7 +98,7 @@ def _merged_params(engine: FunnelEngine, params: FunnelParams) -> dict:
 
 
 def _returns(engine: FunnelEngine, q: np.ndarray, k: int, sp: dict, pos: int) -> bool:
-    _, found = engine.version.index.search(q, k, sp)[0]
+    _, found = engine.version.search(q, k, sp)[0]  # through the serving backend
     return bool((found == pos).any())
 
 
@@ -171,6 +174,9 @@ def _retrieval(engine: FunnelEngine, trace: Trace, pos: int, row, params: Funnel
         rv.gap = s - rv.kth_score
     rv.ann_returned = row is not None
     rv.ann_rank = int(row["ann_rank"]) if row is not None else None
+    rv.n_shards = int(getattr(engine.version, "n_shards", 1))
+    if rv.n_shards > 1:
+        rv.shard = int(engine.version.shard_of([pos])[0])
     if kind in ("ivf", "ivfpq"):
         _ivf_counterfactual(engine, trace.query, pos, params, rv)
     elif kind == "hnsw":
@@ -182,6 +188,9 @@ def _retrieval(engine: FunnelEngine, trace: Trace, pos: int, row, params: Funnel
 def _retrieval_detail(rv: RetrievalVerdict) -> str:
     head = f"exact rank {rv.exact_rank} (score {rv.score:.4f}"
     head += f" vs K-th {rv.kth_score:.4f}, gap {rv.gap:+.4f})" if rv.kth_score is not None else ")"
+    if rv.shard is not None:
+        where = f" in IVF list {rv.ivf_list}" if rv.ivf_list is not None else ""
+        head += f"; held by shard {rv.shard} of {rv.n_shards}{where}"
     if rv.ann_returned:
         return f"retrieved at ANN rank {rv.ann_rank} of K={rv.k}; {head}"
     parts = [f"not retrieved; {head}"]

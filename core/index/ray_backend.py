@@ -25,34 +25,11 @@ import numpy as np
 from core.common.errors import AdLensError
 from core.index.ann import Result
 from core.index.shards import ShardEntry, merge_topk
+from core.store.ray_cluster import connect
 
 MAX_RESTARTS = 3
-CONNECT_TIMEOUT_S = 3.0
 CALL_TIMEOUT_S = 120.0
-START_HINT = ("start a local cluster with `ray start --head --node-ip-address=127.0.0.1` and set "
-              "ADLENS_RAY_ADDRESS=auto (or host:port), or drop `--backend ray` to search in-process")
-
-
-def connect(address: str | None = None) -> None:
-    """Join the Ray cluster at `address` unless Ray is already initialised in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or "auto"
-    if address not in ("auto", "local") and not address.startswith("ray://"):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise AdLensError(f"ADLENS_RAY_ADDRESS {address!r} is not `auto` or host:port; {START_HINT}")
-        try:  # fail fast: ray.init would keep retrying an address nobody answers at
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-        except OSError as exc:
-            raise AdLensError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); {START_HINT}") from exc
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise AdLensError(f"cannot join a Ray cluster at {address!r}: {str(exc).splitlines()[0]}; "
-                          f"{START_HINT}") from exc
+RESTART_WAIT_S = 60.0  # a restarted actor reloads (and re-verifies) its shard before answering
 
 
 class ShardServer:
@@ -65,13 +42,22 @@ class ShardServer:
 
         faiss.omp_set_num_threads(max(1, int(threads)))  # N actors share the node's cores
         self.entry = ShardEntry.from_dict(entry)
-        self.index = load_shard(Path(version_dir), self.entry, factory)
+        self.error: AdLensError | None = None
+        try:
+            self.index = load_shard(Path(version_dir), self.entry, factory)
+        except AdLensError as exc:  # reported by every call (a failed constructor reads as a crash)
+            self.error, self.index = exc, None
 
     def search(self, queries: np.ndarray, k: int, params: dict | None) -> list[Result]:
+        if self.error is not None:
+            raise self.error
         return self.index.search(queries, k, params)
 
     def info(self) -> dict:
         import resource
+
+        if self.error is not None:
+            raise self.error
 
         return {"shard": self.entry.shard, "pid": os.getpid(), "node": socket.gethostname(),
                 "ntotal": self.index.ntotal, "index_bytes": self.index.nbytes(),
@@ -85,9 +71,9 @@ class RayBackend:
 
     def __init__(self, version_dir: Path, entries: list[ShardEntry], factory: str, *,
                  address: str | None = None, label: str = "", threads: int = 1):
+        connect(address)  # before importing ray: it may set the auth mode Ray reads at import
         import ray
 
-        connect(address)
         self.entries, self.label = list(entries), label or Path(version_dir).name
         self.starts = [e.start for e in self.entries]
         self.n_shards = len(self.entries)
@@ -97,7 +83,11 @@ class RayBackend:
         self.actors = [actor.remote(str(Path(version_dir).resolve()), e.to_dict(), factory, threads)
                        for e in self.entries]
         # Wait for every actor to load (and verify) its shard, so errors surface now, by shard.
-        self.actor_info = [self._call(i, "info") for i in range(self.n_shards)]
+        try:
+            self.actor_info = [self._call(i, "info") for i in range(self.n_shards)]
+        except BaseException:
+            self.close()
+            raise
 
     def _describe(self, i: int) -> str:
         e = self.entries[i]
@@ -111,6 +101,8 @@ class RayBackend:
         for attempt in (1, 2):
             try:
                 if ref is None or attempt == 2:
+                    if attempt == 2:
+                        self._await_restart(i)
                     ref = getattr(self.actors[i], method).remote(*args)
                 return ray.get(ref, timeout=CALL_TIMEOUT_S)
             except RayTaskError as exc:  # the shard's own code raised: a checksum failure, bad params
@@ -125,6 +117,22 @@ class RayBackend:
         raise AdLensError(f"{self._describe(i)} failed twice ({type(last).__name__}: "
                           f"{str(last).splitlines()[0][:300]}); its actor could not be restarted: check "
                           f"`ray status` and the Ray logs, or serve with `--backend local`") from last
+
+    def _await_restart(self, i: int) -> None:
+        """Wait (up to RESTART_WAIT_S) until actor `i` answers again after Ray restarted it; an
+        actor that died for good returns at once (the retry then reports it)."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actors[i].info.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except (ActorUnavailableError, GetTimeoutError):
+                time.sleep(0.2)
+            except ActorDiedError:
+                return
 
     def search(self, queries, k: int, params: dict | None = None, stats: dict | None = None) -> list[Result]:
         """Fan out to every shard, merge the top-k; `stats` gets each shard's round trip in ms."""

@@ -142,14 +142,21 @@ class EmbedResult:
     n_texts_encoded: int = 0  # distinct texts actually sent to the model
 
 
+EncodeRunner = Callable[[list[str], list[str], "EmbeddingCache", object], np.ndarray]
+"""(keys, texts, cache, encoder) -> vectors aligned with keys, already added to `cache`."""
+
+
 def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True,
                   encoder: AdEncoder | None = None, batch_size: int = 64,
-                  callback: Callable[[float], None] | None = None) -> EmbedResult:
+                  callback: Callable[[float], None] | None = None,
+                  runner: EncodeRunner | None = None) -> EmbedResult:
     """Embed every ad of `catalog` with the configured model, encoding only texts not cached.
 
     `encoder` overrides the model (any object with name, fingerprint, dim and encode(); tests
     pass a fake). Without one the model is loaded only if something must be encoded.
-    `callback(fraction)` reports encoding progress (e.g. to the demo's progress bar)."""
+    `callback(fraction)` reports encoding progress (e.g. to the demo's progress bar).
+    `runner` encodes the missing texts elsewhere (core/text/ray_embed.py: a Ray Data actor pool)
+    and writes them into the cache as it goes, so an interrupted run resumes."""
     t0 = time.perf_counter()
     ads = catalog.ads
     ad_ids = ads["ad_id"].to_numpy(dtype=object)
@@ -180,9 +187,12 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
         for i in missing:
             uniq.setdefault(keys[i], texts[i])
         n_texts = len(uniq)
-        new_vecs = encoder.encode(list(uniq.values()), batch_size=batch_size, progress=progress,
-                                  callback=callback)
-        cache.add(list(uniq), new_vecs, model=model, dim=dim)
+        if runner is not None:
+            new_vecs = runner(list(uniq), list(uniq.values()), cache, encoder)
+        else:
+            new_vecs = encoder.encode(list(uniq.values()), batch_size=batch_size, progress=progress,
+                                      callback=callback)
+            cache.add(list(uniq), new_vecs, model=model, dim=dim)
         new_pos = pd.Index(list(uniq), dtype=object)
     if dim is None:  # empty catalog, empty cache
         dim = encoder.dim if encoder is not None else _load_encoder(settings).dim
