@@ -57,6 +57,20 @@ def test_merge_keeps_the_global_top_k_from_every_shard():
     np.testing.assert_allclose(scores, [0.9, 0.8, 0.7])
 
 
+def test_heap_and_numpy_merges_agree_on_batches():
+    from core.index.shards import HEAP_MIN_QUERIES, _merge_heap
+
+    x, q = _data(nq=HEAP_MIN_QUERIES + 3)
+    sharded = build_shards(x, "Flat", 3)
+    parts = [s.search(q, 80) for s in sharded.shards]
+    heap = _merge_heap(parts, sharded.starts, 80, len(q))
+    small = merge_topk([p[:5] for p in parts], sharded.starts, 80)
+    for a, b in zip(heap[:5], small):
+        np.testing.assert_array_equal(a[1], b[1])
+    for a, e in zip(merge_topk(parts, sharded.starts, 80), exact_search(x, q, 80)):  # the heap path
+        np.testing.assert_array_equal(a[1], e[1])
+
+
 def test_ivf_shards_share_the_quantizer_and_reach_unsharded_recall():
     x, q = _data(n=4000)
     sharded = build_shards(x, "IVF32,Flat", 4, seed=0)

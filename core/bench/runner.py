@@ -68,6 +68,15 @@ def clustered_vectors(n: int, dim: int = DIM, *, seed: int = 0, chunk: int = 100
     """Unit vectors shaped like sentence embeddings of ads: a shared component (anisotropy),
     ~100 topics, fine clusters of ~200 ads with skewed sizes, and per-ad noise. Cosine ≈ 0.67
     inside a fine cluster, ≈ 0.45 inside a topic, ≈ 0.11 across topics."""
+    out = np.empty((n, dim), np.float32)
+    for a, x in clustered_chunks(n, dim, seed=seed, chunk=chunk):
+        out[a:a + len(x)] = x
+    return out
+
+
+def clustered_chunks(n: int, dim: int = DIM, *, seed: int = 0, chunk: int = 100_000):
+    """`clustered_vectors` as (start, rows) chunks in position order, generated lazily (memory
+    bounded by one chunk; the same vectors for the same seed and chunk size)."""
     rng = np.random.default_rng(seed)
 
     def unit(m):
@@ -82,12 +91,10 @@ def clustered_vectors(n: int, dim: int = DIM, *, seed: int = 0, chunk: int = 100
     fine = 0.6 * topics[fine_topic] + 0.5 * unit(n_fine) + 0.35 * common
     weights = rng.lognormal(0.0, 1.0, n_fine)
     assign = rng.choice(n_fine, size=n, p=weights / weights.sum())
-    out = np.empty((n, dim), np.float32)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         x = fine[assign[a:b]] + 0.6 * unit(b - a)
-        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+        yield a, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def synthetic_queries(vectors: np.ndarray, n: int, *, seed: int = 0, noise: float = 0.5) -> np.ndarray:
@@ -266,6 +273,12 @@ def section_funnel(ctx: BenchContext) -> dict:
     return run(ctx)
 
 
+def section_shards(ctx: BenchContext) -> dict:
+    from core.bench.shards import section_shards as run  # may start Ray actors
+
+    return run(ctx)
+
+
 def section_dashboard(ctx: BenchContext) -> dict:
     from core.bench.dashboard import (
         section_dashboard as run,  # starts streamlit and a browser
@@ -280,17 +293,23 @@ BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "ann": section_ann,
     "funnel": section_funnel,
     "dashboard": section_dashboard,
+    "shards": section_shards,
 }
+ON_REQUEST = ("shards",)  # run only when named (or, for shards, when --shards is given)
 
 
 def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = None,
               types: list[str] | None = None, embed: bool = True, sections: list[str] | None = None,
-              seed: int = 0, threads: int | None = None, log: bool = True) -> dict:
-    """Run the requested sections (default: all registered) and return the report.
-    `threads` sets FAISS's OpenMP thread count for this process (a bench-only knob)."""
+              seed: int = 0, threads: int | None = None, log: bool = True, shards: int | None = None,
+              backend: str = "local", nlist: int | None = None, factories: list[str] | None = None) -> dict:
+    """Run the requested sections (default: all registered but `ON_REQUEST`; with `shards`:
+    machine and shards) and return the report. `threads` sets FAISS's OpenMP thread count for
+    this process (a bench-only knob); `shards`, `backend`, `nlist`, `factories` configure the
+    sharded-vs-unsharded section (core/bench/shards.py)."""
     if ads < 1000:
         raise AdLensError(f"--ads must be at least 1000; got {ads}")
-    names = list(sections or BENCH_SECTIONS)
+    default = ["machine", "shards"] if shards else [n for n in BENCH_SECTIONS if n not in ON_REQUEST]
+    names = list(sections or default)
     unknown = [s for s in names if s not in BENCH_SECTIONS]
     if unknown:
         raise AdLensError(f"unknown bench sections {unknown}; known: {', '.join(BENCH_SECTIONS)}")
@@ -305,6 +324,7 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
                        types=tuple(types or ("flat", "ivf", "hnsw", "ivfpq")),
                        log=(lambda m: print(m, file=sys.stderr, flush=True)) if log else (lambda m: None))
     ctx.shared["explicit_types"] = tuple(types or ())
+    ctx.shared.update(shards=shards, backend=backend, nlist=nlist, factories=factories)
     t0 = time.perf_counter()
     for name in names:
         t = time.perf_counter()
@@ -334,6 +354,11 @@ def format_report(report: dict) -> str:
             continue
         if name == "dashboard" and "switches" in sec:
             lines.extend(_format_dashboard(sec))
+            continue
+        if name == "shards":
+            from core.bench.shards import format_section
+
+            lines.extend(format_section(sec))
             continue
         for k, v in sec.items():
             if k == "rows":

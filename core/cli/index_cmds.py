@@ -68,10 +68,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="index families (default: all; hnsw skipped above 300k ads unless named)")
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-throughput section")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
-                   help="run only these report sections: machine, embedding, ann, funnel, dashboard")
+                   help="run only these report sections: machine, embedding, ann, funnel, dashboard, shards")
     p.add_argument("--threads", type=positive_int,
                    help="FAISS/OpenMP threads for this run (default: untouched, all cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shards", type=positive_int,
+                   help="also measure an S-shard index side by side with the unsharded one (section shards)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="with --shards: serve the shards in-process (local) or from Ray actors (ray)")
+    p.add_argument("--nlist", type=positive_int, help="with --shards: IVF list count (default ~4*sqrt(ads))")
+    p.add_argument("--factories", nargs="+", metavar="FACTORY",
+                   help='with --shards: FAISS factory strings (default IVF{nlist},Flat and IVF{nlist},PQ48,Refine(SQ8))')
     add_json_flag(p)
     p.set_defaults(func=cmd_bench)
 
@@ -157,7 +164,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     report = run_bench(settings, ads=args.ads, queries=args.queries, types=args.types,
                        embed=not args.no_embed, sections=args.sections, seed=args.seed,
-                       threads=args.threads, log=not args.json)
+                       threads=args.threads, log=not args.json, shards=args.shards, backend=args.backend,
+                       nlist=args.nlist, factories=args.factories)
     if args.json:
         print_json(report)
     else:

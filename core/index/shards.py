@@ -20,7 +20,8 @@ both backends serve sharded and unsharded versions alike.
 
 `ShardedIndex` has `AnnIndex`'s interface (kind, dim, ntotal, nlist, search, list_assignments,
 coarse_ranking, nbytes), so health and why-not work on sharded versions unchanged; its `search`
-is the `local` backend: every shard in-process, top-k merged with `faiss.ResultHeap`.
+is the `local` backend: every shard in-process, top-k merged (`merge_topk`: `faiss.ResultHeap`
+for batches, numpy for single requests).
 """
 
 from __future__ import annotations
@@ -139,10 +140,29 @@ def load_shard(version_dir: Path, entry: ShardEntry, factory: str, *, verify: bo
     return shard
 
 
+HEAP_MIN_QUERIES = 32
+"""Batches of at least this many queries merge in `faiss.ResultHeap` (parallel over queries);
+smaller ones in numpy: the heap's OpenMP regions cost 10-100 ms of thread wake-ups per call on
+a busy machine (measured: 1.4 ms with one thread, 17-107 ms with two on a loaded 2-core box),
+which would dominate a single request's retrieve time."""
+
+
 def merge_topk(parts: list[list[Result]], starts: list[int], k: int) -> list[Result]:
-    """Merge per-shard results (local ids) into global top-`k` per query with `faiss.ResultHeap`
-    (largest inner product first); ties keep the lower global position."""
+    """Merge per-shard results (local ids) into the global top-`k` per query (largest inner
+    product first; ties keep the lower global position)."""
     nq = len(parts[0]) if parts else 0
+    if nq >= HEAP_MIN_QUERIES:
+        return _merge_heap(parts, starts, k, nq)
+    out = []
+    for qi in range(nq):
+        d = np.concatenate([res[qi][0] for res in parts]).astype(np.float32, copy=False)
+        i = np.concatenate([res[qi][1] + start for res, start in zip(parts, starts)]).astype(np.int64, copy=False)
+        order = np.lexsort((i, -d))[:k]
+        out.append((d[order], i[order]))
+    return out
+
+
+def _merge_heap(parts: list[list[Result]], starts: list[int], k: int, nq: int) -> list[Result]:
     heap = faiss.ResultHeap(nq, k, keep_max=True)
     for res, start in zip(parts, starts):
         width = max((len(p) for _, p in res), default=0)
