@@ -7,7 +7,7 @@ synthetic catalog of `core.bench.runner`:
 - search params: the cheapest on `param_ladder` reaching recall@500 >= 0.95 on the unsharded
   index (the shards probe the same lists, so they get the same params);
 - single-query p50/p99 (ms) unsharded in-process and sharded through the chosen backend, each
-  shard's mean time, recall@500 against the exact oracle, bytes per ad, bytes per shard, and
+  shard's p50 time, recall@500 against the exact oracle, bytes per ad, bytes per shard, and
   with the Ray backend each shard actor's peak RSS;
 - speed-up of each over exact search (single query, numpy, in-process).
 
@@ -57,15 +57,15 @@ def _rss_mb() -> float:
 
 
 def _latency(search, q: np.ndarray, params: dict, n_shards: int) -> dict:
-    lat, per_shard = [], np.zeros(n_shards)
+    lat, per_shard = [], []
     for row in q:
         stats: dict = {}
         t = time.perf_counter_ns()
         search(row, K, params, stats)
         lat.append((time.perf_counter_ns() - t) / 1e6)
-        per_shard += np.array([stats.get(i, np.nan) for i in range(n_shards)])
+        per_shard.append([stats.get(i, np.nan) for i in range(n_shards)])
     return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "shard_mean_ms": (per_shard / max(len(q), 1)).round(3).tolist()}
+            "shard_p50_ms": np.median(np.asarray(per_shard), axis=0).round(3).tolist()}
 
 
 def _serve(sharded, backend: str, factory: str, ctx, tmp: Path):
@@ -222,12 +222,12 @@ def format_section(sec: dict) -> list[str]:
     lines = [f"  {sec['n_ads']:,} ads x {sec['dim']}, {sec['n_queries']} queries, K={sec['k']}, exact single-query "
              f"p50 {exact}{', vectors streamed in chunks' if sec['streamed'] else ''}",
              f"  {'factory':<32} {'layout':<26} {'params':<22} {'build_s':>8} {'B/ad':>6} {'p50ms':>7} {'p99ms':>7} "
-             f"{'r@500':>6} {'x exact':>7}  per shard (MB; mean ms)"]
+             f"{'r@500':>6} {'x exact':>7}  per shard (MB; p50 ms)"]
     for r in sec["rows"]:
         p = ",".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
         sp = f"{r['speedup_vs_exact_p50']:7.0f}" if r.get("speedup_vs_exact_p50") else f"{'-':>7}"
         shard = "; ".join(f"{mb:.0f}" for mb in r["shard_mb"]) + " MB; " + \
-            "/".join(f"{ms:.2f}" for ms in r["shard_mean_ms"]) + " ms"
+            "/".join(f"{ms:.2f}" for ms in r["shard_p50_ms"]) + " ms p50"
         if r.get("shard_actor_peak_rss_mb"):
             shard += "; actor RSS " + "/".join(f"{v:.0f}" for v in r["shard_actor_peak_rss_mb"]) + " MB"
         if r.get("build_peak_rss_mb"):
