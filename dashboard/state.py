@@ -250,6 +250,19 @@ def map_data(name: str) -> MapData | None:
 
 
 @st.cache_resource(show_spinner=False)
+def _map_codes(name: str, checksum: str, url: str, stamp: str, field: str, max_labels: int):
+    from dashboard.density_map import label_codes
+
+    return label_codes(_map_data(name, checksum, url, stamp).ads[field], max_labels)
+
+
+def map_codes(name: str, field: str, max_labels: int) -> tuple[np.ndarray, list[str]]:
+    """(label code per map row, labels) of `field` for the aggregated map (computed once per version)."""
+    s = settings()
+    return _map_codes(name, checksum(name), s.db_url, data_stamp(s.db_url), field, max_labels)
+
+
+@st.cache_resource(show_spinner=False)
 def _placer(name: str, checksum: str, url: str, stamp: str):
     from core.index.maps import MapPlacer, load_layout
 

@@ -1,5 +1,7 @@
 """Embedding map: the version's precomputed UMAP layout, coloured by a field or by the current
-request's funnel outcome, with the query point, clicked ads and candidates highlighted."""
+request's funnel outcome, with the query point, clicked ads and candidates highlighted. Above
+AGGREGATE_ABOVE ads the layout is binned on the server (dashboard/density_map.py): a density
+layer, a bounded sample of the view, and the request's points; box-select zooms and re-bins."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.common.errors import AdLensError
-from dashboard import state
+from core.index.map_density import AGGREGATE_ABOVE, MAX_BROWSER_POINTS
+from dashboard import density_map, state
 from dashboard.charts import OUTCOME_COLORS, plain
 
 # 48 distinct colours, so up to MAX_LEGEND groups (the demo has 36 verticals) never share one.
@@ -61,6 +64,9 @@ def render() -> None:
                          cand["outcome"].astype(str))
         outcome = ads["ad_id"].map(pd.Series(label, index=cand["ad_id"].to_numpy())).fillna("not retrieved")
 
+    if len(ads) > AGGREGATE_ABOVE:
+        _render_aggregated(md, version, field, color_by, trace, show_request, outcome)
+        return
     fig = go.Figure()
     if field == "outcome":
         groups = _groups(outcome)
@@ -104,27 +110,81 @@ def render() -> None:
         st.dataframe(sel, hide_index=True, key="map_selected")
 
 
-def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outlined_candidates: bool) -> None:
-    """The request on top of the map: its retrieved candidates and slate (unless the map is
-    already coloured by outcome), the user's clicked ads and the query vector's placement."""
+def _render_aggregated(md: state.MapData, version: str, field: str, color_by: str, trace, show_request: bool,
+                       outcome: pd.Series | None) -> None:
+    """Large versions: density + viewport sample + the request's points, never more than
+    MAX_BROWSER_POINTS points. The viewport lives in session state per version."""
+    key = f"map_viewport:{version}"
+    if st.button("Reset zoom", key="map_reset"):
+        st.session_state.pop(key, None)
+    viewport = st.session_state.get(key)
+    density_field = field if field != "outcome" else "vertical"  # outcomes are drawn as the request's points
+    codes, labels = state.map_codes(version, density_field, MAX_LEGEND)
+    layers = []
+    if trace is not None and field == "outcome":  # the candidates themselves, coloured by outcome
+        retrieved = outcome[outcome != "not retrieved"]
+        for i, (g, rows) in enumerate(sorted(_groups(retrieved).items())):
+            color = PALETTE[i % len(PALETTE)] if g.startswith("filtered") else OUTCOME_COLORS.get(g, "#7f7f7f")
+            layers.append((g, retrieved.index.to_numpy()[rows], dict(size=7, color=color, opacity=0.9)))
+    if trace is not None and show_request:
+        layers += _request_layer_specs(md, trace, outlined_candidates=field != "outcome")
+    room, bounded = MAX_BROWSER_POINTS - 1, []  # 1: the query point
+    for name, idx, marker in layers:
+        if len(idx[:room]):
+            bounded.append((name, idx[:room], marker))
+        room -= len(idx[:room])
+    layers = bounded
+    n_req = sum(len(idx) for _, idx, _ in layers) + 1
+    fig, d = density_map.density_figure(md, codes, labels, density_field, viewport, n_req)
+    for name, idx, marker in layers:
+        fig.add_trace(_points(md, idx, name, **marker).update(legendrank=1))
+    if trace is not None and (show_request or field == "outcome"):
+        _query_point(fig, version, trace)
+    fig.update_layout(height=680, margin=dict(l=0, r=0, t=10, b=0), dragmode="select",
+                      uirevision=f"{version}:{d.viewport}", legend=dict(itemsizing="constant"),
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    event = st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode=("box", "points"))
+    st.caption(density_map.caption(d, density_field, n_req))
+    box = density_map.box_of(event.selection if event is not None else None)
+    if box is not None and box != st.session_state.get(key):
+        st.session_state[key] = box
+        st.rerun()
+
+
+def _request_layer_specs(md: state.MapData, trace, outlined_candidates: bool) -> list[tuple[str, np.ndarray, dict]]:
+    """(name, map rows, marker) of the request's layers, at most MAX_BROWSER_POINTS points in all."""
+    cand = trace.candidates
+    specs = []
     if outlined_candidates:
-        cand = trace.candidates
-        layers = [("retrieved candidates", cand["ad_id"],
+        specs += [("retrieved candidates", cand["ad_id"],
                    dict(size=9, color="rgba(0,0,0,0)", line=dict(width=1, color="rgba(0,0,0,0.55)"))),
                   ("slate", cand.loc[cand["outcome"] == "slate", "ad_id"],
                    dict(size=12, color=OUTCOME_COLORS["slate"], symbol="diamond", line=dict(width=1, color="#000")))]
-    else:
-        layers = []
-    layers.append(("user's clicked ads", state.user_clicked_ads(trace.request.user_id),
-                   dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#000000"))))
-    for name, ids, marker in layers:
+    specs.append(("user's clicked ads", state.user_clicked_ads(trace.request.user_id),
+                  dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#000000"))))
+    out, room = [], MAX_BROWSER_POINTS - 1
+    for name, ids, marker in specs:
         idx = md.rows.get_indexer(ids)
-        idx = idx[idx >= 0]
-        if len(idx):  # legendrank: the request's layers head a legend that may scroll
-            fig.add_trace(_points(md, idx, name, **marker).update(legendrank=1))
+        idx = idx[idx >= 0][:room]
+        room -= len(idx)
+        if len(idx):
+            out.append((name, idx, marker))
+    return out
+
+
+def _query_point(fig: go.Figure, version: str, trace) -> None:
     placer = state.map_placer(version)
     q = placer.place(trace.query[None, :])[0] if placer is not None else None
     if q is not None and not np.isnan(q).any():
         fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)", legendrank=1,
                                    marker=dict(size=18, color="#FF4500", symbol="star",
                                                line=dict(width=1, color="#000"))))
+
+
+def _request_layers(fig: go.Figure, md: state.MapData, version: str, trace, outlined_candidates: bool) -> None:
+    """The request on top of the map: its retrieved candidates and slate (unless the map is
+    already coloured by outcome), the user's clicked ads and the query vector's placement."""
+    for name, idx, marker in _request_layer_specs(md, trace, outlined_candidates):
+        # legendrank: the request's layers head a legend that may scroll
+        fig.add_trace(_points(md, idx, name, **marker).update(legendrank=1))
+    _query_point(fig, version, trace)
