@@ -25,6 +25,7 @@ def render_request_controls() -> None:
         state.reset_context()
     with st.sidebar:
         st.selectbox("Index version", names, key="version", help="`adlens versions` lists them")
+        st.caption(state.serving(ss["version"]))
         st.selectbox("User", users, key="user", on_change=state.reset_context,
                      help="Type to search by id. Changing the user resets the context to their usual one.")
         prof = user_summary(cat, ss["user"])

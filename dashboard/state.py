@@ -72,6 +72,16 @@ def version_names() -> list[str]:
     return [v["name"] for v in versions()]
 
 
+def serving(name: str) -> str:
+    """One line saying which backend serves version `name` and over how many shards."""
+    s = settings()
+    n = next((v.get("shards") or 1 for v in versions() if v["name"] == name), 1)
+    shards = f"{n} shards" if n > 1 else "1 index (unsharded)"
+    if s.backend == "ray":
+        return f"Served by Ray ({s.ray_address or 'auto'}), one actor per shard: {shards}"
+    return f"Served in-process (local backend): {shards}"
+
+
 def checksum(name: str) -> str:
     return sha256_file(settings().versions_dir / name / "manifest.json")
 

@@ -169,3 +169,32 @@ def test_trace_records_shards_and_why_not_names_the_ad_shard(sharded_ws):
 def test_sharded_index_is_what_a_sharded_version_loads(sharded_ws):
     v = load_version(sharded_ws, "ivf3")
     assert isinstance(v.index, ShardedIndex) and v.index.kind == "ivf" and v.index.nlist == 8
+
+
+def test_health_reports_shard_sizes_balance_latency_and_share(sharded_ws):
+    from core.analysis.health import health
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+
+    v = load_version(sharded_ws, "ivf3")
+    rep = health(v, load_catalog(make_engine(sharded_ws.db_url)), n_requests=20, k=50)
+    sh = rep.shards
+    assert sh["backend"] == "local" and sh["n"] == 3 and sh["balance"] == pytest.approx(1.0)
+    assert [r["ads"] for r in sh["rows"]] == [100, 100, 100]
+    assert all(r["p50_ms"] >= 0 for r in sh["rows"])
+    assert sum(r["result_share"] for r in sh["rows"]) == pytest.approx(1.0)
+    assert rep.to_dict()["shards"]["n"] == 3
+
+
+def test_cli_builds_a_sharded_version_and_reports_its_shards(sharded_ws, capsys):
+    from core.cli import main
+
+    ws = str(sharded_ws.workspace)
+    assert main(["--workspace", ws, "build-index", "--name", "cli-sh", "--factory", "Flat", "--shards", "0",
+                 "--no-map"]) == 2
+    assert "--shards must be a positive integer" in capsys.readouterr().err
+    assert main(["--workspace", ws, "health", "--version", "ivf3", "--requests", "20", "--k", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "shards: 3 (local backend), balance (largest/mean) 1.00" in out and "shard 2: 100 ads" in out
+    assert main(["--workspace", ws, "why-not", "--version", "ivf3", "--user", "u000", "--ad", "ad0250"]) == 0
+    assert "held by shard 2 of 3 in IVF list" in capsys.readouterr().out

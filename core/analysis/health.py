@@ -1,4 +1,5 @@
-"""Index health for one version: recall-vs-effort curve, IVF list balance, dead ads, hub ads.
+"""Index health for one version: recall-vs-effort curve, IVF list balance, dead ads, hub ads,
+and for the serving backend its shards (sizes, balance, per-shard latency, share of results).
 
 Everything is measured against the exact-search oracle on a seeded sample of real requests.
 """
@@ -36,6 +37,7 @@ class HealthReport:
     hub_ads: pd.DataFrame  # ad_id, vertical, title, share, expected_share
     tower_metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
+    shards: dict | None = None  # backend, per-shard sizes, bytes, latency, share of results; balance
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +46,7 @@ class HealthReport:
             "dead_ads": {"count": len(self.dead_ads), "by_vertical": self.dead_by_vertical.to_dict("records"),
                          "examples": self.dead_ads.head(50).to_dict("records")},
             "hub_ads": self.hub_ads.to_dict("records"), "tower_metrics": self.tower_metrics,
+            "shards": self.shards,
             "seconds": round(self.seconds, 3),
         }
 
@@ -160,6 +163,35 @@ def dead_and_hub_ads(version, catalog: Catalog, queries: np.ndarray, approx: lis
     return dead_df, by_vertical, hub_df
 
 
+def shard_stats(version, queries: np.ndarray, k: int, approx: list) -> dict:
+    """Shard sizes and bytes (manifest), balance (largest / mean size), each shard's latency
+    through the serving backend (p50/p99 over single-query searches) and its share of the
+    top-k results (an uneven share means some shards answer most requests)."""
+    from core.index.backends import shard_entries
+
+    entries = shard_entries(version.manifest)
+    sizes = np.array([e.count for e in entries], np.float64)
+    times = []
+    for q in queries:
+        stats: dict = {}
+        version.search(q, k, stats=stats)
+        times.append([stats.get(i, np.nan) for i in range(len(entries))])
+    times = np.asarray(times, np.float64).reshape(len(queries), len(entries))
+    hits = np.zeros(len(entries))
+    for _, pos in approx:
+        hits += np.bincount(version.shard_of(pos), minlength=len(entries))[:len(entries)]
+    share = hits / max(hits.sum(), 1)
+    has_times = len(queries) > 0
+    return {
+        "backend": version.backend_name, "n": len(entries),
+        "balance": float(sizes.max() / max(sizes.mean(), 1)),
+        "rows": [{"shard": e.shard, "ads": e.count, "bytes": e.bytes, "file": e.file,
+                  "p50_ms": float(np.nanpercentile(times[:, i], 50)) if has_times else None,
+                  "p99_ms": float(np.nanpercentile(times[:, i], 99)) if has_times else None,
+                  "result_share": float(share[i])} for i, e in enumerate(entries)],
+    }
+
+
 def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, seed: int = 0,
            progress: Progress | None = None) -> HealthReport:
     """The full health report for `version` (see module docstring); `progress(fraction, step)`
@@ -181,10 +213,12 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
     step(0.9, "Dead and hub ads")
     approx = version.search(q, k) if len(q) else []
     dead, dead_by_vertical, hubs = dead_and_hub_ads(version, catalog, q, approx, exact, k)
+    step(0.95, "Shard latency through the serving backend")
+    shards = shard_stats(version, q[:50], k, approx)
     step(1.0, "Done")
     return HealthReport(
         version=version.name, kind=version.index.kind, k=k, n_requests=len(q), curve=curve,
         ivf_lists=ivf_list_stats(version.index), dead_ads=dead, dead_by_vertical=dead_by_vertical,
         hub_ads=hubs, tower_metrics=version.manifest.tower_metrics,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, shards=shards,
     )

@@ -115,6 +115,13 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nIVF lists: nlist {L['nlist']}, imbalance factor {L['imbalance_factor']:.2f}, "
               f"empty {L['empty_lists']}, sizes min/mean/max {L['min_size']}/{L['mean_size']:.1f}/{L['max_size']}")
         print("  largest: " + ", ".join(f"#{x['list']}={x['size']}" for x in L["largest"][:5]))
+    if rep.shards:
+        sh = rep.shards
+        print(f"\nshards: {sh['n']} ({sh['backend']} backend), balance (largest/mean) {sh['balance']:.2f}")
+        for r in sh["rows"]:
+            lat = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms" if r["p50_ms"] is not None else "-"
+            print(f"  shard {r['shard']}: {r['ads']:,} ads, {r['bytes'] / 2**20:.1f} MiB, {lat}, "
+                  f"{r['result_share']:.0%} of results")
     print(f"\ndead ads (never retrieved for any sampled request): {len(rep.dead_ads)}")
     if len(rep.dead_ads):
         print(rep.dead_ads["reason"].value_counts().to_string())

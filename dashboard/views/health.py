@@ -49,6 +49,19 @@ def _tower(m: Manifest) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="tower_segments")
 
 
+def _shards(sh: dict) -> None:
+    st.subheader(f"Shards: {sh['n']} served by the {sh['backend']} backend")
+    rows = pd.DataFrame(sh["rows"])
+    cols = st.columns(3)
+    cols[0].metric("Balance (largest / mean shard)", f"{sh['balance']:.2f}")
+    if rows["p50_ms"].notna().any():
+        cols[1].metric("Slowest shard p50", f"{rows['p50_ms'].max():.2f} ms")
+    cols[2].metric("Index bytes", f"{rows['bytes'].sum() / 2**20:,.1f} MiB")
+    st.caption("Per-shard latency is measured through the serving backend (with Ray: until that shard's "
+               "answer arrived); result share = the shard's part of the sampled requests' top-k.")
+    st.dataframe(rows, hide_index=True, key="shard_table")
+
+
 def render() -> None:
     st.title("Index health")
     names = state.version_names()
@@ -99,6 +112,9 @@ def render() -> None:
         fig.update_layout(height=260, xaxis_title="list size (ads)", yaxis_title="lists",
                           margin=dict(l=10, r=10, t=10, b=10))
         st.plotly_chart(fig, key="ivf_hist")
+
+    if rep.shards:
+        _shards(rep.shards)
 
     c1, c2 = st.columns(2)
     with c1:
