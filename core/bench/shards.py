@@ -29,8 +29,21 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from core.bench.runner import DIM, K, TARGET_RECALL, clustered_chunks, synthetic_queries
-from core.index.ann import AnnIndex, exact_search, recall_at, suggest_nlist, train_empty, tune_search_params
+from core.bench.synthetic import (
+    DIM,
+    TARGET_RECALL,
+    K,
+    clustered_chunks,
+    synthetic_queries,
+)
+from core.index.ann import (
+    AnnIndex,
+    exact_search,
+    recall_at,
+    suggest_nlist,
+    train_empty,
+    tune_search_params,
+)
 from core.index.backends import LocalBackend
 from core.index.shards import build_shards_streaming, save_shards, shard_ranges
 
@@ -130,7 +143,8 @@ def section_shards(ctx) -> dict:
                 params, _ = tune_search_params(whole, q, truth, k=K, target=TARGET_RECALL)
                 m = _latency(LocalBackend(whole).search, q, params, 1)
                 rows.append({"factory": factory, "layout": "unsharded (1 process)", "shards": 1, "params": params,
-                             "build_s": build_s, "bytes_per_ad": whole.nbytes() / n, "shard_mb": [whole.nbytes() / 2**20],
+                             "build_s": build_s, "bytes_per_ad": whole.nbytes() / n,
+                             "shard_mb": [whole.nbytes() / 2**20],
                              **m, f"recall@{K}": recall_at(whole.search(q, K, params), truth, K)})
                 ctx.log(f"  unsharded: p50 {m['p50_ms']:.2f} ms, recall@500 {rows[-1][f'recall@{K}']:.3f}")
                 del whole
@@ -176,7 +190,8 @@ def _targets(rows: list[dict], n: int, backend: str) -> dict:
                       "speedup_vs_exact": sh["speedup_vs_exact_p50"],
                       "holds_200x": bool((sh["speedup_vs_exact_p50"] or 0) >= TARGET_SPEEDUP)}
         elif sh:
-            out[f] = {"sharded_recall": sh[f"recall@{K}"], "holds_recall_0.9": bool(sh[f"recall@{K}"] >= TARGET_RECALL_10M)}
+            out[f] = {"sharded_recall": sh[f"recall@{K}"],
+                      "holds_recall_0.9": bool(sh[f"recall@{K}"] >= TARGET_RECALL_10M)}
     return out
 
 
@@ -201,11 +216,13 @@ def _stream_build(template, factory: str, ranges, n: int, q: np.ndarray, ctx):
         t = time.perf_counter()
         for a, x in clustered_chunks(n, DIM, seed=ctx.seed, chunk=CHUNK):
             scores = q @ x.T
-            top = np.argpartition(-scores, K - 1, axis=1)[:, :K] if x.shape[0] > K else np.tile(np.arange(len(x)), (len(q), 1))
+            top = (np.argpartition(-scores, K - 1, axis=1)[:, :K] if x.shape[0] > K
+                   else np.tile(np.arange(len(x)), (len(q), 1)))
             heap.add_result(np.take_along_axis(scores, top, 1).astype(np.float32), (top + a).astype(np.int64))
             yield a, x
             if (a // CHUNK) % 8 == 7:
-                ctx.log(f"  streamed {a + len(x):,}/{n:,} in {time.perf_counter() - t:.0f}s, peak RSS {_rss_mb():.0f} MB")
+                ctx.log(f"  streamed {a + len(x):,}/{n:,} in {time.perf_counter() - t:.0f}s, "
+                        f"peak RSS {_rss_mb():.0f} MB")
 
     sharded = build_shards_streaming(template, factory, ranges, chunks())
     heap.finalize()
