@@ -106,6 +106,9 @@ def render() -> None:
         t = trace.stage_timings_ms
         # Text, not a chart: one Plotly figure fewer to redraw on every user switch.
         st.text("   ".join(f"{stage} {ms:.2f}" for stage, ms in t.items()))
+        if len(trace.shard_timings_ms) > 1:  # sharded: where the retrieve time went
+            st.text(f"retrieve by shard ({trace.backend} backend): "
+                    + "   ".join(f"shard {i} {ms:.2f}" for i, ms in sorted(trace.shard_timings_ms.items())))
         cal = trace.calibration if isinstance(trace.calibration, dict) else {"value": trace.calibration}
         st.caption("pCTR calibration: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in cal.items()))
