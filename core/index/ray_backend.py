@@ -58,7 +58,6 @@ class ShardServer:
 
         if self.error is not None:
             raise self.error
-
         return {"shard": self.entry.shard, "pid": os.getpid(), "node": socket.gethostname(),
                 "ntotal": self.index.ntotal, "index_bytes": self.index.nbytes(),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -136,9 +135,9 @@ class RayBackend:
 
     def search(self, queries, k: int, params: dict | None = None, stats: dict | None = None) -> list[Result]:
         """Fan out to every shard, merge the top-k; `stats` gets each shard's round trip in ms."""
-        q = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, np.float32)))
         import ray
 
+        q = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, np.float32)))
         t0 = time.perf_counter()
         refs = [a.search.remote(q, k, params) for a in self.actors]
         pending = dict(zip(refs, range(len(refs))))
