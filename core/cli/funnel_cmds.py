@@ -8,7 +8,13 @@ import sys
 
 import pandas as pd
 
-from core.cli.output import add_backend_flag, add_json_flag, fraction, positive_int, print_json
+from core.cli.output import (
+    add_backend_flag,
+    add_json_flag,
+    fraction,
+    positive_int,
+    print_json,
+)
 from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
 from core.funnel.trace import describe_query_source

@@ -121,7 +121,11 @@ class RayBackend:
         """Wait (up to RESTART_WAIT_S) until actor `i` answers again after Ray restarted it; an
         actor that died for good returns at once (the retry then reports it)."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+        from ray.exceptions import (
+            ActorDiedError,
+            ActorUnavailableError,
+            GetTimeoutError,
+        )
 
         deadline = time.monotonic() + RESTART_WAIT_S
         while time.monotonic() < deadline:

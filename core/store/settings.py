@@ -60,8 +60,6 @@ class Settings:
         return self.workspace / "demo_data"
 
 
-    def with_backend(self, backend: str | None) -> "Settings":
-        return replace(self, backend=_check_backend(backend)) if backend else self
 
 
 def _check_backend(backend: str) -> str:
