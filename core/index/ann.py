@@ -184,10 +184,6 @@ def train_empty(train: np.ndarray, factory: str, *, n_total: int | None = None, 
     return index
 
 
-class AnnIndex:
-    """One small interface over a FAISS index (inner product on L2-normalised vectors).
-
-
 def similarity(vectors: np.ndarray, queries: np.ndarray, metric: str = "ip") -> np.ndarray:
     """(n_queries, n_vectors) scores, higher is better: inner product, or for "l2" the negative
     squared Euclidean distance (what `AnnIndex.search` returns for the same pair)."""

@@ -51,7 +51,6 @@ from core.index import maps
 from core.index.ann import AnnIndex, exact_search, recall_at, tune_search_params
 from core.index.backends import LocalBackend, SearchBackend, open_backend, shard_entries
 from core.index.manifest import Manifest
-from core.index.shards import ShardedIndex, build_shards, save_shards
 from core.index.parts import (
     AdSide,
     QuerySide,
@@ -63,6 +62,7 @@ from core.index.parts import (
     recorded_fingerprints,
     text_ad_side,
 )
+from core.index.shards import ShardedIndex, build_shards, save_shards
 from core.store.artifacts import (
     atomic_write_json,
     fsync_dir,

@@ -35,13 +35,13 @@ from core.store.artifacts import (
 )
 from core.store.catalog import Catalog
 from core.store.settings import Settings
-from core.text.onnx_backend import backend_fingerprint
 from core.text.embeddings import (
     AdEncoder,
     compose_ad_text,
     model_fingerprint,
     text_hash,
 )
+from core.text.onnx_backend import backend_fingerprint
 
 KEY_COLUMN = "text_sha256"
 MAX_SHARDS = 8
