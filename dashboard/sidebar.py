@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.analysis.links import HOME
 from core.analysis.profiles import user_summary
+from core.common.escape import md
 from core.data.vocab import UNKNOWN, Device, Placement, values
 from core.funnel.params import DEFAULT_PARAMS, EXACT_RANKS_AUTO_MAX
 from dashboard import state
@@ -29,7 +30,7 @@ def render_request_controls() -> None:
         st.selectbox("User", users, key="user", on_change=state.reset_context,
                      help="Type to search by id. Changing the user resets the context to their usual one.")
         prof = user_summary(cat, ss["user"])
-        st.caption(f"{prof['country']} · {prof['age_bucket']} · {prof['device']} · "
+        st.caption(f"{md(prof['country'])} · {md(prof['age_bucket'])} · {md(prof['device'])} · "
                    f"{prof['impressions']} impressions, {prof['clicks']} clicks"
                    + ("" if prof["has_profile"] else " · no profile"))
         with st.expander("Profile and recent clicks"):

@@ -246,8 +246,10 @@ def _map_data(name: str, checksum: str, url: str, stamp: str) -> MapData | None:
     ads = _catalog(url, stamp).ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
     frame = layout.ads.merge(ads, on="ad_id", how="left")
     frame["status"] = frame["status"].fillna("no campaign")
-    # Escaped once per version: hover labels are Plotly text, which interprets HTML-like tags.
-    frame["hover"] = plain(frame["title"].fillna("")) + "<br>" + plain(frame["advertiser_name"].fillna("—"))
+    # Escaped once per version: hover labels are Plotly text, which interprets HTML-like tags
+    # (the ad id too: customdata keeps the raw id for selections, so the hover never shows it).
+    frame["hover"] = (plain(frame["ad_id"]) + "<br>" + plain(frame["title"].fillna("")) + "<br>"
+                      + plain(frame["advertiser_name"].fillna("—")))
     return MapData(ads=frame, users=layout.users, x=frame["x"].to_numpy(np.float32), y=frame["y"].to_numpy(np.float32),
                    ad_id=frame["ad_id"].to_numpy(str), hover=frame["hover"].to_numpy(str),
                    rows=pd.Index(frame["ad_id"]))

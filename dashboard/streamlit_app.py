@@ -1,7 +1,9 @@
 """AdLens dashboard entry point: `streamlit run dashboard`.
 
 A thin router: it sets up the page, validates the deep link, renders the shared request sidebar
-for the pages that need one and runs the chosen page. Pages live in dashboard/views/.
+for the pages that need one and runs the chosen page. Pages live in dashboard/views/. Every
+AdLensError a page or the sidebar raises (a corrupted version, a bad request value) is shown here,
+once for all pages, as its message instead of Streamlit's exception box.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard` puts only dashboard/ 
 
 import streamlit as st  # noqa: E402
 
+from core.common.errors import AdLensError  # noqa: E402
+from core.common.escape import md  # noqa: E402
 from dashboard import sidebar, state  # noqa: E402
+from dashboard.messages import show_error  # noqa: E402
 from dashboard.views import compare, embedding_map, health, inspect, onboarding, why_not  # noqa: E402
 
 st.set_page_config(page_title="AdLens", page_icon="🔎", layout="wide")
@@ -35,7 +40,7 @@ REQUEST_PAGES = {"inspect", "why_not", "map", "compare"}
 try:
     ready = bool(state.version_names()) and state.catalog().n_ads > 0
 except Exception as exc:  # a broken workspace must not show a traceback
-    st.error(f"The workspace could not be opened: {exc}")
+    show_error(f"The workspace could not be opened: {exc}")
     st.stop()
 
 if not ready:
@@ -46,8 +51,11 @@ if not ready:
 st.session_state["_pages"] = PAGES  # for st.switch_page from views
 page = st.navigation([*PAGES.values(), *ALIASES.values()])
 for msg in state.init_from_link():
-    st.warning(msg)
+    st.warning(md(msg))
 key = next(k for pages in (PAGES, ALIASES) for k, p in pages.items() if p.url_path == page.url_path)
-if key in REQUEST_PAGES:
-    sidebar.render_request_controls()
-page.run()
+try:
+    if key in REQUEST_PAGES:
+        sidebar.render_request_controls()
+    page.run()
+except AdLensError as exc:
+    show_error(exc)

@@ -3,6 +3,7 @@ PostgreSQL. Expensive objects (the embedding model) are loaded once per session.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,3 +180,72 @@ def ray_head_address() -> str:
         pytest.skip(f"separate Ray head: run `ray start --head --node-ip-address=127.0.0.1 --port=6389` "
                     f"and set {RAY_ENV}=127.0.0.1:6389 (then `ray stop`)")
     return addr
+
+
+# ---- a copy of the demo workspace with hostile ids (escaping tests: AppTest and browser) -----
+LEAK_HOST = "127.0.0.1:9"  # nothing listens there: a request to it is a leak, never a fetch
+HOSTILE_USER = f"x`![i](http://{LEAK_HOST}/user.png)` **u** <b>b</b>"
+HOSTILE_AD = f"<b>ad</b>![a](http://{LEAK_HOST}/ad.png)"
+HOSTILE_VERSION = "hostile"
+
+
+@dataclass(frozen=True)
+class HostileWorkspace:
+    """A copy of the demo workspace plus one user and one ad whose ids are markup payloads, and a
+    Flat version `hostile` (with its map) built after they were imported, so both are in it."""
+
+    path: Path
+    user: str
+    ad: str
+    version: str
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in WORKSPACE_ENV}
+        return {**env, "ADLENS_HOME": str(self.path), "HF_HUB_OFFLINE": "1"}
+
+
+def copy_workspace(src: Path, dst: Path) -> Settings:
+    """A copy of a workspace folder (its SQLite database included) and its settings."""
+    import shutil
+
+    from core.store.settings import default_db_url
+
+    shutil.copytree(src, dst)
+    return load_settings(workspace=dst, db_url=default_db_url(dst.resolve()), model="default")
+
+
+@pytest.fixture(scope="session")
+def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
+    """The hostile user copies users[0]'s profile and impressions; the hostile ad copies the HTML-titled
+    ad (same campaign) and is clicked by the hostile user, so it is retrieved and on the map."""
+    import pandas as pd
+
+    from core.data.ingest import ingest_directory
+    from core.index.manifest import Manifest
+    from core.index.versions import build_version
+
+    root = tmp_path_factory.mktemp("hostile")
+    settings = copy_workspace(demo_workspace.path, root / "ws")
+    data = settings.demo_data_dir
+    src_user = demo_workspace.users[0]
+    users = pd.read_parquet(data / "users.parquet")
+    ads = pd.read_parquet(data / "ads.parquet")
+    imps = pd.read_parquet(data / "impressions.parquet")
+    mine = imps[imps["user_id"] == src_user].copy()
+    mine["user_id"] = HOSTILE_USER
+    clicks = mine.head(3).assign(ad_id=HOSTILE_AD, clicked=True)
+    new = pd.concat([mine, clicks], ignore_index=True)
+    new["impression_id"] = [f"hostile_{i}" for i in range(len(new))]
+    out = root / "import"
+    out.mkdir()
+    users[users["user_id"] == src_user].assign(user_id=HOSTILE_USER).to_parquet(out / "users.parquet", index=False)
+    ads[ads["ad_id"] == demo_workspace.html_ad].assign(ad_id=HOSTILE_AD).to_parquet(out / "ads.parquet", index=False)
+    new.to_parquet(out / "impressions.parquet", index=False)
+    eng = make_engine(settings.db_url)
+    try:
+        ingest_directory(eng, out)
+        tower = Manifest.from_dict(json.loads((settings.versions_dir / "exact" / "manifest.json").read_text())).tower
+        build_version(settings, HOSTILE_VERSION, "Flat", tower=tower, engine=eng, progress=False, with_map=True)
+    finally:
+        eng.dispose()
+    return HostileWorkspace(path=settings.workspace, user=HOSTILE_USER, ad=HOSTILE_AD, version=HOSTILE_VERSION)

@@ -2,7 +2,8 @@
 
 Query parameter values are untrusted strings: every one is checked against the workspace
 (versions, users, communities, ads) and the vocabularies; a bad value is dropped with a message
-that names the parameter, the value and what is allowed, and never crashes the page.
+that names the parameter, the value and what is allowed, and never crashes the page. Messages are
+plain text (they quote the hostile value): render them with core.common.escape (md, term).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: p
     get = {k: _first(params.get(k)) for k in LINK_KEYS}
 
     def bad(key: str, value: str, allowed: str) -> None:
-        st.errors.append(f"Link parameter `{key}={value}` is not valid: {allowed}. It was ignored.")
+        st.errors.append(f"Link parameter {key}={value} is not valid: {allowed}. It was ignored.")
 
     for key, attr in (("version", "version"), ("b", "version_b")):
         v = get[key]
@@ -72,7 +73,7 @@ def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: p
         if c == HOME or c in community_ids:
             st.community = c
         else:
-            bad("community", c, f"no such community; use `{HOME}` for the home feed")
+            bad("community", c, f"no such community; use {HOME} for the home feed")
     for key, allowed in (("placement", values(Placement)), ("device", (*values(Device), UNKNOWN))):
         v = get[key]
         if v is not None:

@@ -7,7 +7,14 @@ import argparse
 
 import pandas as pd
 
-from core.cli.output import add_backend_flag, add_json_flag, positive_int, print_json
+from core.cli.output import (
+    add_backend_flag,
+    add_json_flag,
+    positive_int,
+    print_json,
+    text_frame,
+)
+from core.common.escape import term
 from core.funnel.params import DEFAULT_PARAMS
 from core.store.settings import Settings
 
@@ -60,7 +67,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         print_json(rep.to_dict())
         return 0
     s = rep.summary
-    print(f"compare A={rep.version_a}  B={rep.version_b}  ({len(rep.per_request)} requests, K={rep.k}, seed {rep.seed})")
+    print(f"compare A={term(rep.version_a)}  B={term(rep.version_b)}  ({len(rep.per_request)} requests, K={rep.k}, seed {rep.seed})")
     print("\nper request (mean / p10 / p50 / p90)")
     for key in ("overlap", "jaccard", "rbo", "slate_overlap", "n_gained", "n_lost", "mean_abs_rank_shift"):
         d = s.get(key) or {}
@@ -85,14 +92,14 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {r.stage:<32}{_fmt(r.mean_a, 1):>12}{_fmt(r.mean_b, 1):>12}")
     print(f"\nvertical mix shift (total variation {rep.vertical_tvd:.3f}); largest moves:")
     for r in rep.vertical_mix.head(8).itertuples():
-        print(f"  {r.vertical:<24} {r.share_a:6.1%} → {r.share_b:6.1%}  ({r.delta:+.1%})")
+        print(f"  {term(r.vertical):<24} {r.share_a:6.1%} → {r.share_b:6.1%}  ({r.delta:+.1%})")
     print(f"\nslate ads lost in B, by stage: {rep.lost_by_stage or 'none'}")
     cd = rep.catalog_diff
     print(f"catalog: {cd['only_in_a']} ads only in A, {cd['only_in_b']} only in B")
-    print(f"\nmost changed requests (drill in: adlens inspect --version {rep.version_b} --user U)")
+    print(f"\nmost changed requests (drill in: adlens inspect --version {term(rep.version_b)} --user U)")
     cols = ["user_id", "community_id", "rbo", "overlap", "slate_overlap", "n_gained", "n_lost"]
     top = rep.most_changed[cols].head(args.top).fillna({"community_id": "(home feed)"})
-    print(top.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(text_frame(top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
@@ -107,9 +114,9 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(rep.to_dict())
         return 0
-    print(f"health of {rep.version} ({rep.kind}), recall@{rep.k} vs exact on {rep.n_requests} sampled requests")
+    print(f"health of {term(rep.version)} ({rep.kind}), recall@{rep.k} vs exact on {rep.n_requests} sampled requests")
     if len(rep.curve):
-        print(rep.curve.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(text_frame(rep.curve).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if rep.ivf_lists:
         L = rep.ivf_lists
         print(f"\nIVF lists: nlist {L['nlist']}, imbalance factor {L['imbalance_factor']:.2f}, "
@@ -124,16 +131,16 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
                   f"{r['result_share']:.0%} of results")
     print(f"\ndead ads (never retrieved for any sampled request): {len(rep.dead_ads)}")
     if len(rep.dead_ads):
-        print(rep.dead_ads["reason"].value_counts().to_string())
-        print(rep.dead_by_vertical.head(10).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(text_frame(rep.dead_ads["reason"].value_counts()).to_string())
+        print(text_frame(rep.dead_by_vertical.head(10)).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nhub ads (retrieved ≥ 10× the average share): {len(rep.hub_ads)}")
     if len(rep.hub_ads):
-        print(rep.hub_ads.head(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(text_frame(rep.hub_ads.head(10)).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     ev = rep.tower_metrics  # the evaluation report (core.index.manifest normalises its shape)
     if ev.get("models"):
         print(f"\ntower evaluation on {ev.get('n_test_clicks', 0):,} held-out clicks (from the manifest; "
               "`adlens evaluate --tower T` has segments):")
-        print(pd.DataFrame(ev["models"]).T.to_string(float_format=lambda v: f"{v:.3f}"))
+        print(text_frame(pd.DataFrame(ev["models"]).T).to_string(float_format=lambda v: f"{v:.3f}"))
     else:
         print("\nno learned tower: this version uses the history-mean query encoder")
     return 0
@@ -147,6 +154,6 @@ def cmd_map(args: argparse.Namespace, settings: Settings) -> int:
         print_json(meta)
     else:
         t = meta.get("timings", {})
-        print(f"map for {args.version}: {meta.get('n_fit')} ads fitted with UMAP, {meta.get('n_placed')} placed, "
+        print(f"map for {term(args.version)}: {meta.get('n_fit')} ads fitted with UMAP, {meta.get('n_placed')} placed, "
               f"{meta.get('n_users')} user points; {t.get('total_s', 0):.1f} s")
     return 0

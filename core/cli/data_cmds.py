@@ -73,20 +73,20 @@ def _step_printer(enabled: bool):
     def progress(fraction: float, step: str) -> None:
         if enabled and step != last[0] and step != "done":
             last[0] = step
-            print(f"  [{fraction:4.0%}] {step}...", file=sys.stderr, flush=True)
+            print(f"  [{fraction:4.0%}] {term(step)}...", file=sys.stderr, flush=True)
 
     return progress
 
 
 def _print_ingest(report) -> None:
-    print(f"imported {report.directory} in {report.seconds:.1f} s ("
+    print(f"imported {term(report.directory)} in {report.seconds:.1f} s ("
           + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()) + ")")
     print(f"  {'table':<12} {'file':<22} {'rows':>9} {'inserted':>9} {'updated':>8} {'unchanged':>9} {'bare':>6}")
     for name, c in report.tables.items():
-        print(f"  {name:<12} {c.file or '-':<22} {c.rows:>9,} {c.inserted:>9,} {c.updated:>8,} "
+        print(f"  {name:<12} {term(c.file or '-'):<22} {c.rows:>9,} {c.inserted:>9,} {c.updated:>8,} "
               f"{c.unchanged:>9,} {c.created_bare:>6,}")
     for w in report.warnings:
-        print(f"  warning: {w}")
+        print(f"  warning: {term(w)}")
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -121,19 +121,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             m = state.marker
             n_ads, n_users, seed = m.get("n_ads", n_ads), m.get("n_users", n_users), m.get("seed", seed)
         if skip:
-            print_json({"skipped": True, "reason": skip}) if args.json else print(skip)
+            print_json({"skipped": True, "reason": skip}) if args.json else print(term(skip, keep_newlines=True))
             return 0
     report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,
                         progress=_step_printer(not args.json), replace=args.replace)
     if args.json:
         print_json(report)
         return 0
-    print(f"demo built in {report.seconds:.1f} s (workspace {report.workspace}, "
+    print(f"demo built in {report.seconds:.1f} s (workspace {term(report.workspace)}, "
           f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed})")
     for s in report.steps:
         print(f"  {s.name:<14} {s.seconds:7.1f} s")
     if report.ingest is not None:
         _print_ingest(report.ingest)
     print("database now holds: " + ", ".join(f"{k} {v:,}" for k, v in report.counts.items()))
-    print(f"dataset files (ingest format): {report.data_dir}")
+    print(f"dataset files (ingest format): {term(report.data_dir)}")
     return 0

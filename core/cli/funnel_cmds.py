@@ -15,6 +15,7 @@ from core.cli.output import (
     positive_int,
     print_json,
 )
+from core.common.escape import term
 from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
 from core.funnel.trace import describe_query_source
@@ -110,7 +111,7 @@ def _request(engine, args: argparse.Namespace):
 
 def _describe_request(r) -> str:
     where = f"community {r.community_id} ({r.placement})" if r.community_id else r.placement
-    return f"user {r.user_id} · {where} · {r.device} · {r.country} · {r.ts.isoformat(sep=' ')}"
+    return term(f"user {r.user_id} · {where} · {r.device} · {r.country} · {r.ts.isoformat(sep=' ')}")
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
@@ -121,7 +122,7 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(trace.to_dict())
         return 0
-    print(f"version {trace.version_name} · {_describe_request(trace.request)}")
+    print(f"version {term(trace.version_name)} · {_describe_request(trace.request)}")
     print("funnel: " + " → ".join(f"{k} {v:,}" for k, v in trace.stage_counts.items()))
     if describe_query_source(trace.query_source):
         print(describe_query_source(trace.query_source))
@@ -131,15 +132,15 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  {'#':>2}  {'ad_id':<16} {'advertiser':<20} {'score':>7} {'pCTR':>7} {'eCPM':>9}  title")
     for r in slate.itertuples():
         adv = "-" if pd.isna(r.advertiser_name) else str(r.advertiser_name)
-        print(f"  {int(r.final_position):>2}  {r.ad_id:<16} {adv[:20]:<20} "
-              f"{r.score:7.3f} {r.pctr:7.4f} {r.ecpm:9.3f}  {str(r.title)[:60]}")
+        print(f"  {int(r.final_position):>2}  {term(r.ad_id):<16} {term(adv[:20]):<20} "
+              f"{r.score:7.3f} {r.pctr:7.4f} {r.ecpm:9.3f}  {term(str(r.title)[:60])}")
     c = trace.candidates
     dropped = c[c["outcome"] != "slate"]
     print(f"\nnot shown, by primary reason ({len(dropped)}):")
     for reason in Reason:  # pipeline order
         grp = dropped[dropped["primary_reason"] == reason.value]
         if len(grp):
-            ids = ", ".join(grp["ad_id"].head(args.show))
+            ids = ", ".join(map(term, grp["ad_id"].head(args.show)))
             more = f", … +{len(grp) - args.show}" if len(grp) > args.show else ""
             print(f"  {reason.value:<24} {len(grp):>5}  {ids}{more}")
     return 0
@@ -155,16 +156,16 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(w.to_dict())
         return 0
-    print(f"ad {w.ad_id} · version {w.version_name} · {_describe_request(w.request)}")
-    print(f"verdict: {w.summary}\n")
+    print(f"ad {term(w.ad_id)} · version {term(w.version_name)} · {_describe_request(w.request)}")
+    print(f"verdict: {term(w.summary)}\n")
     marks = {True: "pass", False: "FAIL", None: "  - "}
     for s in w.stages:
-        print(f"  [{marks[s.passed]}] {s.stage:<10} {s.detail}")
+        print(f"  [{marks[s.passed]}] {s.stage:<10} {term(s.detail)}")
     if w.eligibility:
         print("\neligibility rules:")
         for r in w.eligibility:
             state = "off " if not r["enabled"] else ("FAIL" if r["failed"] else "ok  ")
-            print(f"  {state} {r['code']:<24} {r['detail']}")
+            print(f"  {state} {r['code']:<24} {term(r['detail'])}")
     return 0
 
 
@@ -179,7 +180,7 @@ def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
         print_json(rep.to_dict())
         return 0
     n = max(rep.n_users, 1)
-    print(f"ad {rep.ad_id} · version {rep.version_name} · {rep.n_users} sampled users in their usual context")
+    print(f"ad {term(rep.ad_id)} · version {term(rep.version_name)} · {rep.n_users} sampled users in their usual context")
     print(f"  retrieved      {rep.retrieved:>5} ({rep.retrieved / n:.0%})  ANN rank "
           + ("  ".join(f"{k} {v:.0f}" for k, v in rep.rank_quantiles.items()) or "-"))
     print(f"  eligible       {rep.eligible:>5} ({rep.eligible / n:.0%})")

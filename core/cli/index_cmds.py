@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from core.cli.output import add_json_flag, positive_int, print_json
+from core.common.escape import term
 from core.store.settings import Settings
 
 
@@ -102,7 +103,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(report)
     else:
-        print(f"embedded {report['n_ads']:,} ads with {res.model} ({res.fingerprint[:12]}): "
+        print(f"embedded {report['n_ads']:,} ads with {term(res.model)} ({res.fingerprint[:12]}): "
               f"{res.n_encoded:,} encoded, {res.n_reused:,} reused from cache in {res.seconds:.1f}s")
     return 0
 
@@ -123,7 +124,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
         print_json(m)
     else:
         r = m.recall
-        print(f"built version {v.name} at {v.path}\n  {m.factory} ({m.metric}) over {m.n_ads:,} ads, dim "
+        print(f"built version {term(v.name)} at {term(v.path)}\n  {term(m.factory)} ({m.metric}) over {m.n_ads:,} ads, dim "
               f"{m.dims['index']}, search params {m.search_params} ({m.search_params_source})\n"
               f"  recall@10 {r['recall@10']:.3f}  @100 {r['recall@100']:.3f}  @500 {r['recall@500']:.3f} "
               f"vs exact on {m.recall_queries['n']} {m.recall_queries['source']}\n"
@@ -141,7 +142,7 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print_json({"deleted": args.delete})
         else:
-            print(f"deleted version {args.delete}")
+            print(f"deleted version {term(args.delete)}")
         return 0
     rows = list_versions(settings)
     if args.json:
@@ -154,8 +155,8 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     print(fmt.format("name", "factory", "ads", "dim", "r@10", "r@100", "r@500", "bytes/ad", "created", "status"))
     for r in rows:
         rec = [f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("recall@10", "recall@100", "recall@500")]
-        print(fmt.format(r["name"], r["factory"] or "-", f"{r['n_ads'] or 0:,}", r["dim"] or "-", *rec,
-                         f"{r['bytes_per_ad'] or 0:.0f}", r["created_at"] or "-", r["status"]))
+        print(fmt.format(term(r["name"]), term(r["factory"] or "-"), f"{r['n_ads'] or 0:,}", r["dim"] or "-", *rec,
+                         f"{r['bytes_per_ad'] or 0:.0f}", term(r["created_at"] or "-"), term(r["status"])))
     return 0
 
 

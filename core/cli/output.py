@@ -1,4 +1,9 @@
-"""Shared output helpers for CLI commands: `--json` flag and printing."""
+"""Shared output helpers for CLI commands: `--json` flag and printing.
+
+Data text (ids, titles, names, paths, messages quoting input) reaches the terminal only through
+core.common.escape.term (control characters shown as escapes); `text_frame` does it for a table
+printed with pandas' to_string. JSON output is safe as is (json.dumps escapes control characters).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import argparse
 import json
 from typing import Any
 
+import pandas as pd
+
+from core.common.escape import term
 from core.common.jsonio import to_jsonable
 
 
@@ -46,3 +54,17 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1; got {value}")
     return value
+
+
+def _safe(value):
+    return term(value) if isinstance(value, str) else value
+
+
+def text_frame(frame: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+    """A copy of `frame` with every text cell and label made terminal-safe (numbers untouched,
+    so to_string's float_format still applies); escaped before to_string sizes the columns."""
+    out = frame.map(_safe)
+    out.index = out.index.map(_safe)
+    if isinstance(out, pd.DataFrame):
+        out.columns = out.columns.map(_safe)
+    return out

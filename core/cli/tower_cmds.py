@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core.cli.output import add_json_flag, positive_int, print_json
+from core.common.escape import term
 from core.store.settings import Settings
 
 TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15}  # = core.tower.train.DEFAULTS
@@ -48,7 +49,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         print_json(res)
         return 0
     cfg = res.config
-    print(f"tower {res.name!r} saved to {res.path}")
+    print(f"tower {res.name!r} saved to {term(res.path)}")
     print(f"trained on {cfg['n_train_clicks']:,} clicks ({cfg['n_train_users']:,} users) in {res.train_seconds:.1f} s; "
           f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}")
     _print_report(res.report)
@@ -87,6 +88,6 @@ def _print_report(report, seg_k: int = 100) -> None:
     print(f"\n{key} by segment")
     print(f"{'segment':<24}{'clicks':>8}{'users':>8}" + "".join(f"{m:>14}" for m in models))
     for s in report.segments:
-        label = f"{s['by']}={s['value']}"
+        label = term(f"{s['by']}={s['value']}")
         print(f"{label:<24}{s['n_clicks']:>8,}{s['n_users']:>8,}"
               + "".join(f"{_fmt(s['models'][m].get(key)):>14}" for m in models))

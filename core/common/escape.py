@@ -23,9 +23,13 @@ import pandas as pd
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&:$=\"'])")
 
 
-def md(text: object) -> str:
-    """Text safe to place inside Streamlit markdown (renders exactly as the characters given)."""
+def md(text: object, *, keep_newlines: bool = False) -> str:
+    """Text safe to place inside Streamlit markdown (renders exactly as the characters given).
+    With `keep_newlines`, each line is escaped on its own and lines end in a markdown hard break
+    (multi-line error messages)."""
     s = "" if text is None else str(text)
+    if keep_newlines:
+        return "  \n".join(md(line) for line in s.splitlines())
     s = s.replace("\r", " ").replace("\n", " ")
     return _MD_SPECIAL.sub(r"\\\1", s)
 

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.analysis.compare import compare_versions, diff_traces
-from core.common.errors import AdLensError
+from core.common.escape import md
 from dashboard import state
 from dashboard.charts import bar_figure, plain
 
@@ -24,19 +24,15 @@ def _pick_versions() -> tuple[str, str]:
         others = [n for n in names if n != a]
         ss["version_b"] = others[-1] if others else a
     c1, c2 = st.columns(2)
-    c1.markdown(f"**Version A** (baseline, from the sidebar): `{a}`")
+    c1.markdown(f"**Version A** (baseline, from the sidebar): {md(a)}")
     c2.selectbox("Version B (candidate)", names, key="version_b")
     return a, ss["version_b"]
 
 
 def _per_request(a: str, b: str) -> None:
-    try:
-        req, params = state.current_request(), state.current_params()
-        ea, eb = state.engine(a), state.engine(b)
-        d = diff_traces(ea.run(req, params), eb.run(req, params), eb)
-    except AdLensError as exc:
-        st.error(str(exc))
-        return
+    req, params = state.current_request(), state.current_params()
+    ea, eb = state.engine(a), state.engine(b)
+    d = diff_traces(ea.run(req, params), eb.run(req, params), eb)
     m = st.columns(5)
     m[0].metric("Overlap@K", f"{d.overlap:.2f}")
     m[1].metric("Jaccard", f"{d.jaccard:.2f}")
@@ -48,7 +44,7 @@ def _per_request(a: str, b: str) -> None:
     for col, label, tr, mine, other, lost_word in ((left, f"A: {a}", d.trace_a, sa, sb, "lost in B"),
                                                     (right, f"B: {b}", d.trace_b, sb, sa, "gained in B")):
         with col:
-            st.subheader(label)
+            st.subheader(md(label))
             slate = tr.slate[LIST_COLS].copy()
             slate.insert(0, "change", np.where(slate["ad_id"].isin(other), "common", lost_word))
             st.dataframe(slate, hide_index=True, key=f"slate_{label[0]}")
@@ -70,7 +66,7 @@ def _per_request(a: str, b: str) -> None:
         top = float(max(d.rank_shift["rank_a"].max(), d.rank_shift["rank_b"].max()))
         fig.add_trace(go.Scatter(x=[1, top], y=[1, top], mode="lines", line=dict(dash="dot", color="#999"),
                                  showlegend=False))
-        fig.update_layout(xaxis_title=f"ANN rank in A ({a})", yaxis_title=f"ANN rank in B ({b})", height=380,
+        fig.update_layout(xaxis_title=plain(f"ANN rank in A ({a})"), yaxis_title=plain(f"ANN rank in B ({b})"), height=380,
                           showlegend=False, margin=dict(l=10, r=10, t=10, b=10))
         st.plotly_chart(fig, key="shift_chart")
 
@@ -155,9 +151,9 @@ def _moved_map(a: str, b: str) -> None:
         xs += [r.x_a, r.x_b, None]
         ys += [r.y_a, r.y_b, None]
     fig = go.Figure([
-        go.Scattergl(x=ma.x, y=ma.y, mode="markers", name=f"A: {a}", marker=dict(size=2, color="#cccccc")),
+        go.Scattergl(x=ma.x, y=ma.y, mode="markers", name=plain(f"A: {a}"), marker=dict(size=2, color="#cccccc")),
         go.Scattergl(x=xs, y=ys, mode="lines", name="moved (top 300)", line=dict(width=1, color="#FF4500")),
-        go.Scattergl(x=top["x_b"], y=top["y_b"], mode="markers", name=f"B: {b}", text=plain(top["title"].fillna("")),
+        go.Scattergl(x=top["x_b"], y=top["y_b"], mode="markers", name=plain(f"B: {b}"), text=plain(top["title"].fillna("")),
                      marker=dict(size=5, color="#FF4500")),
     ])
     fig.update_layout(height=600, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(visible=False), yaxis=dict(visible=False))

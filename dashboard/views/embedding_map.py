@@ -11,7 +11,7 @@ import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.common.errors import AdLensError
+from core.common.escape import md as md_text
 from core.index.map_density import AGGREGATE_ABOVE, MAX_BROWSER_POINTS
 from dashboard import density_map, state
 from dashboard.charts import OUTCOME_COLORS, plain
@@ -24,10 +24,11 @@ MAX_LEGEND = 40
 
 
 def _points(md: state.MapData, idx: np.ndarray, name: str, **marker) -> go.Scattergl:
-    """One legend group of ad points (rows `idx` of the map); hover shows id, title and advertiser."""
+    """One legend group of ad points (rows `idx` of the map); hover shows id, title and advertiser
+    (escaped in MapData.hover; customdata is the raw id, for selections only)."""
     return go.Scattergl(
         x=md.x[idx], y=md.y[idx], mode="markers", name=plain(name), customdata=md.ad_id[idx], text=md.hover[idx],
-        hovertemplate="%{customdata}<br>%{text}<extra>%{fullData.name}</extra>", marker=marker,
+        hovertemplate="%{text}<extra>%{fullData.name}</extra>", marker=marker,
     )
 
 
@@ -41,8 +42,8 @@ def render() -> None:
     version = st.session_state["version"]
     md = state.map_data(version)
     if md is None:
-        st.warning(f"Version {version} has no map yet. Build it with `adlens map --version {version}` "
-                   "(maps are computed once, never on a page load).")
+        st.warning(md_text(f"Version {version} has no map yet. Build it with: adlens map --version {version} "
+                           "(maps are computed once, never on a page load)."))
         return
     ads = md.ads  # shared by every session: read, never write
     state.sync_link()
@@ -54,11 +55,7 @@ def render() -> None:
 
     trace = outcome = None
     if show_request or field == "outcome":
-        try:
-            trace = state.engine(version).run(state.current_request(), state.current_params())
-        except AdLensError as exc:
-            st.error(str(exc))
-            return
+        trace = state.engine(version).run(state.current_request(), state.current_params())
         cand = trace.candidates
         label = np.where(cand["outcome"] == "filtered", "filtered: " + cand["primary_reason"].astype(str),
                          cand["outcome"].astype(str))

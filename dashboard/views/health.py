@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.common.escape import md
 from core.index.manifest import Manifest
 from core.index.versions import describe_sides
 from dashboard import state
@@ -15,10 +16,10 @@ from dashboard import state
 def _manifest(m: Manifest) -> None:
     cols = st.columns(4)
     cols[0].metric("Ads", f"{m.n_ads:,}")
-    cols[1].metric("Index", m.factory)
+    cols[1].metric("Index", md(m.factory))  # metric values are markdown
     cols[2].metric("Bytes per ad", f"{m.bytes_per_ad or 0:,.0f}")
     sides = describe_sides(m)
-    cols[3].metric("Query side", sides["query"])
+    cols[3].metric("Query side", md(sides["query"]))
     st.text(f"Ads: {sides['ads']} · metric {sides['metric']}  (fingerprint {m.fingerprint[:16]})")
     st.text(f"Search params: {m.search_params} · parent: {m.parent or '—'} · created {m.created_at}")
     if m.recall:

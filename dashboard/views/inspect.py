@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.common.errors import AdLensError
+from core.common.escape import md
 from core.funnel.reasons import Stage
 from core.funnel.trace import describe_query_source
 from dashboard import state
@@ -26,14 +26,8 @@ COLUMN_CONFIG = {
 
 
 def run_trace():
-    """The current request's Trace (or an error message shown in place of the page)."""
-    try:
-        request = state.current_request()
-        params = state.current_params()
-        return state.engine(st.session_state["version"]).run(request, params)
-    except AdLensError as exc:
-        st.error(str(exc))
-        st.stop()
+    """The current request's Trace (an AdLensError is shown by the router in place of the page)."""
+    return state.engine(st.session_state["version"]).run(state.current_request(), state.current_params())
 
 
 def render() -> None:
@@ -41,8 +35,9 @@ def render() -> None:
     state.sync_link()
     r = trace.request
     st.title("Inspect")
-    st.caption(f"Version **{trace.version_name}** · user **{r.user_id}** · "
-               f"{r.community_id or 'home feed'} · {r.placement} · {r.device} · {r.country} · {r.ts:%Y-%m-%d %H:%M} UTC")
+    st.caption(f"Version **{md(trace.version_name)}** · user **{md(r.user_id)}** · "
+               f"{md(r.community_id or 'home feed')} · {md(r.placement)} · {md(r.device)} · {md(r.country)} · "
+               f"{r.ts:%Y-%m-%d %H:%M} UTC")
     if describe_query_source(trace.query_source):  # imported request vectors: which row was used
         st.text(describe_query_source(trace.query_source))
     counts = trace.stage_counts

@@ -5,15 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from core.common.errors import AdLensError
+from core.common.escape import md
 from core.demo.pipeline import build_demo
 from dashboard import state
+from dashboard.messages import show_error
 
 
 def render() -> None:
     s = state.settings()
     st.title("Welcome to AdLens")
     st.markdown(
-        f"The workspace `{s.workspace}` has no index version yet, so there is nothing to inspect.\n\n"
+        f"The workspace {md(s.workspace)} has no index version yet, so there is nothing to inspect.\n\n"
         "- **Try it on demo data**: the button below generates a realistic ads dataset (10,000 ads, "
         "5,000 users, ~300k impressions), embeds the ads, trains the user towers and builds the index "
         "versions. It takes a few minutes.\n"
@@ -25,7 +27,7 @@ def render() -> None:
         try:
             build_demo(s, progress=lambda f, step: bar.progress(min(1.0, f), text=f"{step}…"))
         except AdLensError as exc:
-            st.error(str(exc))
+            show_error(exc)
             return
         st.cache_data.clear()
         st.cache_resource.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.common.errors import AdLensError
+from core.common.escape import md
 from core.funnel.audience import audience
 from core.funnel.explain import why_not
 from dashboard import state
@@ -62,12 +62,8 @@ def render() -> None:
         return
     state.sync_link(ad=ad_id)
     engine = state.engine(st.session_state["version"])
-    try:
-        verdict = why_not(engine, state.current_request(), ad_id, state.current_params())
-    except AdLensError as exc:
-        st.error(str(exc))
-        return
-    (st.success if verdict.shown else st.error)(verdict.summary)
+    verdict = why_not(engine, state.current_request(), ad_id, state.current_params())
+    (st.success if verdict.shown else st.error)(md(verdict.summary))
     for sv in verdict.stages:
         with st.container(border=True):
             st.markdown(f"{_stage_icon(sv.passed)} **{sv.stage}**")
