@@ -187,6 +187,8 @@ LEAK_HOST = "127.0.0.1:9"  # nothing listens there: a request to it is a leak, n
 HOSTILE_USER = f"x`![i](http://{LEAK_HOST}/user.png)` **u** <b>b</b>"
 HOSTILE_AD = f"<b>ad</b>![a](http://{LEAK_HOST}/ad.png)"
 HOSTILE_VERSION = "hostile"
+TERM_TITLE = "\x1b]0;pwned\x07\x1b[31mred title\x1b[0m"
+"""A title that would retitle and recolour a terminal if printed raw."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class HostileWorkspace:
     user: str
     ad: str
     version: str
+    term_ad: str  # a demo ad in the hostile user's slate of version `hostile`, retitled to TERM_TITLE
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in WORKSPACE_ENV}
@@ -221,8 +224,12 @@ def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
     import pandas as pd
 
     from core.data.ingest import ingest_directory
+    from core.funnel.context import default_request
+    from core.funnel.engine import FunnelEngine
+    from core.funnel.params import FunnelParams
     from core.index.manifest import Manifest
-    from core.index.versions import build_version
+    from core.index.versions import build_version, load_version
+    from core.store.catalog import load_catalog
 
     root = tmp_path_factory.mktemp("hostile")
     settings = copy_workspace(demo_workspace.path, root / "ws")
@@ -246,6 +253,14 @@ def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
         ingest_directory(eng, out)
         tower = Manifest.from_dict(json.loads((settings.versions_dir / "exact" / "manifest.json").read_text())).tower
         build_version(settings, HOSTILE_VERSION, "Flat", tower=tower, engine=eng, progress=False, with_map=True)
+        catalog = load_catalog(eng)
+        slate = FunnelEngine(load_version(settings, HOSTILE_VERSION), catalog).run(
+            default_request(catalog, HOSTILE_USER), FunnelParams()).slate
     finally:
         eng.dispose()
-    return HostileWorkspace(path=settings.workspace, user=HOSTILE_USER, ad=HOSTILE_AD, version=HOSTILE_VERSION)
+    demo_ads = slate["ad_id"][slate["ad_id"] != HOSTILE_AD]  # _retitle edits a row of the demo's files
+    assert len(demo_ads), "the hostile user's slate has no demo ad"
+    term_ad = str(demo_ads.iloc[0])
+    _retitle(settings, term_ad, TERM_TITLE, root / "retitle")
+    return HostileWorkspace(path=settings.workspace, user=HOSTILE_USER, ad=HOSTILE_AD, version=HOSTILE_VERSION,
+                            term_ad=term_ad)

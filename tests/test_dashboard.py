@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.common.escape import md
+
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
 TIMEOUT = 120  # the first run loads the catalog, a version's index and its tower
 PAGES = {"inspect": "Inspect", "why-not": "Why not this ad?", "map": "Embedding map",
@@ -101,7 +103,7 @@ def test_changing_the_user_changes_the_candidate_table(inspect: AppTest, demo_wo
     other = next(u for u in demo_workspace.users[1:] if u != first)
     _ok(at.selectbox(key="user").select(other).run())
     after = at.dataframe(key="candidates_table").value
-    assert f"user **{other}**" in _caption(at)
+    assert f"user **{md(other)}**" in _caption(at)
     assert at.query_params["user"] == other
     assert list(after["ad_id"]) != list(before["ad_id"])
 
@@ -285,7 +287,7 @@ def test_deep_link_opens_the_same_view(app: AppTest, demo_workspace):
     assert at.selectbox(key="version").value == "exact"
     assert at.selectbox(key="ctx_device").value == "android"
     assert at.text_input(key="ctx_country").value == "DE"
-    assert f"user **{user}**" in _caption(at) and "android" in _caption(at)
+    assert f"user **{md(user)}**" in _caption(at) and "android" in _caption(at)
     _ok(_goto(at, "why-not").run(), errors=True)
     assert at.selectbox(key="ad").value == demo_workspace.html_ad
 
@@ -297,7 +299,7 @@ def test_bad_deep_link_warns_and_falls_back(app: AppTest, demo_workspace):
     at = _ok(app.run())
     warnings = " ".join(w.value for w in at.warning)
     for param in ("user=nope", "version=v999", "placement=<b>x</b>", "time=yesterday-ish", "ad=no_such_ad"):
-        assert f"`{param}`" in warnings
+        assert f"Link parameter {md(param)} is not valid" in warnings  # shown as text (core.common.escape.md)
     assert at.selectbox(key="user").value == demo_workspace.users[0]  # the default view instead
     assert len(at.dataframe(key="candidates_table").value) > 0
 
@@ -322,4 +324,4 @@ def test_onboarding_build_failure_is_a_message(tmp_path, use_workspace, monkeypa
     at = _ok(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run())
     at.button(key="build_demo").click().run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["disk full: free some space and retry"]
+    assert [e.value for e in at.error] == [md("disk full: free some space and retry")]
