@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlparse
 
 import pytest
 
@@ -254,3 +254,67 @@ def test_empty_workspace_offers_the_demo(browser, tmp_path, demo_workspace):
         _no_errors(pg)
         _shot(pg, "onboarding")
         ctx.close()
+
+
+# ---- hostile links and ids: rendered as text, no request leaves the page ---------------------
+@pytest.fixture(scope="module")
+def hostile_server(hostile_workspace, tmp_path_factory) -> str:
+    with serve_dashboard(hostile_workspace.env(), tmp_path_factory.mktemp("e2e-hostile") / "streamlit.log",
+                         timeout=90) as url:
+        yield url
+
+
+# Hovers the map point of ad `id` (its trace and index found in the figure's data) with the mouse;
+# returns the mouse position, or null when the ad is not on the map.
+POINT_OF_AD = """id => { const gd = document.querySelector('.js-plotly-plot');
+  for (const t of gd._fullData) {  // decoded arrays (plotly.py sends numbers base64-encoded)
+    const i = Array.from(t.customdata || []).indexOf(id);
+    if (i < 0 || t.visible !== true) continue;
+    const L = gd._fullLayout, r = gd.getBoundingClientRect();
+    return [r.left + L._size.l + L.xaxis.d2p(t.x[i]), r.top + L._size.t + L.yaxis.d2p(t.y[i])];
+  } return null; }"""
+
+
+def test_hostile_link_and_ids_show_as_text_and_request_nothing(browser, hostile_server, hostile_workspace):
+    from conftest import LEAK_HOST
+
+    link_payload = f"x`![i](http://{LEAK_HOST}/leak.png)`"
+    user, ad, version = hostile_workspace.user, hostile_workspace.ad, hostile_workspace.version
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(STEP_MS)
+    requests: list[str] = []
+    pg.on("request", lambda r: requests.append(r.url))
+
+    _open(pg, _link(hostile_server, user=link_payload, version=version), "[data-testid='stDataFrame']")
+    alerts = " ".join(pg.locator("[data-testid='stAlert']").all_inner_texts())
+    assert f"Link parameter user={link_payload} is not valid" in alerts, alerts
+    _no_errors(pg)
+
+    _open(pg, _link(hostile_server, user=user, version=version), "[data-testid='stDataFrame']", ".js-plotly-plot")
+    assert f"user {user} " in _captions(pg)
+    assert pg.get_by_role("combobox", name="User").input_value() == user
+    _shot(pg, "hostile-inspect")
+
+    _open(pg, _link(hostile_server, "why-not", user=user, version=version, ad=ad), "text=Eligibility rules")
+    assert ad in pg.locator("[data-testid='stMain'] [data-testid='stSelectbox'] input").first.input_value()
+    _no_errors(pg)
+
+    _open(pg, _link(hostile_server, "map", user=user, version=version), ".js-plotly-plot")
+    xy = pg.evaluate(POINT_OF_AD, ad)
+    assert xy is not None, "the hostile ad is not on the map"
+    pg.mouse.move(*xy)
+    pg.wait_for_selector(".hoverlayer .hovertext", timeout=STEP_MS)
+    hover = pg.locator(".hoverlayer .hovertext").first.text_content()
+    assert ad in hover, hover  # `<b>ad</b>![a](…)` literally, not a bold "ad"
+    _no_errors(pg)
+    _shot(pg, "hostile-map-hover")
+
+    assert pg.locator("[data-testid='stMain'] b").count() == 0
+    assert pg.locator(f"img[src*='{LEAK_HOST}']").count() == 0
+    server_host = urlparse(hostile_server).netloc
+    leaks = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+             and urlparse(u).netloc != server_host]
+    assert not leaks, f"the page requested other hosts: {leaks}"
+    assert requests, "no request was recorded at all"
+    ctx.close()

@@ -12,8 +12,10 @@ The report is a dict of sections, each computed by a function in `BENCH_SECTIONS
   target holds (some ANN config ≥ 10× faster than exact, single-query p50, at recall@500 ≥ 0.95).
 - ``funnel`` (core/funnel_bench.py): per-stage request latency, why-not and map placement at 10k
   and 100k ads on a generated bench workspace.
-- ``dashboard`` (core/dashboard_bench.py): Inspect's re-render after a user switch at 100k ads,
-  in headless Chromium (skipped, with the reason, where no browser is available).
+- ``dashboard`` (core/bench/dashboard.py): Inspect's re-render after a user switch at 100k ads,
+  in headless Chromium (skipped, with the reason, where no browser is available); with
+  `sessions` > 1, that many concurrent sessions loading Inspect, Compare and Map, with median/p95
+  page time and the server's RSS (core/bench/dashboard_sessions.py).
 
 Every search asks for k=500 (the funnel's K); recall@K compares its top K with the exact top K.
 """
@@ -53,6 +55,8 @@ class BenchContext:
     queries: int = 200
     types: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq")
     seed: int = 0
+    sessions: int = 1  # dashboard section: concurrent browser sessions
+    dashboard_workspace: str | None = None  # dashboard section: serve this workspace
     log: Callable[[str], None] = lambda msg: None
     report: dict = field(default_factory=dict)  # sections computed so far
     shared: dict = field(default_factory=dict)  # lazily computed data shared between sections
@@ -263,13 +267,17 @@ ON_REQUEST = ("shards",)  # run only when named (or, for shards, when --shards i
 def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = None,
               types: list[str] | None = None, embed: bool = True, sections: list[str] | None = None,
               seed: int = 0, threads: int | None = None, log: bool = True, shards: int | None = None,
-              backend: str = "local", nlist: int | None = None, factories: list[str] | None = None) -> dict:
+              backend: str = "local", nlist: int | None = None, factories: list[str] | None = None,
+              sessions: int = 1, dashboard_workspace: str | None = None) -> dict:
     """Run the requested sections (default: all registered but `ON_REQUEST`; with `shards`:
     machine and shards) and return the report. `threads` sets FAISS's OpenMP thread count for
     this process (a bench-only knob); `shards`, `backend`, `nlist`, `factories` configure the
-    sharded-vs-unsharded section (core/bench/shards.py)."""
+    sharded-vs-unsharded section (core/bench/shards.py); `sessions`, `dashboard_workspace` the
+    dashboard section (core/bench/dashboard.py, core/bench/dashboard_sessions.py)."""
     if ads < 1000:
         raise AdLensError(f"--ads must be at least 1000; got {ads}")
+    if not 1 <= sessions <= 64:
+        raise AdLensError(f"--sessions must be between 1 and 64; got {sessions}")
     default = ["machine", "shards"] if shards else [n for n in BENCH_SECTIONS if n not in ON_REQUEST]
     names = list(sections or default)
     unknown = [s for s in names if s not in BENCH_SECTIONS]
@@ -282,7 +290,8 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
         import faiss
 
         faiss.omp_set_num_threads(int(threads))
-    ctx = BenchContext(settings=settings, ads=ads, queries=queries, seed=seed,
+    ctx = BenchContext(settings=settings, ads=ads, queries=queries, seed=seed, sessions=sessions,
+                       dashboard_workspace=dashboard_workspace,
                        types=tuple(types or ("flat", "ivf", "hnsw", "ivfpq")),
                        log=(lambda m: print(m, file=sys.stderr, flush=True)) if log else (lambda m: None))
     ctx.shared["explicit_types"] = tuple(types or ())
@@ -310,6 +319,11 @@ def format_report(report: dict) -> str:
         lines.append(f"== {name} ==")
         if name == "funnel":
             lines.extend(_format_funnel(sec))
+            continue
+        if name == "dashboard" and "pages" in sec:
+            from core.bench.dashboard_sessions import format_sessions
+
+            lines.extend(format_sessions(sec))
             continue
         if name == "embedding" and "torch" in sec:
             lines.extend(_format_embedding(sec))

@@ -80,6 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nlist", type=positive_int, help="with --shards: IVF list count (default ~4*sqrt(ads))")
     p.add_argument("--factories", nargs="+", metavar="FACTORY",
                    help='with --shards: FAISS factory strings (default IVF{nlist},Flat and IVF{nlist},PQ48,Refine(SQ8))')
+    p.add_argument("--sessions", type=int, default=1,
+                   help="dashboard section: N concurrent browser sessions loading Inspect, Compare and Map "
+                        "(median/p95 page time, server RSS) instead of the single-session user switch")
+    p.add_argument("--dashboard-workspace", metavar="DIR",
+                   help="dashboard section: serve this workspace (e.g. an `adlens demo` one) instead of "
+                        "the generated bench workspace")
     add_json_flag(p)
     p.set_defaults(func=cmd_bench)
 
@@ -166,7 +172,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     report = run_bench(settings, ads=args.ads, queries=args.queries, types=args.types,
                        embed=not args.no_embed, sections=args.sections, seed=args.seed,
                        threads=args.threads, log=not args.json, shards=args.shards, backend=args.backend,
-                       nlist=args.nlist, factories=args.factories)
+                       nlist=args.nlist, factories=args.factories, sessions=args.sessions,
+                       dashboard_workspace=args.dashboard_workspace)
     if args.json:
         print_json(report)
     else:

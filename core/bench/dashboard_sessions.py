@@ -1,0 +1,172 @@
+"""`adlens bench --sections dashboard --sessions N`: N analysts on one dashboard server at once.
+
+One headless Chromium with N browser contexts (separate Streamlit sessions, as N people would
+have) opens Inspect, Compare and Embedding map in turn, `loads` rounds each, every load a new
+user. A page's time runs from navigation to its content being on the page and its script run
+being over (no running-status widget, no stale elements). The report gives median and p95 per
+page, pages that showed an exception, and the Streamlit server's resident memory (VmRSS from
+/proc, sampled while the sessions run). Goal: median <= GOAL_S per page with 8 sessions on 2 cores
+at the demo size (10k ads). The browser shares the machine's cores with the server, as it does on
+an analyst's laptop; the report records the load average.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+GOAL_S = 3.0
+LOADS = 3
+LOAD_MS = 300_000  # a cold server loads the catalog, the version's index and tower on the first page
+PAGES = {  # name -> (url path, selectors proving the page's content rendered)
+    "inspect": ("", ["[data-testid='stDataFrame']", ".js-plotly-plot"]),
+    "compare": ("compare", ["[data-testid='stDataFrame']"]),
+    "map": ("map", [".js-plotly-plot"]),
+}
+RUN_OVER = ("() => !document.querySelector(\"[data-testid='stStatusWidget']\")"
+            " && !document.querySelector(\"[data-stale='true']\")")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process `pid` in MB (Linux /proc), None where unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class RssSampler:
+    """Samples a process's VmRSS in a background thread: start, peak and last value in MB."""
+
+    def __init__(self, pid: int, every_s: float = 0.25) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.start = rss_mb(pid)
+        self.peak = self.last = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            v = rss_mb(self.pid)
+            if v is not None:
+                self.last, self.peak = v, max(self.peak or 0.0, v)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict:
+        r = lambda v: None if v is None else round(v, 1)  # noqa: E731
+        return {"start_mb": r(self.start), "peak_mb": r(self.peak), "end_mb": r(self.last)}
+
+
+def _quantiles(values: list[float]) -> dict:
+    s = sorted(values)
+    p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return {"n": len(s), "median_s": round(statistics.median(s), 3), "p95_s": round(p95, 3),
+            "max_s": round(s[-1], 3)}
+
+
+async def _session(browser, url: str, users: list[str], i: int, loads: int, rows: list, log) -> None:
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await ctx.new_page()
+    try:
+        for r in range(loads):
+            for j, (name, (path, selectors)) in enumerate(PAGES.items()):
+                user = users[((i * loads + r) * len(PAGES) + j) % len(users)]  # a new user every load
+                t = time.perf_counter()
+                await page.goto(f"{url}/{path}?{urlencode({'user': user})}")
+                for sel in selectors:
+                    await page.wait_for_selector(sel, timeout=LOAD_MS)
+                await page.wait_for_function(RUN_OVER, timeout=LOAD_MS)
+                took = time.perf_counter() - t
+                errors = await page.locator("[data-testid='stException']").count()
+                rows.append({"session": i, "round": r, "page": name, "user": user, "s": round(took, 3),
+                             "exceptions": errors})
+                log(f"  session {i} round {r} {name:<8} {took:6.2f} s" + (f"  {errors} exception(s)" if errors else ""))
+    finally:
+        await ctx.close()
+
+
+async def _run_sessions(url: str, users: list[str], sessions: int, loads: int, chromium: str, log) -> list[dict]:
+    from playwright.async_api import async_playwright
+
+    from core.bench.dashboard import CHROMIUM_ARGS
+
+    rows: list[dict] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            # one warm-up load: the first page of a fresh server loads the catalog and the version
+            await _session(browser, url, users, -1, 1, warm := [], lambda m: None)
+            log(f"warm-up (first loads on a fresh server): "
+                + ", ".join(f"{w['page']} {w['s']:.1f} s" for w in warm))
+            await asyncio.gather(*(_session(browser, url, users, i, loads, rows, log) for i in range(sessions)))
+        finally:
+            await browser.close()
+    return rows
+
+
+def _users(workspace: Path, n: int) -> list[str]:
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+    from core.store.settings import load_settings
+
+    s = load_settings(workspace=workspace)
+    eng = make_engine(s.db_url)
+    try:
+        ids = sorted(map(str, load_catalog(eng, with_impressions=False).users["user_id"]))
+    finally:
+        eng.dispose()
+    step = max(1, len(ids) // max(n, 1))
+    return ids[::step][:n] or ids
+
+
+def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chromium: str | None = None,
+                     env: dict[str, str] | None = None, log=lambda msg: None) -> dict:
+    """Serve the dashboard on `workspace` and load Inspect, Compare and Map `loads` times in each
+    of `sessions` concurrent browser sessions; per-page median/p95 and the server's RSS."""
+    from core.bench.dashboard import find_chromium, serve_dashboard
+
+    chromium = chromium or find_chromium()
+    users = _users(workspace, sessions * loads * len(PAGES) + 1)
+    procs: list = []
+    t0 = time.perf_counter()
+    with serve_dashboard({**(os.environ if env is None else env), "ADLENS_HOME": str(workspace)},
+                         procs=procs) as url:
+        with RssSampler(procs[0].pid) as rss:
+            rows = asyncio.run(_run_sessions(url, users, sessions, loads, chromium, log))
+    by_page = {name: _quantiles([r["s"] for r in rows if r["page"] == name]) for name in PAGES}
+    worst = max(q["median_s"] for q in by_page.values())
+    return {"sessions": sessions, "loads_per_session": loads * len(PAGES), "pages": by_page,
+            "exceptions": sum(r["exceptions"] for r in rows), "server_rss": rss.report(),
+            "goal_median_s": GOAL_S, "meets_goal": bool(worst <= GOAL_S), "wall_s": round(time.perf_counter() - t0, 1),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "cpus": os.cpu_count(), "loads": rows}
+
+
+def format_sessions(sec: dict) -> list[str]:
+    """Plain-text lines of a sessions report (for `adlens bench`)."""
+    rss = sec["server_rss"]
+    lines = [f"  {sec['sessions']} concurrent sessions x {sec['loads_per_session']} page loads at {sec['ads']:,} ads "
+             f"({sec['cpus']} CPUs, browser on the same machine; load avg {sec['load_avg_1m']}): goal median <= "
+             f"{sec['goal_median_s']:.0f} s per page: {'met' if sec['meets_goal'] else 'NOT met'}"]
+    for name, q in sec["pages"].items():
+        lines.append(f"    {name:<8} median {q['median_s']:6.2f} s   p95 {q['p95_s']:6.2f} s   max {q['max_s']:6.2f} s"
+                     f"   ({q['n']} loads)")
+    lines.append(f"    pages with an exception: {sec['exceptions']}; server RSS start {rss['start_mb']} MB, "
+                 f"peak {rss['peak_mb']} MB, end {rss['end_mb']} MB")
+    lines.append(f"  workspace {sec['workspace']}")
+    return lines
