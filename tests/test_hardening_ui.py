@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import LEAK_HOST, TERM_TITLE, copy_workspace
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
+from test_dashboard import APP, TIMEOUT, _goto
 
 from core.analysis.links import parse_link
 from core.common.escape import md
-from conftest import LEAK_HOST, TERM_TITLE, copy_workspace
-from test_dashboard import APP, TIMEOUT, _goto
 
 LINK_PAYLOAD = f"x`![i](http://{LEAK_HOST}/leak.png)`"
 PAGES = ("inspect", "why-not", "map", "compare", "health")
@@ -49,8 +49,8 @@ def _assert_inert(markdown: str, payload: str) -> None:
 
 
 # ---- core: link messages are plain text -------------------------------------------------------
-KW = dict(versions=["exact", "ivf"], user_ids=pd.Index(["u1", "u2"]), community_ids=pd.Index(["c_a"]),
-          ad_ids=pd.Index(["ad1"]))
+KW = {"versions": ["exact", "ivf"], "user_ids": pd.Index(["u1", "u2"]), "community_ids": pd.Index(["c_a"]),
+      "ad_ids": pd.Index(["ad1"])}
 
 
 def test_link_messages_quote_the_value_without_markup():

@@ -43,11 +43,22 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-class RssSampler:
-    """Samples a process's VmRSS in a background thread: start, peak and last value in MB."""
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds process `pid` has used (Linux /proc), None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ServerSampler:
+    """Samples a process's VmRSS in a background thread (start, peak and last value in MB) and
+    the CPU seconds it used meanwhile (how much of the page time the server itself accounts for)."""
 
     def __init__(self, pid: int, every_s: float = 0.25) -> None:
         self.pid, self.every_s = pid, every_s
+        self.cpu0, self.cpu1, self.t0, self.t1 = cpu_s(pid), None, time.perf_counter(), None
         self.start = rss_mb(pid)
         self.peak = self.last = self.start
         self._stop = threading.Event()
@@ -59,17 +70,24 @@ class RssSampler:
             if v is not None:
                 self.last, self.peak = v, max(self.peak or 0.0, v)
 
-    def __enter__(self) -> "RssSampler":
+    def mark(self) -> None:
+        """Start the CPU and wall-clock count here (after the warm-up)."""
+        self.cpu0, self.t0 = cpu_s(self.pid), time.perf_counter()
+
+    def __enter__(self) -> "ServerSampler":
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu1, self.t1 = cpu_s(self.pid), time.perf_counter()
 
     def report(self) -> dict:
         r = lambda v: None if v is None else round(v, 1)  # noqa: E731
-        return {"start_mb": r(self.start), "peak_mb": r(self.peak), "end_mb": r(self.last)}
+        cpu = None if self.cpu0 is None or self.cpu1 is None else self.cpu1 - self.cpu0
+        return {"start_mb": r(self.start), "peak_mb": r(self.peak), "end_mb": r(self.last), "cpu_s": r(cpu),
+                "wall_s": r(self.t1 - self.t0) if self.t1 else None}
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -100,7 +118,8 @@ async def _session(browser, url: str, users: list[str], i: int, loads: int, rows
         await ctx.close()
 
 
-async def _run_sessions(url: str, users: list[str], sessions: int, loads: int, chromium: str, log) -> list[dict]:
+async def _run_sessions(url: str, users: list[str], sessions: int, loads: int, chromium: str, log,
+                        warmed=lambda: None) -> list[dict]:
     from playwright.async_api import async_playwright
 
     from core.bench.dashboard import CHROMIUM_ARGS
@@ -111,8 +130,9 @@ async def _run_sessions(url: str, users: list[str], sessions: int, loads: int, c
         try:
             # one warm-up load: the first page of a fresh server loads the catalog and the version
             await _session(browser, url, users, -1, 1, warm := [], lambda m: None)
-            log(f"warm-up (first loads on a fresh server): "
+            log("warm-up (first loads on a fresh server): "
                 + ", ".join(f"{w['page']} {w['s']:.1f} s" for w in warm))
+            warmed()
             await asyncio.gather(*(_session(browser, url, users, i, loads, rows, log) for i in range(sessions)))
         finally:
             await browser.close()
@@ -146,12 +166,12 @@ def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chr
     t0 = time.perf_counter()
     with serve_dashboard({**(os.environ if env is None else env), "ADLENS_HOME": str(workspace)},
                          procs=procs) as url:
-        with RssSampler(procs[0].pid) as rss:
-            rows = asyncio.run(_run_sessions(url, users, sessions, loads, chromium, log))
+        with ServerSampler(procs[0].pid) as server:
+            rows = asyncio.run(_run_sessions(url, users, sessions, loads, chromium, log, warmed=server.mark))
     by_page = {name: _quantiles([r["s"] for r in rows if r["page"] == name]) for name in PAGES}
     worst = max(q["median_s"] for q in by_page.values())
     return {"sessions": sessions, "loads_per_session": loads * len(PAGES), "pages": by_page,
-            "exceptions": sum(r["exceptions"] for r in rows), "server_rss": rss.report(),
+            "exceptions": sum(r["exceptions"] for r in rows), "server": server.report(),
             "goal_median_s": GOAL_S, "meets_goal": bool(worst <= GOAL_S), "wall_s": round(time.perf_counter() - t0, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "cpus": os.cpu_count(), "loads": rows}
@@ -159,14 +179,15 @@ def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chr
 
 def format_sessions(sec: dict) -> list[str]:
     """Plain-text lines of a sessions report (for `adlens bench`)."""
-    rss = sec["server_rss"]
+    srv = sec["server"]
     lines = [f"  {sec['sessions']} concurrent sessions x {sec['loads_per_session']} page loads at {sec['ads']:,} ads "
              f"({sec['cpus']} CPUs, browser on the same machine; load avg {sec['load_avg_1m']}): goal median <= "
              f"{sec['goal_median_s']:.0f} s per page: {'met' if sec['meets_goal'] else 'NOT met'}"]
     for name, q in sec["pages"].items():
         lines.append(f"    {name:<8} median {q['median_s']:6.2f} s   p95 {q['p95_s']:6.2f} s   max {q['max_s']:6.2f} s"
                      f"   ({q['n']} loads)")
-    lines.append(f"    pages with an exception: {sec['exceptions']}; server RSS start {rss['start_mb']} MB, "
-                 f"peak {rss['peak_mb']} MB, end {rss['end_mb']} MB")
+    lines.append(f"    pages with an exception: {sec['exceptions']}; server RSS start {srv['start_mb']} MB, "
+                 f"peak {srv['peak_mb']} MB, end {srv['end_mb']} MB; server CPU {srv['cpu_s']} s "
+                 f"in {srv['wall_s']} s of concurrent loads")
     lines.append(f"  workspace {sec['workspace']}")
     return lines
