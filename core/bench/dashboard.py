@@ -182,31 +182,26 @@ def _n_ads(workspace: Path) -> int:
         eng.dispose()
 
 
-def section_dashboard(ctx) -> dict:
-    """`adlens bench` section: Inspect's re-render after a user switch at min(--ads, 100k) ads; with
-    `--sessions N` (N > 1), N concurrent sessions loading Inspect, Compare and Map instead. Served on
-    `--dashboard-workspace` when given (e.g. an `adlens demo` workspace), else on the generated
-    bench workspace."""
+def served_workspace(ctx) -> tuple[Path, int]:
+    """The workspace the dashboard sections serve and its number of ads: `--dashboard-workspace`
+    when given (e.g. an `adlens demo` one), else the bench workspace at min(--ads, 100k) ads."""
     from core.bench.funnel import bench_workspace
 
+    if ctx.dashboard_workspace is not None:
+        workspace = Path(ctx.dashboard_workspace)
+        return workspace, _n_ads(workspace)
+    n = min(ctx.ads, 100_000)
+    return bench_workspace(ctx.settings, n, seed=ctx.seed, log=ctx.log).workspace, n
+
+
+def section_dashboard(ctx) -> dict:
+    """`adlens bench` section: Inspect's re-render after a user switch (one session; `--sessions N`
+    runs core.bench.dashboard_sessions instead)."""
     reason = skip_reason()
     if reason:
         ctx.log(f"dashboard section skipped: {reason}")
         return {"skipped": reason}
-    if ctx.dashboard_workspace is not None:
-        workspace = Path(ctx.dashboard_workspace)
-        n = _n_ads(workspace)
-    else:
-        n = min(ctx.ads, 100_000)
-        workspace = bench_workspace(ctx.settings, n, seed=ctx.seed, log=ctx.log).workspace
-    if ctx.sessions > 1:
-        from core.bench.dashboard_sessions import measure_sessions
-
-        rep = measure_sessions(workspace, sessions=ctx.sessions, log=ctx.log)
-        rep.update(ads=n, workspace=str(workspace))
-        ctx.log(f"dashboard at {n:,} ads, {ctx.sessions} sessions: " + ", ".join(
-            f"{k} median {q['median_s']:.2f} s p95 {q['p95_s']:.2f} s" for k, q in rep["pages"].items()))
-        return rep
+    workspace, n = served_workspace(ctx)
     rep = measure_user_switches(workspace, log=ctx.log)
     rep["ads"] = n
     rep["workspace"] = str(workspace)

@@ -177,6 +177,22 @@ def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chr
             "cpus": os.cpu_count(), "loads": rows}
 
 
+def section_sessions(ctx) -> dict:
+    """`adlens bench --sections dashboard --sessions N`: the report of `measure_sessions`."""
+    from core.bench.dashboard import served_workspace, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        ctx.log(f"dashboard section skipped: {reason}")
+        return {"skipped": reason}
+    workspace, n = served_workspace(ctx)
+    rep = measure_sessions(workspace, sessions=ctx.sessions, log=ctx.log)
+    rep.update(ads=n, workspace=str(workspace))
+    ctx.log(f"dashboard at {n:,} ads, {ctx.sessions} sessions: " + ", ".join(
+        f"{k} median {q['median_s']:.2f} s p95 {q['p95_s']:.2f} s" for k, q in rep["pages"].items()))
+    return rep
+
+
 def format_sessions(sec: dict) -> list[str]:
     """Plain-text lines of a sessions report (for `adlens bench`)."""
     srv = sec["server"]

@@ -246,10 +246,10 @@ def section_shards(ctx: BenchContext) -> dict:
 
 
 def section_dashboard(ctx: BenchContext) -> dict:
-    from core.bench.dashboard import (
-        section_dashboard as run,  # starts streamlit and a browser
-    )
-
+    if ctx.sessions > 1:  # starts streamlit and a browser
+        from core.bench.dashboard_sessions import section_sessions as run
+    else:
+        from core.bench.dashboard import section_dashboard as run
     return run(ctx)
 
 
