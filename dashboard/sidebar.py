@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from core.analysis.links import HOME
-from core.analysis.profiles import user_summary
 from core.common.escape import md
 from core.data.vocab import UNKNOWN, Device, Placement, values
 from core.funnel.params import DEFAULT_PARAMS, EXACT_RANKS_AUTO_MAX
@@ -14,7 +13,6 @@ from dashboard import state
 
 def render_request_controls() -> None:
     ss = st.session_state
-    cat = state.catalog()
     names = state.version_names()
     users = state.all_user_ids()
     if ss.get("version") not in names:
@@ -29,7 +27,7 @@ def render_request_controls() -> None:
         st.caption(state.serving(ss["version"]))
         st.selectbox("User", users, key="user", on_change=state.reset_context,
                      help="Type to search by id. Changing the user resets the context to their usual one.")
-        prof = user_summary(cat, ss["user"])
+        prof = state.user_profile(ss["user"])
         st.caption(f"{md(prof['country'])} · {md(prof['age_bucket'])} · {md(prof['device'])} · "
                    f"{prof['impressions']} impressions, {prof['clicks']} clicks"
                    + ("" if prof["has_profile"] else " · no profile"))

@@ -108,6 +108,20 @@ def all_user_ids() -> list[str]:
     return user_ids(s.db_url, data_stamp(s.db_url))
 
 
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _user_summary(url: str, stamp: str, user_id: str) -> dict:
+    from core.analysis.profiles import user_summary
+
+    return user_summary(_catalog(url, stamp), user_id)
+
+
+def user_profile(user_id: str) -> dict:
+    """The sidebar's profile of a user (core.analysis.profiles.user_summary), computed once per user
+    and data stamp: it scans the impression log, which every rerun of every session would repeat."""
+    s = settings()
+    return _user_summary(s.db_url, data_stamp(s.db_url), str(user_id))
+
+
 @st.cache_resource(show_spinner=False)
 def _community_labels(url: str, stamp: str) -> dict[str, str]:
     comms = _catalog(url, stamp).communities
