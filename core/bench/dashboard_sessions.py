@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import statistics
 import threading
 import time
@@ -166,12 +167,16 @@ def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chr
     t0 = time.perf_counter()
     with serve_dashboard({**(os.environ if env is None else env), "ADLENS_HOME": str(workspace)},
                          procs=procs) as url:
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with ServerSampler(procs[0].pid) as server:
             rows = asyncio.run(_run_sessions(url, users, sessions, loads, chromium, log, warmed=server.mark))
+        # the Playwright driver and Chromium have exited (and were waited for); the server runs on
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    browser_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     by_page = {name: _quantiles([r["s"] for r in rows if r["page"] == name]) for name in PAGES}
     worst = max(q["median_s"] for q in by_page.values())
     return {"sessions": sessions, "loads_per_session": loads * len(PAGES), "pages": by_page,
-            "exceptions": sum(r["exceptions"] for r in rows), "server": server.report(),
+            "exceptions": sum(r["exceptions"] for r in rows), "server": server.report(), "browser_cpu_s": round(browser_cpu, 1),
             "goal_median_s": GOAL_S, "meets_goal": bool(worst <= GOAL_S), "wall_s": round(time.perf_counter() - t0, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "cpus": os.cpu_count(), "loads": rows}
@@ -204,6 +209,6 @@ def format_sessions(sec: dict) -> list[str]:
                      f"   ({q['n']} loads)")
     lines.append(f"    pages with an exception: {sec['exceptions']}; server RSS start {srv['start_mb']} MB, "
                  f"peak {srv['peak_mb']} MB, end {srv['end_mb']} MB; server CPU {srv['cpu_s']} s "
-                 f"in {srv['wall_s']} s of concurrent loads")
+                 f"in {srv['wall_s']} s of concurrent loads; browser CPU {sec['browser_cpu_s']} s (warm-up included)")
     lines.append(f"  workspace {sec['workspace']}")
     return lines
