@@ -93,27 +93,39 @@ class ServerSampler:
 
 def _quantiles(values: list[float]) -> dict:
     s = sorted(values)
+    if not s:
+        return {"n": 0, "median_s": None, "p95_s": None, "max_s": None}
     p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
     return {"n": len(s), "median_s": round(statistics.median(s), 3), "p95_s": round(p95, 3),
             "max_s": round(s[-1], 3)}
 
 
 async def _session(browser, url: str, users: list[str], i: int, loads: int, rows: list, log) -> None:
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
     ctx = await browser.new_context(viewport={"width": 1400, "height": 900})
     page = await ctx.new_page()
+    page.set_default_timeout(LOAD_MS)
+    page.set_default_navigation_timeout(LOAD_MS)
     try:
         for r in range(loads):
             for j, (name, (path, selectors)) in enumerate(PAGES.items()):
                 user = users[((i * loads + r) * len(PAGES) + j) % len(users)]  # a new user every load
                 t = time.perf_counter()
-                await page.goto(f"{url}/{path}?{urlencode({'user': user})}")
-                for sel in selectors:
-                    await page.wait_for_selector(sel, timeout=LOAD_MS)
-                await page.wait_for_function(RUN_OVER, timeout=LOAD_MS)
+                try:
+                    await page.goto(f"{url}/{path}?{urlencode({'user': user})}")
+                    for sel in selectors:
+                        await page.wait_for_selector(sel)
+                    await page.wait_for_function(RUN_OVER)
+                except PlaywrightTimeout:  # counted, not fatal: the other sessions go on
+                    rows.append({"session": i, "round": r, "page": name, "user": user, "s": None,
+                                 "exceptions": 0, "timed_out": True})
+                    log(f"  session {i} round {r} {name:<8} timed out after {LOAD_MS / 1000:.0f} s")
+                    continue
                 took = time.perf_counter() - t
                 errors = await page.locator("[data-testid='stException']").count()
                 rows.append({"session": i, "round": r, "page": name, "user": user, "s": round(took, 3),
-                             "exceptions": errors})
+                             "exceptions": errors, "timed_out": False})
                 log(f"  session {i} round {r} {name:<8} {took:6.2f} s" + (f"  {errors} exception(s)" if errors else ""))
     finally:
         await ctx.close()
@@ -173,10 +185,12 @@ def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chr
         # the Playwright driver and Chromium have exited (and were waited for); the server runs on
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     browser_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
-    by_page = {name: _quantiles([r["s"] for r in rows if r["page"] == name]) for name in PAGES}
-    worst = max(q["median_s"] for q in by_page.values())
+    by_page = {name: _quantiles([r["s"] for r in rows if r["page"] == name and r["s"] is not None])
+               for name in PAGES}
+    worst = max(float("inf") if q["median_s"] is None else q["median_s"] for q in by_page.values())
     return {"sessions": sessions, "loads_per_session": loads * len(PAGES), "pages": by_page,
-            "exceptions": sum(r["exceptions"] for r in rows), "server": server.report(), "browser_cpu_s": round(browser_cpu, 1),
+            "exceptions": sum(r["exceptions"] for r in rows), "timeouts": sum(r["timed_out"] for r in rows),
+            "server": server.report(), "browser_cpu_s": round(browser_cpu, 1),
             "goal_median_s": GOAL_S, "meets_goal": bool(worst <= GOAL_S), "wall_s": round(time.perf_counter() - t0, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "cpus": os.cpu_count(), "loads": rows}
@@ -207,7 +221,7 @@ def format_sessions(sec: dict) -> list[str]:
     for name, q in sec["pages"].items():
         lines.append(f"    {name:<8} median {q['median_s']:6.2f} s   p95 {q['p95_s']:6.2f} s   max {q['max_s']:6.2f} s"
                      f"   ({q['n']} loads)")
-    lines.append(f"    pages with an exception: {sec['exceptions']}; server RSS start {srv['start_mb']} MB, "
+    lines.append(f"    pages with an exception: {sec['exceptions']}, timed out: {sec['timeouts']}; server RSS start {srv['start_mb']} MB, "
                  f"peak {srv['peak_mb']} MB, end {srv['end_mb']} MB; server CPU {srv['cpu_s']} s "
                  f"in {srv['wall_s']} s of concurrent loads; browser CPU {sec['browser_cpu_s']} s (warm-up included)")
     lines.append(f"  workspace {sec['workspace']}")
