@@ -31,3 +31,45 @@ def test_user_switches_are_timed_in_a_real_browser(demo_workspace):
     assert rep["meets_target"] == (rep["settled_median_s"] <= dashboard_bench.TARGET_S)
     text = format_report({"dashboard": {**rep, "ads": 600, "workspace": str(demo_workspace.path)}})
     assert "Inspect at 600 ads" in text and rows[0]["user"] in text
+
+
+def test_sessions_mode_is_skipped_with_the_reason_when_no_browser(tmp_path, monkeypatch):
+    from core.bench.runner import section_dashboard
+
+    monkeypatch.setattr(dashboard_bench, "find_chromium", lambda: None)
+    ctx = BenchContext(settings=load_settings(workspace=tmp_path / "ws"), sessions=8)
+    assert "Chromium" in section_dashboard(ctx)["skipped"]
+    assert not (tmp_path / "ws" / "bench").exists()
+
+
+def test_sessions_quantiles_and_report_text():
+    from core.bench.dashboard_sessions import _quantiles, format_sessions
+
+    q = _quantiles([float(v) for v in range(1, 21)])  # 1..20 s
+    assert q == {"n": 20, "median_s": 10.5, "p95_s": 19.0, "max_s": 20.0}
+    assert _quantiles([])["median_s"] is None
+    sec = {"sessions": 8, "loads_per_session": 9, "ads": 3000, "cpus": 2, "load_avg_1m": 4.0, "goal_median_s": 3.0,
+           "meets_goal": False, "pages": {"inspect": q, "map": _quantiles([])}, "exceptions": 0, "timeouts": 1,
+           "server": {"start_mb": 70.0, "peak_mb": 500.0, "end_mb": 480.0, "cpu_s": 12.0, "wall_s": 100.0},
+           "browser_cpu_s": 50.0, "workspace": "/ws"}
+    text = format_report({"dashboard": sec})
+    assert "8 concurrent sessions x 9 page loads at 3,000 ads" in text and "NOT met" in text
+    assert "inspect  median  10.50 s   p95  19.00 s" in text and "map      no load finished" in text
+    assert "timed out: 1" in text and "peak 500.0 MB" in text and format_sessions(sec)[-1] == "  workspace /ws"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_concurrent_sessions_load_every_page_in_a_real_browser(demo_workspace):
+    from core.bench.dashboard_sessions import PAGES, measure_sessions
+
+    if dashboard_bench.skip_reason():
+        pytest.skip(dashboard_bench.skip_reason())
+    rep = measure_sessions(demo_workspace.path, sessions=2, loads=1, env=demo_workspace.env())
+    rows = rep["loads"]
+    assert len(rows) == 2 * len(PAGES) and not rep["exceptions"] and not rep["timeouts"]
+    assert len({r["user"] for r in rows}) == len(rows) and all(r["user"] in demo_workspace.users for r in rows)
+    assert all(rep["pages"][p]["n"] == 2 and 0 < rep["pages"][p]["median_s"] < 300 for p in PAGES)
+    srv = rep["server"]
+    assert 0 < srv["start_mb"] <= srv["peak_mb"] and srv["cpu_s"] > 0  # the server did the pages' work
+    assert rep["meets_goal"] == (max(q["median_s"] for q in rep["pages"].values()) <= rep["goal_median_s"])

@@ -219,6 +219,9 @@ def format_sessions(sec: dict) -> list[str]:
              f"({sec['cpus']} CPUs, browser on the same machine; load avg {sec['load_avg_1m']}): goal median <= "
              f"{sec['goal_median_s']:.0f} s per page: {'met' if sec['meets_goal'] else 'NOT met'}"]
     for name, q in sec["pages"].items():
+        if not q["n"]:
+            lines.append(f"    {name:<8} no load finished")
+            continue
         lines.append(f"    {name:<8} median {q['median_s']:6.2f} s   p95 {q['p95_s']:6.2f} s   max {q['max_s']:6.2f} s"
                      f"   ({q['n']} loads)")
     lines.append(f"    pages with an exception: {sec['exceptions']}, timed out: {sec['timeouts']}; server RSS start {srv['start_mb']} MB, "
