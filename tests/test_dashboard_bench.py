@@ -50,12 +50,12 @@ def test_sessions_quantiles_and_report_text():
     assert _quantiles([])["median_s"] is None
     sec = {"sessions": 8, "loads_per_session": 9, "ads": 3000, "cpus": 2, "load_avg_1m": 4.0, "goal_median_s": 3.0,
            "meets_goal": False, "pages": {"inspect": q, "map": _quantiles([])}, "exceptions": 0, "timeouts": 1,
-           "server": {"start_mb": 70.0, "peak_mb": 500.0, "end_mb": 480.0, "cpu_s": 12.0, "wall_s": 100.0},
-           "browser_cpu_s": 50.0, "workspace": "/ws"}
+           "server": {"start_mb": 70.0, "peak_mb": 500.0, "end_mb": 480.0, "cpu_s": 12.0, "wall_s": 100.0,
+                      "browser_cpu_s": 50.0}, "workspace": "/ws"}
     text = format_report({"dashboard": sec})
     assert "8 concurrent sessions x 9 page loads at 3,000 ads" in text and "NOT met" in text
     assert "inspect  median  10.50 s   p95  19.00 s" in text and "map      no load finished" in text
-    assert "timed out: 1" in text and "peak 500.0 MB" in text and format_sessions(sec)[-1] == "  workspace /ws"
+    assert "timed out: 1" in text and "peak 500.0 MB" in text and "browser CPU 50.0 s" in text and format_sessions(sec)[-1] == "  workspace /ws"
 
 
 @pytest.mark.browser
@@ -72,4 +72,5 @@ def test_concurrent_sessions_load_every_page_in_a_real_browser(demo_workspace):
     assert all(rep["pages"][p]["n"] == 2 and 0 < rep["pages"][p]["median_s"] < 300 for p in PAGES)
     srv = rep["server"]
     assert 0 < srv["start_mb"] <= srv["peak_mb"] and srv["cpu_s"] > 0  # the server did the pages' work
+    assert srv["browser_cpu_s"] > 0  # and Chromium rendered them
     assert rep["meets_goal"] == (max(q["median_s"] for q in rep["pages"].values()) <= rep["goal_median_s"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import statistics
 import threading
 import time
@@ -44,13 +43,35 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def cpu_s(pid: int) -> float | None:
     """User + system CPU seconds process `pid` has used (Linux /proc), None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
+    f = _stat(pid)
+    return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants_cpu_s(root: int, exclude: int) -> float:
+    """CPU seconds used so far by the live descendants of `root` outside `exclude`'s subtree (here:
+    the Playwright driver and Chromium's processes, not the Streamlit server)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (f := _stat(int(d.name))) is not None:
+            parent[int(d.name)] = int(f[1])
+
+    def under(pid: int, top: int) -> bool:
+        while pid > 1:
+            if pid == top:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return sum(cpu_s(p) or 0.0 for p in parent if p != root and under(p, root) and not under(p, exclude))
 
 
 class ServerSampler:
@@ -60,6 +81,7 @@ class ServerSampler:
     def __init__(self, pid: int, every_s: float = 0.25) -> None:
         self.pid, self.every_s = pid, every_s
         self.cpu0, self.cpu1, self.t0, self.t1 = cpu_s(pid), None, time.perf_counter(), None
+        self.browser0 = self.browser_cpu = None
         self.start = rss_mb(pid)
         self.peak = self.last = self.start
         self._stop = threading.Event()
@@ -72,8 +94,13 @@ class ServerSampler:
                 self.last, self.peak = v, max(self.peak or 0.0, v)
 
     def mark(self) -> None:
-        """Start the CPU and wall-clock count here (after the warm-up)."""
+        """Start the CPU and wall-clock counts here (after the warm-up)."""
         self.cpu0, self.t0 = cpu_s(self.pid), time.perf_counter()
+        self.browser0 = descendants_cpu_s(os.getpid(), exclude=self.pid)
+
+    def browser_done(self) -> None:
+        """Called before the browser closes: the browser's CPU since `mark`."""
+        self.browser_cpu = descendants_cpu_s(os.getpid(), exclude=self.pid) - self.browser0
 
     def __enter__(self) -> "ServerSampler":
         self._thread.start()
@@ -88,7 +115,7 @@ class ServerSampler:
         r = lambda v: None if v is None else round(v, 1)  # noqa: E731
         cpu = None if self.cpu0 is None or self.cpu1 is None else self.cpu1 - self.cpu0
         return {"start_mb": r(self.start), "peak_mb": r(self.peak), "end_mb": r(self.last), "cpu_s": r(cpu),
-                "wall_s": r(self.t1 - self.t0) if self.t1 else None}
+                "wall_s": r(self.t1 - self.t0) if self.t1 else None, "browser_cpu_s": r(self.browser_cpu)}
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -132,7 +159,7 @@ async def _session(browser, url: str, users: list[str], i: int, loads: int, rows
 
 
 async def _run_sessions(url: str, users: list[str], sessions: int, loads: int, chromium: str, log,
-                        warmed=lambda: None) -> list[dict]:
+                        warmed=lambda: None, done=lambda: None) -> list[dict]:
     from playwright.async_api import async_playwright
 
     from core.bench.dashboard import CHROMIUM_ARGS
@@ -147,6 +174,7 @@ async def _run_sessions(url: str, users: list[str], sessions: int, loads: int, c
                 + ", ".join(f"{w['page']} {w['s']:.1f} s" for w in warm))
             warmed()
             await asyncio.gather(*(_session(browser, url, users, i, loads, rows, log) for i in range(sessions)))
+            done()
         finally:
             await browser.close()
     return rows
@@ -179,18 +207,15 @@ def measure_sessions(workspace: Path, sessions: int = 8, loads: int = LOADS, chr
     t0 = time.perf_counter()
     with serve_dashboard({**(os.environ if env is None else env), "ADLENS_HOME": str(workspace)},
                          procs=procs) as url:
-        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with ServerSampler(procs[0].pid) as server:
-            rows = asyncio.run(_run_sessions(url, users, sessions, loads, chromium, log, warmed=server.mark))
-        # the Playwright driver and Chromium have exited (and were waited for); the server runs on
-        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    browser_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+            rows = asyncio.run(_run_sessions(url, users, sessions, loads, chromium, log, warmed=server.mark,
+                                             done=server.browser_done))
     by_page = {name: _quantiles([r["s"] for r in rows if r["page"] == name and r["s"] is not None])
                for name in PAGES}
     worst = max(float("inf") if q["median_s"] is None else q["median_s"] for q in by_page.values())
     return {"sessions": sessions, "loads_per_session": loads * len(PAGES), "pages": by_page,
             "exceptions": sum(r["exceptions"] for r in rows), "timeouts": sum(r["timed_out"] for r in rows),
-            "server": server.report(), "browser_cpu_s": round(browser_cpu, 1),
+            "server": server.report(),
             "goal_median_s": GOAL_S, "meets_goal": bool(worst <= GOAL_S), "wall_s": round(time.perf_counter() - t0, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "cpus": os.cpu_count(), "loads": rows}
@@ -226,6 +251,6 @@ def format_sessions(sec: dict) -> list[str]:
                      f"   ({q['n']} loads)")
     lines.append(f"    pages with an exception: {sec['exceptions']}, timed out: {sec['timeouts']}; server RSS start {srv['start_mb']} MB, "
                  f"peak {srv['peak_mb']} MB, end {srv['end_mb']} MB; server CPU {srv['cpu_s']} s "
-                 f"in {srv['wall_s']} s of concurrent loads; browser CPU {sec['browser_cpu_s']} s (warm-up included)")
+                 f"in {srv['wall_s']} s of concurrent loads; browser CPU {srv['browser_cpu_s']} s meanwhile")
     lines.append(f"  workspace {sec['workspace']}")
     return lines
