@@ -252,5 +252,9 @@ def format_sessions(sec: dict) -> list[str]:
     lines.append(f"    pages with an exception: {sec['exceptions']}, timed out: {sec['timeouts']}; server RSS start {srv['start_mb']} MB, "
                  f"peak {srv['peak_mb']} MB, end {srv['end_mb']} MB; server CPU {srv['cpu_s']} s "
                  f"in {srv['wall_s']} s of concurrent loads; browser CPU {srv['browser_cpu_s']} s meanwhile")
+    done = sum(q["n"] for q in sec["pages"].values())
+    if done and srv.get("cpu_s") is not None and srv.get("browser_cpu_s") is not None:
+        # where the time goes: with the browser on the same cores, its rendering competes with the server
+        lines.append(f"    CPU per page load: server {srv['cpu_s'] / done:.2f} s, browser {srv['browser_cpu_s'] / done:.2f} s")
     lines.append(f"  workspace {sec['workspace']}")
     return lines
