@@ -182,6 +182,8 @@ def test_out_of_range_link_time_is_reported_not_raised(app_on_demo):
     warnings = " ".join(_visible_text(w.value) for w in at.warning)
     assert "Link parameter time=9999-12-31T23:59:59 is not valid" in warnings
     assert len(at.dataframe(key="candidates_table").value) > 0
+    at = _ok(at.text_input(key="ctx_time").input("9999-12-31T23:59:59").run())  # typed in the sidebar
+    assert any("outside the supported range" in e.value for e in at.error), [e.value for e in at.error]
 
 
 @pytest.fixture
