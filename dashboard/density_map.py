@@ -60,7 +60,7 @@ def density_figure(md, codes: np.ndarray, labels: list[str], field: str, viewpor
     idx = d.sample
     fig.add_trace(go.Scattergl(
         x=md.x[idx], y=md.y[idx], mode="markers", name=f"sample of the view ({len(idx):,} ads)",
-        customdata=md.ad_id[idx], text=md.hover[idx], hovertemplate="%{customdata}<br>%{text}<extra>sample</extra>",
+        customdata=md.ad_id[idx], text=md.hover[idx], hovertemplate="%{text}<extra>sample</extra>",  # hover: escaped id
         marker=dict(size=3, color="rgba(20,20,20,0.45)")))
     x0, x1, y0, y1 = d.viewport
     fig.update_layout(xaxis=dict(range=[x0, x1]), yaxis=dict(range=[y0, y1]))
