@@ -190,3 +190,23 @@ def test_out_of_range_link_time_is_reported_not_raised(app_on_demo):
 def app_on_demo(demo_workspace, use_workspace) -> AppTest:
     use_workspace(demo_workspace.path)
     return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def test_density_map_sample_hover_shows_the_escaped_id():
+    """Above AGGREGATE_ABOVE ads the map is binned; its sample layer hovers the escaped id too."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from core.common.escape import hover
+    from dashboard.density_map import density_figure, label_codes
+
+    ids = np.array(["<b>ad</b>", "ad_2", "ad_3", "ad_4"])
+    md_ = SimpleNamespace(x=np.array([0, 1, 2, 3], np.float32), y=np.array([0, 1, 0, 1], np.float32), ad_id=ids,
+                          hover=np.array([hover(i) + "<br>title" for i in ids]))
+    codes, labels = label_codes(pd.Series(["a", "b", "a", "<i>b</i>"]), 10)
+    fig, _ = density_figure(md_, codes, labels, "vertical", None, 0)
+    sample = next(t for t in fig.data if t.name.startswith("sample"))
+    assert "customdata" not in sample.hovertemplate
+    assert "&lt;b&gt;ad&lt;/b&gt;<br>title" in list(sample.text)
+    assert all("<i>" not in (t.name or "") for t in fig.data)
