@@ -7,9 +7,11 @@ import argparse
 from core.cli.output import add_json_flag, positive_int, print_json
 from core.common.escape import term
 from core.store.settings import Settings
+from core.tower.defaults import TRAIN_DEFAULTS
+from core.tower.split import KINDS
 
-TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15}  # = core.tower.train.DEFAULTS
 SHOWN_MODELS = ("tower", "history_mean", "most_popular", "random")
+USER_MODELS = ("tower", "ease", "item_knn", "history_mean", "most_popular", "random")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,15 +26,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add each click's nearest shown-but-not-clicked impression as a negative")
     p.add_argument("--no-context", action="store_true", help="ignore community, placement, device and hour")
     p.add_argument("--no-adapter", action="store_true", help="keep the ad side as the frozen text vector")
-    p.add_argument("--split", choices=("time", "random"), default="time")
+    p.add_argument("--logq", type=float, default=TRAIN_DEFAULTS["logq"],
+                   help="weight of the logQ popularity correction (0 = off, 1 = unbiased sampled softmax)")
+    p.add_argument("--history-limit", type=int, default=TRAIN_DEFAULTS["history_limit"],
+                   help="last clicks pooled into the history vector (0 = the whole click history)")
+    p.add_argument("--hidden", type=int, default=TRAIN_DEFAULTS["hidden"], help="width of the tower's MLP")
+    p.add_argument("--split", "--holdout", dest="split", choices=KINDS, default="time",
+                   help="held-out clicks: time (cutoff), random (impressions), user (random (user, ad) pairs, "
+                        "evaluated with the user protocol) or none (train on every impression, no evaluation)")
     p.add_argument("--cutoff", help="time split cutoff (default: 80th percentile of impression times)")
     add_json_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="Recall/HitRate/NDCG@K of a tower vs baselines on held-out clicks")
-    p.add_argument("--tower", required=True)
+    p.add_argument("--tower", help="the tower to evaluate (required by --protocol time; optional for user)")
+    p.add_argument("--protocol", choices=("time", "user"), default="time",
+                   help="time: every held-out click is a request at its time (default); user: one request per "
+                        "user after their training clicks, training ads excluded, with item-kNN and EASE")
     p.add_argument("--split", choices=("time", "random"), default=None,
-                   help="default: the split the tower was trained on")
+                   help="--protocol time: default the split the tower was trained on")
+    p.add_argument("--seed", type=int, default=0, help="--protocol user without --tower: the split's seed")
     p.add_argument("--k", type=positive_int, default=100, help="K shown in the segment table (default 100)")
     add_json_flag(p)
     p.set_defaults(func=cmd_evaluate)
@@ -44,7 +57,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     res = train_tower(settings, args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       temperature=args.temperature, seed=args.seed, hard_negatives=args.hard_negatives,
                       use_context=not args.no_context, ad_adapter=not args.no_adapter, cutoff=args.cutoff,
-                      split=args.split, progress=not args.json)
+                      split=args.split, logq=args.logq, history_limit=args.history_limit, hidden=args.hidden,
+                      progress=not args.json)
     if args.json:
         print_json(res)
         return 0
@@ -52,19 +66,52 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"tower {res.name!r} saved to {term(res.path)}")
     print(f"trained on {cfg['n_train_clicks']:,} clicks ({cfg['n_train_users']:,} users) in {res.train_seconds:.1f} s; "
           f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}")
-    _print_report(res.report)
+    if res.report is None:
+        print(f"not evaluated: {cfg['evaluation']}")
+    elif res.report.to_dict().get("protocol") == "user":
+        print_user_report(res.report)
+    else:
+        _print_report(res.report)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from core.tower.evaluate import evaluate_tower
+    from core.common.errors import AdLensError
 
-    report = evaluate_tower(settings, args.tower, split=args.split)
+    if args.protocol == "user":
+        from core.analysis.user_eval import evaluate_workspace
+
+        if args.split is not None:
+            raise AdLensError("--split is for --protocol time; the user protocol always splits (user, ad) pairs")
+        report = evaluate_workspace(settings, args.tower, seed=args.seed)
+    else:
+        from core.tower.evaluate import evaluate_tower
+
+        if args.tower is None:
+            raise AdLensError("--protocol time needs --tower NAME (list them with `adlens versions`)")
+        report = evaluate_tower(settings, args.tower, split=args.split)
     if args.json:
         print_json(report)
+    elif args.protocol == "user":
+        print_user_report(report)
     else:
         _print_report(report, seg_k=args.k)
     return 0
+
+
+def print_user_report(report) -> None:
+    """The user-protocol table: one row per model, HR/Recall/NDCG at every k, then the notes."""
+    split = report.split
+    print(f"\nuser protocol ({split['test_fraction']:.0%} of (user, ad) pairs held out, seed {split['seed']}): "
+          f"{report.n_test_pairs:,} held-out pairs of {report.n_users:,} users, ranked among {report.n_ads:,} ads "
+          f"minus each user's training ads" + (f" ({report.n_skipped} skipped: ad not embedded)" if report.n_skipped else ""))
+    cols = [f"{m}@{k}" for k in report.ks for m in ("hr", "recall", "ndcg")]
+    models = [m for m in USER_MODELS if m in report.models] + sorted(set(report.models) - set(USER_MODELS))
+    print(f"{'model':<22}" + "".join(f"{c:>11}" for c in cols))
+    for m in models:
+        print(f"{m:<22}" + "".join(f"{_fmt(report.models[m].get(c)):>11}" for c in cols))
+    for m, note in report.notes.items():
+        print(f"  {m}: {note}")
 
 
 def _fmt(v) -> str:

@@ -194,6 +194,11 @@ def evaluate_tower(settings, name: str, split: str | None = None, ks: tuple[int,
 
     encoder = load_tower(settings, name)
     trained = Split.from_dict(read_tower_metrics(settings, name)["training"]["split"])
+    if trained.kind == "none":
+        raise AdLensError(f"tower {name!r} was trained on every impression (--holdout none): no click was held "
+                          "out, so any evaluation would test on training data. Train another tower with a split")
+    if trained.kind == "user":
+        raise AdLensError(f"tower {name!r} was trained on the user split: evaluate it with --protocol user")
     if split is not None and split != trained.kind:
         raise AdLensError(f"tower {name!r} was trained on the {trained.kind} split; evaluating it on a {split} split "
                           f"would test on its training clicks. Use --split {trained.kind}, or train a tower with "

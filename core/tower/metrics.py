@@ -99,3 +99,36 @@ def metric_table(ranks: np.ndarray, ks: tuple[int, ...], users: np.ndarray | Non
         out[f"hitrate@{k}"] = hitrate_at_k(ranks, k, users)
         out[f"ndcg@{k}"] = ndcg_at_k(ranks, k, users)
     return out
+
+
+USER_METRICS: tuple[str, ...] = ("hr", "recall", "ndcg")
+
+
+def user_protocol_metrics(ranks: np.ndarray, users: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """Metrics of the user protocol (core.tower.user_protocol): each user ranked once, several
+    held-out ads per user, `ranks[i]` the 0-based position of held-out pair i in its user's list
+    (training ads excluded; a pair a model cannot return has a rank >= every k).
+
+    - **hr@K**: share of held-out interactions ranked < K (pooled over users);
+    - **recall@K**: per user, hits / held-out ads; averaged over users;
+    - **ndcg@K**: per user, sum over hits of 1/log2(rank+2), divided by the ideal DCG of
+      min(K, held-out ads) hits; averaged over users."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    if len(users) != len(ranks):
+        raise ValueError(f"users ({len(users)}) and ranks ({len(ranks)}) differ in length")
+    out: dict[str, float] = {}
+    if len(ranks) == 0:
+        return {f"{m}@{k}": float("nan") for k in ks for m in USER_METRICS}
+    codes, n_users = _codes(users)
+    n_held = np.bincount(codes, minlength=n_users).astype(np.float64)
+    for k in ks:
+        if k <= 0:
+            raise ValueError(f"k must be positive; got {k}")
+        hit = ranks < k
+        gain = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0).astype(np.float64) + 2.0), 0.0)
+        ideal = np.cumsum(1.0 / np.log2(np.arange(k, dtype=np.float64) + 2.0))
+        idcg = ideal[np.minimum(n_held, k).astype(np.int64) - 1]
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"recall@{k}"] = float(np.mean(np.bincount(codes, weights=hit, minlength=n_users) / n_held))
+        out[f"ndcg@{k}"] = float(np.mean(np.bincount(codes, weights=gain, minlength=n_users) / idcg))
+    return out

@@ -1,11 +1,12 @@
 """Train a user tower on the impression log and register it in the workspace.
 
-Data: every clicked impression on the training side of the split (core.tower.evaluate.make_split:
-by default before the 80th percentile of impression timestamps) is one (request, clicked ad)
-pair; the request's history is the user's clicks strictly before that impression.
+Data: every clicked impression on the training side of the split (core.tower.split.make_split:
+by default before the 80th percentile of impression timestamps; `none` trains on every
+impression and evaluates nothing) is one (request, clicked ad) pair; the request's history is
+the user's training clicks strictly before that impression (the last `history_limit`, or all).
 
 Loss: sampled softmax over in-batch negatives. logits[i, j] = <q_i, a_j> / temperature
-- log(B * Q(ad_j)), where Q is the ad's share of training clicks and B the batch size (logQ
+- logq * log(B * Q(ad_j)), where Q is the ad's share of training clicks and B the batch size (logQ
 correction: popular ads appear as in-batch negatives more often, and without it the tower learns
 to push them down; B * Q is the ad's expected count in a batch, so the corrected logits estimate
 the full softmax over all ads). In-batch copies of a row's own positive ad are masked. With
@@ -23,7 +24,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from core.store.db import make_engine, session_scope
 from core.store.debris import clean_debris
 from core.store.models import Tower
 from core.store.settings import Settings
+from core.tower.defaults import TRAIN_DEFAULTS as DEFAULTS
 from core.tower.evaluate import DEFAULT_KS, EvalReport, evaluate_encoder
 from core.tower.model import (
     COMM_UNK,
@@ -55,9 +57,9 @@ from core.tower.model import (
 )
 from core.tower.registry import catalog_embeddings, tower_path, write_tower_manifest
 from core.tower.split import Split, make_split
+from core.tower.user_protocol import UserEvalReport, evaluate_encoder_user
 
-DEFAULTS = {"epochs": 12, "batch_size": 512, "lr": 3e-3, "temperature": 0.15, "weight_decay": 1e-5,
-            "oov_dropout": 0.05}
+NOT_EVALUATED = "trained on every impression (--holdout none): nothing held out, so this tower is not evaluated"
 
 
 @dataclass
@@ -69,7 +71,7 @@ class TrainResult:
     config: dict  # training settings, split and data counts (also in metrics.json "training")
     losses: list[float]  # mean loss per epoch
     train_seconds: float
-    report: EvalReport
+    report: EvalReport | UserEvalReport | None  # None with --holdout none
 
 
 @contextmanager
@@ -150,19 +152,22 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
               epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
               temperature: float = DEFAULTS["temperature"], seed: int = 0, hard_negatives: bool = False,
               use_context: bool = True, ad_adapter: bool = True, weight_decay: float = DEFAULTS["weight_decay"],
-              oov_dropout: float = DEFAULTS["oov_dropout"], logq: float = 1.0, progress: bool = True,
-              features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
+              oov_dropout: float = DEFAULTS["oov_dropout"], logq: float = DEFAULTS["logq"],
+              history_limit: int = DEFAULTS["history_limit"], hidden: int = DEFAULTS["hidden"],
+              progress: bool = True, features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
     """Train a tower in memory on the training side of `split`: (encoder, data stats, epoch losses).
 
     `temperature` divides the dot products; `logq` scales the logQ correction (1 = the unbiased
     sampled softmax, 0 = none); `oov_dropout` is the share of categorical ids replaced by the
     unknown slot per batch (cold start); `ad_adapter` trains the residual linear ad adapter;
-    `use_context` feeds community, placement, request device and hour. One-cycle LR schedule
-    with AdamW; see the module docstring for the loss."""
-    if epochs < 1 or batch_size < 2 or lr <= 0 or temperature <= 0:
-        raise AdLensError(f"need epochs >= 1, batch_size >= 2, lr > 0, temperature > 0; got "
-                          f"{epochs}, {batch_size}, {lr}, {temperature}")
-    features = features or FeatureStore(catalog, ad_ids, ad_text_vectors)
+    `use_context` feeds community, placement, request device and hour; `history_limit` is the
+    number of last clicks pooled into the history (0: all); `hidden` the MLP width. One-cycle LR
+    schedule with AdamW; see the module docstring for the loss. Histories are built from the
+    training side only (`features`, when given, must be `training_features(...)`)."""
+    if epochs < 1 or batch_size < 2 or lr <= 0 or temperature <= 0 or history_limit < 0 or hidden < 1:
+        raise AdLensError(f"need epochs >= 1, batch_size >= 2, lr > 0, temperature > 0, history_limit >= 0, "
+                          f"hidden >= 1; got {epochs}, {batch_size}, {lr}, {temperature}, {history_limit}, {hidden}")
+    features = features or training_features(catalog, ad_ids, ad_text_vectors, split)
     imps = catalog.impressions
     train = imps[~split.test_side(imps)] if len(imps) else imps
     clicked = train["clicked"].astype(bool).to_numpy() if len(train) else np.zeros(0, bool)
@@ -173,7 +178,8 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
         raise AdLensError(f"only {len(clicks)} clicked impression(s) on the training side of the {split.kind} "
                           f"split ({split.to_dict()}): ingest impressions with clicks (adlens ingest / adlens demo)")
     torch.manual_seed(seed)
-    enc = UserTowerEncoder({"text_dim": features.dim, "use_context": use_context, "ad_adapter": ad_adapter},
+    enc = UserTowerEncoder({"text_dim": features.dim, "use_context": use_context, "ad_adapter": ad_adapter,
+                            "history_limit": int(history_limit) or 10**9, "hidden": int(hidden)},
                            build_vocab(catalog.users, catalog.communities, train))
     inputs: TowerInputs = enc.featurize(requests_from_impressions(clicks, catalog.users), features)
     counts = np.bincount(pos, minlength=len(features.ad_ids)).astype(np.float64)
@@ -225,15 +231,29 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
     return enc, stats, losses
 
 
+def training_features(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, split: Split) -> FeatureStore:
+    """The FeatureStore training sees: built from the training side only, so no held-out click is
+    ever in a training history (for the time split that is every click before the request anyway)."""
+    imps = catalog.impressions
+    if split.kind in ("time", "none") or len(imps) == 0:
+        return FeatureStore(catalog, ad_ids, ad_text_vectors)
+    return FeatureStore(replace(catalog, impressions=imps[~split.test_side(imps)].reset_index(drop=True)),
+                        ad_ids, ad_text_vectors)
+
+
 def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs"],
                 batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
                 temperature: float = DEFAULTS["temperature"], seed: int = 0, hard_negatives: bool = False,
                 use_context: bool = True, ad_adapter: bool = True, cutoff=None, split: str = "time",
-                engine: Engine | None = None, progress: bool = True, ad_ids: np.ndarray | None = None,
-                ad_text_vectors: np.ndarray | None = None, ks: tuple[int, ...] = DEFAULT_KS) -> TrainResult:
-    """Train tower `name` on the workspace's impressions, evaluate it on the held-out clicks, save
-    it to `<towers_dir>/<name>/` atomically and register it. Ad vectors default to the embedding
-    cache (pass `ad_ids` + `ad_text_vectors`, sorted by id, to use others)."""
+                logq: float = DEFAULTS["logq"], history_limit: int = DEFAULTS["history_limit"],
+                hidden: int = DEFAULTS["hidden"], engine: Engine | None = None, progress: bool = True,
+                ad_ids: np.ndarray | None = None, ad_text_vectors: np.ndarray | None = None,
+                ks: tuple[int, ...] = DEFAULT_KS) -> TrainResult:
+    """Train tower `name` on the workspace's impressions, evaluate it on the held-out clicks (the
+    user protocol for a user split; nothing for `split="none"`), save it to
+    `<towers_dir>/<name>/` atomically and register it. The split is checked before anything is
+    embedded or trained. Ad vectors default to the embedding cache (pass `ad_ids` +
+    `ad_text_vectors`, sorted by id, to use others)."""
     validate_name(name, "tower")
     engine = engine or make_engine(settings.db_url)
     final = tower_path(settings, name)
@@ -244,15 +264,16 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     catalog = load_catalog(engine)
     if (ad_ids is None) != (ad_text_vectors is None):
         raise AdLensError("pass both ad_ids and ad_text_vectors, or neither")
+    the_split = make_split(catalog.impressions, split, cutoff=cutoff, seed=seed)  # fails fast on a bad cutoff
     emb_info = {"source": "arguments"}
     if ad_ids is None:
         ad_ids, ad_text_vectors, emb_info = catalog_embeddings(settings, catalog)
         emb_info = {"source": "embedding_cache", "embedding_model": settings.embedding_model, **emb_info}
-    the_split = make_split(catalog.impressions, split, cutoff=cutoff, seed=seed)
-    features = FeatureStore(catalog, ad_ids, ad_text_vectors)
+    features = training_features(catalog, ad_ids, ad_text_vectors, the_split)
     params = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "temperature": float(temperature),
               "seed": int(seed), "hard_negatives": bool(hard_negatives), "use_context": bool(use_context),
-              "ad_adapter": bool(ad_adapter)}
+              "ad_adapter": bool(ad_adapter), "logq": float(logq), "history_limit": int(history_limit),
+              "hidden": int(hidden)}
     t0 = time.perf_counter()
     enc, stats, losses = fit_tower(catalog, ad_ids, ad_text_vectors, the_split, progress=progress,
                                    features=features, **params)
@@ -260,23 +281,33 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     # Which text space the tower was trained in, so a version can refuse a mismatched model.
     enc.cfg["embedding_model"] = emb_info.get("model", emb_info.get("embedding_model"))
     enc.cfg["embedding_fingerprint"] = emb_info.get("fingerprint")
-    report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, features=features, seed=seed)
-    report.tower = name
+    if the_split.kind == "none":
+        report = None
+    elif the_split.kind == "user":
+        report = evaluate_encoder_user(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed=seed)
+    else:
+        report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed=seed,
+                                  features=features if the_split.kind == "time" else None)
+    if report is not None:
+        report.tower = name
+    # A tower trained on everything still records its split (compare and sources read it from here).
+    evaluation = report if report is not None else {"split": the_split.to_dict(), "not_evaluated": NOT_EVALUATED}
     config = {**params, "split": the_split.to_dict(), **stats, "embeddings": emb_info, "losses": losses,
-              "train_seconds": train_seconds}
+              "train_seconds": train_seconds, **({"evaluation": NOT_EVALUATED} if report is None else {})}
     created = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     clean_debris(settings, under=settings.towers_dir)
     with staging_dir(settings.towers_dir, name) as tmp:
         enc.save(tmp)
         manifest_sha = write_tower_manifest(tmp, name)
         atomic_write_json(tmp / "metrics.json", {"tower": name, "created_at": created, "training": config,
-                                                  "evaluation": report})
+                                                  "evaluation": evaluation})
         fsync_tree(tmp)
         os.rename(tmp, final)  # fails if `final` appeared meanwhile: never overwrite a tower
     try:
         with session_scope(engine, write="register a tower") as s:
-            s.add(Tower(name=name, created_at=created, path=f"towers/{name}", config=to_jsonable({**config, "manifest_sha256": manifest_sha}),
-                        metrics=to_jsonable(report)))
+            s.add(Tower(name=name, created_at=created, path=f"towers/{name}",
+                        config=to_jsonable({**config, "manifest_sha256": manifest_sha}),
+                        metrics=to_jsonable(evaluation)))
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)  # registered only when complete: undo the folder
         raise
