@@ -75,16 +75,52 @@ def prepare(src: Path, settings) -> None:
     print(f"embedded {len(res.ad_ids):,} ads ({res.n_encoded:,} encoded) in {res.seconds:.1f} s")
 
 
+def tower_name(params: dict) -> str:
+    """A tower name that records its settings, so a rerun with the same settings reuses it."""
+    return "ml_" + "_".join(f"{k}{v}".replace(".", "p").replace("-", "m") for k, v in sorted(params.items()))
+
+
+def train_and_build(settings, params: dict, seed: int) -> str:
+    """Train (once per settings) a tower on the user split and build a Flat version over it."""
+    from core.index.versions import build_version, list_versions
+    from core.tower.registry import list_towers
+    from core.tower.train import train_tower
+
+    name = tower_name({**params, "seed": seed})
+    if name not in {t["name"] for t in list_towers(settings)}:
+        res = train_tower(settings, name, split="user", seed=seed, **params)
+        print(f"trained {name} in {res.train_seconds:.0f} s; loss per epoch {res.losses}")
+    if name not in {v["name"] for v in list_versions(settings)}:
+        build_version(settings, name, "Flat", tower=name, seed=seed, progress=False, with_map=False)
+        print(f"built version {name}")
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
+    from core.cli.tower_cmds import print_user_report
     from core.store.settings import load_settings
+    from core.tower.defaults import TRAIN_DEFAULTS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", type=Path, help="the ml-latest-small folder (movies.csv, ratings.csv)")
     ap.add_argument("--workspace", type=Path, default=Path("/tmp/adlens_movielens"),
                     help="scratch workspace (kept and reused; default /tmp/adlens_movielens)")
+    ap.add_argument("--seed", type=int, default=0, help="the user split's seed (and the tower's)")
+    ap.add_argument("--ks", type=int, nargs="+", default=[10, 50, 100])
+    for key in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"):
+        ap.add_argument("--" + key.replace("_", "-"), type=type(TRAIN_DEFAULTS[key]), default=TRAIN_DEFAULTS[key])
+    ap.add_argument("--no-context", action="store_true", help="train the tower without request context")
     args = ap.parse_args(argv)
     settings = load_settings(workspace=args.workspace)
     prepare(args.path, settings)
+    params = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit",
+                                            "hidden")}
+    if args.no_context:
+        params["use_context"] = False
+    name = train_and_build(settings, params, args.seed)
+    from core.analysis.user_eval import evaluate_workspace
+
+    print_user_report(evaluate_workspace(settings, name, tuple(args.ks)))
     return 0
 
 

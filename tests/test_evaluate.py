@@ -141,7 +141,9 @@ def test_evaluate_encoder_oracle_and_baselines():
 
 def test_evaluate_rejects_empty_test_side():
     cat, ids, vecs = _toy()
-    late = make_split(cat.impressions, cutoff="2030-01-01")
+    with pytest.raises(AdLensError, match="no clicked impression to evaluate on"):
+        make_split(cat.impressions, cutoff="2030-01-01")
+    late = Split("time", datetime(2030, 1, 1))  # a split made elsewhere is still checked by evaluate
     with pytest.raises(AdLensError, match="no test clicks"):
         evaluate_encoder(OracleEncoder(), cat, ids, vecs, late)
 

@@ -288,11 +288,69 @@ def test_cli_train_rejects_bad_name(tmp_path, capsys):
     assert "invalid tower name" in capsys.readouterr().err
 
 
-def test_cli_defaults_match_training_defaults():
-    from core.cli.tower_cmds import TRAIN_DEFAULTS
+def test_cli_defaults_are_the_training_defaults():
+    from core.cli.tower_cmds import build_parser_defaults
     from core.tower.train import DEFAULTS
 
-    assert TRAIN_DEFAULTS == {k: DEFAULTS[k] for k in TRAIN_DEFAULTS}
+    cli = build_parser_defaults()
+    assert {k: cli[k] for k in DEFAULTS if k in cli} == {k: DEFAULTS[k] for k in DEFAULTS if k in cli}
+    assert {"epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"} <= set(cli)
+
+
+def test_impossible_cutoff_is_refused_before_embedding_or_training(settings, planted, monkeypatch):
+    import core.tower.train as tr
+
+    cat, ids, vecs = planted
+    engine = make_engine(settings.db_url)
+    write_catalog(engine, cat)
+
+    def boom(*a, **k):
+        raise AssertionError("must not be reached: the cutoff is checked first")
+
+    monkeypatch.setattr(tr, "catalog_embeddings", boom)
+    monkeypatch.setattr(tr, "fit_tower", boom)
+    with pytest.raises(AdLensError, match="no clicked impression to evaluate on.*--holdout none"):
+        train_tower(settings, "late", cutoff="2030-01-01", engine=engine, progress=False)
+    with pytest.raises(AdLensError, match="no clicked impression to train on"):
+        train_tower(settings, "early", cutoff="2000-01-01", engine=engine, progress=False)
+    ws = ["--workspace", str(settings.workspace)]
+    assert main([*ws, "train", "--name", "late", "--cutoff", "2030-01-01"]) == 2
+    assert not settings.towers_dir.exists() or not list(settings.towers_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_holdout_none_trains_on_everything_and_says_it_is_not_evaluated(settings, planted, capsys, monkeypatch):
+    import core.tower.train as tr
+    from core.tower.evaluate import evaluate_tower
+
+    cat, ids, vecs = planted
+    engine = make_engine(settings.db_url)
+    write_catalog(engine, cat)
+    monkeypatch.setattr(tr, "catalog_embeddings", lambda s, c: (ids, vecs, {"fingerprint": "ab12"}))
+    assert main(["--workspace", str(settings.workspace), "train", "--name", "final", "--holdout", "none",
+                 "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not evaluated" in out and "--holdout none" in out
+    metrics = json.loads((settings.towers_dir / "final" / "metrics.json").read_text())
+    assert metrics["training"]["split"]["kind"] == "none"
+    assert metrics["training"]["n_train_clicks"] == int(cat.impressions.clicked.sum())  # every click
+    assert "not evaluated" in metrics["evaluation"]
+    with pytest.raises(AdLensError, match="trained on every impression"):
+        evaluate_tower(settings, "final", engine=engine, ad_ids=ids, ad_text_vectors=vecs)
+
+
+@pytest.mark.slow
+def test_user_split_tower_is_evaluated_with_the_user_protocol(settings, planted):
+    cat, ids, vecs = planted
+    engine = make_engine(settings.db_url)
+    write_catalog(engine, cat)
+    res = train_tower(settings, "u1", split="user", epochs=2, batch_size=128, engine=engine, progress=False,
+                      ad_ids=ids, ad_text_vectors=vecs, history_limit=0)
+    rep = res.report
+    assert rep.protocol == "user" and {"tower", "random", "most_popular", "history_mean"} == set(rep.models)
+    # the planted topics make the tower far better than chance
+    assert rep.models["tower"]["hr@50"] > 2 * rep.models["random"]["hr@50"]
+    assert json.loads((res.path / "config.json").read_text())["history_limit"] >= 10**9  # the whole history
 
 
 def test_bad_inputs_are_refused_clearly(trained, planted):

@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def build_parser_defaults() -> dict:
+    """The defaults `adlens train` parses to (tests check they are core.tower.train's)."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return vars(parser.parse_args(["train", "--name", "x"]))
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from core.tower.train import train_tower
 
