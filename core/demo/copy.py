@@ -855,17 +855,21 @@ def _templates(key: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, .
     return (*v.titles, *v.titles, *TITLE_TEMPLATES), bodies, tuple(t for t in bodies if "product" in _slots_of(t))
 
 
-def write_ad_copy(v: Vertical, product: str, brand: str, domain: str, r) -> tuple[str, str, str]:
+def write_ad_copy(v: Vertical, product: str, brand: str, domain: str, r,
+                  mix: Vertical | None = None) -> tuple[str, str, str]:
     """(title, body, call to action) for one ad; `r` is a sequence of >= 16 floats in [0, 1)
     (r[13] picks the title template, r[14] the body: spread them to vary a campaign's ads).
-    Vertical templates weigh double; set phrases get the brand or product appended."""
-    feats = v.features
+    Vertical templates weigh double; set phrases get the brand or product appended. With `mix`
+    (a neighbouring vertical), the benefit, features and audience come from its vocabulary: real
+    ads share words across verticals (a travel card is pitched like travel and like banking)."""
+    words = mix or v
+    feats = words.features
     i = int(r[0] * len(feats))
     f2 = feats[(i + 1 + int(r[2] * (len(feats) - 1))) % len(feats)]
     slots = _Slots({
         "brand": brand, "product": product, "domain": domain,
-        "benefit": _pick(v.benefits, r[1]), "feature": feats[i], "feature2": f2,
-        "audience": _pick(v.audiences, r[3]), "cta": _pick(v.ctas, r[4]), "when": _pick(WHEN, r[5]),
+        "benefit": _pick(words.benefits, r[1]), "feature": feats[i], "feature2": f2,
+        "audience": _pick(words.audiences, r[3]), "cta": _pick(v.ctas, r[4]), "when": _pick(WHEN, r[5]),
         "day": _pick(DAYS, r[6]), "pct": _pick(PCTS, r[7]), "amount": _pick(AMOUNTS, r[8]),
         "days": _pick(TRIAL_DAYS, r[9]), "rating": f"{4.2 + 0.7 * r[10]:.1f}",
         "count": f"{int(2 + r[11] * 98) * 1000:,}",

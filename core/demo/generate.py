@@ -18,6 +18,12 @@ The story (hidden parts come back with `generate_dataset(..., return_truth=True)
   ad popularity among ads eligible for the request (a small share stays ineligible, as in logs).
 - Clicks: logistic in the user's interest in the ad's vertical and sub-theme, the request
   community's affinity to them (context), local hour, user propensity and ad quality.
+- Structure each candidate source needs (`_planted`): user **cohorts** that click a shared set
+  of ads drawn from unrelated verticals (co-click structure text similarity cannot see);
+  **trending** ads, one per chosen community, shown and clicked much more there in the last
+  days; campaigns whose targeting **includes** specific communities; and copy that overlaps
+  across verticals: some advertisers run campaigns in a neighbouring vertical under their brand,
+  and some campaigns borrow a neighbouring vertical's vocabulary.
 """
 
 from __future__ import annotations
@@ -64,6 +70,11 @@ HIGH_BID = {"fintech": 1.8, "insurance": 2.0, "banking": 1.8, "b2b_software": 1.
             "real_estate": 1.7, "luxury": 1.5, "jobs": 1.3}
 # Click model: logit = B0 + weights . (interest, context) features + user propensity + ad quality.
 CLICK_B0, W_IV, W_IS, W_CV, W_CS, W_IVCV, W_HOUR = -6.0, 1.6, 0.6, 0.7, 1.0, 0.5, 0.3
+# Planted structure (see the module docstring): logit boosts and the share of slots it fills.
+W_COHORT, W_TREND = 3.5, 3.0
+COHORT_USERS, COHORT_SIZE, COHORT_SLOT = 0.4, 6, 0.05  # share of users in a cohort, ads per cohort, slots
+TREND_DAYS, TREND_SLOT = 3, 0.2  # trending window before the end, share of the community's slots
+MULTI_VERTICAL, MIXED_COPY, INCLUDE_SHARE = 0.15, 0.25, 0.06
 
 
 def _seconds(dt: datetime) -> int:
@@ -209,6 +220,17 @@ def _advertiser_names(rng: np.random.Generator, adv_vert: np.ndarray) -> tuple[l
     return names, domains
 
 
+def _neighbours(rng: np.random.Generator, verts: np.ndarray) -> np.ndarray:
+    """One related vertical per entry of `verts`, drawn by the relation's weight."""
+    keys = {v.key: i for i, v in enumerate(T.VERTICALS)}
+    out = np.empty(len(verts), np.int64)
+    for j, (v, u) in enumerate(zip(verts.tolist(), rng.random(len(verts)).tolist())):
+        rel = T.VERTICALS[v].related
+        ks, ws = [keys[k] for k in rel], np.array(list(rel.values()))
+        out[j] = ks[min(int(np.searchsorted(np.cumsum(ws) / ws.sum(), u, "right")), len(ks) - 1)]
+    return out
+
+
 def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: int) -> dict:
     V, nv = T.VERTICALS, len(T.VERTICALS)
     vw = np.array([v.weight for v in V])
@@ -227,8 +249,13 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
     n_cmp = int(np.clip(round(n_ads / 3.6), n_adv, n_ads))
     cmp_adv = np.repeat(np.arange(n_adv), _split(rng, n_cmp, n_adv, adv_pop ** 0.3))
     cmp_k = np.arange(n_cmp) - np.searchsorted(cmp_adv, cmp_adv) + 1
-    cv = adv_vert[cmp_adv]
-    cmp_sub = first_sub[cv] + _row_sampler(pref)(cmp_adv, rng.random(n_cmp))
+    # Some advertisers also sell in a neighbouring vertical (under the same brand).
+    second = _neighbours(rng, adv_vert)
+    cross = (rng.random(n_adv) < MULTI_VERTICAL)[cmp_adv] & (cmp_k > 1) & (rng.random(n_cmp) < 0.5)
+    cv = np.where(cross, second[cmp_adv], adv_vert[cmp_adv])
+    own_sub = first_sub[cv] + _row_sampler(pref)(cmp_adv, rng.random(n_cmp))
+    cmp_sub = np.where(cross, first_sub[cv] + (rng.random(n_cmp) * n_sub[cv]).astype(np.int64), own_sub)
+    mix = np.where(rng.random(n_cmp) < MIXED_COPY, _neighbours(rng, cv), -1)  # borrowed vocabulary
     subs = [s for v in V for s in v.subthemes]
     product = [subs[s].products[int(u * len(subs[s].products))] for s, u in zip(cmp_sub, rng.random(n_cmp))]
     status = rng.choice(["active", "paused", "ended"], n_cmp, p=[.92, .05, .03])
@@ -272,7 +299,7 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
     devs = [DEVICE_SETS[i] if x < p else [] for x, p, i in zip(u[:, 7], dev_p, rng.integers(0, 5, n_cmp))]
     cid = w["comm_ids"]
     inc = [list(cid[(w["comm_sub"] == s) | ((w["comm_vert"] == cv[i]) & (w["comm_sub"] < 0))])
-           if u[i, 8] < .04 else [] for i, s in enumerate(cmp_sub)]
+           if u[i, 8] < INCLUDE_SHARE else [] for i, s in enumerate(cmp_sub)]
     risky = np.flatnonzero((w["comm_rank"] > 0) | np.isin(w["comm_topics"], ["news", "politics"]))
     exc = [sorted(cid[rng.choice(risky, 1 + int(3 * x / .12), replace=False)]) if x < .12 else []
            for x in u[:, 9]]
@@ -285,7 +312,8 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
     r = rng.random((n_ads, 16))
     k_in_cmp = np.arange(n_ads) - np.searchsorted(ad_cmp, ad_cmp)
     r[:, 13:15] = (rng.random((n_cmp, 2))[ad_cmp] + 0.618034 * k_in_cmp[:, None]) % 1.0  # distinct templates
-    copy = [T.write_ad_copy(V[cv[c]], product[c], names[cmp_adv[c]], prefix[c] + domains[cmp_adv[c]], ri)
+    copy = [T.write_ad_copy(V[cv[c]], product[c], names[cmp_adv[c]], prefix[c] + domains[cmp_adv[c]], ri,
+                            mix=V[mix[c]] if mix[c] >= 0 else None)
             for ri, c in zip(r.tolist(), ad_cmp.tolist())]
     cmp_ids = [f"cmp_{a + 1:04d}_{k}" for a, k in zip(cmp_adv, cmp_k)]
     adv_ids = [f"adv_{i + 1:04d}" for i in range(n_adv)]
@@ -348,9 +376,48 @@ def _eligible(cat: dict, w: dict, cmp, t, ctry, age, dev, comm) -> np.ndarray:
     return ok
 
 
+# ------------------------------------------------------------------------------- planted structure
+def _planted(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_s: int, days: int) -> dict:
+    """User cohorts with the ads each cohort clicks (drawn from any vertical), and one trending ad
+    per chosen (busy, safe) community with the time its trend starts."""
+    n_users = len(users["country"])
+    c = cat["ad_cmp"]
+    broad = (cat["approved"] & cat["geo_any"][c] & cat["age_any"][c] & cat["dev_any"][c] & ~cat["inc_any"][c]
+             & ~cat["exc"][c].any(1) & (cat["serve_lo"][c] <= end_s - days * DAY) & (cat["serve_hi"][c] >= end_s))
+    pool = np.flatnonzero(broad)
+    if len(pool) < COHORT_SIZE:  # tiny catalogs
+        pool = np.arange(len(c))
+    n_coh = max(2, n_users // 250)
+    size = min(COHORT_SIZE, len(pool))
+    cohort_ads = np.stack([rng.choice(pool, size, replace=False) for _ in range(n_coh)])
+    user_cohort = np.where(rng.random(n_users) < COHORT_USERS, rng.integers(0, n_coh, n_users), -1)
+    nc = len(w["comm_ids"])
+    safe = np.flatnonzero(w["comm_rank"] == 0)
+    busy = users["visit"].sum(0)[safe] ** 2 + 1e-12
+    trend_comm = np.sort(rng.choice(safe, min(len(safe), max(2, nc // 25)), replace=False, p=busy / busy.sum()))
+    trend_ad = np.empty(len(trend_comm), np.int64)
+    for j, k in enumerate(trend_comm):  # an ad the community cares about, when there is one
+        fit = pool[w["A"][k, cat["ad_vert"][pool]] > 0]
+        trend_ad[j] = rng.choice(fit if len(fit) else pool)
+    comm_trend = np.full(nc, -1, np.int64)
+    comm_trend[trend_comm] = np.arange(len(trend_comm))
+    return {"cohort_ads": cohort_ads, "user_cohort": user_cohort, "trend_comm": trend_comm, "trend_ad": trend_ad,
+            "comm_trend": comm_trend, "trend_start": end_s - TREND_DAYS * DAY}
+
+
+def _planted_boost(imp: dict, planted: dict) -> np.ndarray:
+    """The click logit's planted part: a cohort's own ads, and a community's trending ad in its window."""
+    u, a, c = imp["uid"], imp["ad"], imp["comm"]
+    coh = planted["user_cohort"][u]
+    in_coh = (coh >= 0) & (planted["cohort_ads"][np.maximum(coh, 0)] == a[:, None]).any(1)
+    tr = np.where(c >= 0, planted["comm_trend"][np.maximum(c, 0)], -1)
+    trending = (tr >= 0) & (planted["trend_ad"][np.maximum(tr, 0)] == a) & (imp["t"] >= planted["trend_start"])
+    return W_COHORT * in_coh + W_TREND * trending
+
+
 # ------------------------------------------------------------------------------------ impressions
 def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_s: int, days: int,
-                 per_user: float) -> dict:
+                 per_user: float, planted: dict) -> dict:
     n_users, nc = len(users["country"]), len(w["comm_ids"])
     lo_s = end_s - days * DAY
     start_u = np.maximum(users["signup"], lo_s)
@@ -391,6 +458,12 @@ def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_
     vert = w["sub_vert"][sub]
     # 1: an ad of the sub-theme, 2: of its vertical (small catalogs), 0: any popular ad
     kind = np.where(relevant, np.where(sub_size[sub] > 0, 1, np.where(vert_size[vert] > 0, 2, 0)), 0)
+    # 3: one of the user's cohort ads, 4: the request community's trending ad (in its window)
+    coh = planted["user_cohort"][uid]
+    kind = np.where((coh >= 0) & (rng.random(n) < COHORT_SLOT), 3, kind)
+    tr = np.where(comm >= 0, planted["comm_trend"][np.maximum(comm, 0)], -1)
+    kind = np.where((tr >= 0) & (t >= planted["trend_start"]) & (rng.random(n) < TREND_SLOT), 4, kind)
+    cohort_ads = planted["cohort_ads"]
     ad = np.empty(n, np.int64)
     todo = np.arange(n)
     for round_ in range(10):  # redraw ads the request is not eligible for
@@ -398,6 +471,10 @@ def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_
         for code, draw, grp in ((1, in_sub, sub), (2, in_vert, vert)):
             i = todo[k == code]
             ad[i] = pool_ids[draw(grp[i], rng.random(len(i)))]
+        i = todo[k == 3]
+        ad[i] = cohort_ads[coh[i], rng.integers(0, cohort_ads.shape[1], len(i))]
+        i = todo[k == 4]
+        ad[i] = planted["trend_ad"][tr[i]]
         ad[todo[k == 0]] = by_pop(int((k == 0).sum()))
         i = todo
         ok = _eligible(cat, w, cat["ad_cmp"][ad[i]], t[i], ctry[i], age[i], dev[i], comm[i])
@@ -453,7 +530,7 @@ def _cap_bursts(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_s
             "ad": appr[in_cmp(np.repeat(chosen, reps), rng.random(k))]}
 
 
-def _click_prob(imp: dict, users: dict, cat: dict, w: dict) -> np.ndarray:
+def _click_prob(imp: dict, users: dict, cat: dict, w: dict, planted: dict) -> np.ndarray:
     u, a, c = imp["uid"], imp["ad"], imp["comm"]
     v, s = cat["ad_vert"][a], cat["ad_sub"][a]
     iv = users["interest"][u, v] / users["interest"][u].max(1)
@@ -463,7 +540,8 @@ def _click_prob(imp: dict, users: dict, cat: dict, w: dict) -> np.ndarray:
     cs = np.where(home, 0.0, w["B"][cc, s])
     local = ((imp["t"] // 3600) + np.array([UTC_OFFSET[k] for k in COUNTRIES])[users["country"][u]]) % 24
     logit = (CLICK_B0 + W_IV * iv + W_IS * iv * share + W_CV * cv + W_CS * cs + W_IVCV * iv * cv
-             + W_HOUR * w["hours"][v, local] + users["propensity"][u] + cat["ad_quality"][a])
+             + W_HOUR * w["hours"][v, local] + users["propensity"][u] + cat["ad_quality"][a]
+             + _planted_boost(imp, planted))
     return 1.0 / (1.0 + np.exp(-logit))
 
 
@@ -485,12 +563,14 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     and `community_subtheme_affinity` (communities x ..., 1.0 = what the community is about),
     `topic_vertical_affinity` (topics x verticals), `ad_subtheme`, `ad_popularity`, `ad_quality`
     (Series by ad id), `click_prob` (float32 per impression row) and `ineligible_impression_share`
-    (impressions the request was not eligible for, by targeting or schedule)."""
+    (impressions the request was not eligible for, by targeting or schedule), and the planted
+    structure: `cohort_ads` (per cohort, the ad ids its users click), `user_cohort` (cohort per
+    user, -1 for none) and `trending` (community_id, ad_id, start of the trend)."""
     if n_ads < 1 or n_users < 1 or days < 1:
         raise ValueError(f"n_ads, n_users and days must be >= 1 (got {n_ads}, {n_users}, {days})")
     say = progress or (lambda msg: None)
     seq = np.random.SeedSequence([int(seed), 20261101])
-    r_users, r_cat, r_imp, r_burst, r_click = (np.random.default_rng(s) for s in seq.spawn(5))
+    r_users, r_cat, r_imp, r_burst, r_click, r_plant = (np.random.default_rng(s) for s in seq.spawn(6))
     end_s = _seconds(end)
     w = _world()
     say(f"users ({n_users:,})")
@@ -498,13 +578,14 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     say(f"catalog ({n_ads:,} ads)")
     cat = _catalog(r_cat, n_ads, w, end_s, days)
     say("impressions")
-    imp = _impressions(r_imp, users, cat, w, end_s, days, impressions_per_user)
+    planted = _planted(r_plant, users, cat, w, end_s, days)
+    imp = _impressions(r_imp, users, cat, w, end_s, days, impressions_per_user, planted)
     burst = _cap_bursts(r_burst, users, cat, w, end_s)
     share = imp["ineligible_share"]
     imp = {k: np.r_[imp[k], burst[k]].astype(np.int64) for k in burst} | {"ineligible_share": share}
     order = np.lexsort((imp["uid"], imp["t"]))
     imp |= {k: imp[k][order] for k in burst}
-    prob = _click_prob(imp, users, cat, w)
+    prob = _click_prob(imp, users, cat, w, planted)
     clicked = r_click.random(len(prob)) < prob
     say("frames")
     frames = cat.pop("frames")
@@ -532,12 +613,14 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     frames = {t.name: frames[t.name][[c.name for c in t.columns]].reset_index(drop=True) for t in TABLES}
     if not return_truth:
         return frames
-    return frames, _truth(w, users, cat, imp, prob, user_ids, ad_ids)
+    return frames, _truth(w, users, cat, imp, prob, user_ids, ad_ids, planted)
 
 
-def _truth(w, users, cat, imp, prob, user_ids, ad_ids) -> dict:
+def _truth(w, users, cat, imp, prob, user_ids, ad_ids, planted) -> dict:
     """The hidden state described in `generate_dataset`."""
     subs = w["sub_names"]
+    trend = pd.DataFrame({"community_id": w["comm_ids"][planted["trend_comm"]], "ad_id": ad_ids[planted["trend_ad"]],
+                          "start": pd.Timestamp(_ts(np.array([planted["trend_start"]]))[0])})
     topic_aff = pd.DataFrame(w["A"], index=w["comm_topics"], columns=w["vkeys"]).groupby(level=0).max()
     return {
         "verticals": list(w["vkeys"]), "subthemes": list(subs),
@@ -552,6 +635,9 @@ def _truth(w, users, cat, imp, prob, user_ids, ad_ids) -> dict:
         "ad_quality": pd.Series(cat["ad_quality"], index=ad_ids),
         "click_prob": prob.astype(np.float32),
         "ineligible_impression_share": imp["ineligible_share"],
+        "cohort_ads": [list(ad_ids[row]) for row in planted["cohort_ads"]],
+        "user_cohort": pd.Series(planted["user_cohort"], index=user_ids),
+        "trending": trend,
     }
 
 
