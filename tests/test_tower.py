@@ -360,3 +360,23 @@ def test_bad_inputs_are_refused_clearly(trained, planted):
         enc.encode_requests(_requests([{}]), FeatureStore(cat, ids, vecs[:, :16]))
     with pytest.raises(ValueError, match=r"lacks columns \['country'\]"):
         enc.encode_requests(_requests([{}]).drop(columns="country"), FeatureStore(cat, ids, vecs))
+
+
+@pytest.mark.slow
+def test_id_embeddings_learn_co_clicks_text_cannot_see(planted):
+    """With the text vectors shuffled (no topic signal left in them), only per-ad id vectors can
+    learn which ads a user's cohort clicks; unseen ads keep the text-only vector."""
+    cat, ids, vecs = planted
+    noise = vecs[np.random.default_rng(1).permutation(len(vecs))]
+    split = make_split(cat.impressions, "user", seed=0)
+    from core.tower.user_protocol import evaluate_encoder_user
+
+    hr = {}
+    for flag in (False, True):
+        enc, _, _ = fit_tower(cat, ids, noise, split, epochs=15, lr=1e-2, batch_size=128, progress=False,
+                              id_embeddings=flag, history_limit=0)
+        hr[flag] = evaluate_encoder_user(enc, cat, ids, noise, split, (30,)).models["tower"]["hr@30"]
+    assert hr[True] > 1.8 * hr[False], hr
+    unseen = np.array(["never_clicked"], dtype=object)
+    np.testing.assert_allclose(enc.transform_ads(noise[:1], unseen), enc.transform_ads(noise[:1]), atol=1e-6)
+    assert not np.allclose(enc.transform_ads(noise[:5], ids[:5]), enc.transform_ads(noise[:5]))

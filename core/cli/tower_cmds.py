@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history-limit", type=int, default=TRAIN_DEFAULTS["history_limit"],
                    help="last clicks pooled into the history vector (0 = the whole click history)")
     p.add_argument("--hidden", type=int, default=TRAIN_DEFAULTS["hidden"], help="width of the tower's MLP")
+    p.add_argument("--id-embeddings", action="store_true", default=TRAIN_DEFAULTS["id_embeddings"],
+                   help="learn a vector per ad clicked in training (ad side and pooled history); new ads keep text only")
     p.add_argument("--split", "--holdout", dest="split", choices=KINDS, default="time",
                    help="held-out clicks: time (cutoff), random (impressions), user (random (user, ad) pairs, "
                         "evaluated with the user protocol) or none (train on every impression, no evaluation)")
@@ -65,7 +67,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                       temperature=args.temperature, seed=args.seed, hard_negatives=args.hard_negatives,
                       use_context=not args.no_context, ad_adapter=not args.no_adapter, cutoff=args.cutoff,
                       split=args.split, logq=args.logq, history_limit=args.history_limit, hidden=args.hidden,
-                      progress=not args.json)
+                      id_embeddings=args.id_embeddings, progress=not args.json)
     if args.json:
         print_json(res)
         return 0

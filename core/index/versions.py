@@ -174,7 +174,7 @@ class Version:
     def in_memory(cls, name: str, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, index: AnnIndex,
                   encoder: QueryEncoder, search_params: dict | None = None) -> "Version":
         """A version that lives only in memory (tests, notebooks): same behaviour, no folder."""
-        ad_vectors = l2_normalize(encoder.transform_ads(ad_text_vectors))
+        ad_vectors = l2_normalize(encoder.transform_catalog(ad_text_vectors, ad_ids))
         manifest = Manifest(name=name, created_at="", factory=index.factory, index_kind=str(index.kind),
                             n_ads=int(index.ntotal), dims={"text": int(ad_text_vectors.shape[1]), "index": index.dim},
                             embedding={"model": "in-memory", "fingerprint": ""}, encoder=encoder.config(),
@@ -220,7 +220,7 @@ def _load_dir(path: Path, name: str, backend: str = "local", ray_address: str | 
         if imported:  # stored as indexed
             ad_vectors = text
         else:
-            ad_vectors = l2_normalize(encoder.transform_ads(text)) if n else np.zeros((0, index.dim), np.float32)
+            ad_vectors = l2_normalize(encoder.transform_catalog(text, ad_ids)) if n else np.zeros((0, index.dim), np.float32)
     except ValueError as exc:
         raise ArtifactError(f"{path / 'encoder'}: does not fit ad_text_vectors.npy ({exc})") from exc
     if index.dim != dims["index"] or ad_vectors.shape[1] != index.dim:
@@ -398,7 +398,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     t = time.perf_counter()
     side = query_side(settings, engine, ads, tower, query)
     if ads.ad_vectors is None:
-        ads.ad_vectors = l2_normalize(side.encoder.transform_ads(ads.item_vectors))
+        ads.ad_vectors = l2_normalize(side.encoder.transform_catalog(ads.item_vectors, ads.ad_ids))
     features = FeatureStore(catalog, ads.ad_ids, ads.item_vectors)
     queries, source = _recall_queries(catalog, features, side.encoder, ads.ad_vectors, seed)
     probe = queries if source == "sampled_requests" else side.encoder.encode_requests(probe_requests(catalog), features)

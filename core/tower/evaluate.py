@@ -133,7 +133,8 @@ def evaluate_encoder(encoder: QueryEncoder, catalog: Catalog, ad_ids: np.ndarray
     hm_features = _with_global_mean(features, l2_normalize((w[:, None] * features.ad_text_vectors).sum(0)))
     text_ads = l2_normalize(features.ad_text_vectors)
     ranks = {
-        name: _ranks(encoder.encode_requests(requests, features), encoder.transform_ads(features.ad_text_vectors), targets),
+        name: _ranks(encoder.encode_requests(requests, features),
+                     encoder.transform_catalog(features.ad_text_vectors, features.ad_ids), targets),
         "random": _random_ranks(np.random.default_rng(seed), n_ads, targets),
         "most_popular": popularity_ranks(counts, targets),
         "history_mean": _ranks(HistoryMeanEncoder().encode_requests(requests, hm_features), text_ads, targets),

@@ -15,6 +15,12 @@ the corrections.
 Ad side: the frozen sentence-transformer text vector plus an optional residual linear adapter
 (`a + W a + b`, W and b start at zero), L2-normalised (`transform_ads`).
 
+Ad id embeddings (`id_embeddings`, off by default): a learned vector per ad clicked in training
+(zero-initialised) is added on the ad side, and the mean of the history's id vectors (the same
+table, last `history_limit` clicks) on the query side, so the tower can learn collaborative
+structure that titles do not carry. Ads unseen in training keep the text-only vector (their id
+row is the fixed zero "unknown" slot), so new ads are still served.
+
 Cold start never fails: unknown users, countries, devices or communities map to an
 "unknown" slot (trained by randomly masking ids during training), no history uses the learned
 vector. Saved as `config.json` + `model.safetensors` + `vocab.json`; loaded strictly.
@@ -45,11 +51,13 @@ from core.tower.query_encoder import QueryEncoder, l2_normalize
 FORMAT_VERSION = 1
 UNK = 0  # the unknown / out-of-vocabulary slot of every categorical vocabulary
 PAD, COMM_UNK, COMM_NONE = 0, 1, 2  # community vocabulary: padding, unknown, "no community"
-VOCABS = ("country", "age_bucket", "device", "placement", "community")
+VOCABS = ("country", "age_bucket", "device", "placement", "community", "ad")
 DEFAULTS: dict[str, Any] = {
     "use_context": True, "ad_adapter": True, "history_limit": 50, "recent_limit": 5,
     "max_subscriptions": 32, "cat_dim": 16, "community_dim": 32, "hidden": 256, "dropout": 0.1,
+    "id_embeddings": False,
 }
+ID_HISTORY = 256  # most recent clicks whose id vectors the query side pools (bounds the input array)
 
 
 def _is_missing(v) -> bool:
@@ -73,9 +81,11 @@ class Lookup:
         return np.fromiter((get(v, unk) if isinstance(v, str) else unk for v in vals), dtype=np.int64)
 
 
-def build_vocab(users: pd.DataFrame, communities: pd.DataFrame, impressions: pd.DataFrame) -> dict[str, list[str]]:
+def build_vocab(users: pd.DataFrame, communities: pd.DataFrame, impressions: pd.DataFrame,
+                with_ads: bool = False) -> dict[str, list[str]]:
     """Vocabularies from the profile tables and the (training) impressions; sorted, deterministic.
-    "unknown" and empty values are never entries: they use the unknown slot."""
+    "unknown" and empty values are never entries: they use the unknown slot. `with_ads` adds the
+    ads clicked in `impressions` (for id embeddings)."""
 
     def col(frame: pd.DataFrame, name: str) -> list:
         if not len(frame) or name not in frame:
@@ -89,6 +99,7 @@ def build_vocab(users: pd.DataFrame, communities: pd.DataFrame, impressions: pd.
         "device": [*values(Device), *col(users, "device"), *col(impressions, "device")],
         "placement": [*values(Placement), *col(impressions, "placement")],
         "community": [*col(communities, "community_id"), *subs, *col(impressions, "community_id")],
+        "ad": col(impressions[impressions["clicked"].astype(bool)], "ad_id") if with_ads and len(impressions) else [],
     }
     return {k: sorted({str(v) for v in vs if not _is_missing(v)}) for k, vs in raw.items()}
 
@@ -108,6 +119,7 @@ class TowerInputs:
     history: np.ndarray  # (n, d) mean text vector of the last history_limit clicks (0 if none)
     recent: np.ndarray  # (n, d) same over the last recent_limit clicks
     history_count: np.ndarray  # (n,) clicks in the long window
+    history_ids: np.ndarray  # (n, L) ad-vocabulary rows of the last clicks, 0-padded (L = 0 without id embeddings)
 
     def __len__(self) -> int:
         return len(self.country)
@@ -146,12 +158,15 @@ class TowerNet(nn.Module):
             nn.Linear(cfg["hidden"], d),
         )
         self.ad_adapter = nn.Linear(d, d) if cfg["ad_adapter"] else None
+        self.ad_id = nn.Embedding(sizes["ad"], d, padding_idx=UNK) if cfg.get("id_embeddings") else None
         for m in self.modules():
             if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
                 nn.init.normal_(m.weight, std=0.05)
         if self.ad_adapter is not None:
             nn.init.zeros_(self.ad_adapter.weight)
             nn.init.zeros_(self.ad_adapter.bias)
+        if self.ad_id is not None:
+            nn.init.zeros_(self.ad_id.weight)
 
     def forward(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         has = (t["history_count"] > 0).unsqueeze(1)
@@ -166,10 +181,15 @@ class TowerNet(nn.Module):
             parts += [self.community(t["community"]), self.placement(t["placement"]),
                       self.request_device(t["request_device"]), self.hour(t["hour"])]
         out = self.mlp(torch.cat(parts, 1)) + self.history_gate * hist
+        if self.ad_id is not None and t["history_ids"].shape[1]:
+            out = out + nn.functional.embedding_bag(t["history_ids"], self.ad_id.weight, mode="mean",
+                                                    padding_idx=UNK)
         return nn.functional.normalize(out, dim=1)
 
-    def ads(self, text_vectors: torch.Tensor) -> torch.Tensor:
+    def ads(self, text_vectors: torch.Tensor, id_rows: torch.Tensor | None = None) -> torch.Tensor:
         x = text_vectors if self.ad_adapter is None else text_vectors + self.ad_adapter(text_vectors)
+        if self.ad_id is not None and id_rows is not None:
+            x = x + self.ad_id(id_rows)
         return nn.functional.normalize(x, dim=1)
 
 
@@ -251,7 +271,7 @@ class UserTowerEncoder(QueryEncoder):
         ts = pd.to_datetime(requests["ts"]).to_numpy(dtype="datetime64[ns]")
         comm = requests["community_id"].to_numpy(dtype=object)
         none = np.array([_is_missing(c) for c in comm], dtype=bool)
-        hist, recent, count = self._history(features, uid, ts)
+        hist, recent, count, hist_ids = self._history(features, uid, ts)
         return TowerInputs(
             country=np.where(own, lk["country"].codes(country), prof.country[rows]),
             age_bucket=prof.age_bucket[rows],
@@ -261,7 +281,7 @@ class UserTowerEncoder(QueryEncoder):
             placement=lk["placement"].codes(requests["placement"].to_numpy(dtype=object)),
             request_device=lk["device"].codes(requests["device"].to_numpy(dtype=object)),
             hour=np.where(np.isnat(ts), 0, (ts.astype(np.int64) // 3_600_000_000_000) % 24).astype(np.int64),
-            history=hist, recent=recent, history_count=count,
+            history=hist, recent=recent, history_count=count, history_ids=hist_ids,
         )
 
     def _history(self, features: FeatureStore, uid: np.ndarray, ts: np.ndarray):
@@ -270,6 +290,9 @@ class UserTowerEncoder(QueryEncoder):
         hist = np.zeros((n, d), np.float32)
         recent = np.zeros((n, d), np.float32)
         count = np.zeros(n, np.float32)
+        width = min(long_l, ID_HISTORY) if self.cfg.get("id_embeddings") else 0
+        ids = np.zeros((n, width), np.int64)
+        codes = self.ad_rows(features) if width else None
         vecs = features.ad_text_vectors
         for i, rows in enumerate(features.click_histories(uid, ts, long_l)):
             if len(rows):
@@ -277,7 +300,14 @@ class UserTowerEncoder(QueryEncoder):
                 hist[i] = v.mean(0)
                 recent[i] = v[-short_l:].mean(0)
                 count[i] = len(rows)
-        return hist, recent, count
+                if width:
+                    last = codes[rows[-width:]]
+                    ids[i, :len(last)] = last
+        return hist, recent, count, ids
+
+    def ad_rows(self, features: FeatureStore) -> np.ndarray:
+        """Ad-vocabulary row of every ad of `features` (0 = unknown: no id vector)."""
+        return self.lookups["ad"].codes(np.asarray(features.ad_ids, dtype=object))
 
     # -- QueryEncoder ----------------------------------------------------------------------
     def encode_inputs(self, inputs: TowerInputs, batch_size: int = 4096) -> np.ndarray:
@@ -295,13 +325,21 @@ class UserTowerEncoder(QueryEncoder):
     def encode_requests(self, requests: pd.DataFrame, features: FeatureStore) -> np.ndarray:
         return self.encode_inputs(self.featurize(requests, features))
 
-    def transform_ads(self, ad_text_vectors: np.ndarray) -> np.ndarray:
+    def transform_catalog(self, ad_text_vectors: np.ndarray, ad_ids: np.ndarray) -> np.ndarray:
+        return self.transform_ads(ad_text_vectors, ad_ids)
+
+    def transform_ads(self, ad_text_vectors: np.ndarray, ad_ids: np.ndarray | None = None) -> np.ndarray:
         x = np.ascontiguousarray(ad_text_vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ad text vectors must be (n, {self.dim}); got {x.shape}")
+        if ad_ids is not None and len(ad_ids) != len(x):
+            raise ValueError(f"ad_ids ({len(ad_ids)}) and ad text vectors ({len(x)}) differ in length")
+        rows = None
+        if ad_ids is not None and self.net.ad_id is not None:
+            rows = torch.from_numpy(self.lookups["ad"].codes(np.asarray(ad_ids, dtype=object)))
         self.net.eval()
         with torch.inference_mode():
-            return l2_normalize(self.net.ads(torch.from_numpy(x)).numpy())
+            return l2_normalize(self.net.ads(torch.from_numpy(x), rows).numpy())
 
     def config(self) -> dict:
         return dict(self.cfg)

@@ -44,6 +44,11 @@ class QueryEncoder(ABC):
         for the Trace; None when there is nothing to say beyond the encoder's config."""
         return None
 
+    def transform_catalog(self, ad_text_vectors: np.ndarray, ad_ids: np.ndarray) -> np.ndarray:
+        """The ad side for ads whose ids are known (row-aligned): an encoder with per-ad parameters
+        (the user tower's id embeddings) uses them; by default `transform_ads`."""
+        return self.transform_ads(ad_text_vectors)
+
     def transform_ads(self, ad_text_vectors: np.ndarray) -> np.ndarray:
         """The ad side of the two towers, applied to every ad before indexing (identity by default)."""
         return l2_normalize(ad_text_vectors)
@@ -82,6 +87,9 @@ class UnitQueries(QueryEncoder):
 
     def transform_ads(self, ad_text_vectors: np.ndarray) -> np.ndarray:
         return self.inner.transform_ads(ad_text_vectors)
+
+    def transform_catalog(self, ad_text_vectors: np.ndarray, ad_ids: np.ndarray) -> np.ndarray:
+        return self.inner.transform_catalog(ad_text_vectors, ad_ids)
 
     def config(self) -> dict:
         return self.inner.config()

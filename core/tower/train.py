@@ -133,16 +133,19 @@ def _mask_oov(t: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dic
     return t
 
 
-def _batch_loss(net, q: torch.Tensor, text: torch.Tensor, pos: torch.Tensor, log_q: torch.Tensor,
-                temperature: float, hard: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def _batch_loss(net, q: torch.Tensor, text: torch.Tensor, id_rows: torch.Tensor | None, pos: torch.Tensor,
+                log_q: torch.Tensor, temperature: float, hard: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Sampled softmax of row i's positive among the batch's positives (logQ-corrected, copies of
     the own positive masked) and, with `hard` = (ad rows or -1, their log Q), the hard negatives."""
-    logits = (q @ net.ads(text[pos]).T) / temperature - log_q[None, :]
+    def ads(rows: torch.Tensor) -> torch.Tensor:
+        return net.ads(text[rows], None if id_rows is None else id_rows[rows])
+
+    logits = (q @ ads(pos).T) / temperature - log_q[None, :]
     same = (pos[:, None] == pos[None, :]) & ~torch.eye(len(pos), dtype=torch.bool)
     logits = logits.masked_fill(same, float("-inf"))
     if hard is not None:
         neg, log_qn = hard
-        h = (q @ net.ads(text[neg.clamp(min=0)]).T) / temperature - log_qn[None, :]
+        h = (q @ ads(neg.clamp(min=0)).T) / temperature - log_qn[None, :]
         h = h.masked_fill((neg[None, :] < 0) | (neg[None, :] == pos[:, None]), float("-inf"))
         logits = torch.cat([logits, h], 1)
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(pos)))
@@ -154,7 +157,7 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
               use_context: bool = True, ad_adapter: bool = True, weight_decay: float = DEFAULTS["weight_decay"],
               oov_dropout: float = DEFAULTS["oov_dropout"], logq: float = DEFAULTS["logq"],
               history_limit: int = DEFAULTS["history_limit"], hidden: int = DEFAULTS["hidden"],
-              progress: bool = True, features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
+              id_embeddings: bool = DEFAULTS["id_embeddings"], progress: bool = True, features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
     """Train a tower in memory on the training side of `split`: (encoder, data stats, epoch losses).
 
     `temperature` divides the dot products; `logq` scales the logQ correction (1 = the unbiased
@@ -179,8 +182,9 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
                           f"split ({split.to_dict()}): ingest impressions with clicks (adlens ingest / adlens demo)")
     torch.manual_seed(seed)
     enc = UserTowerEncoder({"text_dim": features.dim, "use_context": use_context, "ad_adapter": ad_adapter,
-                            "history_limit": int(history_limit) or 10**9, "hidden": int(hidden)},
-                           build_vocab(catalog.users, catalog.communities, train))
+                            "history_limit": int(history_limit) or 10**9, "hidden": int(hidden),
+                            "id_embeddings": bool(id_embeddings)},
+                           build_vocab(catalog.users, catalog.communities, train, with_ads=id_embeddings))
     inputs: TowerInputs = enc.featurize(requests_from_impressions(clicks, catalog.users), features)
     counts = np.bincount(pos, minlength=len(features.ad_ids)).astype(np.float64)
     log_q = torch.from_numpy(logq * np.log(batch_size * counts[pos] / counts.sum()).astype(np.float32))
@@ -193,6 +197,7 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
         share = ncounts[np.maximum(neg, 0)] / max(ncounts.sum(), 1.0)
         log_qn = torch.from_numpy(np.log(batch_size * np.maximum(share, 1e-12)).astype(np.float32))
     text = torch.from_numpy(features.ad_text_vectors)
+    id_rows = torch.from_numpy(enc.ad_rows(features)) if id_embeddings else None
     pos_t, neg_t = torch.from_numpy(pos), torch.from_numpy(neg)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -213,7 +218,7 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
                     continue
                 it = torch.from_numpy(idx)
                 q = net(_mask_oov(inputs.tensors(idx), oov_dropout, gen))
-                loss = _batch_loss(net, q, text, pos_t[it], log_q[it], temperature,
+                loss = _batch_loss(net, q, text, id_rows, pos_t[it], log_q[it], temperature,
                                    (neg_t[it], log_qn[it]) if hard_negatives else None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -246,7 +251,8 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
                 temperature: float = DEFAULTS["temperature"], seed: int = 0, hard_negatives: bool = False,
                 use_context: bool = True, ad_adapter: bool = True, cutoff=None, split: str = "time",
                 logq: float = DEFAULTS["logq"], history_limit: int = DEFAULTS["history_limit"],
-                hidden: int = DEFAULTS["hidden"], engine: Engine | None = None, progress: bool = True,
+                hidden: int = DEFAULTS["hidden"], id_embeddings: bool = DEFAULTS["id_embeddings"],
+                engine: Engine | None = None, progress: bool = True,
                 ad_ids: np.ndarray | None = None, ad_text_vectors: np.ndarray | None = None,
                 ks: tuple[int, ...] = DEFAULT_KS) -> TrainResult:
     """Train tower `name` on the workspace's impressions, evaluate it on the held-out clicks (the
@@ -273,7 +279,7 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     params = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "temperature": float(temperature),
               "seed": int(seed), "hard_negatives": bool(hard_negatives), "use_context": bool(use_context),
               "ad_adapter": bool(ad_adapter), "logq": float(logq), "history_limit": int(history_limit),
-              "hidden": int(hidden)}
+              "hidden": int(hidden), "id_embeddings": bool(id_embeddings)}
     t0 = time.perf_counter()
     enc, stats, losses = fit_tower(catalog, ad_ids, ad_text_vectors, the_split, progress=progress,
                                    features=features, **params)

@@ -188,7 +188,7 @@ def baseline_ranks(data: UserProtocolData, seed: int = 0) -> dict[str, np.ndarra
 def encoder_ranks(encoder: QueryEncoder, data: UserProtocolData) -> np.ndarray:
     """Ranks of the held-out pairs under a query encoder (brute-force inner product)."""
     q = encoder.encode_requests(data.requests, data.features)
-    ads = encoder.transform_ads(data.features.ad_text_vectors)
+    ads = encoder.transform_catalog(data.features.ad_text_vectors, data.features.ad_ids)
     return full_score_ranks(data, lambda rows: q[rows] @ ads.T)
 
 
