@@ -334,7 +334,7 @@ def test_holdout_none_trains_on_everything_and_says_it_is_not_evaluated(settings
     metrics = json.loads((settings.towers_dir / "final" / "metrics.json").read_text())
     assert metrics["training"]["split"]["kind"] == "none"
     assert metrics["training"]["n_train_clicks"] == int(cat.impressions.clicked.sum())  # every click
-    assert "not evaluated" in metrics["evaluation"]
+    assert "not evaluated" in metrics["evaluation"]["not_evaluated"]
     with pytest.raises(AdLensError, match="trained on every impression"):
         evaluate_tower(settings, "final", engine=engine, ad_ids=ids, ad_text_vectors=vecs)
 
