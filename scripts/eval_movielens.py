@@ -109,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 50, 100])
     for key in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"):
         ap.add_argument("--" + key.replace("_", "-"), type=type(TRAIN_DEFAULTS[key]), default=TRAIN_DEFAULTS[key])
+    ap.add_argument("--id-embeddings", action="store_true", help="train the tower with ad id embeddings")
     ap.add_argument("--no-context", action="store_true", help="train the tower without request context")
     args = ap.parse_args(argv)
     settings = load_settings(workspace=args.workspace)
     prepare(args.path, settings)
     params = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit",
-                                            "hidden")}
+                                            "hidden", "id_embeddings")}
     if args.no_context:
         params["use_context"] = False
     name = train_and_build(settings, params, args.seed)
