@@ -80,13 +80,14 @@ def tower_name(params: dict) -> str:
     return "ml_" + "_".join(f"{k}{v}".replace(".", "p").replace("-", "m") for k, v in sorted(params.items()))
 
 
-def train_and_build(settings, params: dict, seed: int) -> str:
-    """Train (once per settings) a tower on the user split and build a Flat version over it."""
+def train_and_build(settings, params: dict, seed: int, name: str | None = None) -> str:
+    """Train (once per settings) a tower on the user split, or take the existing tower `name`, and
+    build a Flat version over it."""
     from core.index.versions import build_version, list_versions
     from core.tower.registry import list_towers
     from core.tower.train import train_tower
 
-    name = tower_name({**params, "seed": seed})
+    name = name or tower_name({**params, "seed": seed})
     if name not in {t["name"] for t in list_towers(settings)}:
         res = train_tower(settings, name, split="user", seed=seed, **params)
         print(f"trained {name} in {res.train_seconds:.0f} s; loss per epoch {res.losses}")
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"):
         ap.add_argument("--" + key.replace("_", "-"), type=type(TRAIN_DEFAULTS[key]), default=TRAIN_DEFAULTS[key])
     ap.add_argument("--id-embeddings", action="store_true", help="train the tower with ad id embeddings")
+    ap.add_argument("--tower", help="use this tower of the workspace (trained with --split user) instead of training")
     ap.add_argument("--no-context", action="store_true", help="train the tower without request context")
     args = ap.parse_args(argv)
     settings = load_settings(workspace=args.workspace)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "hidden", "id_embeddings")}
     if args.no_context:
         params["use_context"] = False
-    name = train_and_build(settings, params, args.seed)
+    name = train_and_build(settings, params, args.seed, args.tower)
     from core.analysis.user_eval import evaluate_workspace
 
     print_user_report(evaluate_workspace(settings, name, tuple(args.ks)))
