@@ -157,7 +157,8 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
               use_context: bool = True, ad_adapter: bool = True, weight_decay: float = DEFAULTS["weight_decay"],
               oov_dropout: float = DEFAULTS["oov_dropout"], logq: float = DEFAULTS["logq"],
               history_limit: int = DEFAULTS["history_limit"], hidden: int = DEFAULTS["hidden"],
-              id_embeddings: bool = DEFAULTS["id_embeddings"], progress: bool = True, features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
+              id_embeddings: bool = DEFAULTS["id_embeddings"], progress: bool = True,
+              features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
     """Train a tower in memory on the training side of `split`: (encoder, data stats, epoch losses).
 
     `temperature` divides the dot products; `logq` scales the logQ correction (1 = the unbiased
