@@ -22,6 +22,25 @@ def funnel_figure(stage_counts: dict) -> go.Figure:
     return fig
 
 
+SOURCE_COLORS = {"two_tower": "#FF4500", "co_engagement": "#1f77b4", "popular_in_context": "#2ca02c",
+                 "targeting": "#9467bd"}
+SOURCE_STAGES = (("retrieved", "retrieved"), ("eligible", "eligible"), ("ranked", "ranked"), ("slate", "slate"))
+
+
+def funnel_by_source_figure(source_counts: dict) -> go.Figure:
+    """The funnel split by candidate source: one series per source (an ad found by two sources
+    counts in both), from Trace.source_counts()."""
+    fig = go.Figure()
+    for name, c in source_counts.items():
+        fig.add_trace(go.Funnel(name=name, y=[label for _, label in SOURCE_STAGES],
+                                x=[int(c.get(key, 0)) for key, _ in SOURCE_STAGES], textinfo="value",
+                                marker={"color": SOURCE_COLORS.get(name, "#7f7f7f")},
+                                hovertemplate=f"{name}<br>%{{y}}: %{{x}} (only this source retrieved "
+                                              f"{int(c.get('only_this_source', 0))})<extra></extra>"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.1))
+    return fig
+
+
 def bar_figure(labels: list, values: list, *, horizontal: bool = True, height: int = 300,
                color: str = "#d62728") -> go.Figure:
     labels = [plain(v) for v in labels]

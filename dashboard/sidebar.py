@@ -47,6 +47,7 @@ def render_request_controls() -> None:
         st.text_input("Country", key="ctx_country", help="Country code, e.g. US")
         st.text_input("Time (UTC)", key="ctx_time", help="ISO 8601; defaults to the latest logged impression")
         st.button("Reset to usual context", on_click=state.reset_context, key="reset_ctx")
+        _source_controls(state.engine(ss["version"]).sources)
         with st.expander("Funnel parameters"):
             d = DEFAULT_PARAMS
             st.number_input("K retrieved", 10, 5000, d.k, step=50, key="p_k")
@@ -56,3 +57,26 @@ def render_request_controls() -> None:
             st.checkbox("Exact rank of every candidate", key="p_exact",
                         help=f"Ranks each candidate by an exact scan over all ads (automatic up to "
                              f"{EXACT_RANKS_AUTO_MAX:,} ads; above that it adds a full scan to every request).")
+
+
+SOURCE_HELP = {
+    "two_tower": "ANN over the tower's query vector; its quota is K (Funnel parameters)",
+    "co_engagement": "ads co-clicked with the user's recent clicks",
+    "popular_in_context": "most clicked in the request's community / placement / country, recent window",
+    "targeting": "ads whose campaigns include the request's community",
+}
+
+
+def _source_controls(sources) -> None:
+    """What-if: switch the version's candidate sources on/off and change their quotas."""
+    ss = st.session_state
+    off = [n for n in sources if ss.get(f"src_{n}") is False]
+    label = "Candidate sources" + (f" ({len(off)} off)" if off else "")
+    with st.expander(label, expanded=bool(off)):
+        for name in sources:
+            ss.setdefault(f"src_{name}", True)
+            st.checkbox(name, key=f"src_{name}", help=SOURCE_HELP.get(name))
+            if name != "two_tower":
+                ss.setdefault(f"q_{name}", DEFAULT_PARAMS.quota(name))
+                st.number_input(f"{name} quota", 1, 5000, step=10, key=f"q_{name}",
+                                disabled=not ss[f"src_{name}"])

@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analysis.links import HOME, parse_link, to_query_params
+from core.analysis.links import HOME, format_sources, parse_link, to_query_params
 from core.data.request import Request
 from core.funnel.context import default_request
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import DEFAULT_PARAMS, FunnelParams
 from core.index.versions import list_versions, load_version
+from core.sources.base import SOURCE_ORDER
 from core.store.artifacts import sha256_file
 from core.store.catalog import Catalog, data_revision, load_catalog, table_counts
 from core.store.db import make_engine
@@ -176,6 +177,10 @@ def init_from_link() -> list[str]:
         ss["ctx_time"] = link.time.isoformat(sep=" ")
     if link.ad:
         ss["ad"] = link.ad
+    for name in link.disabled_sources or ():
+        ss[f"src_{name}"] = False
+    for name, value in (link.quotas or {}).items():
+        ss[f"q_{name}"] = value
     ss["link_errors"] = link.errors
     return link.errors
 
@@ -207,13 +212,24 @@ def current_request() -> Request:
     )
 
 
+def source_settings() -> tuple[tuple[str, ...], dict[str, int]]:
+    """(sources switched off, quotas that differ from the defaults) from the sidebar's what-if."""
+    ss = st.session_state
+    off = tuple(n for n in SOURCE_ORDER if ss.get(f"src_{n}") is False)
+    quotas = {n: int(ss[f"q_{n}"]) for n in SOURCE_ORDER[1:]
+              if ss.get(f"q_{n}") is not None and int(ss[f"q_{n}"]) != DEFAULT_PARAMS.quota(n)}
+    return off, quotas
+
+
 def current_params() -> FunnelParams:
     ss = st.session_state
     d = DEFAULT_PARAMS
+    off, quotas = source_settings()
     return FunnelParams(k=int(ss.get("p_k", d.k)), n_ranked=int(ss.get("p_n", d.n_ranked)),
                         max_per_advertiser=int(ss.get("p_m", d.max_per_advertiser)),
                         slate_size=int(ss.get("p_slate", d.slate_size)),
-                        exact_ranks=True if ss.get("p_exact") else None)
+                        exact_ranks=True if ss.get("p_exact") else None, quotas=quotas or None,
+                        disabled_sources=off)
 
 
 def sync_link(**extra) -> None:
@@ -221,7 +237,8 @@ def sync_link(**extra) -> None:
     ss = st.session_state
     fields = {"version": ss.get("version"), "user": ss.get("user"), "community": ss.get("ctx_community"),
               "placement": ss.get("ctx_placement"), "device": ss.get("ctx_device"),
-              "country": ss.get("ctx_country"), "time": _iso(ss.get("ctx_time"))}
+              "country": ss.get("ctx_country"), "time": _iso(ss.get("ctx_time")),
+              **format_sources(*source_settings())}
     fields.update(extra)
     params = to_query_params(**fields)
     if st.query_params.to_dict() != params:

@@ -20,7 +20,9 @@ TIMEOUT = 120  # the first run loads the catalog, a version's index and its towe
 PAGES = {"inspect": "Inspect", "why-not": "Why not this ad?", "map": "Embedding map",
          "compare": "Compare versions", "health": "Index health"}
 SIDEBAR_KEYS = ("version", "user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time",
-                "p_k", "p_n", "p_m", "p_slate", "p_exact")
+                "p_k", "p_n", "p_m", "p_slate", "p_exact",
+                "src_two_tower", "src_co_engagement", "src_popular_in_context", "src_targeting",
+                "q_co_engagement", "q_popular_in_context", "q_targeting")
 
 # Tests on the demo workspace are `slow`: its session fixture embeds with the real model and trains
 # (once per session, shared with test_e2e.py). The onboarding tests need no workspace.
@@ -86,9 +88,9 @@ def test_inspect_is_the_home_page_with_every_control(inspect: AppTest, demo_work
     assert at.selectbox(key="user").options == demo_workspace.users
     metrics = {m.label: int(m.value.replace(",", "")) for m in at.metric}
     assert metrics["Inventory"] == 600 >= metrics["Retrieved"] >= metrics["Eligible"] >= metrics["Slate"]
-    assert metrics["Retrieved"] == at.number_input(key="p_k").value == 500
     table = at.dataframe(key="candidates_table").value
-    assert len(table) == metrics["Retrieved"]
+    assert len(table) == metrics["Retrieved"] > 500  # the union of every source's candidates
+    assert table["ann_rank"].notna().sum() == at.number_input(key="p_k").value == 500  # two_tower's quota
     assert len(_frame(at, "final_position", "ecpm")) == metrics["Slate"]
     # the view is written into the URL so it can be shared
     assert at.query_params["user"] == at.selectbox(key="user").value
@@ -114,7 +116,9 @@ def test_exact_ranks_are_shown_and_agree_with_the_exact_version(inspect: AppTest
     _ok(at.selectbox(key="version").select("exact").run())
     table = at.dataframe(key="candidates_table").value
     assert table["exact_rank"].notna().all()
-    assert (table["exact_rank"] == table["ann_rank"]).all()  # a Flat index is the exact oracle
+    ann = table[table["ann_rank"].notna()]  # two_tower's candidates (other sources' have no ANN rank)
+    assert (ann["exact_rank"] == ann["ann_rank"]).all()  # a Flat index is the exact oracle
+    assert (table.loc[table["ann_rank"].isna(), "exact_rank"] > 500).all()  # the rest lie beyond K
 
 
 @slow
@@ -136,7 +140,8 @@ def test_changing_the_version_and_k_reruns_the_funnel(inspect: AppTest):
     _ok(at.selectbox(key="version").select("exact").run())
     assert "Version **exact**" in _caption(at)
     _ok(at.number_input(key="p_k").set_value(60).run())
-    assert len(at.dataframe(key="candidates_table").value) == 60
+    table = at.dataframe(key="candidates_table").value
+    assert table["ann_rank"].notna().sum() == 60  # K is two_tower's quota; other sources add theirs
 
 
 @slow
@@ -166,13 +171,55 @@ def test_inspect_filters(inspect: AppTest, demo_workspace):
 
 
 @slow
+def test_inspect_filters_by_source_and_splits_the_funnel(inspect: AppTest):
+    at = inspect
+    assert at.toggle(key="funnel_split").value  # on by default when the version has several sources
+    full = at.dataframe(key="candidates_table").value
+    assert {"rank_co_engagement", "rank_popular_in_context", "rank_targeting"} <= set(full.columns)
+    _ok(at.multiselect(key="f_source").select("popular_in_context").run())
+    view = at.dataframe(key="candidates_table").value
+    assert 0 < len(view) < len(full) and view["rank_popular_in_context"].notna().all()
+    assert len(view) == full["rank_popular_in_context"].notna().sum()
+    _ok(at.checkbox(key="f_source_only").check().run())
+    only = at.dataframe(key="candidates_table").value
+    assert only["ann_rank"].isna().all() and only["rank_popular_in_context"].notna().all()
+    assert len(only) <= len(view)
+    assert any("found:co_engagement" in t.value for t in at.text)  # the pCTR model's coefficients
+    _ok(at.toggle(key="funnel_split").set_value(False).run())
+
+
+@slow
+def test_what_if_switches_sources_and_quotas_and_the_link_carries_them(inspect: AppTest, demo_workspace):
+    at = inspect
+    co_before = int(at.dataframe(key="candidates_table").value["rank_co_engagement"].notna().sum())
+    _ok(at.checkbox(key="src_popular_in_context").uncheck().run())
+    table = at.dataframe(key="candidates_table").value
+    assert table["sources"].map(lambda s: "popular_in_context" not in list(s)).all()
+    assert at.query_params["off"] == "popular_in_context"
+    _ok(at.number_input(key="q_co_engagement").set_value(3).run())
+    table = at.dataframe(key="candidates_table").value
+    assert table["rank_co_engagement"].notna().sum() == min(3, co_before)
+    assert (table["rank_co_engagement"].dropna() <= 3).all()
+    assert at.query_params["quota"] == "co_engagement:3"
+    # the same link opens the same what-if in a new session
+    link = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    link.query_params.update({"user": at.selectbox(key="user").value, "off": "popular_in_context",
+                              "quota": "co_engagement:3"})
+    _ok(link.run())
+    assert link.checkbox(key="src_popular_in_context").value is False
+    assert link.number_input(key="q_co_engagement").value == 3
+    assert list(link.dataframe(key="candidates_table").value["ad_id"]) == list(table["ad_id"])
+
+
+@slow
 @pytest.mark.parametrize("url_path", list(PAGES))
 def test_every_page_renders(app: AppTest, url_path: str):
     at = _ok(app.run())
     _ok(_goto(at, url_path).run())
     assert at.title[0].value == PAGES[url_path]
     if url_path != "health":  # the request pages share the sidebar's request controls
-        widgets = {w.key for kind in ("selectbox", "text_input", "number_input", "checkbox") for w in getattr(at.sidebar, kind)}
+        widgets = {w.key for kind in ("selectbox", "text_input", "number_input", "checkbox")
+                   for w in getattr(at.sidebar, kind)}
         assert widgets == set(SIDEBAR_KEYS)
 
 
@@ -235,20 +282,21 @@ def test_map_draws_every_ad_and_highlights_the_request(app: AppTest, demo_worksp
     at = _ok(app.run())
     _ok(at.number_input(key="p_k").set_value(80).run())
     slate = set(_frame(at, "final_position", "ecpm")["ad_id"])
+    n_cand = len(at.dataframe(key="candidates_table").value)  # two_tower's 80 and the other sources'
     _ok(_goto(at, "map").run())
     assert not at.warning  # every demo version has a map
     traces = _map_traces(at)
     overlays = {"retrieved candidates", "slate", "user's clicked ads", "request (query vector)"}
     base = [ad for name, ads in traces.items() if name not in overlays for ad in ads]
     assert sorted(base) == sorted(set(base)) and len(base) == 600  # every ad once, coloured by vertical
-    assert len(traces["retrieved candidates"]) == 80
+    assert len(traces["retrieved candidates"]) == n_cand >= 80
     assert set(traces["slate"]) == slate
     assert "request (query vector)" in traces
 
     _ok(at.selectbox(key="map_color").select("Funnel outcome (current request)").run())
     traces = _map_traces(at)
     assert set(traces["slate"]) == slate
-    assert len(traces["not retrieved"]) == 600 - 80
+    assert len(traces["not retrieved"]) == 600 - n_cand
     assert "retrieved candidates" not in traces  # the colours already say it
     _ok(at.toggle(key="map_users").set_value(True).run())
     assert "users" in _map_traces(at)

@@ -314,3 +314,27 @@ def test_hostile_link_and_ids_show_as_text_and_request_nothing(browser, hostile_
     assert not leaks, f"the page requested other hosts: {leaks}"
     assert requests, "no request was recorded at all"
     ctx.close()
+
+
+def _legend(page) -> list[str]:
+    return [t.strip() for t in page.locator(".js-plotly-plot .legendtext").all_text_contents()]
+
+
+def test_funnel_chart_is_split_by_source_and_follows_the_what_if_link(page, server, demo_workspace):
+    sources = ["two_tower", "co_engagement", "popular_in_context", "targeting"]
+    _open(page, _link(server, user=demo_workspace.users[2], version="ivf"), ".js-plotly-plot .legendtext")
+    _no_errors(page)
+    assert _legend(page) == sources  # one funnel series per candidate source
+    assert page.locator(".js-plotly-plot .funnellayer .trace").count() == len(sources)
+    _shot(page, "inspect-funnel-by-source")
+    # a shared link that switches two sources off draws only the sources that ran
+    _open(page, _link(server, user=demo_workspace.users[2], version="ivf", off="co_engagement,targeting"),
+          ".js-plotly-plot .legendtext")
+    _no_errors(page)
+    assert _legend(page) == ["two_tower", "popular_in_context"]
+    assert page.get_by_role("checkbox", name="targeting").is_checked() is False
+    page.get_by_text("Split by candidate source").click()  # back to the single funnel
+    _settle(page)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .funnellayer .trace').length === 1",
+                           timeout=STEP_MS)
+    assert "two_tower" not in _legend(page)

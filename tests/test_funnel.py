@@ -137,7 +137,9 @@ def test_trace_invariants_and_json(tiny):
     _, cat, engine = tiny
     tr = engine.run(default_request(cat, "u1"), FunnelParams(n_ranked=5, slate_size=3))
     c = tr.to_frame()
-    assert tuple(c.columns) == CANDIDATE_COLUMNS
+    assert tuple(c.columns) == CANDIDATE_COLUMNS + ("rank_two_tower", "score_two_tower")
+    assert tr.source_names == ("two_tower",) and set(c["sources"]) == {("two_tower",)}
+    assert (c["rank_two_tower"] == c["ann_rank"]).all()
     sc = tr.stage_counts
     assert sc[Stage.INVENTORY] == engine.n_ads == sc[Stage.RETRIEVED] == len(c)
     assert sc[Stage.ELIGIBLE] == (c["failed_reasons"].map(len) == 0).sum() == c["rank_position"].notna().sum()
@@ -146,8 +148,11 @@ def test_trace_invariants_and_json(tiny):
     filtered = c[c["outcome"] == "filtered"]
     assert (filtered["primary_reason"] == filtered["failed_reasons"].str[0]).all()
     assert set(c.loc[c["outcome"] == "ranked_out", "primary_reason"]) <= {"BELOW_CUTOFF"}
-    assert {"encode", "retrieve", "eligibility", "ranking", "diversity", "total"} <= set(tr.stage_timings_ms)
+    assert {"encode", "retrieve:two_tower", "merge", "eligibility", "ranking", "diversity", "total"} <= set(
+        tr.stage_timings_ms)
     d = json.loads(tr.to_json())
+    assert d["candidates"][0]["sources"] == ["two_tower"] and d["sources"]["version"] == ["two_tower"]
+    assert d["calibration"]["coefficients"] == {"score": engine.calibration.a}
     assert d["stage_counts"]["slate"] == 3 and len(d["candidates"]) == len(c)
     assert d["candidates"][0]["final_position"] in (None, 1, 2, 3)
     assert d["params"]["rule_order"][0] == "POLICY_REJECTED"
@@ -290,7 +295,7 @@ def test_bench_funnel_reports_percentiles(tiny):
     reqs = sample_requests(cat.impressions, cat.users, 10, seed=0)
     rep = bench_funnel(engine, reqs, FunnelParams(k=10), why_not_samples=4)
     assert rep["n_requests"] == 10 and rep["total_ms"]["p50"] > 0 and rep["why_not_ms"]["p99"] > 0
-    assert set(rep["stages_ms"]) >= {"encode", "retrieve", "eligibility", "total"}
+    assert set(rep["stages_ms"]) >= {"encode", "retrieve:two_tower", "eligibility", "total"}
 
 
 def test_latest_ts_is_default_time(tiny):

@@ -35,3 +35,19 @@ def test_bad_values_are_named_and_dropped():
 def test_home_feed_and_lists_from_query_params():
     st = parse_link({"community": ["home"], "user": ["u1", "u2"]}, **KW)
     assert st.community == "home" and st.user == "u1" and not st.errors
+
+
+def test_source_switches_and_quotas_round_trip_and_are_validated():
+    from core.analysis.links import format_sources
+
+    q = to_query_params(user="u1", **format_sources(("co_engagement", "targeting"), {"popular_in_context": 30}))
+    assert q["off"] == "co_engagement,targeting" and q["quota"] == "popular_in_context:30"
+    st = parse_link(q, **KW)
+    assert st.errors == [] and st.disabled_sources == ("co_engagement", "targeting")
+    assert st.quotas == {"popular_in_context": 30}
+    assert format_sources((), None) == {"off": None, "quota": None}
+    bad = parse_link({"off": "two_tower,bogus", "quota": "targeting:0,two_tower:5"}, **KW)
+    joined = "\n".join(bad.errors)
+    assert "off=two_tower,bogus" in joined and "quota=targeting:0,two_tower:5" in joined
+    assert bad.disabled_sources is None and bad.quotas is None
+    assert parse_link({"quota": "targeting:99999"}, **KW).quotas is None

@@ -3,7 +3,9 @@
 Both versions run the same seeded sample of users in their usual contexts (core.funnel.context
 .default_request) through the full funnel (core.funnel.engine.FunnelEngine); every metric is derived
 from the two Traces. Versions may differ in tower, index type or catalog: ads present in only one
-version are reported, not crashed on.
+version are reported, not crashed on. Per version, `sources` gives each candidate source's share
+of the slate, the slate ads only it found, and its recall of held-out clicks beside the merged
+set's (core.analysis.sources).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.analysis.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
+from core.analysis.sources import slate_attribution, source_recall
 from core.common.jsonio import to_jsonable
 from core.common.progress import Progress, report
 from core.data.request import Request, requests_from_impressions
@@ -128,6 +131,7 @@ class CompareReport:
     gained_by_vertical: dict
     seconds: float
     diffs: list[RequestDiff] = field(default_factory=list, repr=False)
+    sources: dict = field(default_factory=dict)  # per version: slate share, only-source slate ads, recall
 
     @property
     def most_changed(self) -> pd.DataFrame:
@@ -240,6 +244,8 @@ def compare_versions(
             "latency": np.array([t.stage_timings_ms.get("total", np.nan) for t in traces]),
             "recall_vs_exact": _recall_vs_exact(eng, traces, k),
             "recall_vs_clicks": _recall_vs_clicks(eng, clicks, clicked_ads, k),
+            "sources": {**slate_attribution(traces, tuple(eng.sources)),
+                        "recall_vs_clicks": source_recall(eng, clicks, clicked_ads, params)},
         }
     va, vb = exposure["a"]["verticals"], exposure["b"]["verticals"]
     na, nb = sum(va.values()) or 1, sum(vb.values()) or 1
@@ -278,4 +284,5 @@ def compare_versions(
         lost_by_stage=lost_all["lost_stage"].value_counts().to_dict() if len(lost_all) else {},
         gained_by_vertical=gained_all["vertical"].value_counts().to_dict() if len(gained_all) else {},
         seconds=time.perf_counter() - t0, diffs=diffs,
+        sources={"a": exposure["a"]["sources"], "b": exposure["b"]["sources"]},
     )

@@ -1,5 +1,6 @@
 """Index health for one version: recall-vs-effort curve, IVF list balance, dead ads, hub ads,
-and for the serving backend its shards (sizes, balance, per-shard latency, share of results).
+for the serving backend its shards (sizes, balance, per-shard latency, share of results), and per
+candidate source its coverage (ads it can ever return) and dead ads.
 
 Everything is measured against the exact-search oracle on a seeded sample of real requests.
 """
@@ -12,10 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.analysis.sources import source_coverage
 from core.common.progress import Progress, report
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index.ann import recall_at, similarity
+from core.sources.registry import load_sources
 from core.store.catalog import Catalog
 
 NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -38,6 +41,7 @@ class HealthReport:
     tower_metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
     shards: dict | None = None  # backend, per-shard sizes, bytes, latency, share of results; balance
+    sources: dict = field(default_factory=dict)  # per source: coverage and dead ads (core.analysis.sources)
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +51,7 @@ class HealthReport:
                          "examples": self.dead_ads.head(50).to_dict("records")},
             "hub_ads": self.hub_ads.to_dict("records"), "tower_metrics": self.tower_metrics,
             "shards": self.shards,
+            "sources": self.sources,
             "seconds": round(self.seconds, 3),
         }
 
@@ -202,7 +207,8 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
 
     t0 = time.perf_counter()
     step(0.0, f"Encoding {n_requests} sampled requests")
-    _, q = sample_query_vectors(version, catalog, n_requests, seed)
+    features = FeatureStore(catalog, version.ad_ids, version.ad_text_vectors)
+    reqs, q = sample_query_vectors(version, catalog, n_requests, seed, features)
     k = min(k, len(version.ad_ids))
     step(0.1, "Exact search (the oracle)")
     exact = version.exact_search(q, k) if len(q) else []
@@ -215,10 +221,12 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
     dead, dead_by_vertical, hubs = dead_and_hub_ads(version, catalog, q, approx, exact, k)
     step(0.95, "Shard latency through the serving backend")
     shards = shard_stats(version, q[:50], k, approx)
+    step(0.97, "Candidate sources: coverage and dead ads")
+    sources = source_coverage(load_sources(version, features), reqs, q) if len(q) else {}
     step(1.0, "Done")
     return HealthReport(
         version=version.name, kind=version.index.kind, k=k, n_requests=len(q), curve=curve,
         ivf_lists=ivf_list_stats(version.index), dead_ads=dead, dead_by_vertical=dead_by_vertical,
         hub_ads=hubs, tower_metrics=version.manifest.tower_metrics,
-        seconds=time.perf_counter() - t0, shards=shards,
+        seconds=time.perf_counter() - t0, shards=shards, sources=sources,
     )

@@ -17,8 +17,13 @@ import pandas as pd
 from core.common.errors import AdLensError
 from core.data.request import TIME_MAX, TIME_MIN, parse_request_time
 from core.data.vocab import UNKNOWN, Device, Placement, values
+from core.sources.base import SOURCE_ORDER
 
-LINK_KEYS: tuple[str, ...] = ("version", "b", "user", "community", "placement", "device", "country", "time", "ad")
+LINK_KEYS: tuple[str, ...] = ("version", "b", "user", "community", "placement", "device", "country", "time", "ad",
+                              "off", "quota")
+MAX_QUOTA = 5000
+"""`off=co_engagement,targeting` switches sources off; `quota=co_engagement:300,targeting:50` sets
+per-source candidate counts (two_tower's is K; each at most MAX_QUOTA)."""
 HOME = "home"
 """`community=home` means the home feed (no community)."""
 
@@ -36,6 +41,8 @@ class LinkState:
     country: str | None = None
     time: datetime | None = None
     ad: str | None = None
+    disabled_sources: tuple[str, ...] | None = None
+    quotas: dict[str, int] | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -97,7 +104,34 @@ def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: p
             st.ad = a
         else:
             bad("ad", a, f"no such ad (e.g. {', '.join(map(str, ad_ids[:3]))})")
+    if (o := get["off"]) is not None:
+        names = tuple(n.strip() for n in o.split(",") if n.strip())
+        if all(n in SOURCE_ORDER for n in names):
+            st.disabled_sources = names
+        else:
+            bad("off", o, f"comma-separated sources from {', '.join(SOURCE_ORDER)}")
+    if (q := get["quota"]) is not None:
+        st.quotas = _parse_quotas(q)
+        if st.quotas is None:
+            bad("quota", q, f"use source:count pairs such as co_engagement:300 (sources "
+                            f"{', '.join(SOURCE_ORDER[1:])}; counts 1 to {MAX_QUOTA})")
     return st
+
+
+def _parse_quotas(text: str) -> dict[str, int] | None:
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition(":")
+        if not sep or name not in SOURCE_ORDER[1:] or not value.isdigit() or not 1 <= int(value) <= MAX_QUOTA:
+            return None
+        out[name] = int(value)
+    return out or None
+
+
+def format_sources(disabled: tuple[str, ...] | None, quotas: dict[str, int] | None) -> dict[str, str | None]:
+    """The `off` and `quota` link values for these settings (None when default)."""
+    return {"off": ",".join(disabled) if disabled else None,
+            "quota": ",".join(f"{k}:{v}" for k, v in quotas.items()) if quotas else None}
 
 
 def to_query_params(**fields) -> dict[str, str]:

@@ -93,6 +93,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nvertical mix shift (total variation {rep.vertical_tvd:.3f}); largest moves:")
     for r in rep.vertical_mix.head(8).itertuples():
         print(f"  {term(r.vertical):<24} {r.share_a:6.1%} → {r.share_b:6.1%}  ({r.delta:+.1%})")
+    _print_sources(rep.sources)
     print(f"\nslate ads lost in B, by stage: {rep.lost_by_stage or 'none'}")
     cd = rep.catalog_diff
     print(f"catalog: {cd['only_in_a']} ads only in A, {cd['only_in_b']} only in B")
@@ -101,6 +102,13 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     top = rep.most_changed[cols].head(args.top).fillna({"community_id": "(home feed)"})
     print(text_frame(top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _print_sources(sources: dict) -> None:
+    from core.analysis.sources import compare_sources_table
+
+    print("\ncandidate sources: share of slate slots, slate slots only it found, recall of held-out clicks")
+    print(compare_sources_table(sources).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,6 +144,11 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nhub ads (retrieved ≥ 10× the average share): {len(rep.hub_ads)}")
     if len(rep.hub_ads):
         print(text_frame(rep.hub_ads.head(10)).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if rep.sources:
+        print("\ncandidate sources: coverage (ads it can ever return) and dead ads (returned for no sampled request)")
+        for name, c in rep.sources.items():
+            print(f"  {name:<20} can return {c['reachable_ads']:>7,} ({_fmt(c['reachable_share'], 2)})  "
+                  f"returned {c['returned_ads']:>7,}  dead {c['dead_ads']:>7,} (of them reachable {c['dead_reachable_ads']:,})")
     ev = rep.tower_metrics  # the evaluation report (core.index.manifest normalises its shape)
     if ev.get("models"):
         print(f"\ntower evaluation on {ev.get('n_test_clicks', 0):,} held-out clicks (from the manifest; "

@@ -45,6 +45,12 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ef-search", type=positive_int, default=None, help="HNSW efSearch for this request")
     g.add_argument("--disable", action="append", default=[], metavar="CODE",
                    help="switch off an eligibility rule (repeatable), e.g. FREQUENCY_CAP")
+    g.add_argument("--no-source", action="append", default=[], dest="no_source", metavar="SOURCE",
+                   help="switch off a candidate source (repeatable): two_tower, co_engagement, "
+                        "popular_in_context, targeting")
+    g.add_argument("--quota", action="append", default=[], metavar="SOURCE=N",
+                   help="candidates a source contributes (repeatable), e.g. co_engagement=300 "
+                        "(defaults: co_engagement 200, popular_in_context 100, targeting 100; two_tower: --k)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,13 +101,29 @@ def _params(args: argparse.Namespace, engine=None):
     if args.ef_search is not None:
         sp["efSearch"] = args.ef_search
     params = FunnelParams(k=args.k, n_ranked=args.n, max_per_advertiser=args.m, slate_size=args.slate,
-                          disabled_rules=tuple(args.disable), mmr_lambda=args.mmr, search_params=sp or None)
+                          disabled_rules=tuple(args.disable), mmr_lambda=args.mmr, search_params=sp or None,
+                          quotas=_quotas(args.quota) or None, disabled_sources=tuple(args.no_source))
     if engine is None:
         return params
     params, notices = params.fit_to_catalog(engine.n_ads)
     for note in notices:
         print(f"note: {note}", file=sys.stderr)
     return params
+
+
+def _quotas(items: list[str]) -> dict[str, int]:
+    from core.common.errors import AdLensError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise AdLensError(f"--quota {item!r}: expected SOURCE=N, e.g. co_engagement=300")
+    return out
 
 
 def _request(engine, args: argparse.Namespace):
@@ -127,13 +149,22 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     if describe_query_source(trace.query_source):
         print(describe_query_source(trace.query_source))
     print("timings (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in trace.stage_timings_ms.items()))
+    print("\nsources (off: " + (", ".join(trace.params.disabled_sources) or "none") + "):")
+    print(f"  {'source':<20} {'quota':>6} {'found':>6} {'eligible':>8} {'ranked':>6} {'slate':>5} {'only it':>7}")
+    for name, n in trace.source_counts().items():
+        print(f"  {name:<20} {trace.params.quota(name):>6} {n['retrieved']:>6} {n['eligible']:>8} {n['ranked']:>6} "
+              f"{n['slate']:>5} {n['only_this_source']:>7}")
+    coefs = trace.calibration.get("coefficients", {})
+    print(f"pCTR model ({trace.calibration.get('method')}, {trace.calibration.get('n', 0):,} logged impressions): "
+          + "  ".join(f"{k} {v:+.3f}" for k, v in coefs.items()) + f"  intercept {trace.calibration.get('intercept', 0):+.3f}")
     slate = trace.slate
     print(f"\nslate ({len(slate)}):")
-    print(f"  {'#':>2}  {'ad_id':<16} {'advertiser':<20} {'score':>7} {'pCTR':>7} {'eCPM':>9}  title")
-    for r in slate.itertuples():
+    print(f"  {'#':>2}  {'ad_id':<16} {'advertiser':<20} {'score':>7} {'pCTR':>7} {'eCPM':>9}  {'sources (rank)':<34} title")
+    for r, (_, row) in zip(slate.itertuples(), slate.iterrows()):
         adv = "-" if pd.isna(r.advertiser_name) else str(r.advertiser_name)
+        found = ", ".join(f"{s} {int(row[f'rank_{s}'])}" for s in r.sources)
         print(f"  {int(r.final_position):>2}  {term(r.ad_id):<16} {term(adv[:20]):<20} "
-              f"{r.score:7.3f} {r.pctr:7.4f} {r.ecpm:9.3f}  {term(str(r.title)[:60])}")
+              f"{r.score:7.3f} {r.pctr:7.4f} {r.ecpm:9.3f}  {found[:34]:<34} {term(str(r.title)[:60])}")
     c = trace.candidates
     dropped = c[c["outcome"] != "slate"]
     print(f"\nnot shown, by primary reason ({len(dropped)}):")
@@ -161,6 +192,9 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
     marks = {True: "pass", False: "FAIL", None: "  - "}
     for s in w.stages:
         print(f"  [{marks[s.passed]}] {s.stage:<10} {term(s.detail)}")
+    print("\ncandidate sources:")
+    for s in w.sources:
+        print(f"  [{'found' if s['found'] else '  -  '}] {term(s['reason'])}")
     if w.eligibility:
         print("\neligibility rules:")
         for r in w.eligibility:
@@ -191,4 +225,7 @@ def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
         for code, cnt in rep.failed_reason_counts.items():
             print(f"  {code:<24} {rep.primary_reason_counts.get(code, 0):>5} / {cnt:>5}")
     print("first stage not passed: " + ", ".join(f"{k} {v}" for k, v in rep.blocking_stage_counts.items()))
+    print("reached through sources (users retrieved / in slate / only this source):")
+    for name, c in rep.source_counts.items():
+        print(f"  {name:<20} {c['retrieved']:>5} / {c['slate']:>5} / {c['only_this_source']:>5}")
     return 0

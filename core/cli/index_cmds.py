@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k-factor", type=positive_int, dest="k_factor", help="refined PQ: candidates re-ranked = k * k_factor")
     p.add_argument("--tower", help="trained user tower to use as query encoder (default: history mean)")
     p.add_argument("--parent", help="version this one derives from (recorded in the manifest)")
+    p.add_argument("--no-sources", action="store_true", dest="no_sources",
+                   help="build the two_tower source only (skip co_engagement, popular_in_context, targeting)")
     g = p.add_argument_group("your own model (data/README.md, 'Your own model')")
     g.add_argument("--ad-vectors", dest="ad_vectors", metavar="NAME",
                    help="imported ad vectors (`adlens import-vectors ads`) instead of AdLens's text embeddings")
@@ -116,6 +118,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     from core.index.versions import build_version
+    from core.sources.registry import sources_artifact_builder
     from core.vectors.query_side import QuerySpec, read_encoder_config
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
@@ -124,7 +127,8 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
                       parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
-                      shards=args.shards)
+                      shards=args.shards,
+                      extra_builders=() if args.no_sources else (sources_artifact_builder,))
     m = v.manifest
     if args.json:
         print_json(m)
@@ -137,6 +141,8 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
               f"  {m.bytes_per_ad:.0f} bytes/ad, built in {m.total_build_s:.1f}s"
               + (f"\n  {m['shards']['n']} shards: " + ", ".join(f"{e['count']:,} ads / {e['bytes'] / 2**20:.1f} MiB"
                                                             for e in m["shards"]["entries"]) if m.get("shards") else ""))
+        for name, src in ((m.get("sources") or {}).get("built") or {}).items():
+            print(f"  source {name}: can return {src['stats']['reachable_ads']:,} ads, params {src['params']}")
     return 0
 
 

@@ -149,6 +149,7 @@ def _train(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
 def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
     from core.index.ann import suggest_nlist
     from core.index.versions import build_version, list_versions
+    from core.sources.registry import sources_artifact_builder
 
     have = {v["name"] for v in list_versions(ctx.settings, engine=ctx.engine)}
     n_ads = table_counts(ctx.engine)["ads"]
@@ -161,7 +162,7 @@ def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
         if factory == "IVF":
             factory = f"IVF{suggest_nlist(n_ads)},Flat"
         v = build_version(ctx.settings, name, factory, tower=tower, parent=parent, engine=ctx.engine,
-                          progress=False, with_map=True)
+                          progress=False, with_map=True, extra_builders=(sources_artifact_builder,))
         out[name] = {"factory": factory, "recall": v.manifest.recall,
                      "build_s": v.manifest.total_build_s}
     return out

@@ -1,7 +1,8 @@
 """Who can see my ad? One ad across a seeded sample of users in their usual contexts.
 
 For each sampled user, `default_request` gives the usual context and `engine.run` the Trace;
-the ad's row says whether it was retrieved (and at what ANN rank) and what happened next. The
+the ad's row says whether it was retrieved, by which candidate sources (and at what ANN rank)
+and what happened next: `source_counts` says through which sources the ad reaches users. The
 eligibility rules are also evaluated for users whose request did not retrieve the ad, so
 "survives eligibility" covers every sampled user, not only those that retrieved it.
 """
@@ -22,7 +23,7 @@ from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Outcome, Stage
 
-USER_COLUMNS = ("user_id", "community_id", "device", "country", "retrieved", "ann_rank", "eligible",
+USER_COLUMNS = ("user_id", "community_id", "device", "country", "retrieved", "sources", "ann_rank", "eligible",
                 "failed_reasons", "outcome", "final_position", "blocking_stage")
 
 
@@ -42,6 +43,7 @@ class AudienceReport:
     failed_reason_counts: dict
     blocking_stage_counts: dict
     slate_positions: dict
+    source_counts: dict = field(default_factory=dict)  # source -> users it retrieved the ad for (+ slate, only)
     users: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
     def to_dict(self) -> dict:
@@ -81,14 +83,15 @@ def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0
         elig = engine.eligibility(req, np.array([pos]), params)
         failed = elig.failed_lists()[0]
         if row is None:
-            outcome, final, stage = Outcome.NOT_RETRIEVED.value, None, Stage.RETRIEVED.value
+            outcome, final, stage, found = Outcome.NOT_RETRIEVED.value, None, Stage.RETRIEVED.value, ()
         else:
-            outcome = str(row["outcome"])
+            outcome, found = str(row["outcome"]), tuple(row["sources"])
             final = None if pd.isna(row["final_position"]) else int(row["final_position"])
             stage = row["blocking_stage"]
         rows.append({"user_id": uid, "community_id": req.community_id, "device": req.device,
-                     "country": req.country, "retrieved": row is not None,
-                     "ann_rank": None if row is None else int(row["ann_rank"]), "eligible": not failed,
+                     "country": req.country, "retrieved": row is not None, "sources": found,
+                     "ann_rank": None if row is None or pd.isna(row["ann_rank"]) else int(row["ann_rank"]),
+                     "eligible": not failed,
                      "failed_reasons": failed, "outcome": outcome, "final_position": final,
                      "blocking_stage": stage})
     users = pd.DataFrame(rows, columns=list(USER_COLUMNS))
@@ -110,5 +113,18 @@ def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0
         failed_reason_counts=dict(every.most_common()),
         blocking_stage_counts=dict(stages.most_common()),
         slate_positions=dict(sorted(positions.items())),
+        source_counts=_via_sources(users, engine.sources),
         users=users,
     )
+
+
+def _via_sources(users: pd.DataFrame, sources) -> dict:
+    """Per source: users for whom it retrieved the ad, of those how many saw it in the slate, and
+    how many it alone retrieved it for."""
+    out = {}
+    for name in sources:
+        via = users["sources"].map(lambda s, n=name: n in s) if len(users) else pd.Series(dtype=bool)
+        only = users["sources"].map(lambda s, n=name: s == (n,)) if len(users) else pd.Series(dtype=bool)
+        out[name] = {"retrieved": int(via.sum()), "slate": int((via & (users["outcome"] == "slate")).sum()),
+                     "only_this_source": int(only.sum())}
+    return out

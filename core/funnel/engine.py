@@ -1,8 +1,8 @@
-"""The funnel for one request: retrieve -> eligibility -> early ranking -> diversity -> slate.
+"""The funnel for one request: sources -> merge -> eligibility -> early ranking -> diversity -> slate.
 
 `FunnelEngine(version, catalog)` is built once per (version, catalog): it holds the feature store,
-the per-ad eligibility arrays aligned to the version's positions, the frequency-cap index and
-the pCTR calibration. It is immutable afterwards (its arrays are read-only), so one engine can
+the per-ad eligibility arrays aligned to the version's positions, the frequency-cap index, the
+version's candidate sources (core.sources) and the pCTR model (core.funnel.pctr). It is immutable afterwards (its arrays are read-only), so one engine can
 serve every dashboard session and thread. `engine.run(request, params) -> Trace` is a pure
 simulation: it never touches the database.
 """
@@ -14,25 +14,28 @@ import time
 import numpy as np
 import pandas as pd
 
+from core.common.timer import StageTimer
 from core.data.features import FeatureStore
-from core.data.request import REQUEST_COLUMNS, Request, requests_frame
+from core.data.request import Request, requests_frame, requests_from_impressions
 from core.data.vocab import UNKNOWN
 from core.funnel.ad_facts import AdFacts, FrequencyIndex, RequestContext
 from core.funnel.context import default_request, usual_contexts
 from core.funnel.filters import EligibilityResult, evaluate
 from core.funnel.params import EXACT_RANKS_AUTO_MAX, FunnelParams
+from core.funnel.pctr import PctrModel, feature_matrix, feature_names, fit_pctr
 from core.funnel.ranking import (
     DEFAULT_BID,
     DEFAULT_BID_TYPE,
-    Calibration,
     ecpm,
-    fit_calibration,
     rank_by_ecpm,
     select_slate,
 )
 from core.funnel.reasons import Outcome, Reason, Stage, blocking_stages
 from core.funnel.trace import Trace
 from core.index.ann import pair_similarity, similarity
+from core.sources.base import RetrieveOptions
+from core.sources.merge import MergedCandidates, merge
+from core.sources.registry import load_sources
 from core.store.catalog import Catalog
 from core.tower.query_encoder import l2_normalize
 
@@ -76,7 +79,6 @@ class FunnelEngine:
         self.bid_type = np.where(has, _obj(rows, "bid_type", DEFAULT_BID_TYPE), DEFAULT_BID_TYPE).astype(object)
         users = catalog.users
         self._age = dict(zip(users["user_id"], users["age_bucket"])) if len(users) else {}
-        self._country = dict(zip(users["user_id"], users["country"])) if len(users) else {}
         comms = catalog.communities
         self._tier = dict(zip(comms["community_id"], comms["safety_tier"])) if len(comms) else {}
         self.usual = usual_contexts(catalog)
@@ -84,6 +86,7 @@ class FunnelEngine:
         self._catalog_ads = frozenset(catalog.ads["ad_id"])
         for arr in (self.cap_key, self.bid, self.bid_type):
             arr.setflags(write=False)
+        self.sources = load_sources(version, self.features)
         self.calibration = self._calibrate(calibration_samples, seed)
         self.build_ms = (time.perf_counter() - t0) * 1e3
 
@@ -103,26 +106,33 @@ class FunnelEngine:
         """Whether the user has a profile or logged impressions."""
         return user_id in self.usual.known
 
-    def _calibrate(self, n: int, seed: int) -> Calibration:
+    def _calibrate(self, n: int, seed: int) -> PctrModel:
+        """Fit the pCTR model on a seeded sample of logged impressions (see core.funnel.pctr)."""
+        names = feature_names(tuple(self.sources))
         imps = self.catalog.impressions
         if not len(imps) or n <= 0:
-            return fit_calibration(np.empty(0), np.empty(0))
+            return fit_pctr(np.empty((0, len(names))), np.empty(0), names)
         pos = self.features.ad_positions(imps["ad_id"].to_numpy())
         keep = np.flatnonzero(pos >= 0)
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(keep, size=min(n, len(keep)), replace=False)) if len(keep) else keep
         sub = imps.iloc[pick]
-        frame = pd.DataFrame({
-            "user_id": sub["user_id"].to_numpy(dtype=object),
-            "community_id": sub["community_id"].astype(object).to_numpy(),
-            "placement": sub["placement"].to_numpy(dtype=object),
-            "device": sub["device"].to_numpy(dtype=object),
-            "country": sub["user_id"].map(self._country).fillna(UNKNOWN).to_numpy(dtype=object),
-            "ts": pd.to_datetime(sub["ts"]).to_numpy(),
-        }, columns=list(REQUEST_COLUMNS))
-        q = self.version.encoder.encode_requests(frame, self.features) if len(frame) else np.empty((0, 1))
-        s = pair_similarity(self.version.ad_vectors[pos[pick]], q, self.metric) if len(frame) else np.empty(0)
-        return fit_calibration(s, sub["clicked"].astype(bool).to_numpy())
+        if not len(sub):
+            return fit_pctr(np.empty((0, len(names))), np.empty(0), names)
+        frame = requests_from_impressions(sub, self.catalog.users)
+        shown = pos[pick]
+        q = self.version.encoder.encode_requests(frame, self.features)
+        s = pair_similarity(self.version.ad_vectors[shown], q, self.metric)
+        found, scores = {}, {}
+        if names != ("score",):  # replay each logged request through every source
+            defaults = FunnelParams()
+            for name, src in self.sources.items():
+                got, sc = src.retrieve(frame, defaults.quota(name), RetrieveOptions(queries=q))
+                hit = got == shown[:, None]
+                found[name] = hit.any(axis=1)
+                scores[name] = np.where(found[name], (sc * hit).sum(axis=1), np.nan)
+        X = feature_matrix(names, s, found, scores)
+        return fit_pctr(X, sub["clicked"].astype(bool).to_numpy(), names)
 
     def request_context(self, request: Request) -> RequestContext:
         tier = self._tier.get(request.community_id) if request.community_id is not None else None
@@ -141,9 +151,13 @@ class FunnelEngine:
     def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams) -> EligibilityResult:
         return evaluate(self.facts, positions, self.request_context(request), params.rules)
 
-    def pricing(self, scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(pCTR, eCPM) for candidates with these similarity scores (see core/ranking.py)."""
-        p = self.calibration.pctr(scores)
+    def pricing(self, scores: np.ndarray, positions: np.ndarray, found: dict | None = None,
+                source_scores: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(pCTR, eCPM) for candidates with these tower similarities and, per source, found-by
+        flags and scores (missing: not found by that source); see core.funnel.pctr."""
+        X = feature_matrix(self.calibration.features, np.asarray(scores, np.float64), found or {},
+                           source_scores or {})
+        p = self.calibration.pctr(X)
         return p, ecpm(p, self.bid[positions], self.bid_type[positions])
 
     def exact_scores(self, q: np.ndarray) -> np.ndarray:
@@ -161,54 +175,102 @@ class FunnelEngine:
         return self.n_ads <= EXACT_RANKS_AUTO_MAX
 
     # ---- the funnel ------------------------------------------------------------------------
-    def run(self, request: Request, params: FunnelParams | None = None) -> Trace:
-        """Simulate `request` through every stage and return its Trace (never writes anything)."""
-        params = params or FunnelParams()
-        t: dict[str, float] = {}
-        t0 = time.perf_counter()
-        q = self.encode(request)
-        query_source = self.describe_query(request)
-        t1 = time.perf_counter()
-        t["encode"] = (t1 - t0) * 1e3
-        shard_ms: dict[int, float] = {}
-        scores, pos = self.version.search(q, params.k, params.search_params, stats=shard_ms)[0]
-        t2 = time.perf_counter()
-        t["retrieve"] = (t2 - t1) * 1e3
-        n = len(pos)
-        ann_rank = np.arange(1, n + 1)
+    def retrieve(self, frame: pd.DataFrame, q: np.ndarray, params: FunnelParams,
+                 timer: StageTimer | None = None, shard_ms: dict | None = None) -> MergedCandidates:
+        """Every enabled source's top quota for the one request in `frame`, merged with attribution
+        (each source's time is lapped as `retrieve:<name>`, the union as `merge`; the ANN's
+        per-shard times go into `shard_ms`)."""
+        opts = RetrieveOptions(queries=q[None, :], search_params=params.search_params, stats=shard_ms)
+        results = {}
+        for name, src in self.sources.items():
+            if params.enabled(name):
+                pos, sc = src.retrieve(frame, params.quota(name), opts)
+                results[name] = (pos[0], sc[0])
+                if timer:
+                    timer.lap(f"retrieve:{name}")
+        merged = merge(results)
+        if timer:
+            timer.lap("merge")
+        return merged
+
+    def _tower_scores(self, q: np.ndarray, merged: MergedCandidates) -> np.ndarray:
+        """The tower similarity of every candidate: the ANN score where two_tower found it (as
+        before sources existed), the exact inner product for the others."""
+        found = merged.found("two_tower")
+        if found.all():
+            return merged.score["two_tower"]
+        pos = merged.positions
+        out = pair_similarity(self.version.ad_vectors[pos], np.broadcast_to(q, (len(pos), len(q))),
+                              self.metric).astype(np.float64)
+        if "two_tower" in merged.score:
+            out[found] = merged.score["two_tower"][found]
+        return out
+
+    def _exact_ranks(self, q: np.ndarray, merged: MergedCandidates, params: FunnelParams) -> pd.arrays.IntegerArray:
+        n = len(merged)
         if self._want_exact(params):
             allscores = self.exact_scores(q)
             srt = np.sort(allscores)
-            exact = len(srt) - np.searchsorted(srt, allscores[pos], side="right") + 1
-            exact_col = pd.array(exact, dtype="Int64")
-        elif getattr(self.version.index, "kind", None) == "flat":
-            exact_col = pd.array(ann_rank, dtype="Int64")
-        else:
-            exact_col = pd.arrays.IntegerArray(np.zeros(n, np.int64), np.ones(n, bool))
-        t3 = time.perf_counter()
-        t["exact_rank"] = (t3 - t2) * 1e3
+            return pd.array(len(srt) - np.searchsorted(srt, allscores[merged.positions], side="right") + 1,
+                            dtype="Int64")
+        ann = merged.rank.get("two_tower", np.zeros(n, np.int64))
+        if getattr(self.version.index, "kind", None) == "flat":  # a Flat index is exact
+            return pd.arrays.IntegerArray(ann, ann == 0)
+        return pd.arrays.IntegerArray(np.zeros(n, np.int64), np.ones(n, bool))
+
+    def run(self, request: Request, params: FunnelParams | None = None) -> Trace:
+        """Simulate `request` through every stage and return its Trace (never writes anything)."""
+        params = params or FunnelParams()
+        timer = StageTimer()
+        frame = requests_frame([request])
+        q = self.version.encoder.encode_requests(frame, self.features)[0]
+        query_source = self.describe_query(request)
+        timer.lap("encode")
+        shard_ms: dict[int, float] = {}
+        merged = self.retrieve(frame, q, params, timer, shard_ms)
+        pos = merged.positions
+        scores = self._tower_scores(q, merged)
+        exact_col = self._exact_ranks(q, merged, params)
+        timer.lap("exact_rank")
         elig = self.eligibility(request, pos, params)
         eligible = elig.eligible
-        t4 = time.perf_counter()
-        t["eligibility"] = (t4 - t3) * 1e3
-        pctr, ecpm_v = self.pricing(scores, pos)
-        rank = rank_by_ecpm(ecpm_v, eligible, scores.astype(np.float64))
-        t5 = time.perf_counter()
-        t["ranking"] = (t5 - t4) * 1e3
+        timer.lap("eligibility")
+        pctr, ecpm_v = self.pricing(scores, pos, {n: merged.found(n) for n in merged.ran}, merged.score)
+        rank = rank_by_ecpm(ecpm_v, eligible, scores)
+        timer.lap("ranking")
         slate = select_slate(rank, params.n_ranked, self.cap_key[pos], params.max_per_advertiser,
                              params.slate_size, ecpm_v, l2_normalize(self.version.ad_vectors[pos])
                              if params.mmr_lambda is not None else None, params.mmr_lambda)
-        t6 = time.perf_counter()
-        t["diversity"] = (t6 - t5) * 1e3
+        timer.lap("diversity")
+        frame = self._assemble(merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params)
+        n_elig = int(eligible.sum())
+        counts = {
+            Stage.INVENTORY: self.n_ads,
+            Stage.RETRIEVED: len(pos),
+            Stage.ELIGIBLE: n_elig,
+            Stage.RANKED: min(params.n_ranked, n_elig),
+            Stage.SLATE: int((slate.final_position > 0).sum()),
+        }
+        timer.lap("assemble")
+        return Trace(request, self.version.name, self.version.checksum, params, frame, counts, timer.done(),
+                     self.calibration.to_dict(), q, query_source, shard_timings_ms=shard_ms,
+                     backend=self.version.backend_name, source_names=tuple(self.sources), sources_ran=merged.ran)
+
+    def _assemble(self, merged: MergedCandidates, scores, exact_col, elig, pctr, ecpm_v, rank, slate,
+                  params: FunnelParams) -> pd.DataFrame:
+        pos = merged.positions
+        n = len(pos)
+        eligible = elig.eligible
         primary = np.where(eligible, slate.reason, elig.primary)
         outcome = np.full(n, Outcome.FILTERED.value, dtype=object)
         outcome[eligible & (slate.reason == Reason.BELOW_CUTOFF.value)] = Outcome.RANKED_OUT.value
         outcome[eligible & (slate.reason == Reason.ADVERTISER_CAP.value)] = Outcome.ADVERTISER_CAP.value
         outcome[slate.final_position > 0] = Outcome.SLATE.value
-        frame = pd.DataFrame({
+        ann = merged.rank.get("two_tower", np.zeros(n, np.int64))
+        columns = {
             **{name: arr.take(pos) for name, arr in self._display.items()},
-            "score": scores.astype(np.float64),
-            "ann_rank": ann_rank,
+            "score": scores,
+            "ann_rank": pd.arrays.IntegerArray(ann, ann == 0),
             "exact_rank": exact_col,
             "failed_reasons": elig.failed_lists(),
             "primary_reason": pd.array(primary, dtype="str"),
@@ -220,21 +282,13 @@ class FunnelEngine:
             "blocking_stage": blocking_stages(outcome, rank, params.n_ranked),
             "version_pos": pos,
             "shard": self.version.shard_of(pos),
-        })
-        t["assemble"] = (time.perf_counter() - t6) * 1e3
-        n_elig = int(eligible.sum())
-        counts = {
-            Stage.INVENTORY: self.n_ads,
-            Stage.RETRIEVED: n,
-            Stage.ELIGIBLE: n_elig,
-            Stage.RANKED: min(params.n_ranked, n_elig),
-            Stage.SLATE: int((slate.final_position > 0).sum()),
+            "sources": merged.source_sets(),
         }
-        t["total"] = (time.perf_counter() - t0) * 1e3
-        cal = {"a": self.calibration.a, "b": self.calibration.b, "n": self.calibration.n,
-               "positives": self.calibration.positives, "method": self.calibration.method}
-        return Trace(request, self.version.name, self.version.checksum, params, frame, counts, t, cal, q,
-                     query_source, shard_timings_ms=shard_ms, backend=self.version.backend_name)
+        for name in self.sources:
+            r = merged.rank.get(name, np.zeros(n, np.int64))
+            columns[f"rank_{name}"] = pd.arrays.IntegerArray(r, r == 0)
+            columns[f"score_{name}"] = merged.score.get(name, np.full(n, np.nan))
+        return pd.DataFrame(columns)
 
 
 def open_engine(settings, version_name: str, **kwargs) -> FunnelEngine:

@@ -2,6 +2,9 @@
 
 `why_not(engine, request, ad_id, params)` runs the funnel once (`engine.run`, so the verdict is
 the Trace's) and adds what the Trace alone cannot say:
+- sources: per candidate source of the version, the ad's rank and score there or why that source
+  cannot return it ("co_engagement: the user's last 20 clicks have no co-clicks with this ad";
+  "two_tower: exact rank 5,099, K = 500"); switched-off sources say so;
 - retrieval: the ad's exact score and rank among all ads versus the K-th exact score (the gap);
   whether the ANN index returned it and, if not, why: for IVF its inverted list and that list's
   rank among the query's nearest centroids versus nprobe, and the smallest nprobe that retrieves
@@ -32,6 +35,8 @@ from core.funnel.filters import explain_rules
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Reason, Stage
 from core.funnel.trace import Trace
+from core.sources.base import RetrieveOptions, SourceExplanation
+from core.sources.two_tower import explanation as two_tower_explanation
 
 
 @dataclass
@@ -83,6 +88,7 @@ class WhyNot:
     ranking: dict
     diversity: dict
     timings_ms: dict = field(default_factory=dict)
+    sources: list[dict] = field(default_factory=list)  # per source: SourceExplanation.to_dict()
     trace: Trace | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -172,8 +178,8 @@ def _retrieval(engine: FunnelEngine, trace: Trace, pos: int, row, params: Funnel
     if params.k <= len(allscores):
         rv.kth_score = float(-np.partition(-allscores, params.k - 1)[params.k - 1])
         rv.gap = s - rv.kth_score
-    rv.ann_returned = row is not None
-    rv.ann_rank = int(row["ann_rank"]) if row is not None else None
+    rv.ann_returned = row is not None and not pd.isna(row["ann_rank"])
+    rv.ann_rank = int(row["ann_rank"]) if rv.ann_returned else None
     rv.n_shards = int(getattr(engine.version, "n_shards", 1))
     if rv.n_shards > 1:
         rv.shard = int(engine.version.shard_of([pos])[0])
@@ -236,19 +242,39 @@ def why_not(engine: FunnelEngine, request: Request, ad_id: str, params: FunnelPa
     hit = np.flatnonzero(trace.candidates["version_pos"].to_numpy() == pos)
     row = trace.candidates.iloc[hit[0]] if len(hit) else None
     retrieval = _retrieval(engine, trace, pos, row, params)
+    sources = source_explanations(engine, request, pos, params, trace.query, retrieval)
     t2 = time.perf_counter()
     ctx = engine.request_context(request)
     rules = explain_rules(engine.facts, pos, ctx, params.rules)
     failed = [r for r in rules if r["enabled"] and r["failed"]]
     ranking = _ranking(engine, trace, pos, row, params, retrieval, eligible=not failed)
     diversity = _diversity(engine, trace, pos, params)
-    stages, blocking, summary = _stages(trace, row, retrieval, failed, ranking, diversity, params)
+    stages, blocking, summary = _stages(trace, row, retrieval, failed, ranking, diversity, params, sources)
     t3 = time.perf_counter()
     timings = {"run": (t1 - t0) * 1e3, "retrieval": (t2 - t1) * 1e3, "rest": (t3 - t2) * 1e3,
                "total": (t3 - t0) * 1e3}
     final = int(row["final_position"]) if row is not None and not pd.isna(row["final_position"]) else None
     return WhyNot(ad_id, request, engine.version.name, final is not None, final, blocking, summary, stages,
-                  retrieval, rules, ranking, diversity, timings, trace)
+                  retrieval, rules, ranking, diversity, timings, [s.to_dict() for s in sources], trace)
+
+
+def source_explanations(engine: FunnelEngine, request: Request, pos: int, params: FunnelParams,
+                        query: np.ndarray | None = None, retrieval: RetrievalVerdict | None = None
+                        ) -> list[SourceExplanation]:
+    """Per source of the version: where the ad at version position `pos` stands for `request`.
+    With the two_tower run's `retrieval` verdict, two_tower's answer reuses its exact and ANN
+    ranks (no second scan of the catalog)."""
+    opts = RetrieveOptions(queries=None if query is None else query[None, :], search_params=params.search_params)
+    out = []
+    for name, src in engine.sources.items():
+        if name == "two_tower" and retrieval is not None and params.enabled(name):
+            e = two_tower_explanation(retrieval.ann_rank, retrieval.exact_rank, retrieval.score, params.k)
+        else:
+            e = src.explain(request, pos, params.quota(name), opts)
+        if not params.enabled(name):
+            e = SourceExplanation(name, e.rank, e.score, f"{name}: switched off for this request ({e.reason})")
+        out.append(e)
+    return out
 
 
 def _ranking(engine, trace, pos, row, params, rv, eligible: bool) -> dict:
@@ -270,7 +296,7 @@ def _ranking(engine, trace, pos, row, params, rv, eligible: bool) -> dict:
     return {"pctr": pctr, "ecpm": ecpm_v, "rank_position": position, "hypothetical": hypothetical,
             "eligible": eligible, "n_ranked": params.n_ranked, "n_eligible": int(elig.sum()),
             "cutoff_ecpm": cutoff, "bid": float(engine.bid[pos]), "bid_type": str(engine.bid_type[pos]),
-            "formula": "CPC: 1000 x pCTR x bid; CPM: bid; pCTR = sigmoid(a x score + b)",
+            "formula": "CPC: 1000 x pCTR x bid; CPM: bid; pCTR = sigmoid(sum of coefficient x feature + intercept)",
             "calibration": trace.calibration}
 
 
@@ -289,9 +315,18 @@ def _diversity(engine, trace, pos, params) -> dict:
             "siblings_retrieved": int(sib.sum())}
 
 
-def _stages(trace, row, rv, failed, ranking, diversity, params):
+def _retrieved_detail(row, rv, sources) -> str:
+    if len(sources) <= 1:
+        return rv.detail
+    if row is not None:
+        return "found by " + ", ".join(f"{s.source} (rank {s.rank:,})" for s in sources if s.found)
+    return "not found by any source: " + "; ".join(s.reason for s in sources)
+
+
+def _stages(trace, row, rv, failed, ranking, diversity, params, sources=()):
     stages = [StageVerdict(Stage.INVENTORY.value, True, f"in version {trace.version_name}")]
-    stages.append(StageVerdict(Stage.RETRIEVED.value, rv.ann_returned, rv.detail))
+    retrieved = _retrieved_detail(row, rv, sources)
+    stages.append(StageVerdict(Stage.RETRIEVED.value, row is not None, retrieved))
     elig_detail = ("passes every enabled rule" if not failed else
                    "; ".join(f"{r['code']}: {r['detail']}" for r in failed))
     rk = ranking
@@ -310,7 +345,7 @@ def _stages(trace, row, rv, failed, ranking, diversity, params):
         stages += [StageVerdict(Stage.ELIGIBLE.value, None if not failed else False, elig_detail),
                    StageVerdict(Stage.RANKED.value, None, rank_detail),
                    StageVerdict(Stage.SLATE.value, None, div_detail)]
-        return stages, Stage.RETRIEVED.value, f"blocked at retrieval: {rv.detail}{hint}"
+        return stages, Stage.RETRIEVED.value, f"blocked at retrieval: {retrieved}{hint}"
     stages.append(StageVerdict(Stage.ELIGIBLE.value, not failed, elig_detail))
     if failed:
         first = failed[0]

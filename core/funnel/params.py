@@ -10,6 +10,11 @@ import numpy as np
 from core.common.errors import ValidationError
 from core.funnel.filters import active_rules
 from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
+from core.sources.base import SOURCE_ORDER
+
+SOURCE_QUOTAS: dict[str, int] = {"two_tower": 500, "co_engagement": 200, "popular_in_context": 100,
+                                 "targeting": 100}
+"""Candidates each source contributes to the union by default (two_tower's quota is `k`)."""
 
 EXACT_RANKS_AUTO_MAX = 20_000
 """With `exact_ranks=None`, exact ranks are computed when the version has at most this many ads
@@ -24,10 +29,12 @@ class FunnelParams:
     advertiser; slate_size: S; rule_order: eligibility rules in evaluation order (codes left
     out are not evaluated); disabled_rules: codes switched off; mmr_lambda: None = plain eCPM
     order, else MMR trade-off in [0, 1]; search_params: per-call ANN params merged over the
-    version's (e.g. {"nprobe": 32}); exact_ranks: True/False/None (auto, see EXACT_RANKS_AUTO_MAX).
+    version's (e.g. {"nprobe": 32}); exact_ranks: True/False/None (auto, see EXACT_RANKS_AUTO_MAX);
+    quotas: per-source candidate counts overriding SOURCE_QUOTAS (two_tower's is `k`);
+    disabled_sources: sources switched off for this request (sources the version lacks are skipped).
     """
 
-    k: int = 500
+    k: int = SOURCE_QUOTAS["two_tower"]
     n_ranked: int = 50
     max_per_advertiser: int = 2
     slate_size: int = 10
@@ -36,6 +43,8 @@ class FunnelParams:
     mmr_lambda: float | None = None
     search_params: dict | None = None
     exact_ranks: bool | None = None
+    quotas: dict | None = None
+    disabled_sources: tuple = ()
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be a positive integer; got {getattr(self, name)!r}"
@@ -44,8 +53,18 @@ class FunnelParams:
                     or getattr(self, name) < 1]
         if self.mmr_lambda is not None and not 0.0 <= float(self.mmr_lambda) <= 1.0:
             problems.append(f"mmr_lambda must be in [0, 1] or None; got {self.mmr_lambda!r}")
+        for name, value in (self.quotas or {}).items():
+            if name not in SOURCE_ORDER or name == "two_tower":
+                problems.append(f"unknown source {name!r} in quotas; known: {', '.join(SOURCE_ORDER[1:])} "
+                                "(two_tower's quota is k)")
+            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                problems.append(f"quota of {name} must be a positive integer; got {value!r}")
+        for name in self.disabled_sources:
+            if name not in SOURCE_ORDER:
+                problems.append(f"unknown source {name!r} to disable; known: {', '.join(SOURCE_ORDER)}")
         if problems:
             raise ValidationError(problems)
+        object.__setattr__(self, "disabled_sources", tuple(str(n) for n in self.disabled_sources))
         object.__setattr__(self, "rule_order", tuple(str(r) for r in self.rule_order))
         object.__setattr__(self, "disabled_rules", tuple(str(r) for r in self.disabled_rules))
         active_rules(self.rule_order, self.disabled_rules)  # validates the codes
@@ -54,6 +73,15 @@ class FunnelParams:
     def rules(self) -> tuple[Reason, ...]:
         """The enabled rules in evaluation order."""
         return active_rules(self.rule_order, self.disabled_rules)
+
+    def quota(self, source: str) -> int:
+        """Candidates `source` contributes (two_tower: k)."""
+        if source == "two_tower":
+            return int(self.k)
+        return int((self.quotas or {}).get(source, SOURCE_QUOTAS[source]))
+
+    def enabled(self, source: str) -> bool:
+        return source not in self.disabled_sources
 
     def fit_to_catalog(self, n_ads: int) -> tuple["FunnelParams", list[str]]:
         """These params with K (and N, the slate) no larger than the catalog, plus a notice for

@@ -1,10 +1,12 @@
 """Early ranking and diversity: calibrated pCTR -> eCPM -> top N -> per-advertiser cap (+ MMR) -> slate.
 
 Formulas (documented here, used everywhere):
-- pCTR = 1 / (1 + exp(-(a * score + b))), Platt scaling of the tower similarity `score`. (a, b)
+- pCTR (two_tower only) = 1 / (1 + exp(-(a * score + b))), Platt scaling of the tower similarity `score`. (a, b)
   are fitted once per (version, catalog) by logistic regression of `clicked` on the score of
   the shown ad for a seeded sample of logged impressions (`fit_calibration`). Without logged
   clicks and non-clicks, a = 0 and b = logit of the smoothed click rate (or of DEFAULT_CTR).
+  With several candidate sources the pCTR model also takes per-source scores and found-by
+  flags as features (core.funnel.pctr); with two_tower alone it is exactly this Platt scaling.
 - eCPM (value of 1000 impressions): CPC bid -> 1000 * pCTR * bid; CPM bid -> bid. An ad without
   a campaign is priced like a campaign with the schema defaults (CPM, bid 1.0).
 - Ranking: eligible candidates sorted by eCPM desc (ties: score desc, then ANN rank); the top N

@@ -1,9 +1,13 @@
 """The Trace: one request's funnel, every candidate's fate. Produced by `FunnelEngine.run`;
 the CLI, the dashboard, why-not and audience read it and never re-implement a stage.
 
-`candidates` has one row per retrieved candidate (ANN order) with the columns CANDIDATE_COLUMNS:
-- score: tower similarity (inner product of L2-normalised vectors); ann_rank: 1-based rank in the
-  ANN result; exact_rank: 1-based rank among all ads by exact search (<NA> when not computed);
+`candidates` has one row per retrieved candidate (merge order: two_tower's in ANN order, then each
+other source's new ads in its rank order; core.sources.merge) with the columns CANDIDATE_COLUMNS
+and, for every source of the version, `rank_<source>` (1-based rank in that source, <NA> when
+it did not return the ad) and `score_<source>` (NaN when not returned):
+- score: tower similarity (inner product of L2-normalised vectors), for every candidate; ann_rank:
+  1-based rank in the ANN result (<NA> for ads only other sources found); exact_rank: 1-based
+  rank among all ads by exact search (<NA> when not computed);
 - failed_reasons: every failing eligibility code (configured order); primary_reason: the first
   failing rule, else BELOW_CUTOFF / ADVERTISER_CAP for eligible ads that missed the slate;
 - pctr, ecpm: early-ranking values (computed for every candidate, used only for eligible ones);
@@ -11,7 +15,8 @@ the CLI, the dashboard, why-not and audience read it and never re-implement a st
 - final_position: 1-based slate position (<NA> if not in the slate);
 - outcome: one of OUTCOMES; blocking_stage: the first stage the ad did not pass (None in the
   slate; core.funnel.reasons.blocking_stages); version_pos: the ad's position in the version;
-- shard: the index shard that returned the candidate (0 for an unsharded version).
+- shard: the index shard that holds the candidate (0 for an unsharded version);
+- sources: the tuple of sources that found the candidate (SOURCE_ORDER).
 
 `shard_timings_ms` holds each shard's retrieve time ({shard: ms}; with the ray backend the time
 until that shard's answer arrived) and `backend` the serving backend (local or ray).
@@ -36,7 +41,7 @@ if TYPE_CHECKING:
 CANDIDATE_COLUMNS: tuple[str, ...] = (
     "ad_id", "advertiser_id", "advertiser_name", "campaign_id", "vertical", "title", "score",
     "ann_rank", "exact_rank", "failed_reasons", "primary_reason", "pctr", "ecpm", "rank_position",
-    "final_position", "outcome", "blocking_stage", "version_pos", "shard",
+    "final_position", "outcome", "blocking_stage", "version_pos", "shard", "sources",
 )
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outcome.NOT_RETRIEVED)
 """The outcomes a retrieved candidate can have (core.funnel.reasons.Outcome)."""
@@ -65,11 +70,36 @@ class Trace:
     candidates: pd.DataFrame
     stage_counts: dict[Stage, int]
     stage_timings_ms: dict[str, float]
-    calibration: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)  # the pCTR model: coefficients per feature
     query: np.ndarray | None = field(default=None, repr=False)  # the request's query vector
     query_source: dict = field(default_factory=dict)  # encoder kind and what it used (e.g. which row)
     shard_timings_ms: dict[int, float] = field(default_factory=dict)
     backend: str = "local"
+    source_names: tuple[str, ...] = ("two_tower",)  # the version's sources
+    sources_ran: tuple[str, ...] = ("two_tower",)  # those enabled for this request
+
+    def found_by(self, source: str) -> pd.Series:
+        """Boolean per candidate: did `source` return it?"""
+        col = f"rank_{source}"
+        if col not in self.candidates:
+            return pd.Series(False, index=self.candidates.index)
+        return self.candidates[col].notna()
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """Per source: candidates it found, how many of them are eligible, ranked and in the slate,
+        and how many only it found (the funnel split by source)."""
+        c = self.candidates
+        only = c["sources"].map(len) == 1
+        rank = c["rank_position"].fillna(0).astype(np.int64).replace(0, np.iinfo(np.int64).max)
+        out = {}
+        for name in self.source_names:
+            f = self.found_by(name)
+            out[name] = {"retrieved": int(f.sum()),
+                         "eligible": int((f & (c["outcome"] != "filtered")).sum()),
+                         "ranked": int((f & (rank <= self.params.n_ranked)).sum()),
+                         "slate": int((f & (c["outcome"] == "slate")).sum()),
+                         "only_this_source": int((f & only).sum())}
+        return out
 
     def to_frame(self) -> pd.DataFrame:
         """The candidates frame (a copy: callers may sort or filter it freely)."""
@@ -101,6 +131,8 @@ class Trace:
             "params": params,
             "calibration": self.calibration,
             "query_source": self.query_source,
+            "sources": {"version": list(self.source_names), "ran": list(self.sources_ran),
+                        "counts": self.source_counts()},
             "stage_counts": {str(k): v for k, v in self.stage_counts.items()},
             "stage_timings_ms": self.stage_timings_ms,
             "retrieve": {"backend": self.backend,

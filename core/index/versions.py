@@ -363,7 +363,8 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
                   search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
                   progress: bool | None = None, text_encoder=None, seed: int = 0,
                   with_map: bool = False, ad_vectors: str | None = None, query: QuerySpec | None = None,
-                  allow_partial: bool = False, shards: int | None = None) -> Version:
+                  allow_partial: bool = False, shards: int | None = None,
+                  extra_builders: tuple[ArtifactBuilder, ...] = ()) -> Version:
     """Build, verify and register version `name` from the current catalog.
 
     Ads: AdLens's text embeddings (`text_encoder` overrides the model), or imported ad vectors
@@ -373,7 +374,9 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     the sampled requests (recorded as tuned in the manifest). `with_map` also computes the
     version's UMAP map (core.index.maps) at build time (the CLI and the demo do; library callers
     such as tests usually skip it). `shards` > 1 splits the index into that many shards sharing
-    one trained quantizer (core.index.shards)."""
+    one trained quantizer (core.index.shards). `extra_builders` run after EXTRA_ARTIFACT_BUILDERS (e.g.
+    core.sources.registry.sources_artifact_builder, which the CLI and the demo pass: higher layers
+    hook in without this module importing them)."""
     validate_name(name)
     _check_params(search_params)
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
@@ -428,7 +431,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     ctx = BuildContext(settings, name, catalog, ads.ad_ids, ads.item_vectors, ads.ad_vectors, index, side.encoder,
                        search_params, manifest)
     ctx.__dict__["features"] = features  # already built: seed the cached property
-    builders = list(EXTRA_ARTIFACT_BUILDERS) + ([maps.map_artifact_builder] if with_map else [])
+    builders = [*EXTRA_ARTIFACT_BUILDERS, *extra_builders] + ([maps.map_artifact_builder] if with_map else [])
     manifest = _publish(settings, ctx, ads, side, builders, timings, t_start)
     _register_or_remove(settings, engine, name, manifest)
     return _load_dir(settings.versions_dir / name, name)

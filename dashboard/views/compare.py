@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.analysis.compare import compare_versions, diff_traces
+from core.analysis.sources import compare_sources_table
 from core.common.escape import md
 from dashboard import state
 from dashboard.charts import bar_figure, plain
@@ -110,6 +111,10 @@ def _aggregate(a: str, b: str) -> None:
     c1, c2 = st.columns(2)
     c1.dataframe(table, hide_index=True, key="cmp_table")
     c2.dataframe(rep.stage_counts, hide_index=True, key="cmp_stages")
+    st.subheader("Candidate sources")
+    st.caption("Share of slate slots each source found, slate slots only it found, and its recall of "
+               "held-out clicks (merged: any source).")
+    st.dataframe(compare_sources_table(rep.sources), hide_index=True, key="cmp_sources")
     c1, c2 = st.columns(2)
     with c1:
         st.subheader("Distribution of RBO and slate overlap")

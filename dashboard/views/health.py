@@ -129,5 +129,10 @@ def render() -> None:
         st.caption("Retrieved for ≥ 10× the average share of requests.")
         if len(rep.hub_ads):
             st.dataframe(rep.hub_ads, hide_index=True, key="hub_table")
+    if rep.sources:
+        st.subheader("Candidate sources: coverage and dead ads")
+        st.caption("Ads each source can ever return, and ads it returned for none of the sampled requests.")
+        st.dataframe(pd.DataFrame([{"source": n, **c} for n, c in rep.sources.items()]), hide_index=True,
+                     key="source_coverage")
     st.subheader("Tower evaluation")
     _tower(eng.version.manifest)

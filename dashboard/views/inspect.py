@@ -8,10 +8,10 @@ from core.common.escape import md
 from core.funnel.reasons import Stage
 from core.funnel.trace import describe_query_source
 from dashboard import state
-from dashboard.charts import bar_figure, funnel_figure
+from dashboard.charts import bar_figure, funnel_by_source_figure, funnel_figure
 
-SHOWN = ["final_position", "ad_id", "title", "advertiser_name", "vertical", "score", "ann_rank", "exact_rank",
-         "pctr", "ecpm", "rank_position", "outcome", "primary_reason", "failed_reasons"]
+SHOWN = ["final_position", "ad_id", "title", "advertiser_name", "vertical", "sources", "score", "ann_rank",
+         "exact_rank", "pctr", "ecpm", "rank_position", "outcome", "primary_reason", "failed_reasons"]
 COLUMN_CONFIG = {
     "final_position": st.column_config.NumberColumn("slate #", width="small"),
     "score": st.column_config.NumberColumn("score", format="%.4f"),
@@ -21,6 +21,7 @@ COLUMN_CONFIG = {
     "exact_rank": st.column_config.NumberColumn("exact rank"),
     "rank_position": st.column_config.NumberColumn("eCPM rank"),
     "failed_reasons": st.column_config.ListColumn("every failed rule"),
+    "sources": st.column_config.ListColumn("found by"),
     "title": st.column_config.TextColumn("title", width="large"),
 }
 
@@ -48,7 +49,12 @@ def render() -> None:
     left, right = st.columns([1, 1])
     with left:
         st.subheader("Funnel")
-        st.plotly_chart(funnel_figure(counts), key="funnel_chart")
+        by_source = st.toggle("Split by candidate source", key="funnel_split", value=len(trace.source_names) > 1)
+        if by_source:
+            ran = {n: c for n, c in trace.source_counts().items() if n in trace.sources_ran}
+            st.plotly_chart(funnel_by_source_figure(ran), key="funnel_source_chart")
+        else:
+            st.plotly_chart(funnel_figure(counts), key="funnel_chart")
     with right:
         st.subheader("Why candidates dropped (primary reason)")
         rc = trace.reason_counts()
@@ -61,6 +67,7 @@ def render() -> None:
     frame = trace.to_frame()
     # Above EXACT_RANKS_AUTO_MAX ads exact ranks are opt-in (sidebar); hide an all-empty column.
     shown = [c for c in SHOWN if c != "exact_rank" or frame["exact_rank"].notna().any()]
+    shown += [f"rank_{n}" for n in trace.source_names if n != "two_tower"]  # two_tower's is the ANN rank
     st.subheader("Slate")
     slate = trace.slate
     if len(slate):
@@ -70,11 +77,17 @@ def render() -> None:
         st.warning("The slate is empty: every candidate was filtered or ranked out. See the table below.")
 
     st.subheader("All retrieved candidates")
-    f1, f2, f3 = st.columns([2, 2, 3])
+    f0, f1, f2, f3 = st.columns([2, 2, 2, 3])
+    found_by = f0.multiselect("Found by source", list(trace.source_names), key="f_source",
+                              help="Candidates any of these sources returned")
+    only = f0.checkbox("found by no other source", key="f_source_only")
     outcomes = f1.multiselect("Outcome", sorted(frame["outcome"].unique()), key="f_outcome")
     reasons = f2.multiselect("Primary reason", sorted(frame["primary_reason"].dropna().unique()), key="f_reason")
     text = f3.text_input("Search title, advertiser or ad id", key="f_text")
     view = frame
+    if found_by:
+        pick = set(found_by)
+        view = view[view["sources"].map(lambda s: bool(pick & set(s)) and (not only or set(s) <= pick))]
     if outcomes:
         view = view[view["outcome"].isin(outcomes)]
     if reasons:
@@ -104,6 +117,10 @@ def render() -> None:
         if len(trace.shard_timings_ms) > 1:  # sharded: where the retrieve time went
             st.text(f"retrieve by shard ({trace.backend} backend): "
                     + "   ".join(f"shard {i} {ms:.2f}" for i, ms in sorted(trace.shard_timings_ms.items())))
-        cal = trace.calibration if isinstance(trace.calibration, dict) else {"value": trace.calibration}
-        st.caption("pCTR calibration: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                    for k, v in cal.items()))
+    with st.expander("pCTR model (early ranker), fitted on logged impressions"):
+        cal = trace.calibration
+        st.caption(f"{cal.get('method')} regression on {cal.get('n', 0):,} logged impressions "
+                   f"({cal.get('positives', 0):,} clicks); pCTR = sigmoid(Σ coefficient × feature + intercept)")
+        # Text, not a table: the candidate grid stays the page's last data frame.
+        coefs = {**(cal.get("coefficients") or {}), "intercept": cal.get("intercept") or 0.0}
+        st.text("\n".join(f"{k:<28} {v:+.4f}" for k, v in coefs.items()))

@@ -68,8 +68,11 @@ def render() -> None:
         with st.container(border=True):
             st.markdown(f"{_stage_icon(sv.passed)} **{sv.stage}**")
             st.text(sv.detail)
+    st.subheader("Candidate sources")
+    st.dataframe(pd.DataFrame(verdict.sources), hide_index=True, key="sources_table",
+                 column_config={"reason": st.column_config.TextColumn("reason", width="large")})
     rv = verdict.retrieval
-    st.subheader("Retrieval numbers")
+    st.subheader("Retrieval numbers (two_tower)")
     st.dataframe(pd.DataFrame([{k: v for k, v in vars(rv).items() if k != "detail"}]), hide_index=True,
                  key="retrieval_table")
     st.subheader("Eligibility rules")
@@ -104,4 +107,6 @@ def render() -> None:
             items = sorted(rep.failed_reason_counts.items(), key=lambda kv: -kv[1])
             st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="aud_reasons")
         st.caption(f"ANN rank quantiles where retrieved: {rep.rank_quantiles}")
+        st.caption("Reached through sources (users retrieved / in slate / only this source): " + " · ".join(
+            f"{n} {c['retrieved']}/{c['slate']}/{c['only_this_source']}" for n, c in rep.source_counts.items()))
         st.dataframe(rep.users, hide_index=True, key="aud_users")
