@@ -189,6 +189,68 @@ def _holdout_clicks(engines: Sequence[FunnelEngine], n: int, seed: int) -> tuple
     return requests_from_impressions(picked, engine.catalog.users), picked["ad_id"].to_numpy(dtype=object)
 
 
+def _distribution(per: pd.DataFrame, col: str) -> dict:
+    s = per[col].dropna() if len(per) else pd.Series(dtype=float)
+    if not len(s):
+        return {}
+    return {"mean": float(s.mean()), **{f"p{q}": float(s.quantile(q / 100)) for q in (10, 50, 90)}}
+
+
+def _summary(per: pd.DataFrame) -> dict:
+    summary = {c: _distribution(per, c) for c in ("overlap", "jaccard", "rbo", "slate_overlap", "n_gained",
+                                                   "n_lost", "mean_abs_rank_shift")}
+    summary["identical_slates"] = int((per["slate_overlap"] == 1.0).sum()) if len(per) else 0
+    return summary
+
+
+def _exposure(eng: FunnelEngine, traces: list[Trace], user_ids: list[str], clicks: pd.DataFrame,
+              clicked_ads: np.ndarray, params: FunnelParams) -> dict:
+    """What one version shows over the sampled requests: coverage, concentration, verticals,
+    latency, recall (vs exact and vs held-out clicks) and the sources' shares."""
+    slate_ads = Counter(a for t in traces for a in t.slate["ad_id"])
+    slate_adv = Counter(a for t in traces for a in t.slate["advertiser_id"].dropna())
+    retrieved = {a for t in traces for a in t.candidates["ad_id"]}
+    elig = _static_eligible(eng, eng.default_request(user_ids[0])) if user_ids else np.zeros(0, bool)
+    elig_ids = set(np.asarray(eng.version.ad_ids, dtype=object)[elig])
+    adv_all = {a for a in eng.advertiser_id if a is not None}
+    return {
+        "coverage": {"eligible_ads": len(elig_ids),
+                     "slate_coverage": len(set(slate_ads) & elig_ids) / max(1, len(elig_ids)),
+                     "retrieved_coverage": len(retrieved & elig_ids) / max(1, len(elig_ids))},
+        "concentration": {
+            "gini_ads": gini([slate_ads.get(a, 0) for a in elig_ids]),
+            "gini_advertisers": gini([slate_adv.get(a, 0) for a in adv_all]),
+            "distinct_slate_ads": len(slate_ads), "distinct_slate_advertisers": len(slate_adv)},
+        "verticals": Counter(v for t in traces for v in t.slate["vertical"]),
+        "latency": np.array([t.stage_timings_ms.get("total", np.nan) for t in traces]),
+        "recall_vs_exact": _recall_vs_exact(eng, traces, params.k),
+        "recall_vs_clicks": _recall_vs_clicks(eng, clicks, clicked_ads, params.k),
+        "sources": {**slate_attribution(traces, tuple(eng.sources)),
+                    "recall_vs_clicks": source_recall(eng, clicks, clicked_ads, params)},
+    }
+
+
+def _vertical_mix(va: Counter, vb: Counter) -> pd.DataFrame:
+    na, nb = sum(va.values()) or 1, sum(vb.values()) or 1
+    mix = pd.DataFrame({"vertical": sorted(set(va) | set(vb))})
+    mix["share_a"] = mix["vertical"].map(lambda v: va.get(v, 0) / na)
+    mix["share_b"] = mix["vertical"].map(lambda v: vb.get(v, 0) / nb)
+    mix["delta"] = mix["share_b"] - mix["share_a"]
+    return mix.sort_values("delta", key=np.abs, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _stage_counts(ta: list[Trace], tb: list[Trace]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "stage": [s.value for s in Stage],
+        "mean_a": [float(np.mean([t.stage_counts[s] for t in ta])) if ta else np.nan for s in Stage],
+        "mean_b": [float(np.mean([t.stage_counts[s] for t in tb])) if tb else np.nan for s in Stage],
+    })
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.nanpercentile(x, q)) if len(x) else float("nan")
+
+
 def compare_versions(
     engine_a: FunnelEngine,
     engine_b: FunnelEngine,
@@ -212,77 +274,27 @@ def compare_versions(
         report(progress, (i + 1) / max(len(user_ids), 1) * 0.9, f"Ran request {i + 1} of {len(user_ids)} through A and B")
     per = pd.DataFrame([d.summary() for d in diffs])
     ta, tb = [d.trace_a for d in diffs], [d.trace_b for d in diffs]
-
-    def dist(col: str) -> dict:
-        s = per[col].dropna() if len(per) else pd.Series(dtype=float)
-        if not len(s):
-            return {}
-        return {"mean": float(s.mean()), **{f"p{q}": float(s.quantile(q / 100)) for q in (10, 50, 90)}}
-
-    summary = {c: dist(c) for c in ("overlap", "jaccard", "rbo", "slate_overlap", "n_gained", "n_lost",
-                                    "mean_abs_rank_shift")}
-    summary["identical_slates"] = int((per["slate_overlap"] == 1.0).sum()) if len(per) else 0
-
     clicks, clicked_ads = _holdout_clicks([engine_a, engine_b], n_clicks, seed)
-    exposure = {}
-    for label, traces, eng in (("a", ta, engine_a), ("b", tb, engine_b)):
-        slate_ads = Counter(a for t in traces for a in t.slate["ad_id"])
-        slate_adv = Counter(a for t in traces for a in t.slate["advertiser_id"].dropna())
-        retrieved = {a for t in traces for a in t.candidates["ad_id"]}
-        elig = _static_eligible(eng, eng.default_request(user_ids[0])) if user_ids else np.zeros(0, bool)
-        elig_ids = set(np.asarray(eng.version.ad_ids, dtype=object)[elig])
-        adv_all = {a for a in eng.advertiser_id if a is not None}
-        exposure[label] = {
-            "coverage": {"eligible_ads": len(elig_ids),
-                         "slate_coverage": len(set(slate_ads) & elig_ids) / max(1, len(elig_ids)),
-                         "retrieved_coverage": len(retrieved & elig_ids) / max(1, len(elig_ids))},
-            "concentration": {
-                "gini_ads": gini([slate_ads.get(a, 0) for a in elig_ids]),
-                "gini_advertisers": gini([slate_adv.get(a, 0) for a in adv_all]),
-                "distinct_slate_ads": len(slate_ads), "distinct_slate_advertisers": len(slate_adv)},
-            "verticals": Counter(v for t in traces for v in t.slate["vertical"]),
-            "latency": np.array([t.stage_timings_ms.get("total", np.nan) for t in traces]),
-            "recall_vs_exact": _recall_vs_exact(eng, traces, k),
-            "recall_vs_clicks": _recall_vs_clicks(eng, clicks, clicked_ads, k),
-            "sources": {**slate_attribution(traces, tuple(eng.sources)),
-                        "recall_vs_clicks": source_recall(eng, clicks, clicked_ads, params)},
-        }
+    exposure = {label: _exposure(eng, traces, user_ids, clicks, clicked_ads, params)
+                for label, traces, eng in (("a", ta, engine_a), ("b", tb, engine_b))}
     va, vb = exposure["a"]["verticals"], exposure["b"]["verticals"]
-    na, nb = sum(va.values()) or 1, sum(vb.values()) or 1
-    mix = pd.DataFrame({"vertical": sorted(set(va) | set(vb))})
-    mix["share_a"] = mix["vertical"].map(lambda v: va.get(v, 0) / na)
-    mix["share_b"] = mix["vertical"].map(lambda v: vb.get(v, 0) / nb)
-    mix["delta"] = mix["share_b"] - mix["share_a"]
-    mix = mix.sort_values("delta", key=np.abs, ascending=False, kind="stable").reset_index(drop=True)
-    stages = pd.DataFrame({
-        "stage": [s.value for s in Stage],
-        "mean_a": [float(np.mean([t.stage_counts[s] for t in ta])) if ta else np.nan for s in Stage],
-        "mean_b": [float(np.mean([t.stage_counts[s] for t in tb])) if tb else np.nan for s in Stage],
-    })
     ids_a = set(np.asarray(engine_a.version.ad_ids, dtype=object))
     ids_b = set(np.asarray(engine_b.version.ad_ids, dtype=object))
     only_a, only_b = sorted(ids_a - ids_b), sorted(ids_b - ids_a)
     lost_all = pd.concat([d.lost for d in diffs], ignore_index=True) if diffs else pd.DataFrame()
     gained_all = pd.concat([d.gained for d in diffs], ignore_index=True) if diffs else pd.DataFrame()
-
-    def pct(x: np.ndarray, q: float) -> float:
-        return float(np.nanpercentile(x, q)) if len(x) else float("nan")
-
+    both = {key: {lab: exposure[lab][key] for lab in ("a", "b")}
+            for key in ("recall_vs_exact", "recall_vs_clicks", "coverage", "concentration", "sources")}
     report(progress, 1.0, "Done")
     return CompareReport(
         version_a=engine_a.version.name, version_b=engine_b.version.name, k=k, seed=seed,
-        per_request=per, summary=summary,
-        recall_vs_exact={"a": exposure["a"]["recall_vs_exact"], "b": exposure["b"]["recall_vs_exact"]},
-        recall_vs_clicks={"a": exposure["a"]["recall_vs_clicks"], "b": exposure["b"]["recall_vs_clicks"]},
-        coverage={"a": exposure["a"]["coverage"], "b": exposure["b"]["coverage"]},
-        concentration={"a": exposure["a"]["concentration"], "b": exposure["b"]["concentration"]},
-        vertical_mix=mix, vertical_tvd=total_variation(va, vb), stage_counts=stages,
-        latency_ms={lab: {"p50": pct(exposure[lab]["latency"], 50), "p99": pct(exposure[lab]["latency"], 99)}
+        per_request=per, summary=_summary(per), **both,
+        vertical_mix=_vertical_mix(va, vb), vertical_tvd=total_variation(va, vb), stage_counts=_stage_counts(ta, tb),
+        latency_ms={lab: {"p50": _pct(exposure[lab]["latency"], 50), "p99": _pct(exposure[lab]["latency"], 99)}
                     for lab in ("a", "b")},
         catalog_diff={"only_in_a": len(only_a), "only_in_b": len(only_b),
                       "examples_only_in_a": only_a[:10], "examples_only_in_b": only_b[:10]},
         lost_by_stage=lost_all["lost_stage"].value_counts().to_dict() if len(lost_all) else {},
         gained_by_vertical=gained_all["vertical"].value_counts().to_dict() if len(gained_all) else {},
         seconds=time.perf_counter() - t0, diffs=diffs,
-        sources={"a": exposure["a"]["sources"], "b": exposure["b"]["sources"]},
     )

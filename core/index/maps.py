@@ -22,6 +22,7 @@ import pandas as pd
 
 from core.common.errors import AdLensError
 from core.common.progress import Progress, report
+from core.tower.query_encoder import l2_normalize
 
 MAP_FIT_MAX = 20_000
 """Above this many ads, UMAP is fitted on a stratified sample and the rest are placed."""
@@ -72,11 +73,6 @@ def _knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(base)))
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def compute_layout(
     ad_ids: np.ndarray,
     ad_vectors: np.ndarray,
@@ -102,7 +98,7 @@ def compute_layout(
     fit_pos = stratified_sample(strata, max_fit, seed)
     dims = min(pca_dims, ad_vectors.shape[1], len(fit_pos))
     pca = PCA(n_components=dims, random_state=seed).fit(ad_vectors[fit_pos])
-    reduced = _unit(pca.transform(ad_vectors))
+    reduced = l2_normalize(pca.transform(ad_vectors))
     timings["pca_s"] = time.perf_counter() - t0
     report(progress, 0.1, "map: neighbours")
 
@@ -136,7 +132,7 @@ def compute_layout(
         s, i = _knn(fit_x, reduced[rest], PLACE_K)
         xy[rest] = place(s, fit_xy[i])
     if len(user_vectors):
-        uq = _unit(pca.transform(np.asarray(user_vectors, np.float32)))
+        uq = l2_normalize(pca.transform(np.asarray(user_vectors, np.float32)))
         s, i = _knn(reduced, uq, PLACE_K)
         user_xy = place(s, xy[i])
     else:
