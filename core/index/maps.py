@@ -73,6 +73,36 @@ def _knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(base)))
 
 
+def _umap_fit(fit_x: np.ndarray, n_neighbors: int, seed: int) -> tuple[np.ndarray, int]:
+    """UMAP of the fitted sample over FAISS's exact kNN graph; returns (xy, neighbours used)."""
+    import umap  # heavy import (numba): only when a map is built
+
+    nn = min(n_neighbors, len(fit_x) - 1)
+    sims, idx = _knn(fit_x, fit_x, nn)
+    dists = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims)).astype(np.float32)
+    reducer = umap.UMAP(
+        n_neighbors=nn, metric="cosine", random_state=seed, precomputed_knn=(idx, dists, None),
+        n_epochs=200 if len(fit_x) > 10_000 else None, init="spectral" if len(fit_x) > nn + 2 else "random",
+    )
+    with warnings.catch_warnings():
+        # Expected with a seed (single-threaded) and precomputed neighbours (no transform()).
+        warnings.filterwarnings("ignore", message=".*(n_jobs|knn_search_index).*", category=UserWarning)
+        return reducer.fit_transform(fit_x).astype(np.float32), nn
+
+
+def _place_rest(reduced: np.ndarray, fit_pos: np.ndarray, fit_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ad's xy: the fitted sample's own, the rest placed by their fitted neighbours."""
+    xy = np.zeros((len(reduced), 2), np.float32)
+    xy[fit_pos] = fit_xy
+    fitted = np.zeros(len(reduced), bool)
+    fitted[fit_pos] = True
+    rest = np.flatnonzero(~fitted)
+    if len(rest):
+        s, i = _knn(reduced[fit_pos], reduced[rest], PLACE_K)
+        xy[rest] = place(s, fit_xy[i])
+    return xy, fitted
+
+
 def compute_layout(
     ad_ids: np.ndarray,
     ad_vectors: np.ndarray,
@@ -88,7 +118,6 @@ def compute_layout(
     progress: Progress | None = None,
 ) -> MapLayout:
     """Fit the map for a version (see the module docstring for the method)."""
-    import umap  # heavy import (numba): only when a map is built
     from sklearn.decomposition import PCA
 
     if len(ad_ids) < 5:
@@ -100,37 +129,15 @@ def compute_layout(
     pca = PCA(n_components=dims, random_state=seed).fit(ad_vectors[fit_pos])
     reduced = l2_normalize(pca.transform(ad_vectors))
     timings["pca_s"] = time.perf_counter() - t0
-    report(progress, 0.1, "map: neighbours")
-
-    t = time.perf_counter()
-    fit_x = reduced[fit_pos]
-    nn = min(n_neighbors, len(fit_pos) - 1)
-    sims, idx = _knn(fit_x, fit_x, nn)
-    dists = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims)).astype(np.float32)
-    timings["knn_s"] = time.perf_counter() - t
     report(progress, 0.2, "map: UMAP fit")
 
     t = time.perf_counter()
-    reducer = umap.UMAP(
-        n_neighbors=nn, metric="cosine", random_state=seed, precomputed_knn=(idx, dists, None),
-        n_epochs=200 if len(fit_pos) > 10_000 else None, init="spectral" if len(fit_pos) > nn + 2 else "random",
-    )
-    with warnings.catch_warnings():
-        # Expected with a seed (single-threaded) and precomputed neighbours (no transform()).
-        warnings.filterwarnings("ignore", message=".*(n_jobs|knn_search_index).*", category=UserWarning)
-        fit_xy = reducer.fit_transform(fit_x).astype(np.float32)
+    fit_xy, nn = _umap_fit(reduced[fit_pos], n_neighbors, seed)
     timings["umap_fit_s"] = time.perf_counter() - t
     report(progress, 0.8, "map: placing the rest")
 
     t = time.perf_counter()
-    xy = np.zeros((len(ad_ids), 2), np.float32)
-    xy[fit_pos] = fit_xy
-    fitted = np.zeros(len(ad_ids), bool)
-    fitted[fit_pos] = True
-    rest = np.flatnonzero(~fitted)
-    if len(rest):
-        s, i = _knn(fit_x, reduced[rest], PLACE_K)
-        xy[rest] = place(s, fit_xy[i])
+    xy, fitted = _place_rest(reduced, fit_pos, fit_xy)
     if len(user_vectors):
         uq = l2_normalize(pca.transform(np.asarray(user_vectors, np.float32)))
         s, i = _knn(reduced, uq, PLACE_K)
@@ -145,7 +152,7 @@ def compute_layout(
         "user_id": np.asarray(user_ids, dtype=str), "ts": pd.to_datetime(pd.Series(user_ts)).to_numpy(),
         "x": user_xy[:, 0], "y": user_xy[:, 1],
     })
-    meta = {"n_fit": int(len(fit_pos)), "n_placed": int(len(rest)), "n_users": int(len(users)),
+    meta = {"n_fit": int(len(fit_pos)), "n_placed": int((~fitted).sum()), "n_users": int(len(users)),
             "pca_dims": int(dims), "n_neighbors": int(nn), "max_fit": int(max_fit), "seed": seed,
             "timings": {k: round(v, 3) for k, v in timings.items()}}
     return MapLayout(ads=ads, users=users, meta=meta)
