@@ -151,6 +151,36 @@ def _batch_loss(net, q: torch.Tensor, text: torch.Tensor, id_rows: torch.Tensor 
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(pos)))
 
 
+def _training_clicks(catalog: Catalog, features: FeatureStore, split: Split):
+    """(training impressions, their clicks, their unclicked impressions, clicked ad positions)."""
+    imps = catalog.impressions
+    train = imps[~split.test_side(imps)] if len(imps) else imps
+    clicked = train["clicked"].astype(bool).to_numpy() if len(train) else np.zeros(0, bool)
+    clicks, shown = train[clicked], train[~clicked]
+    pos = features.ad_positions(clicks["ad_id"].to_numpy()) if len(clicks) else np.empty(0, np.int64)
+    clicks, pos = clicks[pos >= 0], pos[pos >= 0]
+    if len(clicks) < 2:
+        raise AdLensError(f"only {len(clicks)} clicked impression(s) on the training side of the {split.kind} "
+                          f"split ({split.to_dict()}): ingest impressions with clicks (adlens ingest / adlens demo)")
+    return train, clicks, shown, pos
+
+
+def _corrections(features: FeatureStore, clicks: pd.DataFrame, shown: pd.DataFrame, pos: np.ndarray,
+                 batch_size: int, logq: float, hard_negatives: bool):
+    """logQ terms of the positives, and the hard negatives with theirs (see the module docstring)."""
+    counts = np.bincount(pos, minlength=len(features.ad_ids)).astype(np.float64)
+    log_q = torch.from_numpy(logq * np.log(batch_size * counts[pos] / counts.sum()).astype(np.float32))
+    neg = np.full(len(pos), -1, np.int64)
+    log_qn = torch.zeros(len(pos))
+    if hard_negatives:
+        spos = features.ad_positions(shown["ad_id"].to_numpy()) if len(shown) else np.empty(0, np.int64)
+        neg = nearest_unclicked(clicks, shown[spos >= 0], spos[spos >= 0])
+        ncounts = np.bincount(neg[neg >= 0], minlength=len(features.ad_ids)).astype(np.float64)
+        share = ncounts[np.maximum(neg, 0)] / max(ncounts.sum(), 1.0)
+        log_qn = torch.from_numpy(np.log(batch_size * np.maximum(share, 1e-12)).astype(np.float32))
+    return log_q, neg, log_qn
+
+
 def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, split: Split, *,
               epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
               temperature: float = DEFAULTS["temperature"], seed: int = 0, hard_negatives: bool = False,
@@ -172,31 +202,14 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
         raise AdLensError(f"need epochs >= 1, batch_size >= 2, lr > 0, temperature > 0, history_limit >= 0, "
                           f"hidden >= 1; got {epochs}, {batch_size}, {lr}, {temperature}, {history_limit}, {hidden}")
     features = features or training_features(catalog, ad_ids, ad_text_vectors, split)
-    imps = catalog.impressions
-    train = imps[~split.test_side(imps)] if len(imps) else imps
-    clicked = train["clicked"].astype(bool).to_numpy() if len(train) else np.zeros(0, bool)
-    clicks, shown = train[clicked], train[~clicked]
-    pos = features.ad_positions(clicks["ad_id"].to_numpy()) if len(clicks) else np.empty(0, np.int64)
-    clicks, pos = clicks[pos >= 0], pos[pos >= 0]
-    if len(clicks) < 2:
-        raise AdLensError(f"only {len(clicks)} clicked impression(s) on the training side of the {split.kind} "
-                          f"split ({split.to_dict()}): ingest impressions with clicks (adlens ingest / adlens demo)")
+    train, clicks, shown, pos = _training_clicks(catalog, features, split)
     torch.manual_seed(seed)
     enc = UserTowerEncoder({"text_dim": features.dim, "use_context": use_context, "ad_adapter": ad_adapter,
                             "history_limit": int(history_limit) or 10**9, "hidden": int(hidden),
                             "id_embeddings": bool(id_embeddings)},
                            build_vocab(catalog.users, catalog.communities, train, with_ads=id_embeddings))
     inputs: TowerInputs = enc.featurize(requests_from_impressions(clicks, catalog.users), features)
-    counts = np.bincount(pos, minlength=len(features.ad_ids)).astype(np.float64)
-    log_q = torch.from_numpy(logq * np.log(batch_size * counts[pos] / counts.sum()).astype(np.float32))
-    neg = np.full(len(pos), -1, np.int64)
-    log_qn = torch.zeros(len(pos))
-    if hard_negatives:
-        spos = features.ad_positions(shown["ad_id"].to_numpy()) if len(shown) else np.empty(0, np.int64)
-        neg = nearest_unclicked(clicks, shown[spos >= 0], spos[spos >= 0])
-        ncounts = np.bincount(neg[neg >= 0], minlength=len(features.ad_ids)).astype(np.float64)
-        share = ncounts[np.maximum(neg, 0)] / max(ncounts.sum(), 1.0)
-        log_qn = torch.from_numpy(np.log(batch_size * np.maximum(share, 1e-12)).astype(np.float32))
+    log_q, neg, log_qn = _corrections(features, clicks, shown, pos, batch_size, logq, hard_negatives)
     text = torch.from_numpy(features.ad_text_vectors)
     id_rows = torch.from_numpy(enc.ad_rows(features)) if id_embeddings else None
     pos_t, neg_t = torch.from_numpy(pos), torch.from_numpy(neg)
