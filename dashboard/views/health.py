@@ -35,7 +35,7 @@ def _manifest(m: Manifest) -> None:
 def _tower(m: Manifest) -> None:
     ev = m.tower_metrics
     if not ev:
-        st.info(f"This version has no AdLens-trained tower (query side: {describe_sides(m)['query']}): "
+        st.info(f"This version has no AdLens-trained tower (query side: {md(describe_sides(m)['query'])}): "
                 "no tower evaluation.")
         return
     split = ev.get("split") or {}
