@@ -64,6 +64,7 @@ SOURCE_HELP = {
     "co_engagement": "ads co-clicked with the user's recent clicks",
     "popular_in_context": "most clicked in the request's community / placement / country, recent window",
     "targeting": "ads whose campaigns include the request's community",
+    "ease": "EASE item-item weights summed over the user's clicks (built for catalogs up to --ease-max-ads)",
 }
 
 

@@ -70,8 +70,9 @@ def fill_planted(engine: Engine, seed: int = 0) -> None:
         conn.execute(insert(Impression.__table__), imps)
 
 
-def planted_workspace(ws, *, sources: bool = True, name: str = "v1"):
-    """Settings of a workspace with the planted data and one Flat version (with its sources)."""
+def planted_workspace(ws, *, sources: bool = True, name: str = "v1", builder=None):
+    """Settings of a workspace with the planted data and one Flat version (with its sources, built
+    by `builder`, default every source at its defaults)."""
     from core.index.versions import build_version
     from core.sources.registry import sources_artifact_builder
     from core.store.db import make_engine
@@ -81,6 +82,6 @@ def planted_workspace(ws, *, sources: bool = True, name: str = "v1"):
     db = make_engine(settings.db_url)
     fill_planted(db)
     build_version(settings, name, "Flat", text_encoder=FakeTextEncoder(), engine=db, progress=False,
-                  extra_builders=(sources_artifact_builder,) if sources else ())
+                  extra_builders=(builder or sources_artifact_builder,) if sources else ())
     db.dispose()
     return settings

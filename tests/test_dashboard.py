@@ -21,8 +21,8 @@ PAGES = {"inspect": "Inspect", "why-not": "Why not this ad?", "map": "Embedding 
          "compare": "Compare versions", "health": "Index health"}
 SIDEBAR_KEYS = ("version", "user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time",
                 "p_k", "p_n", "p_m", "p_slate", "p_exact",
-                "src_two_tower", "src_co_engagement", "src_popular_in_context", "src_targeting",
-                "q_co_engagement", "q_popular_in_context", "q_targeting")
+                "src_two_tower", "src_co_engagement", "src_popular_in_context", "src_targeting", "src_ease",
+                "q_co_engagement", "q_popular_in_context", "q_targeting", "q_ease")
 
 # Tests on the demo workspace are `slow`: its session fixture embeds with the real model and trains
 # (once per session, shared with test_e2e.py). The onboarding tests need no workspace.

@@ -80,7 +80,7 @@ def test_merge_union_dedup_and_attribution():
 def test_quotas_have_one_set_of_defaults_and_are_validated():
     p = FunnelParams()
     assert {s: p.quota(s) for s in SOURCE_QUOTAS} == {"two_tower": 500, "co_engagement": 200,
-                                                      "popular_in_context": 100, "targeting": 100}
+                                                      "popular_in_context": 100, "targeting": 100, "ease": 200}
     assert FunnelParams(quotas={"targeting": 3}).quota("targeting") == 3
     with pytest.raises(ValidationError, match="unknown source"):
         FunnelParams(quotas={"bogus": 3})
@@ -159,7 +159,7 @@ def test_trace_keeps_every_source_rank_and_score(planted):
     _, engine = planted
     tr = engine.run(engine.default_request("probe", community_id="c_t"), FunnelParams(k=10))
     c = tr.candidates.set_index("ad_id")
-    assert tr.source_names == ("two_tower", "co_engagement", "popular_in_context", "targeting")
+    assert tr.source_names == ("two_tower", "co_engagement", "popular_in_context", "targeting", "ease")
     assert set(G1[1:]) <= set(c.index[c["rank_co_engagement"].notna()])
     assert set(TARGETED) == set(c.index[c["sources"].map(lambda s: "targeting" in s)])
     assert c.loc[TRENDING, "rank_popular_in_context"] == 1
@@ -176,7 +176,7 @@ def test_switching_sources_off_and_quotas(planted):
     _, engine = planted
     req = engine.default_request("probe", community_id="c_t")
     only_tt = engine.run(req, FunnelParams(k=10, disabled_sources=("co_engagement", "popular_in_context",
-                                                                   "targeting")))
+                                                                   "targeting", "ease")))
     ann = engine.version.search(only_tt.query, 10)[0][1]
     assert only_tt.candidates["version_pos"].tolist() == ann.tolist()
     assert set(only_tt.candidates["sources"]) == {("two_tower",)}
@@ -203,8 +203,10 @@ def test_sources_are_stored_checksummed_and_listed_in_the_manifest(planted):
 
     m = engine.version.manifest
     built = m["sources"]["built"]
-    assert set(built) == {"co_engagement", "popular_in_context", "targeting"}
-    assert built["co_engagement"]["params"] == {"top_m": 50, "shrinkage": 10.0, "history": 20}
+    assert set(built) == {"co_engagement", "popular_in_context", "targeting", "ease"}
+    assert m["sources"]["skipped"] == {}
+    assert built["co_engagement"]["params"] == {"top_m": 50, "shrinkage": 10.0, "history": 100}
+    assert built["ease"]["params"] == {"lam": 200.0, "history": 0, "max_ads": 5000}
     for src in built.values():
         for f in src["files"]:
             assert f in m["files"]  # sha256 recorded
@@ -235,7 +237,7 @@ def test_why_not_answers_per_source(planted):
     req = engine.default_request("probe", community_id="c_a")
     w = why_not(engine, req, G2[0], FunnelParams(k=5))  # another group's ad: nobody brings it
     by = {s["source"]: s for s in w.sources}
-    assert list(by) == ["two_tower", "co_engagement", "popular_in_context", "targeting"]
+    assert list(by) == ["two_tower", "co_engagement", "popular_in_context", "targeting", "ease"]
     assert by["co_engagement"]["reason"].startswith("co_engagement: the user's one click has no co-clicks")
     assert "K = 5" in by["two_tower"]["reason"] and "exact rank" in by["two_tower"]["reason"]
     assert "community c_a" in by["targeting"]["reason"]
@@ -255,7 +257,7 @@ def test_compare_health_and_audience_report_sources(planted):
     _, engine = planted
     rep = compare_versions(engine, engine, n_users=20, params=FunnelParams(k=10))
     src = rep.sources["a"]
-    names = ("two_tower", "co_engagement", "popular_in_context", "targeting")
+    names = ("two_tower", "co_engagement", "popular_in_context", "targeting", "ease")
     assert tuple(src["share"]) == names and src["slate_slots"] == sum(len(d.trace_a.slate) for d in rep.diffs)
     assert sum(src["share"].values()) >= 1.0  # every slate ad was found by at least one source
     assert sum(src["only_this_source"].values()) <= src["slate_slots"]
@@ -291,7 +293,7 @@ def test_cli_shows_sources_and_takes_switches_and_quotas(planted, monkeypatch, c
     assert "pCTR model (logistic" in out and "found:co_engagement +" in out
     assert "co_engagement 1" in out  # a slate ad with the source that found it and its rank there
     assert main([*ws, "inspect", "--version", "v1", "--user", "probe", "--no-source", "targeting",
-                 "--no-source", "popular_in_context", "--json"]) == 0
+                 "--no-source", "popular_in_context", "--no-source", "ease", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["sources"]["ran"] == ["two_tower", "co_engagement"]
     assert all(set(c["sources"]) <= {"two_tower", "co_engagement"} for c in d["candidates"])
@@ -323,3 +325,42 @@ def test_sources_learn_only_from_the_training_side_of_the_towers_split(planted, 
     assert len(ctx.train_requests) == len(ctx.train_impressions)
     pop = build_sources(ctx, ("popular_in_context",))["popular_in_context"]
     assert pop.ts.max() < np.datetime64(cutoff, "ns").astype(np.int64)  # no held-out click leaks in
+
+
+# ---- ease: the exact EASE model as a source, skipped above its size limit ----------------------
+def test_ease_source_ranks_as_the_dense_model_and_explains(planted):
+    from core.sources.co_engagement import training_click_matrix
+    from core.sources.ease import ease_scores, fit_ease
+    from core.sources.registry import build_context
+
+    _, engine = planted
+    src = engine.sources["ease"]
+    req = engine.default_request("probe", community_id="c_a")
+    hist = src.histories(requests_frame([req]))[0]
+    assert len(hist) >= 1
+    sctx = build_context(engine.catalog, engine.version.ad_ids, None)
+    oracle = ease_scores(fit_ease(training_click_matrix(sctx), 200.0), [hist])[0]
+    oracle[hist] = -np.inf
+    pos, sc = src.retrieve(requests_frame([req]), 5)
+    got = pos[0][pos[0] >= 0]
+    assert len(got) >= 1 and not set(got) & set(hist.tolist())
+    np.testing.assert_allclose(sc[0][:len(got)], oracle[got], rtol=2e-3, atol=1e-4)  # float16 storage
+    assert (np.diff(oracle[got]) <= 1e-4).all()  # best first
+    assert oracle[got[-1]] >= np.sort(oracle[oracle > 0])[::-1][len(got) - 1] - 1e-3  # no better ad left out
+    e = src.explain(req, int(got[0]), 5)
+    assert e.found and e.rank == 1 and e.reason.startswith("ease: rank 1 of")
+    clicked = src.explain(req, int(hist[0]), 5)
+    assert not clicked.found and "already clicked" in clicked.reason
+
+
+def test_ease_source_is_skipped_with_its_reason_above_the_limit(tmp_path, caplog):
+    from core.sources.registry import sources_builder
+
+    settings = planted_workspace(tmp_path, builder=sources_builder({"ease": {"max_ads": 10}}))
+    m = json.loads((settings.versions_dir / "v1" / "manifest.json").read_text())
+    reason = m["sources"]["skipped"]["ease"]
+    assert "ease" not in m["sources"]["built"] and "60 ads is above the ease source's max_ads = 10" in reason
+    assert "--ease-max-ads 60" in reason and "EASE skipped" in caplog.text
+    engine = open_engine(settings, "v1")
+    assert "ease" not in engine.sources and "co_engagement" in engine.sources
+    assert engine.run(engine.default_request("probe"), FunnelParams(k=5)).source_names[-1] == "targeting"

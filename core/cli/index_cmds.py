@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tower", help="trained user tower to use as query encoder (default: history mean)")
     p.add_argument("--parent", help="version this one derives from (recorded in the manifest)")
     p.add_argument("--no-sources", action="store_true", dest="no_sources",
-                   help="build the two_tower source only (skip co_engagement, popular_in_context, targeting)")
+                   help="build the two_tower source only (skip co_engagement, popular_in_context, targeting, ease)")
+    p.add_argument("--ease-max-ads", type=positive_int, dest="ease_max_ads", metavar="N",
+                   help="build the ease source (dense EASE weights, n_ads² x 2 bytes) for catalogs up to N ads "
+                        "(default 5,000; at most 12,000)")
     g = p.add_argument_group("your own model (data/README.md, 'Your own model')")
     g.add_argument("--ad-vectors", dest="ad_vectors", metavar="NAME",
                    help="imported ad vectors (`adlens import-vectors ads`) instead of AdLens's text embeddings")
@@ -116,9 +119,13 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _source_params(args: argparse.Namespace) -> dict:
+    return {"ease": {"max_ads": args.ease_max_ads}} if args.ease_max_ads is not None else {}
+
+
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     from core.index.versions import build_version
-    from core.sources.registry import sources_artifact_builder
+    from core.sources.registry import sources_builder
     from core.vectors.query_side import QuerySpec, read_encoder_config
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
@@ -128,7 +135,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                       parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
                       shards=args.shards,
-                      extra_builders=() if args.no_sources else (sources_artifact_builder,))
+                      extra_builders=() if args.no_sources else (sources_builder(_source_params(args)),))
     m = v.manifest
     if args.json:
         print_json(m)

@@ -13,7 +13,7 @@ from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
 from core.sources.base import SOURCE_ORDER
 
 SOURCE_QUOTAS: dict[str, int] = {"two_tower": 500, "co_engagement": 200, "popular_in_context": 100,
-                                 "targeting": 100}
+                                 "targeting": 100, "ease": 200}
 """Candidates each source contributes to the union by default (two_tower's quota is `k`)."""
 
 EXACT_RANKS_AUTO_MAX = 20_000

@@ -31,7 +31,7 @@ from core.data.features import FeatureStore
 from core.data.request import Request
 from core.store.catalog import Catalog
 
-SOURCE_ORDER: tuple[str, ...] = ("two_tower", "co_engagement", "popular_in_context", "targeting")
+SOURCE_ORDER: tuple[str, ...] = ("two_tower", "co_engagement", "popular_in_context", "targeting", "ease")
 """Every source name in merge order (the union lists two_tower's candidates first)."""
 
 
@@ -115,6 +115,11 @@ class CandidateSource(ABC):
         self.params = dict(params)
         self.n_ads = int(n_ads)
         self.runtime: SourceRuntime | None = None
+
+    @classmethod
+    def skip_reason(cls, ctx: SourceBuildContext, **params) -> str | None:
+        """Why this source cannot be built for `ctx` (None: it can); the build skips it with this message."""
+        return None
 
     @classmethod
     @abstractmethod

@@ -11,6 +11,7 @@ before sources existed has none in its manifest and gets two_tower only.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,17 +28,20 @@ from core.sources.base import (
     SourceRuntime,
 )
 from core.sources.co_engagement import CoEngagementSource
+from core.sources.ease import EaseSource
 from core.sources.popular import PopularSource
 from core.sources.targeting import TargetingSource
 from core.sources.two_tower import TwoTowerSource
 from core.tower.split import Split
 
 SOURCE_TYPES: dict[str, type[CandidateSource]] = {
-    c.name: c for c in (TwoTowerSource, CoEngagementSource, PopularSource, TargetingSource)}
+    c.name: c for c in (TwoTowerSource, CoEngagementSource, PopularSource, TargetingSource, EaseSource)}
 assert tuple(SOURCE_TYPES) == SOURCE_ORDER
-BUILT_SOURCES = ("co_engagement", "popular_in_context", "targeting")
-"""Sources with artifacts (two_tower is the version's own index)."""
+BUILT_SOURCES = ("co_engagement", "popular_in_context", "targeting", "ease")
+"""Sources with artifacts (two_tower is the version's own index); one whose `skip_reason` is set
+for the catalog (ease above its max_ads) is skipped, the reason kept in the manifest."""
 SOURCES_DIR = "sources"
+log = logging.getLogger(__name__)
 
 
 def tower_split(encoder_dir: Path) -> Split | None:
@@ -67,17 +71,30 @@ def build_context(catalog, ad_ids, split: Split | None) -> SourceBuildContext:
     return SourceBuildContext(ad_ids, catalog, imps, reqs, latest, split.to_dict() if split else None)
 
 
-def build_sources(sctx: SourceBuildContext, names=BUILT_SOURCES, params: dict | None = None
-                  ) -> dict[str, CandidateSource]:
-    """Build the named sources (in memory) with optional per-source parameter overrides."""
+def build_sources(sctx: SourceBuildContext, names=BUILT_SOURCES, params: dict | None = None,
+                  seconds: dict | None = None, skipped: dict | None = None) -> dict[str, CandidateSource]:
+    """Build the named sources (in memory) with optional per-source parameter overrides; a source
+    that cannot be built for this catalog is left out, its reason put in `skipped` and logged."""
     params = params or {}
-    return {n: SOURCE_TYPES[n].build(sctx, **params.get(n, {})) for n in names}
+    out = {}
+    for n in names:
+        reason = SOURCE_TYPES[n].skip_reason(sctx, **params.get(n, {}))
+        if reason:
+            log.warning("%s", reason)
+            if skipped is not None:
+                skipped[n] = reason
+            continue
+        t = time.perf_counter()
+        out[n] = SOURCE_TYPES[n].build(sctx, **params.get(n, {}))
+        if seconds is not None:
+            seconds[n] = time.perf_counter() - t
+    return out
 
 
 def save_sources(sources: dict[str, CandidateSource], directory: Path, split: dict | None,
-                 seconds: dict | None = None) -> dict:
+                 seconds: dict | None = None, skipped: dict | None = None) -> dict:
     """Write each source under `directory/sources/<name>/`; return the manifest entry."""
-    out = {"split": split, "built": {}}
+    out = {"split": split, "built": {}, "skipped": dict(skipped or {})}
     for name, src in sources.items():
         folder = Path(directory) / SOURCES_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,16 +104,21 @@ def save_sources(sources: dict[str, CandidateSource], directory: Path, split: di
     return out
 
 
-def sources_artifact_builder(ctx, directory: Path) -> dict:
-    """Version build hook (core.index.versions.BuildContext -> files + manifest fields)."""
-    split = tower_split(Path(directory) / "encoder")
-    sctx = build_context(ctx.catalog, ctx.ad_ids, split)
-    built, seconds = {}, {}
-    for name in BUILT_SOURCES:
-        t = time.perf_counter()
-        built[name] = SOURCE_TYPES[name].build(sctx)
-        seconds[name] = time.perf_counter() - t
-    return {"sources": save_sources(built, directory, sctx.split, seconds)}
+def sources_builder(params: dict | None = None):
+    """A version build hook (core.index.versions.BuildContext -> files + manifest fields) building
+    every source with `params` ({source: {param: value}}) over the defaults."""
+    def build(ctx, directory: Path) -> dict:
+        split = tower_split(Path(directory) / "encoder")
+        sctx = build_context(ctx.catalog, ctx.ad_ids, split)
+        seconds, skipped = {}, {}
+        built = build_sources(sctx, params=params, seconds=seconds, skipped=skipped)
+        return {"sources": save_sources(built, directory, sctx.split, seconds, skipped)}
+
+    return build
+
+
+sources_artifact_builder = sources_builder()
+"""The build hook with every source at its defaults."""
 
 
 def load_sources(version, features: FeatureStore) -> dict[str, CandidateSource]:
