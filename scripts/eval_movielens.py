@@ -6,8 +6,9 @@ Converts the MovieLens folder into AdLens's import format (data/README.md): ever
 (title as the title, "Genres: ..." as the body, the first genre as the vertical), every rating
 is a clicked impression at its timestamp on the home feed, users have no profile. It ingests
 that into a scratch workspace (reused when it already holds the data), embeds the ads (cached),
-trains a tower on the user split, builds a version and prints the user-protocol table: the
-tower, the baselines and, where available, every candidate source alone and merged.
+trains a tower on the user split, builds a version with its candidate sources and prints the
+user-protocol table: the tower, the baselines, every candidate source alone and the merged
+candidate set at the same K.
 
 MovieLens's licence forbids redistribution: the data and the workspace stay outside the
 repository; nothing in the tests depends on them.
@@ -84,6 +85,8 @@ def train_and_build(settings, params: dict, seed: int, name: str | None = None) 
     """Train (once per settings) a tower on the user split, or take the existing tower `name`, and
     build a Flat version over it."""
     from core.index.versions import build_version, list_versions
+    from core.sources.ease import EASE_MAX_ADS
+    from core.sources.registry import sources_builder
     from core.tower.registry import list_towers
     from core.tower.train import train_tower
 
@@ -92,8 +95,10 @@ def train_and_build(settings, params: dict, seed: int, name: str | None = None) 
         res = train_tower(settings, name, split="user", seed=seed, **params)
         print(f"trained {name} in {res.train_seconds:.0f} s; loss per epoch {res.losses}")
     if name not in {v["name"] for v in list_versions(settings)}:
-        build_version(settings, name, "Flat", tower=name, seed=seed, progress=False, with_map=False)
-        print(f"built version {name}")
+        t0 = time.perf_counter()
+        build_version(settings, name, "Flat", tower=name, seed=seed, progress=False, with_map=False,
+                      extra_builders=(sources_builder({"ease": {"max_ads": EASE_MAX_ADS}}),))
+        print(f"built version {name} with its candidate sources in {time.perf_counter() - t0:.0f} s")
     return name
 
 
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"):
         ap.add_argument("--" + key.replace("_", "-"), type=type(TRAIN_DEFAULTS[key]), default=TRAIN_DEFAULTS[key])
     ap.add_argument("--id-embeddings", action="store_true", help="train the tower with ad id embeddings")
-    ap.add_argument("--tower", help="use this tower of the workspace (trained with --split user) instead of training")
+    ap.add_argument("--tower", help="use this tower of the workspace (trained with --split user) instead of training; "
+                                    "its version of the same name is built (with sources) if missing")
     ap.add_argument("--no-context", action="store_true", help="train the tower without request context")
     args = ap.parse_args(argv)
     settings = load_settings(workspace=args.workspace)
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     name = train_and_build(settings, params, args.seed, args.tower)
     from core.analysis.user_eval import evaluate_workspace
 
-    print_user_report(evaluate_workspace(settings, name, tuple(args.ks)))
+    print_user_report(evaluate_workspace(settings, ks=tuple(args.ks), version=name))
     return 0
 
 

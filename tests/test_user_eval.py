@@ -180,3 +180,52 @@ def test_cli_evaluate_user_protocol_without_a_tower(settings, capsys, monkeypatc
     assert "hr@100" in out and "item_knn" in out and "lambda" in out
     assert main([*ws, "evaluate"]) == 2
     assert "--protocol time needs --tower" in capsys.readouterr().err
+    assert main([*ws, "evaluate", "--tower", "t", "--version", "v"]) == 2
+    assert "--version is for --protocol user" in capsys.readouterr().err
+    assert main([*ws, "evaluate", "--protocol", "user", "--version", "nope"]) == 2
+    assert "version 'nope' not found" in capsys.readouterr().err
+
+
+# ---- candidate sources under the user protocol ------------------------------------------------
+def test_merge_at_budget_takes_turns_by_weight_and_skips_duplicates():
+    from core.sources.merge import merge_at_budget
+
+    lists = {"two_tower": np.array([[1, 2, 3, 4, 5, 6]]), "co_engagement": np.array([[2, 7, 8, -1, -1, -1]])}
+    # weights 2:1 -> tt, co, tt, tt, co, tt ...; co's 2 is taken already, so its turn takes 7
+    out = merge_at_budget(lists, {"two_tower": 2, "co_engagement": 1}, 6)
+    assert out.tolist() == [[1, 2, 7, 3, 4, 8]]
+    assert merge_at_budget(lists, {"two_tower": 2, "co_engagement": 1}, 4).tolist() == [out[0, :4].tolist()]
+    # a source that runs out leaves its share to the others; nothing left pads with -1
+    short = {"two_tower": np.array([[1, -1, -1]]), "co_engagement": np.array([[2, 3, -1]])}
+    assert merge_at_budget(short, {"two_tower": 5, "co_engagement": 1}, 4).tolist() == [[1, 2, 3, -1]]
+    with pytest.raises(ValueError, match="unknown sources"):
+        merge_at_budget({"bogus": np.array([[1]])}, {"bogus": 1}, 1)
+
+
+class _ListSource:
+    """A source returning fixed best-first lists (one per user), like CandidateSource.retrieve."""
+
+    def __init__(self, lists):
+        self.lists = np.asarray(lists, np.int64)
+
+    def retrieve(self, requests, k, options=None):
+        out = np.full((len(requests), k), -1, np.int64)
+        m = min(k, self.lists.shape[1])
+        out[:, :m] = self.lists[requests["row"].to_numpy(), :m]
+        return out, np.zeros(out.shape, np.float32)
+
+
+def test_source_ranks_drop_training_ads_and_merge_at_the_same_k():
+    from core.analysis.user_eval import source_ranks
+
+    data = _data(8, histories=[[0], [5]], tests=[[3], [6]])
+    data.requests = pd.DataFrame({"row": [0, 1]})
+    sources = {"co_engagement": _ListSource([[0, 1, 3, 2], [6, 1, 2, 3]]),  # user 0's ad 0 is a training ad
+               "popular_in_context": _ListSource([[4, 3, 1, 2], [1, 2, 3, 4]])}
+    ranks, notes = source_ranks(sources, data, 2, {"co_engagement": 1, "popular_in_context": 1})
+    # co_engagement alone, K=2: user 0 gets [1, 3] (3 at rank 1), user 1 gets [6, 1] (6 at rank 0)
+    assert ranks["source:co_engagement"].tolist() == [1, 0]
+    assert ranks["source:popular_in_context"].tolist() == [1, 8]  # [4, 3]; [1, 2]: 6 missed -> n_ads
+    # merged at K=2, equal weights: user 0 -> [1, 4]: 3 missed; user 1 -> [6, 1]
+    assert ranks["merged_sources"].tolist() == [8, 0]
+    assert "co_engagement 50%" in notes["merged_sources"]

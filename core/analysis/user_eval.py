@@ -6,7 +6,13 @@ next to every baseline a recommender-systems reader expects on the same split:
   (core.sources.cooccurrence, the functions the co_engagement source uses), shrinkage chosen
   on a validation slice of the training side;
 - EASE (core.sources.ease), λ chosen on the same validation slice; skipped with a note above
-  EASE_MAX_ADS.
+  EASE_MAX_ADS;
+- with a version: each of its candidate sources alone (`source:NAME`, its top K for the user's
+  request, training ads removed) and the merged candidate set at the same total K
+  (`merged_sources`, core.sources.merge.merge_at_budget with the funnel's quotas as weights).
+  The sources must have been built on the training side of this very split (the version of a
+  tower trained with --split user), and they read the user's history from the training
+  impressions only.
 
 Hyper-parameters are chosen by HR@K (K = the largest reported k up to 100) on
 `validation_slice`: 20% of the training pairs held out, the rest fitting; the chosen value is
@@ -22,7 +28,9 @@ import numpy as np
 
 from core.common.errors import AdLensError
 from core.sources.cooccurrence import click_matrix, item_neighbours, score_histories
+from core.sources.base import CandidateSource, RetrieveOptions
 from core.sources.ease import DEFAULT_LAMBDAS, ease_scores, ease_skip_reason, fit_ease
+from core.sources.merge import merge_at_budget
 from core.store.catalog import Catalog
 from core.tower.metrics import user_protocol_metrics
 from core.tower.query_encoder import QueryEncoder
@@ -61,6 +69,44 @@ def ease_ranks(data: UserProtocolData, lam: float) -> np.ndarray:
     return full_score_ranks(data, lambda rows: ease_scores(B, [data.histories[r] for r in rows]))
 
 
+def source_lists(sources: dict[str, CandidateSource], data: UserProtocolData, k: int,
+                 batch: int = 256) -> dict[str, np.ndarray]:
+    """Per source: each evaluated user's top-`k` ads ((n_users, k), -1 padded) for the user's
+    protocol request, the user's training ads removed (a source is asked for k plus the longest
+    history of the batch, so removing them still leaves k where the source has that many)."""
+    out = {name: np.full((len(data.users), k), -1, np.int64) for name in sources}
+    for lo in range(0, len(data.users), batch):
+        hi = min(lo + batch, len(data.users))
+        part = data.requests.iloc[lo:hi].reset_index(drop=True)
+        ask = min(data.n_ads, k + max(len(h) for h in data.histories[lo:hi]))
+        queries = None
+        for name, src in sources.items():
+            if name == "two_tower" and queries is None:
+                queries = src.queries(part, None)
+            pos, _ = src.retrieve(part, ask, RetrieveOptions(queries=queries))
+            for i, row in enumerate(pos):
+                row = row[(row >= 0) & ~np.isin(row, data.histories[lo + i])][:k]
+                out[name][lo + i, :len(row)] = row
+    return out
+
+
+def source_ranks(sources: dict[str, CandidateSource], data: UserProtocolData, k: int,
+                 quotas: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Ranks of the held-out pairs under each source alone (`source:NAME`) and under the merged
+    set at the same budget (`merged_sources`), with a note on how the merge weighs the sources."""
+    lists = source_lists(sources, data, k)
+    ranks = {f"source:{name}": list_ranks(data, lst) for name, lst in lists.items()}
+    weights = {name: quotas[name] for name in lists}
+    ranks["merged_sources"] = list_ranks(data, merge_at_budget(lists, weights, k))
+    share = sum(weights.values())
+    notes = {"merged_sources": "union of " + ", ".join(f"{n} {w / share:.0%}" for n, w in weights.items())
+             + " of the same K (the funnel's quotas as weights; ads found twice counted once)"}
+    empty = [n for n, lst in lists.items() if not (lst >= 0).any()]
+    if empty:
+        notes["sources"] = f"returned nothing for any user: {', '.join(empty)}"
+    return ranks, notes
+
+
 def choose(val: UserProtocolData, ranks: Callable[[float], np.ndarray], grid: tuple[float, ...], k: int) -> tuple[float, dict]:
     """The value of `grid` with the best HR@k on the validation slice, and every value's HR@k."""
     users = val.users[val.test_rows]
@@ -71,8 +117,12 @@ def choose(val: UserProtocolData, ranks: Callable[[float], np.ndarray], grid: tu
 def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
                     encoders: dict[str, QueryEncoder] | None = None, seed: int = 0,
                     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
-                    shrinkages: tuple[float, ...] = KNN_SHRINKAGES) -> UserEvalReport:
-    """The user-protocol table on `data`: `encoders` (name -> encoder), the baselines, item-kNN, EASE."""
+                    shrinkages: tuple[float, ...] = KNN_SHRINKAGES,
+                    sources: dict[str, CandidateSource] | None = None,
+                    quotas: dict[str, int] | None = None) -> UserEvalReport:
+    """The user-protocol table on `data`: `encoders` (name -> encoder), the baselines, item-kNN, EASE,
+    and with `sources` (bound to `data.features`) each source alone and merged at K = max(ks)
+    with `quotas` as the merge weights (default: the funnel's)."""
     t0 = time.perf_counter()
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] <= 0:
@@ -95,6 +145,13 @@ def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
         ranks["ease"] = ease_ranks(data, lam)
         notes["ease"] = (f"lambda {lam:g} (validation hr@{k_sel}: "
                          + ", ".join(f"{g:g} -> {v:.3f}" for g, v in tried.items()) + ")")
+    if sources:
+        from core.funnel.params import DEFAULT_PARAMS
+
+        quotas = quotas or {n: DEFAULT_PARAMS.quota(n) for n in sources}
+        more, more_notes = source_ranks(sources, data, kmax, quotas)
+        ranks.update(more)
+        notes.update(more_notes)
     return user_report(data, ranks, ks, notes=notes, seconds=time.perf_counter() - t0)
 
 
@@ -108,16 +165,21 @@ def evaluate_user_protocol(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors
 
 def evaluate_workspace(settings, tower: str | None = None, ks: tuple[int, ...] = DEFAULT_KS, *, seed: int = 0,
                        engine=None, ad_ids: np.ndarray | None = None,
-                       ad_text_vectors: np.ndarray | None = None) -> UserEvalReport:
+                       ad_text_vectors: np.ndarray | None = None, version: str | None = None) -> UserEvalReport:
     """The user-protocol table for the workspace: on `tower`'s own user split (refused for a tower
     trained on another split: its training clicks would be tested), or without a tower on the
-    user split of `seed`."""
+    user split of `seed`. With `version`, its tower is the one evaluated and its candidate
+    sources are added, alone and merged."""
     from core.store.catalog import load_catalog
     from core.store.db import make_engine
     from core.tower.registry import catalog_embeddings, load_tower, read_tower_metrics
     from core.tower.split import make_split
 
     engine = engine or make_engine(settings.db_url)
+    loaded = None
+    if version is not None:
+        loaded = _load_source_version(settings, version, tower, engine)
+        tower = loaded.manifest.tower
     catalog = load_catalog(engine)
     encoders: dict[str, QueryEncoder] = {}
     if tower is not None:
@@ -131,8 +193,53 @@ def evaluate_workspace(settings, tower: str | None = None, ks: tuple[int, ...] =
         split = make_split(catalog.impressions, "user", seed=seed)
     if (ad_ids is None) != (ad_text_vectors is None):
         raise AdLensError("pass both ad_ids and ad_text_vectors, or neither")
-    if ad_ids is None:
+    if loaded is not None:  # the sources return the version's ad positions
+        ad_ids, ad_text_vectors = loaded.ad_ids, loaded.ad_text_vectors
+    elif ad_ids is None:
         ad_ids, ad_text_vectors, _ = catalog_embeddings(settings, catalog)
-    report = evaluate_user_protocol(catalog, ad_ids, ad_text_vectors, split, ks, encoders=encoders, seed=split.seed)
+    if loaded is None:
+        report = evaluate_user_protocol(catalog, ad_ids, ad_text_vectors, split, ks, encoders=encoders,
+                                        seed=split.seed)
+    else:
+        report = _evaluate_with_sources(loaded, catalog, ad_ids, ad_text_vectors, split, ks, encoders)
     report.tower = tower
     return report
+
+
+def _load_source_version(settings, name: str, tower: str | None, engine):
+    """The version `name`, checked to be usable for the user protocol: a learned tower (matching
+    `tower` when given) whose sources were built on the training side of the tower's split."""
+    from core.index.versions import load_version
+
+    v = load_version(settings, name, engine=engine)
+    if v.manifest.tower is None:
+        v.close()
+        raise AdLensError(f"version {name!r} has no learned tower; the user protocol evaluates the version of a tower "
+                          "trained with `adlens train --split user`")
+    if tower is not None and tower != v.manifest.tower:
+        v.close()
+        raise AdLensError(f"version {name!r} is built over tower {v.manifest.tower!r}, not {tower!r}; "
+                          "pass one of --tower or --version")
+    built = (v.manifest.get("sources") or {})
+    if not built.get("built"):
+        v.close()
+        raise AdLensError(f"version {name!r} has no candidate sources besides two_tower (built before sources "
+                          f"existed); rebuild it: `adlens build-index --name NEW --tower {v.manifest.tower}`")
+    return v
+
+
+def _evaluate_with_sources(v, catalog, ad_ids, ad_text_vectors, split: Split, ks, encoders) -> UserEvalReport:
+    from core.sources.registry import load_sources
+
+    built_split = (v.manifest.get("sources") or {}).get("split")
+    if built_split != split.to_dict():
+        v.close()
+        raise AdLensError(f"version {v.name!r}: its sources were built on the split {built_split}, not on the "
+                          f"tower's user split {split.to_dict()}; the held-out pairs would leak into them. "
+                          f"Rebuild the version: `adlens build-index --name NEW --tower {v.manifest.tower}`")
+    try:
+        data = build_user_protocol(catalog, ad_ids, ad_text_vectors, split)
+        sources = load_sources(v, data.features)  # bound to the training-side history only
+        return evaluate_models(data, ks, encoders=encoders, seed=split.seed, sources=sources)
+    finally:
+        v.close()

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("time", "random"), default=None,
                    help="--protocol time: default the split the tower was trained on")
     p.add_argument("--seed", type=int, default=0, help="--protocol user without --tower: the split's seed")
+    p.add_argument("--version", help="--protocol user: evaluate this version's tower and add each of its candidate "
+                                     "sources alone and merged at the same K (a version of a --split user tower)")
     p.add_argument("--k", type=positive_int, default=100, help="K shown in the segment table (default 100)")
     add_json_flag(p)
     p.set_defaults(func=cmd_evaluate)
@@ -92,12 +94,14 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.split is not None:
             raise AdLensError("--split is for --protocol time; the user protocol always splits (user, ad) pairs")
-        report = evaluate_workspace(settings, args.tower, seed=args.seed)
+        report = evaluate_workspace(settings, args.tower, seed=args.seed, version=args.version)
     else:
         from core.tower.evaluate import evaluate_tower
 
         if args.tower is None:
             raise AdLensError("--protocol time needs --tower NAME (list them with `adlens versions`)")
+        if args.version is not None:
+            raise AdLensError("--version is for --protocol user (the time protocol evaluates a tower: --tower NAME)")
         report = evaluate_tower(settings, args.tower, split=args.split)
     if args.json:
         print_json(report)

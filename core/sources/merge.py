@@ -74,3 +74,41 @@ def merge(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> MergedCandidates
         v[j] = s
         rank[name], score[name] = r, v
     return MergedCandidates(positions, ran, rank, score)
+
+
+def merge_at_budget(lists: dict[str, np.ndarray], weights: dict[str, float], k: int) -> np.ndarray:
+    """The merged candidate set at a total budget of `k` distinct ads, for comparing sources at
+    the same K: per request (rows of `lists`, best-first positions padded with -1) the sources
+    take turns in proportion to `weights` (the funnel's quotas); an ad already taken is skipped
+    without using the turn, and a source that runs out leaves its share to the others. The
+    greedy order makes the first k' ads the merge at budget k'. Returns int64 [n, k], -1 padded."""
+    names = [n for n in SOURCE_ORDER if n in lists and weights.get(n, 0) > 0]
+    unknown = set(lists) - set(SOURCE_ORDER)
+    if unknown:
+        raise ValueError(f"unknown sources {sorted(unknown)}; known: {', '.join(SOURCE_ORDER)}")
+    n = len(next(iter(lists.values()))) if lists else 0
+    out = np.full((n, k), -1, np.int64)
+    w = np.array([float(weights[s]) for s in names])
+    for r in range(n):
+        rows = [np.asarray(lists[s][r], np.int64) for s in names]
+        rows = [row[row >= 0] for row in rows]
+        ptr = np.zeros(len(names), np.int64)
+        taken = np.zeros(len(names))
+        seen: set[int] = set()
+        m = 0
+        while m < k:
+            live = [i for i in range(len(names)) if ptr[i] < len(rows[i])]
+            if not live:
+                break
+            i = min(live, key=lambda j: ((taken[j] + 1) / w[j], j))
+            while ptr[i] < len(rows[i]) and int(rows[i][ptr[i]]) in seen:
+                ptr[i] += 1
+            if ptr[i] == len(rows[i]):
+                continue
+            ad = int(rows[i][ptr[i]])
+            ptr[i] += 1
+            seen.add(ad)
+            out[r, m] = ad
+            taken[i] += 1
+            m += 1
+    return out
