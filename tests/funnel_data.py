@@ -205,7 +205,7 @@ class FakeTextEncoder:
     fingerprint = "f" * 64
     dim = 16
 
-    def encode(self, texts, batch_size: int = 64, progress: bool = False, callback=None) -> np.ndarray:
+    def encode(self, texts, batch_size: int = 64, progress=None) -> np.ndarray:
         import hashlib
 
         centres = np.random.default_rng(123).normal(size=(6, self.dim))
@@ -229,6 +229,6 @@ def random_workspace(ws: Path, versions: dict[str, tuple[str, dict]], n_ads: int
     fill_random_db(db, n_ads=n_ads)
     fake = FakeTextEncoder()
     for name, (factory, params) in versions.items():
-        build_version(settings, name, factory, text_encoder=fake, search_params=params, engine=db, progress=False)
+        build_version(settings, name, factory, text_encoder=fake, search_params=params, engine=db)
     db.dispose()
     return settings

@@ -105,7 +105,7 @@ def sharded_ws(tmp_path_factory):
     db = make_engine(settings.db_url)
     for name, factory, params in (("flat3", "Flat", {}), ("ivf3", "IVF8,Flat", {"nprobe": 2})):
         build_version(settings, name, factory, text_encoder=FakeTextEncoder(), search_params=params, engine=db,
-                      progress=False, shards=3)
+                      shards=3)
     db.dispose()
     return settings
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.cli.output import add_json_flag, positive_int, print_json
 from core.common.escape import term
+from core.common.progress import cli_progress
 from core.store.settings import Settings
 
 
@@ -101,9 +102,9 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     if args.ray:
         from core.text.ray_embed import embed_catalog_ray
 
-        res = embed_catalog_ray(settings, catalog, concurrency=args.actors, progress=not args.json)
+        res = embed_catalog_ray(settings, catalog, concurrency=args.actors, progress=cli_progress(not args.json))
     else:
-        res = embed_catalog(settings, catalog, progress=not args.json)
+        res = embed_catalog(settings, catalog, progress=cli_progress(not args.json))
     report = {"model": res.model, "fingerprint": res.fingerprint, "n_ads": len(res.ad_ids),
               "n_encoded": res.n_encoded, "n_reused": res.n_reused,
               "n_texts_encoded": res.n_texts_encoded, "dim": int(res.vectors.shape[1]),
@@ -125,7 +126,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                                 ("k_factor", args.k_factor)) if v is not None}
     query = QuerySpec(args.query_encoder, args.signature, args.request_vectors, read_encoder_config(args.encoder_config))
     v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
-                      parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map,
+                      parent=args.parent, seed=args.seed, progress=cli_progress(not args.json), with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
                       shards=args.shards,
                       extra_builders=() if args.no_sources else (sources_artifact_builder,))

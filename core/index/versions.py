@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from sqlalchemy import Engine, select
 
 from core.common.errors import AdLensError, ArtifactError, NotFoundError
 from core.common.names import validate_name
+from core.common.progress import Progress, report, scaled
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index import maps
@@ -311,10 +311,12 @@ def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray
 
 
 def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide, builders: list,
-             timings: dict, t_start: float) -> Manifest:
+             timings: dict, t_start: float, progress: Progress | None = None) -> Manifest:
     """Write the version into a staging folder, run the artifact builders, checksum, read back
-    through the loader, and rename into place; returns the final manifest."""
+    through the loader, and rename into place; returns the final manifest. `progress` covers
+    writing (0) through each builder to the read-back (1)."""
     name, manifest, index = ctx.name, ctx.manifest, ctx.index
+    report(progress, 0.0, "Writing the version")
     settings.versions_dir.mkdir(parents=True, exist_ok=True)
     clean_debris(settings, under=settings.versions_dir)
     with staging_dir(settings.versions_dir, name) as tmp:
@@ -338,7 +340,9 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
         else:
             side.encoder.save(tmp / "encoder")
         timings["write_s"] = time.perf_counter() - t
-        for builder in builders:
+        for i, builder in enumerate(builders):
+            what = getattr(builder, "__name__", "artifact").removesuffix("_artifact_builder")
+            report(progress, 0.1 + 0.8 * i / len(builders), f"Building the version's {what} artifacts")
             t = time.perf_counter()
             extra = builder(ctx, tmp) or {}
             manifest.extras.update({k: v for k, v in extra.items() if k != "files"})
@@ -349,6 +353,7 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
         timings["total_s"] = time.perf_counter() - t_start
         manifest.timings = {k: round(v, 4) for k, v in timings.items()}
         atomic_write_json(tmp / MANIFEST, manifest.to_dict())
+        report(progress, 0.9, "Checking the written version")
         fsync_tree(tmp)
         _load_dir(tmp, name)  # read back through the loader's checks before publishing
         try:
@@ -361,7 +366,7 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
 
 def build_version(settings: Settings, name: str, factory: str, *, tower: str | None = None,
                   search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
-                  progress: bool | None = None, text_encoder=None, seed: int = 0,
+                  progress: Progress | None = None, text_encoder=None, seed: int = 0,
                   with_map: bool = False, ad_vectors: str | None = None, query: QuerySpec | None = None,
                   allow_partial: bool = False, shards: int | None = None,
                   extra_builders: tuple[ArtifactBuilder, ...] = ()) -> Version:
@@ -376,7 +381,8 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     such as tests usually skip it). `shards` > 1 splits the index into that many shards sharing
     one trained quantizer (core.index.shards). `extra_builders` run after EXTRA_ARTIFACT_BUILDERS (e.g.
     core.sources.registry.sources_artifact_builder, which the CLI and the demo pass: higher layers
-    hook in without this module importing them)."""
+    hook in without this module importing them). `progress(fraction, step)` (core.common.progress)
+    follows the stages and ends at 1.0."""
     validate_name(name)
     _check_params(search_params)
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
@@ -385,19 +391,21 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     t_start = time.perf_counter()
     engine = engine or make_engine(settings.db_url)
     _check_new(settings, engine, name, parent)
-    progress = sys.stderr.isatty() if progress is None else progress
     timings: dict[str, float] = {}
 
+    report(progress, 0.0, "Loading the catalog")
     t = time.perf_counter()
     catalog = load_catalog(engine)
     if catalog.n_ads == 0:
         raise AdLensError("the catalog has no ads: run `adlens ingest DIR` or `adlens demo` first")
     timings["catalog_s"] = time.perf_counter() - t
+    report(progress, 0.02, "Loading the imported ad vectors" if ad_vectors else "Embedding the ad texts")
     t = time.perf_counter()
     ads = (imported_ad_side(settings, catalog, ad_vectors, allow_partial) if ad_vectors
-           else text_ad_side(settings, catalog, progress, text_encoder))
+           else text_ad_side(settings, catalog, scaled(progress, 0.02, 0.5), text_encoder))
     timings["embed_s"] = time.perf_counter() - t
 
+    report(progress, 0.5, "Encoding the recall queries")
     t = time.perf_counter()
     side = query_side(settings, engine, ads, tower, query)
     if ads.ad_vectors is None:
@@ -408,10 +416,12 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     check_dims(probe, ads, side)
     timings["encoder_s"] = time.perf_counter() - t
 
+    report(progress, 0.6, "Building the index")
     t = time.perf_counter()
     index = _build_index(ads, factory, seed, shards)
     timings["index_build_s"] = time.perf_counter() - t
 
+    report(progress, 0.75, "Measuring recall against exact search")
     t = time.perf_counter()
     search_params, params_source, recall, kmax = _measure_recall(index, queries, ads.ad_vectors, search_params)
     timings["recall_s"] = time.perf_counter() - t
@@ -432,9 +442,12 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
                        search_params, manifest)
     ctx.__dict__["features"] = features  # already built: seed the cached property
     builders = [*EXTRA_ARTIFACT_BUILDERS, *extra_builders] + ([maps.map_artifact_builder] if with_map else [])
-    manifest = _publish(settings, ctx, ads, side, builders, timings, t_start)
+    manifest = _publish(settings, ctx, ads, side, builders, timings, t_start, scaled(progress, 0.85, 0.98))
+    report(progress, 0.98, "Registering the version")
     _register_or_remove(settings, engine, name, manifest)
-    return _load_dir(settings.versions_dir / name, name)
+    version = _load_dir(settings.versions_dir / name, name)
+    report(progress, 1.0, "done")
+    return version
 
 
 def _build_index(ads: AdSide, factory: str, seed: int, shards: int | None = None) -> AnnIndex | ShardedIndex:
