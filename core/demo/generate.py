@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.common.progress import Progress, report
 from core.data.schema import LIST_SEPARATOR, TABLES, Table
 from core.data.vocab import AGE_BUCKETS, SafetyTier
 from core.demo import copy as T
@@ -742,14 +743,14 @@ def _click_prob(imp: dict, users: dict, cat: dict, w: dict, planted: dict) -> np
 # ------------------------------------------------------------------------------------- public API
 def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *, end: datetime = DEMO_END,
                      days: int = 30, impressions_per_user: float = 66.0,
-                     progress: Callable[[str], None] | None = None, return_truth: bool = False):
+                     progress: Progress | None = None, return_truth: bool = False):
     """The six import tables {name: frame} in core.data.schema.TABLES order with exactly the schema's
     columns; identical for a seed. Impressions cover `days` days before `end`, sorted by time.
 
     List columns hold Python lists of str, datetimes are naive-UTC datetime64[ns], dates are
     `datetime.date`, nullable ints are pandas Int64, `impressions.community_id` is None on the home
     feed. `impressions_per_user`: expected impressions per user (66: >= 300k at the default size).
-    `progress(message)` is called as each of the four stages starts.
+    `progress(fraction, step)` (core.common.progress) as each of the four stages starts, and 1.0 at the end.
 
     With `return_truth=True` returns `(frames, truth)`, the hidden state: `verticals`,
     `subthemes` ("vertical/sub"), `user_interest` (users x verticals, rows sum to 1, 1-6 non-zero),
@@ -762,16 +763,15 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     user, -1 for none) and `trending` (community_id, ad_id, start of the trend)."""
     if n_ads < 1 or n_users < 1 or days < 1:
         raise ValueError(f"n_ads, n_users and days must be >= 1 (got {n_ads}, {n_users}, {days})")
-    say = progress or (lambda msg: None)
     seq = np.random.SeedSequence([int(seed), 20261101])
     r_users, r_cat, r_imp, r_burst, r_click, r_plant = (np.random.default_rng(s) for s in seq.spawn(6))
     end_s = _seconds(end)
     w = _world()
-    say(f"users ({n_users:,})")
+    report(progress, 0.0, f"users ({n_users:,})")
     users = _users(r_users, n_users, w, end_s, days)
-    say(f"catalog ({n_ads:,} ads)")
+    report(progress, 0.25, f"catalog ({n_ads:,} ads)")
     cat = _catalog(r_cat, n_ads, w, end_s, days)
-    say("impressions")
+    report(progress, 0.5, "impressions")
     planted = _planted(r_plant, users, cat, w, end_s, days)
     imp = _impressions(r_imp, users, cat, w, end_s, days, impressions_per_user, planted)
     burst = _cap_bursts(r_burst, users, cat, w, end_s)
@@ -781,7 +781,7 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     imp |= {k: imp[k][order] for k in burst}
     prob = _click_prob(imp, users, cat, w, planted)
     clicked = r_click.random(len(prob)) < prob
-    say("frames")
+    report(progress, 0.75, "frames")
     frames = cat.pop("frames")
     cid = w["comm_ids"]
     frames["communities"] = pd.DataFrame({"community_id": cid, "name": w["comm_names"],
@@ -805,6 +805,7 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
         "device": np.array([*DEVICES, "unknown"])[imp["dev"]], "clicked": clicked,
     })
     frames = {t.name: frames[t.name][[c.name for c in t.columns]].reset_index(drop=True) for t in TABLES}
+    report(progress, 1.0, "done")
     if not return_truth:
         return frames
     return frames, _truth(w, users, cat, imp, prob, user_ids, ad_ids, planted)
@@ -910,8 +911,11 @@ def main(argv: list[str] | None = None) -> int:
                                   impressions_per_user=SAMPLE["impressions_per_user"])
         paths = write_dataset(frames, args.sample, "csv")
     else:
-        frames = generate_dataset(args.ads, args.users, args.seed, days=args.days,
-                                  progress=lambda m: print(f"  {m}", file=sys.stderr))
+        def say(fraction: float, step: str) -> None:
+            if fraction < 1.0:
+                print(f"  {step}", file=sys.stderr)
+
+        frames = generate_dataset(args.ads, args.users, args.seed, days=args.days, progress=say)
         paths = write_dataset(frames, args.out, args.format)
     imp = frames["impressions"]
     print(f"wrote {len(paths)} files to {paths[0].parent} in {time.perf_counter() - t0:.1f}s: "

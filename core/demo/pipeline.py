@@ -75,9 +75,8 @@ def _generate(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]
         generate_dataset,  # imported here: the generator is only needed by `demo`
     )
 
-    stages = iter(range(1, 100))  # the generator names each of its ~4 stages as it starts it
     frames = generate_dataset(n_ads=ctx.n_ads, n_users=ctx.n_users, seed=ctx.seed,
-                              progress=lambda message: tick(min(0.95, next(stages) / 4)))
+                              progress=lambda f, _step: tick(f))
     ctx.results["frames"] = frames
     return {name: len(df) for name, df in frames.items()}
 
