@@ -293,9 +293,19 @@ def _check_new(settings: Settings, engine: Engine, name: str, parent: str | None
             raise NotFoundError(f"parent version {parent!r} not found; existing: {have}")
 
 
+@dataclass
+class RecallCheck:
+    """The search params a build settled on and the recall@K they reach against exact search."""
+
+    search_params: dict
+    params_source: str  # "given", or how they were tuned
+    recall: dict  # {"recall@K": value} for RECALL_KS
+    k: int  # the K searched: max(RECALL_KS), at most the number of ads
+
+
 def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray,
-                    search_params: dict | None) -> tuple[dict, str, dict, int]:
-    """(search params, where they came from, recall@K vs exact, k) on the recall queries."""
+                    search_params: dict | None) -> RecallCheck:
+    """Search params (tuned when not given) and recall@K vs exact on the recall queries."""
     kmax = min(max(RECALL_KS), index.ntotal)
     exact = exact_search(ad_vectors, queries, kmax, index.metric)
     if search_params is None:
@@ -307,7 +317,7 @@ def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray
     approx = index.search(queries, kmax, search_params)
     recall = {f"recall@{k}": recall_at(approx, exact, min(k, kmax), vectors=ad_vectors, queries=queries,
                                        metric=index.metric) for k in RECALL_KS}
-    return search_params, params_source, recall, kmax
+    return RecallCheck(search_params, params_source, recall, kmax)
 
 
 def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide, builders: list,
@@ -383,10 +393,7 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     core.sources.registry.sources_artifact_builder, which the CLI and the demo pass: higher layers
     hook in without this module importing them). `progress(fraction, step)` (core.common.progress)
     follows the stages and ends at 1.0."""
-    validate_name(name)
-    _check_params(search_params)
-    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
-        raise AdLensError(f"--shards must be a positive integer; got {shards!r}")
+    _check_build_args(name, search_params, shards)
     query = query or QuerySpec()
     t_start = time.perf_counter()
     engine = engine or make_engine(settings.db_url)
@@ -407,13 +414,8 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
 
     report(progress, 0.5, "Encoding the recall queries")
     t = time.perf_counter()
-    side = query_side(settings, engine, ads, tower, query)
-    if ads.ad_vectors is None:
-        ads.ad_vectors = l2_normalize(side.encoder.transform_catalog(ads.item_vectors, ads.ad_ids))
-    features = FeatureStore(catalog, ads.ad_ids, ads.item_vectors)
-    queries, source = _recall_queries(catalog, features, side.encoder, ads.ad_vectors, seed)
-    probe = queries if source == "sampled_requests" else side.encoder.encode_requests(probe_requests(catalog), features)
-    check_dims(probe, ads, side)
+    side, features, queries, source = _query_side_and_recall_queries(settings, engine, catalog, ads, tower, query,
+                                                                     seed)
     timings["encoder_s"] = time.perf_counter() - t
 
     report(progress, 0.6, "Building the index")
@@ -423,23 +425,13 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
 
     report(progress, 0.75, "Measuring recall against exact search")
     t = time.perf_counter()
-    search_params, params_source, recall, kmax = _measure_recall(index, queries, ads.ad_vectors, search_params)
+    check = _measure_recall(index, queries, ads.ad_vectors, search_params)
     timings["recall_s"] = time.perf_counter() - t
 
-    manifest = Manifest(
-        name=name, created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
-        parent=parent, tower=tower, embedding=ads.embedding, encoder=side.encoder.config(),
-        metric=ads.metric, ad_vectors=ads.imported, query_side=side.description,
-        normalize_queries=isinstance(side.encoder, UnitQueries),
-        dims={"text": int(ads.item_vectors.shape[1]), "index": int(index.dim)},
-        factory=factory, index_kind=str(index.kind), nlist=index.nlist,
-        search_params=search_params, search_params_source=params_source,
-        n_ads=int(index.ntotal), recall=recall,
-        recall_queries={"source": source, "n": len(queries), "seed": seed, "k": kmax},
-        tower_metrics=side.tower_info.get("metrics", {}),
-    )
+    manifest = _new_manifest(name, parent, tower, factory, ads, side, index, check,
+                             {"source": source, "n": len(queries), "seed": seed, "k": check.k})
     ctx = BuildContext(settings, name, catalog, ads.ad_ids, ads.item_vectors, ads.ad_vectors, index, side.encoder,
-                       search_params, manifest)
+                       check.search_params, manifest)
     ctx.__dict__["features"] = features  # already built: seed the cached property
     builders = [*EXTRA_ARTIFACT_BUILDERS, *extra_builders] + ([maps.map_artifact_builder] if with_map else [])
     manifest = _publish(settings, ctx, ads, side, builders, timings, t_start, scaled(progress, 0.85, 0.98))
@@ -448,6 +440,44 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     version = _load_dir(settings.versions_dir / name, name)
     report(progress, 1.0, "done")
     return version
+
+
+def _check_build_args(name: str, search_params: dict | None, shards: int | None) -> None:
+    validate_name(name)
+    _check_params(search_params)
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise AdLensError(f"--shards must be a positive integer; got {shards!r}")
+
+
+def _query_side_and_recall_queries(settings: Settings, engine: Engine, catalog: Catalog, ads: AdSide,
+                                   tower: str | None, query: QuerySpec,
+                                   seed: int) -> tuple[QuerySide, FeatureStore, np.ndarray, str]:
+    """The query encoder (and the indexed ad vectors it implies, set on `ads`), the features it
+    reads, and the recall queries with where they came from; checks the query dimension."""
+    side = query_side(settings, engine, ads, tower, query)
+    if ads.ad_vectors is None:
+        ads.ad_vectors = l2_normalize(side.encoder.transform_catalog(ads.item_vectors, ads.ad_ids))
+    features = FeatureStore(catalog, ads.ad_ids, ads.item_vectors)
+    queries, source = _recall_queries(catalog, features, side.encoder, ads.ad_vectors, seed)
+    probe = queries if source == "sampled_requests" else side.encoder.encode_requests(probe_requests(catalog), features)
+    check_dims(probe, ads, side)
+    return side, features, queries, source
+
+
+def _new_manifest(name: str, parent: str | None, tower: str | None, factory: str, ads: AdSide, side: QuerySide,
+                  index: AnnIndex | ShardedIndex, check: RecallCheck, recall_queries: dict) -> Manifest:
+    """The version's manifest before publishing (files, sizes and timings are added then)."""
+    return Manifest(
+        name=name, created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
+        parent=parent, tower=tower, embedding=ads.embedding, encoder=side.encoder.config(),
+        metric=ads.metric, ad_vectors=ads.imported, query_side=side.description,
+        normalize_queries=isinstance(side.encoder, UnitQueries),
+        dims={"text": int(ads.item_vectors.shape[1]), "index": int(index.dim)},
+        factory=factory, index_kind=str(index.kind), nlist=index.nlist,
+        search_params=check.search_params, search_params_source=check.params_source,
+        n_ads=int(index.ntotal), recall=check.recall, recall_queries=recall_queries,
+        tower_metrics=side.tower_info.get("metrics", {}),
+    )
 
 
 def _build_index(ads: AdSide, factory: str, seed: int, shards: int | None = None) -> AnnIndex | ShardedIndex:
