@@ -277,13 +277,8 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     embedded or trained. Ad vectors default to the embedding cache (pass `ad_ids` +
     `ad_text_vectors`, sorted by id, to use others). `progress(fraction, step)`
     (core.common.progress) follows loading, training, evaluating and saving, ending at 1.0."""
-    validate_name(name, "tower")
     engine = engine or make_engine(settings.db_url)
-    final = tower_path(settings, name)
-    with session_scope(engine) as s:
-        taken = s.get(Tower, name) is not None
-    if taken or final.exists():
-        raise AdLensError(f"tower {name!r} already exists ({final}); towers are immutable: pick a new name")
+    _check_new_tower(settings, engine, name)
     report_progress(progress, 0.0, "Loading the catalog and the ad embeddings")
     catalog = load_catalog(engine)
     if (ad_ids is None) != (ad_text_vectors is None):
@@ -306,21 +301,49 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     enc.cfg["embedding_model"] = emb_info.get("model", emb_info.get("embedding_model"))
     enc.cfg["embedding_fingerprint"] = emb_info.get("fingerprint")
     report_progress(progress, 0.85, "Evaluating on the held-out clicks")
-    if the_split.kind == "none":
-        report = None
-    elif the_split.kind == "user":
-        report = evaluate_encoder_user(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed=seed)
-    else:
-        report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed=seed,
-                                  features=features if the_split.kind == "time" else None)
-    if report is not None:
-        report.tower = name
+    report = _evaluate_trained(name, enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed, features)
     # A tower trained on everything still records its split (compare and sources read it from here).
     evaluation = report if report is not None else {"split": the_split.to_dict(), "not_evaluated": NOT_EVALUATED}
     config = {**params, "split": the_split.to_dict(), **stats, "embeddings": emb_info, "losses": losses,
               "train_seconds": train_seconds, **({"evaluation": NOT_EVALUATED} if report is None else {})}
-    created = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     report_progress(progress, 0.95, "Saving and registering the tower")
+    final = _save_and_register(settings, engine, name, enc, config, evaluation)
+    report_progress(progress, 1.0, "done")
+    return TrainResult(name=name, path=final, config=config, losses=losses, train_seconds=train_seconds, report=report)
+
+
+def _check_new_tower(settings: Settings, engine: Engine, name: str) -> None:
+    """A valid name that no tower (folder or registry row) has yet: towers are immutable."""
+    validate_name(name, "tower")
+    final = tower_path(settings, name)
+    with session_scope(engine) as s:
+        taken = s.get(Tower, name) is not None
+    if taken or final.exists():
+        raise AdLensError(f"tower {name!r} already exists ({final}); towers are immutable: pick a new name")
+
+
+def _evaluate_trained(name: str, enc: UserTowerEncoder, catalog: Catalog, ad_ids: np.ndarray,
+                      ad_text_vectors: np.ndarray, split: Split, ks: tuple[int, ...], seed: int,
+                      features: FeatureStore) -> EvalReport | UserEvalReport | None:
+    """The held-out evaluation the split calls for: the user protocol for a user split, none for
+    `none`, the time-split evaluation otherwise (reusing the training features for `time`)."""
+    if split.kind == "none":
+        return None
+    if split.kind == "user":
+        report = evaluate_encoder_user(enc, catalog, ad_ids, ad_text_vectors, split, ks, seed=seed)
+    else:
+        report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, split, ks, seed=seed,
+                                  features=features if split.kind == "time" else None)
+    report.tower = name
+    return report
+
+
+def _save_and_register(settings: Settings, engine: Engine, name: str, enc: UserTowerEncoder, config: dict,
+                       evaluation) -> Path:
+    """Write the tower into a staging folder, rename it into place (never over an existing one)
+    and register it; the folder is removed again if registering fails. Returns its folder."""
+    final = tower_path(settings, name)
+    created = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     clean_debris(settings, under=settings.towers_dir)
     with staging_dir(settings.towers_dir, name) as tmp:
         enc.save(tmp)
@@ -337,5 +360,4 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)  # registered only when complete: undo the folder
         raise
-    report_progress(progress, 1.0, "done")
-    return TrainResult(name=name, path=final, config=config, losses=losses, train_seconds=train_seconds, report=report)
+    return final
