@@ -18,6 +18,14 @@ def _add_text_backend(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_embed(sub)
+    _register_build_index(sub)
+    _register_versions(sub)
+    _register_bench(sub)
+
+
+def _register_embed(sub: argparse._SubParsersAction) -> None:
+    """`adlens embed`."""
     p = sub.add_parser("embed", help="embed the catalog's ad texts (only new or changed ads are encoded)")
     p.add_argument("--model", help="sentence-transformers model name or folder (env ADLENS_MODEL; default: packaged all-MiniLM-L6-v2)")
     _add_text_backend(p)
@@ -28,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_embed)
 
+
+def _register_build_index(sub: argparse._SubParsersAction) -> None:
+    """`adlens build-index`: the index, the query side and your own model."""
     p = sub.add_parser("build-index", help="build an immutable index version from the current catalog")
     p.add_argument("--name", required=True, help="version name (a-z 0-9 . _ -)")
     p.add_argument("--factory", default="Flat",
@@ -60,11 +71,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_build_index)
 
+
+def _register_versions(sub: argparse._SubParsersAction) -> None:
+    """`adlens versions`."""
     p = sub.add_parser("versions", help="list index versions (or delete one)")
     p.add_argument("--delete", metavar="V", help="remove version V (folder and registry row)")
     add_json_flag(p)
     p.set_defaults(func=cmd_versions)
 
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    """`adlens bench`."""
     p = sub.add_parser("bench", help="benchmark embedding and ANN indexes on this machine")
     p.add_argument("--ads", type=positive_int, default=100_000, help="synthetic catalog size (default 100000)")
     p.add_argument("--queries", type=positive_int, help="queries per measurement (default 200; fewer at 1M)")
