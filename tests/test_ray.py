@@ -18,10 +18,10 @@ import pytest
 
 from core.common.errors import AdLensError
 from core.index.backends import shard_entries
-from core.index.versions import build_version, load_version
+from core.index.versions import load_version
 from core.store.catalog import load_catalog
 from core.store.db import make_engine
-from tests.funnel_data import FakeTextEncoder, random_workspace
+from tests.funnel_data import random_workspace, sharded_workspace
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    settings = random_workspace(tmp_path_factory.mktemp("ray") / "ws", {"flat1": ("Flat", {})}, n_ads=300)
-    db = make_engine(settings.db_url)
-    for name, factory, params in (("flat3", "Flat", {}), ("ivf3", "IVF8,Flat", {"nprobe": 2})):
-        build_version(settings, name, factory, text_encoder=FakeTextEncoder(), search_params=params, engine=db,
-                      shards=3)
-    db.dispose()
-    return settings
+    return sharded_workspace(tmp_path_factory.mktemp("ray") / "ws")
 
 
 def test_ray_backend_equals_local_and_unsharded_exact(ws, ray_local):
