@@ -59,6 +59,7 @@ def convert(src: Path, dst: Path) -> dict[str, int]:
 
 def prepare(src: Path, settings) -> None:
     """Convert, ingest (once) and embed (cached) into the workspace of `settings`."""
+    from core.common.progress import cli_progress
     from core.data.ingest import ingest_directory
     from core.store.catalog import load_catalog, table_counts
     from core.store.db import make_engine
@@ -72,7 +73,7 @@ def prepare(src: Path, settings) -> None:
         print(f"converted {counts} in {time.perf_counter() - t0:.1f} s")
         ingest_directory(engine, settings.workspace / "movielens_import")
         print(f"ingested in {time.perf_counter() - t0:.1f} s")
-    res = embed_catalog(settings, load_catalog(engine, with_impressions=False), progress=True)
+    res = embed_catalog(settings, load_catalog(engine, with_impressions=False), progress=cli_progress())
     print(f"embedded {len(res.ad_ids):,} ads ({res.n_encoded:,} encoded) in {res.seconds:.1f} s")
 
 
@@ -96,7 +97,7 @@ def train_and_build(settings, params: dict, seed: int, name: str | None = None) 
         print(f"trained {name} in {res.train_seconds:.0f} s; loss per epoch {res.losses}")
     if name not in {v["name"] for v in list_versions(settings)}:
         t0 = time.perf_counter()
-        build_version(settings, name, "Flat", tower=name, seed=seed, progress=False, with_map=False,
+        build_version(settings, name, "Flat", tower=name, seed=seed, with_map=False,
                       extra_builders=(sources_builder({"ease": {"max_ads": EASE_MAX_ADS}}),))
         print(f"built version {name} with its candidate sources in {time.perf_counter() - t0:.0f} s")
     return name

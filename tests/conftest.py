@@ -252,7 +252,7 @@ def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
     try:
         ingest_directory(eng, out)
         tower = Manifest.from_dict(json.loads((settings.versions_dir / "exact" / "manifest.json").read_text())).tower
-        build_version(settings, HOSTILE_VERSION, "Flat", tower=tower, engine=eng, progress=False, with_map=True)
+        build_version(settings, HOSTILE_VERSION, "Flat", tower=tower, engine=eng, with_map=True)
         catalog = load_catalog(eng)
         slate = FunnelEngine(load_version(settings, HOSTILE_VERSION), catalog).run(
             default_request(catalog, HOSTILE_USER), FunnelParams()).slate

@@ -205,7 +205,7 @@ class FakeTextEncoder:
     fingerprint = "f" * 64
     dim = 16
 
-    def encode(self, texts, batch_size: int = 64, progress: bool = False, callback=None) -> np.ndarray:
+    def encode(self, texts, batch_size: int = 64, progress=None) -> np.ndarray:
         import hashlib
 
         centres = np.random.default_rng(123).normal(size=(6, self.dim))
@@ -217,9 +217,9 @@ class FakeTextEncoder:
         return l2_normalize(out)
 
 
-def random_workspace(ws: Path, versions: dict[str, tuple[str, dict]], n_ads: int = 300):
+def random_workspace(ws: Path, versions: dict[str, tuple[str, dict] | tuple[str, dict, int]], n_ads: int = 300):
     """Settings of a workspace at `ws` holding `fill_random_db` data and real versions built with
-    `FakeTextEncoder`: {name: (factory, search_params)}."""
+    `FakeTextEncoder`: {name: (factory, search_params)}, or (factory, search_params, shards)."""
     from core.index.versions import build_version
     from core.store.db import make_engine
     from core.store.settings import load_settings
@@ -228,7 +228,15 @@ def random_workspace(ws: Path, versions: dict[str, tuple[str, dict]], n_ads: int
     db = make_engine(settings.db_url)
     fill_random_db(db, n_ads=n_ads)
     fake = FakeTextEncoder()
-    for name, (factory, params) in versions.items():
-        build_version(settings, name, factory, text_encoder=fake, search_params=params, engine=db, progress=False)
+    for name, (factory, params, *shards) in versions.items():
+        build_version(settings, name, factory, text_encoder=fake, search_params=params, engine=db,
+                      shards=shards[0] if shards else None)
     db.dispose()
     return settings
+
+
+def sharded_workspace(ws: Path):
+    """The sharded-vs-unsharded workspace of test_shards and test_ray: 300 random ads, `flat1`
+    (exact, unsharded), `flat3` (exact, 3 shards) and `ivf3` (IVF8 probing 2 lists, 3 shards)."""
+    return random_workspace(ws, {"flat1": ("Flat", {}), "flat3": ("Flat", {}, 3),
+                                 "ivf3": ("IVF8,Flat", {"nprobe": 2}, 3)}, n_ads=300)

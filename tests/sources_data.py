@@ -81,7 +81,7 @@ def planted_workspace(ws, *, sources: bool = True, name: str = "v1", builder=Non
     settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
     db = make_engine(settings.db_url)
     fill_planted(db)
-    build_version(settings, name, "Flat", text_encoder=FakeTextEncoder(), engine=db, progress=False,
+    build_version(settings, name, "Flat", text_encoder=FakeTextEncoder(), engine=db,
                   extra_builders=(builder or sources_artifact_builder,) if sources else ())
     db.dispose()
     return settings

@@ -46,7 +46,7 @@ def base_ws(tmp_path_factory):
     settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
     db = make_engine(settings.db_url)
     fill_random_db(db, n_ads=N_ADS)
-    build_version(settings, "base", "Flat", text_encoder=FakeTextEncoder(), engine=db, progress=False)
+    build_version(settings, "base", "Flat", text_encoder=FakeTextEncoder(), engine=db)
     db.dispose()
     return settings
 
@@ -102,7 +102,7 @@ def engine_for(ws, name: str) -> FunnelEngine:
 # ---- imported ad vectors ---------------------------------------------------------------------
 def test_imported_64d_ads_through_the_funnel_against_the_oracle(ws, tmp_path):
     x = imported(ws, tmp_path)
-    v = build_version(ws, "prod-ivf", "IVF8,Flat", ad_vectors="prod", progress=False, search_params={"nprobe": 8})
+    v = build_version(ws, "prod-ivf", "IVF8,Flat", ad_vectors="prod", search_params={"nprobe": 8})
     assert v.manifest["metric"] == "ip" and v.manifest["dims"] == {"text": DIM, "index": DIM}
     assert v.manifest["ad_vectors"]["source"]["sha256"] and v.manifest["ad_vectors"]["n_used"] == N_ADS
     assert v.manifest["embedding"]["model"] == "imported:prod"
@@ -124,7 +124,7 @@ def test_imported_64d_ads_through_the_funnel_against_the_oracle(ws, tmp_path):
 
 def test_l2_metric_scores_are_negative_distances_and_match_the_oracle(ws, tmp_path):
     x = imported(ws, tmp_path, name="prod-l2", metric="l2")
-    v = build_version(ws, "l2", "HNSW16", ad_vectors="prod-l2", progress=False, search_params={"efSearch": 512})
+    v = build_version(ws, "l2", "HNSW16", ad_vectors="prod-l2", search_params={"efSearch": 512})
     assert v.index.metric == "l2" and v.manifest["metric"] == "l2"
     eng = engine_for(ws, "l2")
     trace = eng.run(request())
@@ -158,7 +158,7 @@ def test_l2_ann_index_against_the_exact_oracle(factory, params):
 
 def test_cosine_metric_normalises_ads_and_queries(ws, tmp_path):
     x = imported(ws, tmp_path, name="prod-cos", metric="cosine")
-    v = build_version(ws, "cos", "Flat", ad_vectors="prod-cos", progress=False)
+    v = build_version(ws, "cos", "Flat", ad_vectors="prod-cos")
     np.testing.assert_allclose(np.linalg.norm(v.ad_vectors, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(v.ad_vectors, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-5)
     assert v.index.metric == "ip"
@@ -176,7 +176,7 @@ def test_partial_coverage_needs_allow_partial_and_builds_on_the_intersection(ws,
     assert existing(ws) == []  # nothing registered
     m = import_ad_vectors(ws, path, "part", allow_partial=True)
     assert m["coverage"]["n_common"] == 250
-    v = build_version(ws, "part-v", "Flat", ad_vectors="part", progress=False)
+    v = build_version(ws, "part-v", "Flat", ad_vectors="part")
     assert v.manifest["n_ads"] == 250 and set(v.ad_ids) == set(ad_ids()[:250])
     trace = engine_for(ws, "part-v").run(request())
     assert not trace.candidates["ad_id"].str.startswith("ghost").any()
@@ -249,7 +249,7 @@ def test_request_vectors_without_usable_rows_or_with_other_dimension(ws, tmp_pat
     import_request_vectors(ws, write_requests(tmp_path / "r32.parquet", [{"user_id": "u000", "vector": np.ones(32)}]),
                            "r32")
     with pytest.raises(AdLensError, match="gives 32-dimensional vectors but the imported ad vectors 'prod' are 64"):
-        build_version(ws, "mismatch", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="r32"), progress=False)
+        build_version(ws, "mismatch", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="r32"))
     assert "mismatch" not in {v["name"] for v in list_versions(ws)}
     assert not (ws.versions_dir / "mismatch").exists()
 
@@ -298,7 +298,7 @@ def test_request_vectors_context_matching_most_specific_then_latest(ws, tmp_path
     ]
     m = import_request_vectors(ws, write_requests(tmp_path / "req.parquet", rows), "req")
     assert m["n"] == 5 and m["report"]["skipped_no_user"] == 1
-    v = build_version(ws, "req-v", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="req"), progress=False)
+    v = build_version(ws, "req-v", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="req"))
     assert v.manifest["query_side"]["source"] == "request_vectors"
     eng = engine_for(ws, "req-v")
 
@@ -383,7 +383,7 @@ def test_onnx_tower_end_to_end_inspect_why_not_compare(ws, tmp_path, onnx_parts)
 
     users, model, onnx_path, sig = onnx_parts
     x = imported(ws, tmp_path)
-    v = build_version(ws, "prod-onnx", "IVF8,Flat", ad_vectors="prod", progress=False,
+    v = build_version(ws, "prod-onnx", "IVF8,Flat", ad_vectors="prod",
                       query=QuerySpec(str(onnx_path), sig))
     qs = v.manifest["query_side"]
     assert qs["source"] == "onnx" and len(qs["sha256"]) == 64 and qs["signature"]["output"]["dim"] == DIM
@@ -419,22 +419,21 @@ def test_onnx_signature_mismatches_are_refused(ws, tmp_path, onnx_parts):
         "hour": {"feature": "hour"}, "history_mean": {"feature": "click_history_mean", "max_len": 20}})
     with pytest.raises(AdLensError, match=r"do not match the model's.*missing from the signature: \['user'\]"
                                           r".*not in the model: \['user_id'\]"):
-        build_version(ws, "w1", "Flat", ad_vectors="prod", query=QuerySpec(str(onnx_path), wrong), progress=False)
+        build_version(ws, "w1", "Flat", ad_vectors="prod", query=QuerySpec(str(onnx_path), wrong))
     declared = _signature(users, tmp_path / "d32.json", output={"name": "query", "dim": 32})
     with pytest.raises(AdLensError, match="output 'query' has dimension 64 but the signature declares 32"):
-        build_version(ws, "w2", "Flat", ad_vectors="prod", query=QuerySpec(str(onnx_path), declared), progress=False)
+        build_version(ws, "w2", "Flat", ad_vectors="prod", query=QuerySpec(str(onnx_path), declared))
     small = _export(_tiny_tower(users, dim=32), tmp_path / "t32.onnx")
     with pytest.raises(AdLensError, match="gives 32-dimensional vectors but the imported ad vectors 'prod' are 64"):
-        build_version(ws, "w3", "Flat", ad_vectors="prod", progress=False,
+        build_version(ws, "w3", "Flat", ad_vectors="prod",
                       query=QuerySpec(str(small), _signature(users, tmp_path / "s32.json", dim=32)))
     wide = _export(_tiny_tower(users, d_in=48), tmp_path / "in48.onnx", d_in=48)
     with pytest.raises(AdLensError, match=r"input 'history_mean' takes 48 values per request .* but click_history_mean has 64 values"):
-        build_version(ws, "w5", "Flat", ad_vectors="prod", progress=False,
+        build_version(ws, "w5", "Flat", ad_vectors="prod",
                       query=QuerySpec(str(wide), _signature(users, tmp_path / "s48.json")))
     bad_feature = _signature(users, tmp_path / "bf.json", inputs={"user": {"feature": "favourite_colour"}})
     with pytest.raises(AdLensError, match="maps to feature 'favourite_colour'; valid: user_id"):
-        build_version(ws, "w4", "Flat", ad_vectors="prod", query=QuerySpec(str(onnx_path), bad_feature),
-                      progress=False)
+        build_version(ws, "w4", "Flat", ad_vectors="prod", query=QuerySpec(str(onnx_path), bad_feature))
     assert not any((ws.versions_dir / n).exists() for n in ("w1", "w2", "w3", "w4", "w5"))
     assert {v["name"] for v in list_versions(ws)} == {"base"}
 
@@ -524,7 +523,7 @@ def test_entry_point_plugin_builds_saves_and_loads(ws, tmp_path, plugin):
 
     assert plugin in plugin_encoders()
     x = imported(ws, tmp_path)
-    v = build_version(ws, "plug", "Flat", ad_vectors="prod", progress=False,
+    v = build_version(ws, "plug", "Flat", ad_vectors="prod",
                       query=QuerySpec(plugin, encoder_config={"dim": DIM, "seed": 3}))
     assert v.manifest["query_side"] == {"source": "plugin", "name": plugin,
                                         "config": {"kind": plugin, "dim": DIM, "seed": 3}}
@@ -534,7 +533,7 @@ def test_entry_point_plugin_builds_saves_and_loads(ws, tmp_path, plugin):
     top = np.argsort(-similarity(x, trace.query)[0], kind="stable")[:5]
     assert trace.candidates["ad_id"].head(5).tolist() == [ad_ids()[p] for p in top]
     with pytest.raises(AdLensError, match="no query encoder plugin 'nope'.*installed: user_hash"):
-        build_version(ws, "plug2", "Flat", ad_vectors="prod", query=QuerySpec("nope"), progress=False)
+        build_version(ws, "plug2", "Flat", ad_vectors="prod", query=QuerySpec("nope"))
 
 
 # ---- downstream: health, map, audience, dashboard ---------------------------------------------
@@ -547,7 +546,7 @@ def test_imported_version_health_map_audience_and_dashboard(ws, tmp_path, use_wo
     from core.index.maps import load_layout
 
     imported(ws, tmp_path, metric="l2")
-    v = build_version(ws, "prod-map", "IVF8,Flat", ad_vectors="prod", progress=False, with_map=True)
+    v = build_version(ws, "prod-map", "IVF8,Flat", ad_vectors="prod", with_map=True)
     assert v.manifest.get("map") and "map_ads.parquet" in v.manifest.files
     eng = engine_for(ws, "prod-map")
     rep = health(v, eng.catalog, n_requests=50, k=50)
@@ -558,7 +557,7 @@ def test_imported_version_health_map_audience_and_dashboard(ws, tmp_path, use_wo
     users = [f"u{i:03d}" for i in range(30)]
     rows = [{"user_id": u, "vector": ad_matrix(30)[i]} for i, u in enumerate(users)]  # wildcard rows: always match
     import_request_vectors(ws, write_requests(tmp_path / "req.parquet", rows), "req")
-    build_version(ws, "prod-req", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="req"), progress=False)
+    build_version(ws, "prod-req", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="req"))
 
     use_workspace(ws.workspace)
     app = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"

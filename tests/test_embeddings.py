@@ -77,12 +77,12 @@ def test_unloadable_models_fail_fast_with_a_clear_error(tmp_path):
 # ---- cache ------------------------------------------------------------------------------------
 def test_cache_hit_miss_accounting_across_a_changed_catalog(settings):
     enc = HashingEncoder()
-    first = embed_catalog(settings, make_catalog(), encoder=enc, progress=False)
+    first = embed_catalog(settings, make_catalog(), encoder=enc)
     assert (first.n_encoded, first.n_reused) == (5, 0)
     assert first.ad_ids.tolist() == ["ad_1", "ad_2", "ad_3", "ad_4", "ad_5"]
     assert first.vectors.dtype == np.float32 and np.allclose(np.linalg.norm(first.vectors, axis=1), 1)
 
-    again = embed_catalog(settings, make_catalog(), encoder=HashingEncoder(), progress=False)
+    again = embed_catalog(settings, make_catalog(), encoder=HashingEncoder())
     assert (again.n_encoded, again.n_reused) == (0, 5)  # a fresh process: the cache is on disk
     assert np.array_equal(again.vectors, first.vectors)
 
@@ -91,7 +91,7 @@ def test_cache_hit_miss_accounting_across_a_changed_catalog(settings):
     changed.append(("ad_6", "Noise-cancelling headphones", "", "Shop now", "tech"))  # new ad
     changed.append(("ad_7", "Cheap flights to Rome", "Spring fares are here.", "Book now", "travel"))  # = ad_5 text
     enc3 = HashingEncoder()
-    third = embed_catalog(settings, make_catalog(changed), encoder=enc3, progress=False)
+    third = embed_catalog(settings, make_catalog(changed), encoder=enc3)
     assert (third.n_encoded, third.n_reused) == (2, 5)
     assert third.n_texts_encoded == enc3.calls == 2
     by_id = dict(zip(third.ad_ids, third.vectors))
@@ -102,9 +102,9 @@ def test_cache_hit_miss_accounting_across_a_changed_catalog(settings):
 
 
 def test_a_different_model_never_uses_another_models_entries(settings):
-    a = embed_catalog(settings, make_catalog(), encoder=HashingEncoder(salt="a"), progress=False)
+    a = embed_catalog(settings, make_catalog(), encoder=HashingEncoder(salt="a"))
     enc_b = HashingEncoder(salt="b")
-    b = embed_catalog(settings, make_catalog(), encoder=enc_b, progress=False)
+    b = embed_catalog(settings, make_catalog(), encoder=enc_b)
     assert (b.n_encoded, b.n_reused, enc_b.calls) == (5, 0, 5)
     assert a.fingerprint != b.fingerprint
     assert not np.allclose(a.vectors, b.vectors)
@@ -139,11 +139,34 @@ def test_cache_compacts_many_shards_and_skips_damaged_ones(settings, recwarn):
 def test_unchanged_catalog_does_not_load_the_model(settings, monkeypatch):
     """A fully cached catalog needs only the fingerprint, never the (slow) model."""
     enc = HashingEncoder()
-    embed_catalog(settings, make_catalog(), encoder=enc, progress=False)
+    embed_catalog(settings, make_catalog(), encoder=enc)
     monkeypatch.setattr(embedding_cache, "model_fingerprint", lambda name: enc.fingerprint)
     monkeypatch.setattr(AdEncoder, "load", classmethod(lambda cls, name: pytest.fail("model loaded")))
-    res = embed_catalog(settings, make_catalog(), progress=False)
+    res = embed_catalog(settings, make_catalog())
     assert (res.n_encoded, res.n_reused) == (0, 5)
+
+
+class _ChunkModel:
+    """A sentence-transformers stand-in for `AdEncoder`: any text becomes a fixed vector."""
+
+    def encode(self, texts, **kw):
+        return np.ones((len(texts), 4), np.float32)
+
+
+def test_progress_callback_is_non_decreasing_with_string_steps_ending_at_one(settings):
+    """embed_catalog follows the progress convention (core.common.progress): fractions in [0, 1],
+    never going back, each with a step in words, the last one 1.0; encoded or fully cached."""
+    enc = AdEncoder(name="chunky", path=None, fingerprint="c" * 64, dim=4, model=_ChunkModel())
+    rows = [(f"ad_{i:02d}", f"Ad number {i}", "", "", "retail") for i in range(20)]
+    for expect_encoded in (20, 0):  # batch_size 1 encodes in chunks of 8: several reports
+        seen: list[tuple[float, str]] = []
+        res = embed_catalog(settings, make_catalog(rows), encoder=enc, batch_size=1,
+                            progress=lambda f, step, seen=seen: seen.append((f, step)))
+        assert res.n_encoded == expect_encoded
+        fractions = [f for f, _ in seen]
+        assert len(seen) >= (5 if expect_encoded else 2), seen
+        assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] == 1.0
+        assert all(isinstance(step, str) and step for _, step in seen)
 
 
 # ---- the real packaged model --------------------------------------------------------------------

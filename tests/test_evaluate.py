@@ -181,7 +181,7 @@ def test_cli_evaluate_json_and_split_guard(settings, capsys):
     cat, ids, vecs = planted_catalog(n_ads=120, n_users=60, per_user=40)
     engine = make_engine(settings.db_url)
     write_catalog(engine, cat)
-    res = train_tower(settings, "small", epochs=2, batch_size=64, engine=engine, progress=False,
+    res = train_tower(settings, "small", epochs=2, batch_size=64, engine=engine,
                       ad_ids=ids, ad_text_vectors=vecs)
     again = evaluate_tower(settings, "small", engine=engine, ad_ids=ids, ad_text_vectors=vecs)
     assert again.models == res.report.models  # same split, same weights: same numbers

@@ -18,10 +18,10 @@ import pytest
 
 from core.common.errors import AdLensError
 from core.index.backends import shard_entries
-from core.index.versions import build_version, load_version
+from core.index.versions import load_version
 from core.store.catalog import load_catalog
 from core.store.db import make_engine
-from tests.funnel_data import FakeTextEncoder, random_workspace
+from tests.funnel_data import random_workspace, sharded_workspace
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    settings = random_workspace(tmp_path_factory.mktemp("ray") / "ws", {"flat1": ("Flat", {})}, n_ads=300)
-    db = make_engine(settings.db_url)
-    for name, factory, params in (("flat3", "Flat", {}), ("ivf3", "IVF8,Flat", {"nprobe": 2})):
-        build_version(settings, name, factory, text_encoder=FakeTextEncoder(), search_params=params, engine=db,
-                      progress=False, shards=3)
-    db.dispose()
-    return settings
+    return sharded_workspace(tmp_path_factory.mktemp("ray") / "ws")
 
 
 def test_ray_backend_equals_local_and_unsharded_exact(ws, ray_local):
@@ -114,7 +108,7 @@ def test_embed_on_ray_equals_embed_resumes_and_reencodes_nothing(tmp_path, ray_l
 
     ws = random_workspace(tmp_path / "a", {}, n_ads=240)
     catalog = load_catalog(make_engine(ws.db_url), with_impressions=False)
-    plain = embed_catalog(ws, catalog, progress=False, encoder=HashingEncoder(32))
+    plain = embed_catalog(ws, catalog, encoder=HashingEncoder(32))
     other = load_settings(workspace=tmp_path / "b", db_url=ws.db_url)  # an empty cache
 
     class Interrupt(Exception):
@@ -135,15 +129,15 @@ def test_embed_on_ray_equals_embed_resumes_and_reencodes_nothing(tmp_path, ray_l
         return real_run(keys, texts, cache, enc)
 
     with pytest.raises(Interrupt):
-        embed_catalog(other, catalog, progress=False, encoder=HashingEncoder(32), runner=interrupted)
+        embed_catalog(other, catalog, encoder=HashingEncoder(32), runner=interrupted)
     done = calls[0]
     assert 0 < done < 240
-    res = embed_catalog_ray(other, catalog, progress=False, encoder=HashingEncoder(32),
+    res = embed_catalog_ray(other, catalog, encoder=HashingEncoder(32),
                             make_encoder=lambda: HashingEncoder(32))
     assert res.n_encoded == plain.n_encoded - done  # resumed: only the rest was encoded
     np.testing.assert_array_equal(res.ad_ids, plain.ad_ids)
     np.testing.assert_allclose(res.vectors, plain.vectors, atol=1e-6)
-    again = embed_catalog_ray(other, catalog, progress=False, encoder=HashingEncoder(32),
+    again = embed_catalog_ray(other, catalog, encoder=HashingEncoder(32),
                               make_encoder=lambda: HashingEncoder(32))
     assert again.n_encoded == 0 and again.n_reused == len(plain.ad_ids)
 

@@ -12,8 +12,8 @@ import pytest
 from core.common.errors import ArtifactError
 from core.index.ann import AnnIndex, exact_search, recall_at
 from core.index.shards import ShardedIndex, build_shards, merge_topk, shard_ranges
-from core.index.versions import build_version, load_version
-from tests.funnel_data import FakeTextEncoder, random_workspace
+from core.index.versions import load_version
+from tests.funnel_data import sharded_workspace
 
 
 def _data(n=3000, d=32, nq=40, seed=0):
@@ -98,16 +98,7 @@ def test_ivfpq_refined_shards_search_with_refine_params():
 
 @pytest.fixture(scope="module")
 def sharded_ws(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("shards") / "ws"
-    settings = random_workspace(ws, {"flat1": ("Flat", {})}, n_ads=300)
-    from core.store.db import make_engine
-
-    db = make_engine(settings.db_url)
-    for name, factory, params in (("flat3", "Flat", {}), ("ivf3", "IVF8,Flat", {"nprobe": 2})):
-        build_version(settings, name, factory, text_encoder=FakeTextEncoder(), search_params=params, engine=db,
-                      progress=False, shards=3)
-    db.dispose()
-    return settings
+    return sharded_workspace(tmp_path_factory.mktemp("shards") / "ws")
 
 
 def test_sharded_version_lists_checksummed_shards_and_serves_like_unsharded(sharded_ws):

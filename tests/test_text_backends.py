@@ -61,12 +61,12 @@ def test_backends_never_share_an_embedding_cache_entry(tmp_path):
     from core.text.embedding_cache import embed_catalog
 
     ws = tmp_path / "ws"
-    a = embed_catalog(load_settings(workspace=ws), make_catalog(), progress=False)
-    b = embed_catalog(load_settings(workspace=ws, text_backend="onnx-int8"), make_catalog(), progress=False)
+    a = embed_catalog(load_settings(workspace=ws), make_catalog())
+    b = embed_catalog(load_settings(workspace=ws, text_backend="onnx-int8"), make_catalog())
     assert (b.n_encoded, b.n_reused) == (5, 0)  # torch's vectors were not reused
     assert a.fingerprint != b.fingerprint and b.model == "default (onnx-int8)"
     assert 0.97 < float((a.vectors * b.vectors).sum(1).min()) < 1.0
-    again = embed_catalog(load_settings(workspace=ws, text_backend="onnx-int8"), make_catalog(), progress=False)
+    again = embed_catalog(load_settings(workspace=ws, text_backend="onnx-int8"), make_catalog())
     assert (again.n_encoded, again.n_reused) == (0, 5) and np.array_equal(again.vectors, b.vectors)
     dirs = sorted(p.name for p in (ws / "cache" / "embeddings").iterdir())
     assert dirs == sorted([a.fingerprint, b.fingerprint])

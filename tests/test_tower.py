@@ -95,7 +95,7 @@ def planted():
 def trained(planted):
     cat, ids, vecs = planted
     split = make_split(cat.impressions, "time")
-    enc, stats, losses = fit_tower(cat, ids, vecs, split, epochs=8, batch_size=128, seed=1, progress=False)
+    enc, stats, losses = fit_tower(cat, ids, vecs, split, epochs=8, batch_size=128, seed=1)
     return enc, split, stats, losses
 
 
@@ -174,7 +174,7 @@ def test_cold_user_is_served_from_subscriptions(trained, planted):
 def test_training_is_deterministic_for_a_seed(planted):
     cat, ids, vecs = planted
     split = make_split(cat.impressions, "time")
-    kw = dict(epochs=1, batch_size=256, seed=7, progress=False, hard_negatives=True)
+    kw = dict(epochs=1, batch_size=256, seed=7, hard_negatives=True)
     a, _, la = fit_tower(cat, ids, vecs, split, **kw)
     b, _, lb = fit_tower(cat, ids, vecs, split, **kw)
     c, _, _ = fit_tower(cat, ids, vecs, split, **{**kw, "seed": 8})
@@ -241,7 +241,7 @@ def test_loading_damaged_artifacts_fails_clearly(trained, tmp_path, damage):
 def test_no_context_tower_has_no_context_weights(planted):
     cat, ids, vecs = planted
     split = make_split(cat.impressions, "time")
-    enc, _, _ = fit_tower(cat, ids, vecs, split, epochs=1, use_context=False, ad_adapter=False, progress=False)
+    enc, _, _ = fit_tower(cat, ids, vecs, split, epochs=1, use_context=False, ad_adapter=False)
     keys = set(enc.net.state_dict())
     assert not any(k.startswith(("community.", "placement.", "hour.", "request_device.")) for k in keys)
     assert not any(k.startswith("ad_adapter") for k in keys)
@@ -262,7 +262,7 @@ def test_train_tower_saves_registers_and_refuses_duplicates(settings, planted):
     cat, ids, vecs = planted
     engine = make_engine(settings.db_url)
     write_catalog(engine, cat)
-    res = train_tower(settings, "t1", epochs=2, batch_size=128, seed=3, engine=engine, progress=False,
+    res = train_tower(settings, "t1", epochs=2, batch_size=128, seed=3, engine=engine,
                       ad_ids=ids, ad_text_vectors=vecs, hard_negatives=True)
     assert sorted(p.name for p in res.path.iterdir()) == ["config.json", "manifest.json", "metrics.json",
                                                          "model.safetensors", "vocab.json"]
@@ -275,9 +275,9 @@ def test_train_tower_saves_registers_and_refuses_duplicates(settings, planted):
         assert row is not None and row.metrics["n_test_clicks"] == res.report.n_test_clicks
     assert isinstance(load_tower(settings, "t1"), UserTowerEncoder)
     with pytest.raises(AdLensError, match="already exists"):
-        train_tower(settings, "t1", epochs=1, engine=engine, progress=False, ad_ids=ids, ad_text_vectors=vecs)
+        train_tower(settings, "t1", epochs=1, engine=engine, ad_ids=ids, ad_text_vectors=vecs)
     with pytest.raises(AdLensError, match="invalid tower name"):
-        train_tower(settings, "../evil", epochs=1, engine=engine, progress=False, ad_ids=ids, ad_text_vectors=vecs)
+        train_tower(settings, "../evil", epochs=1, engine=engine, ad_ids=ids, ad_text_vectors=vecs)
     with pytest.raises(NotFoundError, match="existing: t1"):
         load_tower(settings, "nope")
     assert not list(settings.towers_dir.glob(".*tmp"))  # no temp folders left behind
@@ -310,9 +310,9 @@ def test_impossible_cutoff_is_refused_before_embedding_or_training(settings, pla
     monkeypatch.setattr(tr, "catalog_embeddings", boom)
     monkeypatch.setattr(tr, "fit_tower", boom)
     with pytest.raises(AdLensError, match="no clicked impression to evaluate on.*--holdout none"):
-        train_tower(settings, "late", cutoff="2030-01-01", engine=engine, progress=False)
+        train_tower(settings, "late", cutoff="2030-01-01", engine=engine)
     with pytest.raises(AdLensError, match="no clicked impression to train on"):
-        train_tower(settings, "early", cutoff="2000-01-01", engine=engine, progress=False)
+        train_tower(settings, "early", cutoff="2000-01-01", engine=engine)
     ws = ["--workspace", str(settings.workspace)]
     assert main([*ws, "train", "--name", "late", "--cutoff", "2030-01-01"]) == 2
     assert not settings.towers_dir.exists() or not list(settings.towers_dir.iterdir())
@@ -344,7 +344,7 @@ def test_user_split_tower_is_evaluated_with_the_user_protocol(settings, planted)
     cat, ids, vecs = planted
     engine = make_engine(settings.db_url)
     write_catalog(engine, cat)
-    res = train_tower(settings, "u1", split="user", epochs=2, batch_size=128, engine=engine, progress=False,
+    res = train_tower(settings, "u1", split="user", epochs=2, batch_size=128, engine=engine,
                       ad_ids=ids, ad_text_vectors=vecs, history_limit=0)
     rep = res.report
     assert rep.protocol == "user" and {"tower", "random", "most_popular", "history_mean"} == set(rep.models)
@@ -373,7 +373,7 @@ def test_id_embeddings_learn_co_clicks_text_cannot_see(planted):
 
     hr = {}
     for flag in (False, True):
-        enc, _, _ = fit_tower(cat, ids, noise, split, epochs=15, lr=1e-2, batch_size=128, progress=False,
+        enc, _, _ = fit_tower(cat, ids, noise, split, epochs=15, lr=1e-2, batch_size=128,
                               id_embeddings=flag, history_limit=0)
         hr[flag] = evaluate_encoder_user(enc, cat, ids, noise, split, (30,)).models["tower"]["hr@30"]
     assert hr[True] > 1.8 * hr[False], hr

@@ -90,7 +90,7 @@ def data_engine(engine):
 
 
 def _build(s, engine, name="v1", factory="Flat", **kw):
-    return build_version(s, name, factory, engine=engine, text_encoder=HashingEncoder(), progress=False, **kw)
+    return build_version(s, name, factory, engine=engine, text_encoder=HashingEncoder(), **kw)
 
 
 def _rows(engine) -> int:
@@ -177,6 +177,21 @@ def test_extra_artifact_builders_are_checksummed_and_merged(vsettings, data_engi
     v = _build(vsettings, data_engine)
     assert v.manifest["extra"] == {"points": 40} and "extra.npy" in v.manifest["files"]
     assert EXTRA_ARTIFACT_BUILDERS is not versions.EXTRA_ARTIFACT_BUILDERS  # the patch did not leak
+
+
+def test_build_reports_its_stages_through_the_progress_convention(vsettings, data_engine):
+    def extra_artifact_builder(ctx, directory):
+        return {}
+
+    seen: list[tuple[float, str]] = []
+    _build(vsettings, data_engine, extra_builders=(extra_artifact_builder,),
+           progress=lambda f, step: seen.append((f, step)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    steps = [s for _, s in seen]
+    assert all(isinstance(s, str) and s for s in steps)
+    for stage in ("Embedding ad texts", "Building the index", "Measuring recall", "extra artifacts"):
+        assert any(stage in s for s in steps), (stage, steps)
 
 
 @pytest.mark.parametrize("victim", ["ad_text_vectors.npy", "encoder/config.json", "ad_ids.npy"])
@@ -344,7 +359,7 @@ def test_cli_build_list_delete(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_build_with_the_real_model(vsettings, data_engine):
-    v = build_version(vsettings, "real", "Flat", engine=data_engine, progress=False)
+    v = build_version(vsettings, "real", "Flat", engine=data_engine)
     assert v.manifest["dims"] == {"text": 384, "index": 384}
     assert v.manifest["embedding"]["model"] == "default" and v.manifest["recall"]["recall@10"] == 1.0
     assert load_version(vsettings, "real").checksum == v.checksum

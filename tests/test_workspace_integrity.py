@@ -40,7 +40,7 @@ def built(tmp_path_factory):
     cat, ids, vecs = planted_catalog(n_ads=120, n_users=60, per_user=30)
     engine = make_engine(settings.db_url)
     write_catalog(engine, cat)
-    train_tower(settings, "t1", epochs=1, batch_size=64, engine=engine, progress=False, ad_ids=ids,
+    train_tower(settings, "t1", epochs=1, batch_size=64, engine=engine, ad_ids=ids,
                 ad_text_vectors=vecs)
     from core.text.embeddings import HashingEncoder
 
@@ -65,7 +65,7 @@ def test_copied_workspace_never_reads_the_original(built, tmp_path, monkeypatch)
     try:
         s = load_settings(workspace=copy)
         assert load_tower(s, "t1") is not None
-        v = build_version(s, "v1", "Flat", tower="t1", text_encoder=enc, progress=False)
+        v = build_version(s, "v1", "Flat", tower="t1", text_encoder=enc)
         assert v.path == copy / "versions" / "v1"
         rows = list_versions(s)
         assert [r["status"] for r in rows] == ["ok"] and rows[0]["path"] == str(copy / "versions" / "v1")
@@ -116,7 +116,7 @@ def test_rehashed_version_manifest_is_caught_by_the_registry(built, tmp_path):
     ws, enc, *_ = built
     copy = _copy(ws, tmp_path / "v")
     s = load_settings(workspace=copy)
-    v = build_version(s, "v2", "Flat", text_encoder=enc, progress=False)
+    v = build_version(s, "v2", "Flat", text_encoder=enc)
     vec = np.load(v.path / "ad_text_vectors.npy")
     vec[0, 0] += 1.0
     np.save(v.path / "ad_text_vectors.npy", vec)

@@ -116,13 +116,13 @@ def bench_workspace(settings, n_ads: int, *, seed: int = 0, log=lambda msg: None
             frames = generate_dataset(n_ads=n_ads, n_users=BENCH_USERS, seed=seed)
             write_dataset(frames, s.demo_data_dir, "parquet")
             ingest_directory(db, s.demo_data_dir)
-        emb = embed_catalog(s, load_catalog(db, with_impressions=False), encoder=enc, progress=False)
+        emb = embed_catalog(s, load_catalog(db, with_impressions=False), encoder=enc)
         log(f"funnel bench data at {n_ads:,} ads: {time.perf_counter() - t:.0f}s")
         if not (s.towers_dir / BENCH_TOWER / "config.json").is_file():
             train_tower(s, BENCH_TOWER, ad_ids=emb.ad_ids, ad_text_vectors=emb.vectors, epochs=4, engine=db,
-                        progress=False, seed=seed)
+                        seed=seed)
         build_version(s, BENCH_VERSION, f"IVF{suggest_nlist(n_ads)},Flat", tower=BENCH_TOWER, engine=db,
-                      progress=False, text_encoder=enc, seed=seed, with_map=True,
+                      text_encoder=enc, seed=seed, with_map=True,
                       extra_builders=(sources_artifact_builder,))
         log(f"funnel bench workspace ready in {time.perf_counter() - t:.0f}s: {ws}")
     db.dispose()

@@ -111,7 +111,7 @@ def section_shards(ctx) -> dict:
     stream = n > STREAM_ABOVE
     ranges = shard_ranges(n, s)
     rows: list[dict] = []
-    exact_p50 = None
+    x = truth = exact_p50 = None
     if not stream:
         x, q = ctx.synthetic()
         t = time.perf_counter()
@@ -121,61 +121,87 @@ def section_shards(ctx) -> dict:
     tmp_root = Path(tempfile.mkdtemp(prefix="adlens-bench-shards-"))
     try:
         for factory in factories:
-            nlist = int(factory.split(",")[0][3:].split("_")[0])
-            max_train = 32 * nlist if n > 300_000 else None
-            t = time.perf_counter()
-            if stream:
-                sample, q = _stream_head(n, max(max_train or 0, 50_000), ctx.queries, ctx.seed)
-                template = train_empty(sample, factory, n_total=n, seed=ctx.seed, max_train=max_train, kmeans_iters=10)
-                del sample
-            else:
-                template = train_empty(x, factory, n_total=n, seed=ctx.seed, max_train=max_train,
-                                       kmeans_iters=10 if max_train else None)
-            train_s = time.perf_counter() - t
-            ctx.log(f"{factory}: trained in {train_s:.1f}s")
+            template, head_q, train_s = _train_template(ctx, factory, n, x)
             params = None
-            if not stream:
-                t = time.perf_counter()
-                whole = faiss.clone_index(template)
-                whole.add(x)
-                whole = AnnIndex(whole, factory)
-                build_s = train_s + time.perf_counter() - t
-                params, _ = tune_search_params(whole, q, truth, k=K, target=TARGET_RECALL)
-                m = _latency(LocalBackend(whole).search, q, params, 1)
-                rows.append({"factory": factory, "layout": "unsharded (1 process)", "shards": 1, "params": params,
-                             "build_s": build_s, "bytes_per_ad": whole.nbytes() / n,
-                             "shard_mb": [whole.nbytes() / 2**20],
-                             **m, f"recall@{K}": recall_at(whole.search(q, K, params), truth, K)})
-                ctx.log(f"  unsharded: p50 {m['p50_ms']:.2f} ms, recall@500 {rows[-1][f'recall@{K}']:.3f}")
-                del whole
-            t = time.perf_counter()
-            rss0 = _rss_mb()
             if stream:
-                sharded, truth = _stream_build(template, factory, ranges, n, q, ctx)
+                q = head_q
             else:
-                sharded = build_shards_streaming(template, factory, ranges, ((a, x[a:a + c]) for a, c in ranges))
-            build_s = train_s + time.perf_counter() - t
-            if params is None:
-                params, _ = tune_search_params(sharded, q, truth, k=K, target=TARGET_RECALL_10M)
-            search, actor_rss, close = _serve(sharded, backend, factory, ctx, tmp_root / f"f{len(rows)}")
-            try:
-                m = _latency(search, q, params, s)
-                rec = recall_at(search(q, K, params, None), truth, K)
-            finally:
-                close()
-            rows.append({"factory": factory, "layout": f"{s} shards ({backend} backend)", "shards": s, "params": params,
-                         "build_s": build_s, "bytes_per_ad": sharded.nbytes() / n,
-                         "shard_mb": [round(sh.nbytes() / 2**20, 1) for sh in sharded.shards],
-                         "shard_actor_peak_rss_mb": actor_rss, **m, f"recall@{K}": rec,
-                         "build_peak_rss_mb": round(_rss_mb(), 1), "build_rss_growth_mb": round(_rss_mb() - rss0, 1)})
-            ctx.log(f"  {s} shards/{backend}: p50 {m['p50_ms']:.2f} ms, recall@500 {rec:.3f}, built in {build_s:.1f}s")
-            del sharded
+                rows.append(_unsharded_row(ctx, template, factory, x, q, truth, train_s))
+                params = rows[-1]["params"]
+            rows.append(_sharded_row(ctx, template, factory, ranges, x, q, truth, train_s, params, backend,
+                                     tmp_root / f"f{len(rows)}"))
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     for r in rows:
         r["speedup_vs_exact_p50"] = exact_p50 / r["p50_ms"] if exact_p50 and r["p50_ms"] > 0 else None
     return {"n_ads": n, "dim": DIM, "n_queries": len(q), "k": K, "backend": backend, "shards": s,
             "streamed": stream, "exact_p50_ms": exact_p50, "rows": rows, "targets": _targets(rows, n, backend)}
+
+
+def _train_template(ctx, factory: str, n: int, x: np.ndarray | None) -> tuple[faiss.Index, np.ndarray | None, float]:
+    """The trained empty index both layouts clone, its training seconds and, for a streamed
+    catalog (`x` None), the queries made from the first rows."""
+    nlist = int(factory.split(",")[0][3:].split("_")[0])
+    max_train = 32 * nlist if n > 300_000 else None
+    t = time.perf_counter()
+    q = None
+    if x is None:
+        sample, q = _stream_head(n, max(max_train or 0, 50_000), ctx.queries, ctx.seed)
+        template = train_empty(sample, factory, n_total=n, seed=ctx.seed, max_train=max_train, kmeans_iters=10)
+        del sample
+    else:
+        template = train_empty(x, factory, n_total=n, seed=ctx.seed, max_train=max_train,
+                               kmeans_iters=10 if max_train else None)
+    train_s = time.perf_counter() - t
+    ctx.log(f"{factory}: trained in {train_s:.1f}s")
+    return template, q, train_s
+
+
+def _unsharded_row(ctx, template: faiss.Index, factory: str, x: np.ndarray, q: np.ndarray, truth,
+                   train_s: float) -> dict:
+    """One in-process index over every ad: tuned params, latency, recall, size."""
+    n = ctx.ads
+    t = time.perf_counter()
+    whole = faiss.clone_index(template)
+    whole.add(x)
+    whole = AnnIndex(whole, factory)
+    build_s = train_s + time.perf_counter() - t
+    params, _ = tune_search_params(whole, q, truth, k=K, target=TARGET_RECALL)
+    m = _latency(LocalBackend(whole).search, q, params, 1)
+    row = {"factory": factory, "layout": "unsharded (1 process)", "shards": 1, "params": params,
+           "build_s": build_s, "bytes_per_ad": whole.nbytes() / n, "shard_mb": [whole.nbytes() / 2**20],
+           **m, f"recall@{K}": recall_at(whole.search(q, K, params), truth, K)}
+    ctx.log(f"  unsharded: p50 {m['p50_ms']:.2f} ms, recall@500 {row[f'recall@{K}']:.3f}")
+    return row
+
+
+def _sharded_row(ctx, template: faiss.Index, factory: str, ranges: list[tuple[int, int]], x: np.ndarray | None,
+                 q: np.ndarray, truth, train_s: float, params: dict | None, backend: str, tmp: Path) -> dict:
+    """The shards (streamed when `x` is None, which also gives the exact truth) served through
+    `backend`: params (the unsharded ones, else tuned here), latency, recall, sizes, memory."""
+    n, s = ctx.ads, len(ranges)
+    t = time.perf_counter()
+    rss0 = _rss_mb()
+    if x is None:
+        sharded, truth = _stream_build(template, factory, ranges, n, q, ctx)
+    else:
+        sharded = build_shards_streaming(template, factory, ranges, ((a, x[a:a + c]) for a, c in ranges))
+    build_s = train_s + time.perf_counter() - t
+    if params is None:
+        params, _ = tune_search_params(sharded, q, truth, k=K, target=TARGET_RECALL_10M)
+    search, actor_rss, close = _serve(sharded, backend, factory, ctx, tmp)
+    try:
+        m = _latency(search, q, params, s)
+        rec = recall_at(search(q, K, params, None), truth, K)
+    finally:
+        close()
+    row = {"factory": factory, "layout": f"{s} shards ({backend} backend)", "shards": s, "params": params,
+           "build_s": build_s, "bytes_per_ad": sharded.nbytes() / n,
+           "shard_mb": [round(sh.nbytes() / 2**20, 1) for sh in sharded.shards],
+           "shard_actor_peak_rss_mb": actor_rss, **m, f"recall@{K}": rec,
+           "build_peak_rss_mb": round(_rss_mb(), 1), "build_rss_growth_mb": round(_rss_mb() - rss0, 1)}
+    ctx.log(f"  {s} shards/{backend}: p50 {m['p50_ms']:.2f} ms, recall@500 {rec:.3f}, built in {build_s:.1f}s")
+    return row
 
 
 def _targets(rows: list[dict], n: int, backend: str) -> dict:

@@ -111,6 +111,14 @@ def _params(args: argparse.Namespace, engine=None):
     return params
 
 
+def _engine_and_params(settings: Settings, args: argparse.Namespace):
+    """The version's funnel engine and the request's FunnelParams fitted to its catalog; bad
+    flags fail before the version loads."""
+    _params(args)
+    engine = _engine(settings, args.version)
+    return engine, _params(args, engine)
+
+
 def _quotas(items: list[str]) -> dict[str, int]:
     from core.common.errors import AdLensError
 
@@ -137,9 +145,7 @@ def _describe_request(r) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    _params(args)  # bad flags fail before the version loads
-    engine = _engine(settings, args.version)
-    params = _params(args, engine)
+    engine, params = _engine_and_params(settings, args)
     trace = engine.run(_request(engine, args), params)
     if args.json:
         print_json(trace.to_dict())
@@ -180,9 +186,7 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.explain import why_not
 
-    _params(args)  # bad flags fail before the version loads
-    engine = _engine(settings, args.version)
-    params = _params(args, engine)
+    engine, params = _engine_and_params(settings, args)
     w = why_not(engine, _request(engine, args), args.ad, params)
     if args.json:
         print_json(w.to_dict())
@@ -206,9 +210,7 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audience(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.audience import audience
 
-    _params(args)  # bad flags fail before the version loads
-    engine = _engine(settings, args.version)
-    params = _params(args, engine)
+    engine, params = _engine_and_params(settings, args)
     rep = audience(engine, args.ad, n_users=args.users, seed=args.seed, params=params)
     if args.json:
         print_json(rep.to_dict())

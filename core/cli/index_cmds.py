@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.cli.output import add_json_flag, positive_int, print_json
 from core.common.escape import term
+from core.common.progress import cli_progress
 from core.store.settings import Settings
 
 
@@ -17,6 +18,14 @@ def _add_text_backend(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_embed(sub)
+    _register_build_index(sub)
+    _register_versions(sub)
+    _register_bench(sub)
+
+
+def _register_embed(sub: argparse._SubParsersAction) -> None:
+    """`adlens embed`."""
     p = sub.add_parser("embed", help="embed the catalog's ad texts (only new or changed ads are encoded)")
     p.add_argument("--model", help="sentence-transformers model name or folder (env ADLENS_MODEL; default: packaged all-MiniLM-L6-v2)")
     _add_text_backend(p)
@@ -27,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_embed)
 
+
+def _register_build_index(sub: argparse._SubParsersAction) -> None:
+    """`adlens build-index`: the index, the query side and your own model."""
     p = sub.add_parser("build-index", help="build an immutable index version from the current catalog")
     p.add_argument("--name", required=True, help="version name (a-z 0-9 . _ -)")
     p.add_argument("--factory", default="Flat",
@@ -62,11 +74,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_build_index)
 
+
+def _register_versions(sub: argparse._SubParsersAction) -> None:
+    """`adlens versions`."""
     p = sub.add_parser("versions", help="list index versions (or delete one)")
     p.add_argument("--delete", metavar="V", help="remove version V (folder and registry row)")
     add_json_flag(p)
     p.set_defaults(func=cmd_versions)
 
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    """`adlens bench`."""
     p = sub.add_parser("bench", help="benchmark embedding and ANN indexes on this machine")
     p.add_argument("--ads", type=positive_int, default=100_000, help="synthetic catalog size (default 100000)")
     p.add_argument("--queries", type=positive_int, help="queries per measurement (default 200; fewer at 1M)")
@@ -104,9 +122,9 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     if args.ray:
         from core.text.ray_embed import embed_catalog_ray
 
-        res = embed_catalog_ray(settings, catalog, concurrency=args.actors, progress=not args.json)
+        res = embed_catalog_ray(settings, catalog, concurrency=args.actors, progress=cli_progress(not args.json))
     else:
-        res = embed_catalog(settings, catalog, progress=not args.json)
+        res = embed_catalog(settings, catalog, progress=cli_progress(not args.json))
     report = {"model": res.model, "fingerprint": res.fingerprint, "n_ads": len(res.ad_ids),
               "n_encoded": res.n_encoded, "n_reused": res.n_reused,
               "n_texts_encoded": res.n_texts_encoded, "dim": int(res.vectors.shape[1]),
@@ -132,7 +150,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                                 ("k_factor", args.k_factor)) if v is not None}
     query = QuerySpec(args.query_encoder, args.signature, args.request_vectors, read_encoder_config(args.encoder_config))
     v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
-                      parent=args.parent, seed=args.seed, progress=not args.json, with_map=not args.no_map,
+                      parent=args.parent, seed=args.seed, progress=cli_progress(not args.json), with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
                       shards=args.shards,
                       extra_builders=() if args.no_sources else (sources_builder(_source_params(args)),))

@@ -6,6 +6,7 @@ import argparse
 
 from core.cli.output import add_json_flag, positive_int, print_json
 from core.common.escape import term
+from core.common.progress import cli_progress
 from core.store.settings import Settings
 from core.tower.defaults import TRAIN_DEFAULTS
 from core.tower.split import KINDS
@@ -69,7 +70,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                       temperature=args.temperature, seed=args.seed, hard_negatives=args.hard_negatives,
                       use_context=not args.no_context, ad_adapter=not args.no_adapter, cutoff=args.cutoff,
                       split=args.split, logq=args.logq, history_limit=args.history_limit, hidden=args.hidden,
-                      id_embeddings=args.id_embeddings, progress=not args.json)
+                      id_embeddings=args.id_embeddings, progress=cli_progress(not args.json))
     if args.json:
         print_json(res)
         return 0

@@ -32,12 +32,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.common.progress import Progress, report
 from core.data.schema import LIST_SEPARATOR, TABLES, Table
 from core.data.vocab import AGE_BUCKETS, SafetyTier
 from core.demo import copy as T
@@ -231,7 +233,75 @@ def _neighbours(rng: np.random.Generator, verts: np.ndarray) -> np.ndarray:
     return out
 
 
-def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: int) -> dict:
+@dataclass
+class _Advertisers:
+    """Who advertises: vertical, brand, Zipf-like popularity, brand-safety tier, and each
+    advertiser's Gamma preference over the sub-themes of its vertical."""
+
+    vert: np.ndarray
+    names: list[str]
+    domains: list[str]
+    pop: np.ndarray
+    safety: np.ndarray
+    pref: np.ndarray  # (advertisers, most sub-themes of a vertical); 0 past the vertical's own
+
+
+@dataclass
+class _Offers:
+    """What each campaign sells: its advertiser, rank within it, vertical, sub-theme, product, and
+    the neighbouring vertical whose vocabulary its copy borrows (-1: none)."""
+
+    adv: np.ndarray
+    k: np.ndarray
+    vert: np.ndarray
+    sub: np.ndarray
+    mix: np.ndarray
+    product: list[str]
+
+
+@dataclass
+class _Schedule:
+    """Each campaign's status and serving window (unix seconds; NaN start/end: open-ended)."""
+
+    status: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    future: np.ndarray  # active but not started yet
+    past: np.ndarray  # active but already over
+    serve_lo: np.ndarray
+    serve_hi: np.ndarray  # end, or the pause time of a paused campaign
+
+
+@dataclass
+class _Bids:
+    budget: np.ndarray  # NaN: no daily budget
+    spend: np.ndarray
+    exhausted: np.ndarray
+    bid: np.ndarray
+    cpc: np.ndarray  # bid type cpc (else cpm)
+    cap: np.ndarray  # frequency cap per day; -1: none
+
+
+@dataclass
+class _Targeting:
+    geo: list[list[str]]
+    age_min: list[int | None]
+    age_max: list[int | None]
+    devices: list[list[str]]
+    include: list[list[str]]
+    exclude: list[list[str]]
+
+
+@dataclass
+class _Ads:
+    cmp: np.ndarray  # campaign of each ad
+    policy: np.ndarray
+    prefix: np.ndarray  # landing-domain prefix per campaign
+    copy: list[tuple[str, str, str]]  # title, body, call to action
+    pop: np.ndarray
+
+
+def _advertisers(rng: np.random.Generator, n_ads: int, n_sub: np.ndarray) -> _Advertisers:
     V, nv = T.VERTICALS, len(T.VERTICALS)
     vw = np.array([v.weight for v in V])
     n_adv = min(n_ads, max(min(nv, n_ads), round(n_ads / 14)))
@@ -242,22 +312,29 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
     names, domains = _advertiser_names(rng, adv_vert)
     adv_pop = (1.0 + rng.permutation(n_adv)) ** -0.85  # Zipf-like
     adv_safety = rng.choice(len(TIERS), n_adv, p=[.4, .3, .15, .15])
-    n_sub = np.bincount(w["sub_vert"], minlength=nv)
-    first_sub = np.r_[0, np.cumsum(n_sub)[:-1]]
     pref = rng.gamma(0.6, size=(n_adv, n_sub.max())) * (np.arange(n_sub.max()) < n_sub[adv_vert][:, None])
+    return _Advertisers(adv_vert, names, domains, adv_pop, adv_safety, pref)
 
+
+def _campaign_offers(rng: np.random.Generator, n_ads: int, adv: _Advertisers, n_sub: np.ndarray,
+                     first_sub: np.ndarray) -> _Offers:
+    n_adv = len(adv.vert)
     n_cmp = int(np.clip(round(n_ads / 3.6), n_adv, n_ads))
-    cmp_adv = np.repeat(np.arange(n_adv), _split(rng, n_cmp, n_adv, adv_pop ** 0.3))
+    cmp_adv = np.repeat(np.arange(n_adv), _split(rng, n_cmp, n_adv, adv.pop ** 0.3))
     cmp_k = np.arange(n_cmp) - np.searchsorted(cmp_adv, cmp_adv) + 1
     # Some advertisers also sell in a neighbouring vertical (under the same brand).
-    second = _neighbours(rng, adv_vert)
+    second = _neighbours(rng, adv.vert)
     cross = (rng.random(n_adv) < MULTI_VERTICAL)[cmp_adv] & (cmp_k > 1) & (rng.random(n_cmp) < 0.5)
-    cv = np.where(cross, second[cmp_adv], adv_vert[cmp_adv])
-    own_sub = first_sub[cv] + _row_sampler(pref)(cmp_adv, rng.random(n_cmp))
+    cv = np.where(cross, second[cmp_adv], adv.vert[cmp_adv])
+    own_sub = first_sub[cv] + _row_sampler(adv.pref)(cmp_adv, rng.random(n_cmp))
     cmp_sub = np.where(cross, first_sub[cv] + (rng.random(n_cmp) * n_sub[cv]).astype(np.int64), own_sub)
     mix = np.where(rng.random(n_cmp) < MIXED_COPY, _neighbours(rng, cv), -1)  # borrowed vocabulary
-    subs = [s for v in V for s in v.subthemes]
+    subs = [s for v in T.VERTICALS for s in v.subthemes]
     product = [subs[s].products[int(u * len(subs[s].products))] for s, u in zip(cmp_sub, rng.random(n_cmp))]
+    return _Offers(cmp_adv, cmp_k, cv, cmp_sub, mix, product)
+
+
+def _campaign_schedule(rng: np.random.Generator, n_cmp: int, end_s: int, days: int) -> _Schedule:
     status = rng.choice(["active", "paused", "ended"], n_cmp, p=[.92, .05, .03])
     u = rng.random((n_cmp, 8))
     start = np.where(u[:, 0] < .6, end_s - (days + 5 + u[:, 1] * 120) * DAY,
@@ -273,21 +350,33 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
     start, end = np.floor(start / DAY) * DAY, np.floor(end / DAY) * DAY + DAY - 1
     pause = np.where(status == "paused", end_s - (1 + u[:, 7] * days / 2) * DAY, np.inf)
     serve_lo, serve_hi = np.nan_to_num(start, nan=-np.inf), np.fmin(np.nan_to_num(end, nan=np.inf), pause)
+    return _Schedule(status, start, end, future, past, serve_lo, serve_hi)
 
-    u = rng.random((n_cmp, 10))
+
+def _campaign_bids(rng: np.random.Generator, u: np.ndarray, cv: np.ndarray, sched: _Schedule) -> _Bids:
+    """Budget, spend today, bid and frequency cap; `u`: 5 uniform columns per campaign."""
+    n_cmp = len(cv)
     budget = np.where(u[:, 0] < .1, np.nan, np.maximum(20, np.round(np.exp(rng.normal(np.log(250), 1, n_cmp)), -1)))
-    serving = act & ~future & ~past  # only these spend today
+    serving = (sched.status == "active") & ~sched.future & ~sched.past  # only these spend today
     exhausted = (u[:, 1] < .05) & ~np.isnan(budget) & serving
     spend = np.where(np.isnan(budget), np.round(u[:, 2] * 400, 2), np.round(budget * (.05 + .9 * u[:, 2]), 2))
     spend = np.where(exhausted, np.ceil(budget * (1 + .08 * u[:, 2]) * 100) / 100, np.where(serving, spend, 0.0))
-    mult = np.array([HIGH_BID.get(V[v].key, 1.0) for v in cv])
+    mult = np.array([HIGH_BID.get(T.VERTICALS[v].key, 1.0) for v in cv])
     cpc = u[:, 3] < .4
     bid = np.round(np.where(cpc, np.exp(rng.normal(np.log(.8), .5, n_cmp)),
                             np.exp(rng.normal(np.log(5), .45, n_cmp))) * mult, 2)
     cap = np.where(u[:, 4] < .3, rng.choice([1, 2, 3, 3, 4, 5], n_cmp), -1)
-    geo = [GEO_SETS[i] if x < .1 else [] for x, i in zip(u[:, 5], rng.choice(len(GEO_SETS), n_cmp, p=GEO_P))]
+    return _Bids(budget, spend, exhausted, bid, cpc, cap)
+
+
+def _campaign_targeting(rng: np.random.Generator, u: np.ndarray, cv: np.ndarray, cmp_sub: np.ndarray,
+                        w: dict) -> _Targeting:
+    """Geo, age (never below the vertical's minimum age), device and community include/exclude
+    targeting; `u`: 5 uniform columns per campaign."""
+    V, n_cmp = T.VERTICALS, len(cv)
+    geo = [GEO_SETS[i] if x < .1 else [] for x, i in zip(u[:, 0], rng.choice(len(GEO_SETS), n_cmp, p=GEO_P))]
     ages = [AGE_RANGES[i] if x < .08 else (None, None)
-            for x, i in zip(u[:, 6], rng.integers(0, len(AGE_RANGES), n_cmp))]
+            for x, i in zip(u[:, 1], rng.integers(0, len(AGE_RANGES), n_cmp))]
     age_min, age_max = [], []
     for (lo, hi), v in zip(ages, cv):
         floor = V[v].min_age
@@ -296,15 +385,19 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
         age_min.append(lo)
         age_max.append(hi)
     dev_p = np.where(np.array([V[v].key == "b2b_software" for v in cv]), .25, .07)
-    devs = [DEVICE_SETS[i] if x < p else [] for x, p, i in zip(u[:, 7], dev_p, rng.integers(0, 5, n_cmp))]
+    devs = [DEVICE_SETS[i] if x < p else [] for x, p, i in zip(u[:, 2], dev_p, rng.integers(0, 5, n_cmp))]
     cid = w["comm_ids"]
     inc = [list(cid[(w["comm_sub"] == s) | ((w["comm_vert"] == cv[i]) & (w["comm_sub"] < 0))])
-           if u[i, 8] < INCLUDE_SHARE else [] for i, s in enumerate(cmp_sub)]
+           if u[i, 3] < INCLUDE_SHARE else [] for i, s in enumerate(cmp_sub)]
     risky = np.flatnonzero((w["comm_rank"] > 0) | np.isin(w["comm_topics"], ["news", "politics"]))
     exc = [sorted(cid[rng.choice(risky, 1 + int(3 * x / .12), replace=False)]) if x < .12 else []
-           for x in u[:, 9]]
-    objective = rng.choice(T.OBJECTIVES, n_cmp)
+           for x in u[:, 4]]
+    return _Targeting(geo, age_min, age_max, devs, inc, exc)
 
+
+def _ads(rng: np.random.Generator, n_ads: int, adv: _Advertisers, offers: _Offers) -> _Ads:
+    """Ads per campaign (Gamma-weighted counts), policy status, copy and popularity."""
+    V, n_cmp, cv = T.VERTICALS, len(offers.adv), offers.vert
     n_per = _split(rng, n_ads, n_cmp, rng.gamma(2.0, size=n_cmp))
     ad_cmp = np.repeat(np.arange(n_cmp), n_per)
     policy = rng.choice(["approved", "rejected", "pending"], n_ads, p=[.95, .025, .025])
@@ -312,50 +405,93 @@ def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: in
     r = rng.random((n_ads, 16))
     k_in_cmp = np.arange(n_ads) - np.searchsorted(ad_cmp, ad_cmp)
     r[:, 13:15] = (rng.random((n_cmp, 2))[ad_cmp] + 0.618034 * k_in_cmp[:, None]) % 1.0  # distinct templates
-    copy = [T.write_ad_copy(V[cv[c]], product[c], names[cmp_adv[c]], prefix[c] + domains[cmp_adv[c]], ri,
-                            mix=V[mix[c]] if mix[c] >= 0 else None)
+    copy = [T.write_ad_copy(V[cv[c]], offers.product[c], adv.names[offers.adv[c]],
+                            prefix[c] + adv.domains[offers.adv[c]], ri,
+                            mix=V[offers.mix[c]] if offers.mix[c] >= 0 else None)
             for ri, c in zip(r.tolist(), ad_cmp.tolist())]
-    cmp_ids = [f"cmp_{a + 1:04d}_{k}" for a, k in zip(cmp_adv, cmp_k)]
-    adv_ids = [f"adv_{i + 1:04d}" for i in range(n_adv)]
-    ad_pop = adv_pop[cmp_adv][ad_cmp] * rng.lognormal(0, .5, n_cmp)[ad_cmp] * rng.lognormal(0, .5, n_ads)
-    nan_int = lambda xs: pd.array([None if x is None or x < 0 else int(x) for x in xs], dtype="Int64")
-    frames = {
-        "advertisers": pd.DataFrame({"advertiser_id": adv_ids, "name": names,
-                                     "vertical": [V[v].key for v in adv_vert],
-                                     "brand_safety": [TIERS[t] for t in adv_safety]}),
+    pop = adv.pop[offers.adv][ad_cmp] * rng.lognormal(0, .5, n_cmp)[ad_cmp] * rng.lognormal(0, .5, n_ads)
+    return _Ads(ad_cmp, policy, prefix, copy, pop)
+
+
+def _nullable_ints(xs) -> pd.arrays.IntegerArray:
+    return pd.array([None if x is None or x < 0 else int(x) for x in xs], dtype="Int64")
+
+
+def _catalog_frames(adv: _Advertisers, offers: _Offers, sched: _Schedule, bids: _Bids, tgt: _Targeting,
+                    objective: np.ndarray, ads: _Ads) -> dict[str, pd.DataFrame]:
+    """The advertisers, campaigns and ads tables."""
+    V, n_ads = T.VERTICALS, len(ads.cmp)
+    cmp_ids = [f"cmp_{a + 1:04d}_{k}" for a, k in zip(offers.adv, offers.k)]
+    adv_ids = [f"adv_{i + 1:04d}" for i in range(len(adv.vert))]
+    start, end = sched.start, sched.end
+    return {
+        "advertisers": pd.DataFrame({"advertiser_id": adv_ids, "name": adv.names,
+                                     "vertical": [V[v].key for v in adv.vert],
+                                     "brand_safety": [TIERS[t] for t in adv.safety]}),
         "campaigns": pd.DataFrame({
-            "campaign_id": cmp_ids, "advertiser_id": [adv_ids[a] for a in cmp_adv],
-            "name": [f"{T.cap(p)} — {o}" for p, o in zip(product, objective)], "status": status,
+            "campaign_id": cmp_ids, "advertiser_id": [adv_ids[a] for a in offers.adv],
+            "name": [f"{T.cap(p)} — {o}" for p, o in zip(offers.product, objective)], "status": sched.status,
             "start_ts": pd.to_datetime(_ts(np.nan_to_num(start, nan=0))).where(~np.isnan(start)),
             "end_ts": pd.to_datetime(_ts(np.nan_to_num(end, nan=0))).where(~np.isnan(end)),
-            "daily_budget": budget, "spend_today": spend, "bid": bid, "bid_type": np.where(cpc, "cpc", "cpm"),
-            "frequency_cap": nan_int(cap), "target_countries": geo, "age_min": nan_int(age_min),
-            "age_max": nan_int(age_max), "target_devices": devs, "include_communities": inc,
-            "exclude_communities": exc}),
+            "daily_budget": bids.budget, "spend_today": bids.spend, "bid": bids.bid,
+            "bid_type": np.where(bids.cpc, "cpc", "cpm"), "frequency_cap": _nullable_ints(bids.cap),
+            "target_countries": tgt.geo, "age_min": _nullable_ints(tgt.age_min),
+            "age_max": _nullable_ints(tgt.age_max), "target_devices": tgt.devices,
+            "include_communities": tgt.include, "exclude_communities": tgt.exclude}),
         "ads": pd.DataFrame({
-            "ad_id": [f"ad_{i + 1:06d}" for i in range(n_ads)], "campaign_id": [cmp_ids[c] for c in ad_cmp],
-            "title": [c[0] for c in copy], "body": [c[1] for c in copy], "call_to_action": [c[2] for c in copy],
-            "landing_domain": [prefix[c] + domains[cmp_adv[c]] for c in ad_cmp],
-            "vertical": [V[cv[c]].key for c in ad_cmp], "policy_status": policy}),
+            "ad_id": [f"ad_{i + 1:06d}" for i in range(n_ads)], "campaign_id": [cmp_ids[c] for c in ads.cmp],
+            "title": [c[0] for c in ads.copy], "body": [c[1] for c in ads.copy],
+            "call_to_action": [c[2] for c in ads.copy],
+            "landing_domain": [ads.prefix[c] + adv.domains[offers.adv[c]] for c in ads.cmp],
+            "vertical": [V[offers.vert[c]].key for c in ads.cmp], "policy_status": ads.policy}),
     }
+
+
+def _targeting_arrays(tgt: _Targeting, w: dict) -> dict:
+    """The targeting as per-campaign arrays and bit masks, for vectorised eligibility (`_eligible`)."""
+    cid = w["comm_ids"]
     cidx = {c: i for i, c in enumerate(cid)}
+    n_cmp = len(tgt.geo)
     inc_m, exc_m = np.zeros((n_cmp, len(cid)), bool), np.zeros((n_cmp, len(cid)), bool)
-    for i, (a, b) in enumerate(zip(inc, exc)):
+    for i, (a, b) in enumerate(zip(tgt.include, tgt.exclude)):
         inc_m[i, [cidx[c] for c in a]] = True
         exc_m[i, [cidx[c] for c in b]] = True
     ctry_bit = {c: i for i, c in enumerate(COUNTRIES)}
     return {
-        "frames": frames, "ad_cmp": ad_cmp, "ad_vert": cv[ad_cmp], "ad_sub": cmp_sub[ad_cmp], "ad_pop": ad_pop,
-        "ad_quality": rng.normal(0, .3, n_ads), "approved": policy == "approved", "status": status,
-        "serve_lo": serve_lo, "serve_hi": serve_hi, "start": start, "end": end, "exhausted": exhausted,
-        "cap": cap, "geo_any": np.array([not g for g in geo]),
-        "geo_mask": np.array([sum(1 << ctry_bit[c] for c in g if c in ctry_bit) for g in geo], np.int64),
-        "age_lo": np.array([np.nan if a is None else a for a in age_min], float),
-        "age_hi": np.array([np.inf if b is None else b for b in age_max], float),
-        "age_any": np.array([a is None and b is None for a, b in zip(age_min, age_max)]),
-        "dev_any": np.array([not d for d in devs]),
-        "dev_mask": np.array([sum(1 << DEVICES.index(d) for d in ds) for ds in devs], np.int64),
-        "inc_any": inc_m.any(1), "inc": inc_m, "exc": exc_m, "safety": adv_safety[cmp_adv],
+        "geo_any": np.array([not g for g in tgt.geo]),
+        "geo_mask": np.array([sum(1 << ctry_bit[c] for c in g if c in ctry_bit) for g in tgt.geo], np.int64),
+        "age_lo": np.array([np.nan if a is None else a for a in tgt.age_min], float),
+        "age_hi": np.array([np.inf if b is None else b for b in tgt.age_max], float),
+        "age_any": np.array([a is None and b is None for a, b in zip(tgt.age_min, tgt.age_max)]),
+        "dev_any": np.array([not d for d in tgt.devices]),
+        "dev_mask": np.array([sum(1 << DEVICES.index(d) for d in ds) for ds in tgt.devices], np.int64),
+        "inc_any": inc_m.any(1), "inc": inc_m, "exc": exc_m,
+    }
+
+
+def _catalog(rng: np.random.Generator, n_ads: int, w: dict, end_s: int, days: int) -> dict:
+    """Advertisers, their campaigns and the campaigns' ads: the three tables (`frames`) and the
+    arrays the impression log and the click model need. The draws happen in this order, so a seed
+    gives the same catalog."""
+    n_sub = np.bincount(w["sub_vert"], minlength=len(T.VERTICALS))
+    first_sub = np.r_[0, np.cumsum(n_sub)[:-1]]
+    adv = _advertisers(rng, n_ads, n_sub)
+    offers = _campaign_offers(rng, n_ads, adv, n_sub, first_sub)
+    n_cmp = len(offers.adv)
+    sched = _campaign_schedule(rng, n_cmp, end_s, days)
+    u = rng.random((n_cmp, 10))
+    bids = _campaign_bids(rng, u[:, :5], offers.vert, sched)
+    tgt = _campaign_targeting(rng, u[:, 5:], offers.vert, offers.sub, w)
+    objective = rng.choice(T.OBJECTIVES, n_cmp)
+    ads = _ads(rng, n_ads, adv, offers)
+    ad_quality = rng.normal(0, .3, n_ads)
+    rules = _targeting_arrays(tgt, w)
+    return {
+        "frames": _catalog_frames(adv, offers, sched, bids, tgt, objective, ads), "ad_cmp": ads.cmp,
+        "ad_vert": offers.vert[ads.cmp], "ad_sub": offers.sub[ads.cmp], "ad_pop": ads.pop, "ad_quality": ad_quality,
+        "approved": ads.policy == "approved", "status": sched.status, "serve_lo": sched.serve_lo,
+        "serve_hi": sched.serve_hi, "start": sched.start, "end": sched.end, "exhausted": bids.exhausted,
+        "cap": bids.cap, **rules, "safety": adv.safety[offers.adv],
     }
 
 
@@ -416,18 +552,21 @@ def _planted_boost(imp: dict, planted: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ impressions
-def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_s: int, days: int,
-                 per_user: float, planted: dict) -> dict:
+_IMPRESSION_KEYS = ("uid", "t", "comm", "placement", "dev", "ad")
+
+
+def _requests(rng: np.random.Generator, users: dict, w: dict, end_s: int, days: int,
+              per_user: float) -> dict[str, np.ndarray]:
+    """The requests behind the impressions: user (`uid`, by activity since signup), time (local
+    hour of day), placement, community (-1 on the home feed) and device (mostly the user's)."""
     n_users, nc = len(users["country"]), len(w["comm_ids"])
-    lo_s = end_s - days * DAY
-    start_u = np.maximum(users["signup"], lo_s)
+    start_u = np.maximum(users["signup"], end_s - days * DAY)
     weight = users["activity"] * (end_s - start_u) / (days * DAY)
     n_u = rng.poisson(per_user * n_users * weight / weight.sum())
     uid = np.repeat(np.arange(n_users), n_u)
     n = len(uid)
     if n == 0:
-        return {k: np.empty(0, np.int64) for k in ("uid", "t", "comm", "placement", "dev", "ad")} | {
-            "ineligible_share": 0.0}
+        return {k: np.empty(0, np.int64) for k in _IMPRESSION_KEYS[:-1]}
     off = np.array([UTC_OFFSET[c] for c in COUNTRIES])[users["country"][uid]] * 3600
     t = start_u[uid] + rng.random(n) * (end_s - start_u[uid])
     hour = rng.choice(24, n, p=HOUR_P / HOUR_P.sum())
@@ -439,49 +578,93 @@ def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_
     comm = np.where(placement == 0, -1, comm)
     udev = users["device"][uid]
     dev = np.where((rng.random(n) < .88) & (udev >= 0), udev, rng.integers(0, len(DEVICES), n))
-    ctry, age = users["country"][uid], users["age"][uid]
+    return {"uid": uid, "t": t, "comm": comm, "placement": placement, "dev": dev}
 
+
+@dataclass
+class _AdPool:
+    """The ads that served during the window, with samplers by sub-theme, vertical and popularity."""
+
+    ids: np.ndarray
+    in_sub: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    sub_size: np.ndarray
+    in_vert: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    vert_size: np.ndarray
+    pop_cum: np.ndarray
+
+    def by_pop(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        i = np.searchsorted(self.pop_cum, rng.random(k) * self.pop_cum[-1], "right")
+        return self.ids[np.minimum(i, len(self.ids) - 1)]
+
+
+def _ad_pool(cat: dict, w: dict, lo_s: int, end_s: int) -> _AdPool:
     pool = cat["approved"] & (cat["serve_hi"][cat["ad_cmp"]] >= lo_s) & (cat["serve_lo"][cat["ad_cmp"]] < end_s)
-    pool_ids = np.flatnonzero(pool) if pool.any() else np.arange(len(pool))  # tiny catalogs: any ad
-    ns = len(w["sub_names"])
-    in_sub, sub_size = _group_sampler(cat["ad_sub"][pool_ids], cat["ad_pop"][pool_ids], ns)
-    pop_cum = np.cumsum(cat["ad_pop"][pool_ids])
-    def by_pop(k: int) -> np.ndarray:
-        i = np.searchsorted(pop_cum, rng.random(k) * pop_cum[-1], "right")
-        return pool_ids[np.minimum(i, len(pool_ids) - 1)]
+    ids = np.flatnonzero(pool) if pool.any() else np.arange(len(pool))  # tiny catalogs: any ad
+    pop = cat["ad_pop"][ids]
+    in_sub, sub_size = _group_sampler(cat["ad_sub"][ids], pop, len(w["sub_names"]))
+    in_vert, vert_size = _group_sampler(cat["ad_vert"][ids], pop, len(w["vkeys"]))
+    return _AdPool(ids, in_sub, sub_size, in_vert, vert_size, np.cumsum(pop))
+
+
+@dataclass
+class _Slots:
+    """What each impression slot shows: `kind` 0 any popular ad, 1 an ad of sub-theme `sub`, 2 an
+    ad of its vertical `vert` (small catalogs), 3 one of the user's cohort ads (`coh`), 4 the
+    request community's trending ad (`trend`, in its window)."""
+
+    kind: np.ndarray
+    sub: np.ndarray
+    vert: np.ndarray
+    coh: np.ndarray
+    trend: np.ndarray
+
+
+def _slots(rng: np.random.Generator, req: dict, users: dict, w: dict, pool: _AdPool, planted: dict) -> _Slots:
+    uid, comm, n, ns = req["uid"], req["comm"], len(req["uid"]), len(w["sub_names"])
     by_comm, by_user = _row_sampler(w["C"]), _row_sampler(users["sub_interest"])
     relevant = rng.random(n) < .65
     sub = np.where(comm >= 0, np.where(rng.random(n) < .55, by_comm(np.maximum(comm, 0), rng.random(n)),
                                        by_user(uid, rng.random(n))),
                    np.where(rng.random(n) < .9, by_user(uid, rng.random(n)), rng.integers(0, ns, n)))
-    in_vert, vert_size = _group_sampler(cat["ad_vert"][pool_ids], cat["ad_pop"][pool_ids], len(w["vkeys"]))
     vert = w["sub_vert"][sub]
-    # 1: an ad of the sub-theme, 2: of its vertical (small catalogs), 0: any popular ad
-    kind = np.where(relevant, np.where(sub_size[sub] > 0, 1, np.where(vert_size[vert] > 0, 2, 0)), 0)
-    # 3: one of the user's cohort ads, 4: the request community's trending ad (in its window)
+    kind = np.where(relevant, np.where(pool.sub_size[sub] > 0, 1, np.where(pool.vert_size[vert] > 0, 2, 0)), 0)
     coh = planted["user_cohort"][uid]
     kind = np.where((coh >= 0) & (rng.random(n) < COHORT_SLOT), 3, kind)
     tr = np.where(comm >= 0, planted["comm_trend"][np.maximum(comm, 0)], -1)
-    kind = np.where((tr >= 0) & (t >= planted["trend_start"]) & (rng.random(n) < TREND_SLOT), 4, kind)
+    kind = np.where((tr >= 0) & (req["t"] >= planted["trend_start"]) & (rng.random(n) < TREND_SLOT), 4, kind)
+    return _Slots(kind, sub, vert, coh, tr)
+
+
+def _draw_ads(rng: np.random.Generator, req: dict, users: dict, cat: dict, w: dict, pool: _AdPool,
+              slots: _Slots, planted: dict) -> tuple[np.ndarray, int]:
+    """An ad per slot, redrawn (up to 10 rounds, any popular ad after 6) while the request is not
+    eligible for it; (ads, slots still ineligible)."""
+    ctry, age = users["country"][req["uid"]], users["age"][req["uid"]]
     cohort_ads = planted["cohort_ads"]
-    ad = np.empty(n, np.int64)
-    todo = np.arange(n)
-    for round_ in range(10):  # redraw ads the request is not eligible for
-        k = np.where(round_ < 6, kind[todo], 0)
-        for code, draw, grp in ((1, in_sub, sub), (2, in_vert, vert)):
+    ad = np.empty(len(slots.kind), np.int64)
+    todo = np.arange(len(slots.kind))
+    for round_ in range(10):
+        k = np.where(round_ < 6, slots.kind[todo], 0)
+        for code, draw, grp in ((1, pool.in_sub, slots.sub), (2, pool.in_vert, slots.vert)):
             i = todo[k == code]
-            ad[i] = pool_ids[draw(grp[i], rng.random(len(i)))]
+            ad[i] = pool.ids[draw(grp[i], rng.random(len(i)))]
         i = todo[k == 3]
-        ad[i] = cohort_ads[coh[i], rng.integers(0, cohort_ads.shape[1], len(i))]
+        ad[i] = cohort_ads[slots.coh[i], rng.integers(0, cohort_ads.shape[1], len(i))]
         i = todo[k == 4]
-        ad[i] = planted["trend_ad"][tr[i]]
-        ad[todo[k == 0]] = by_pop(int((k == 0).sum()))
+        ad[i] = planted["trend_ad"][slots.trend[i]]
+        ad[todo[k == 0]] = pool.by_pop(rng, int((k == 0).sum()))
         i = todo
-        ok = _eligible(cat, w, cat["ad_cmp"][ad[i]], t[i], ctry[i], age[i], dev[i], comm[i])
+        ok = _eligible(cat, w, cat["ad_cmp"][ad[i]], req["t"][i], ctry[i], age[i], req["dev"][i], req["comm"][i])
         todo = todo[~ok]
         if len(todo) == 0:
             break
-    # Respect frequency caps per calendar day (the serving system enforced them).
+    return ad, len(todo)
+
+
+def _within_caps(uid: np.ndarray, t: np.ndarray, ad: np.ndarray, cat: dict) -> np.ndarray:
+    """Impressions kept by the campaigns' frequency caps per calendar day (the serving system
+    enforced them)."""
+    n = len(uid)
     cmp = cat["ad_cmp"][ad]
     capped = cat["cap"][cmp] > 0
     order = np.lexsort((t, t // DAY, cmp, uid))
@@ -490,10 +673,22 @@ def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_
     grp_start = np.maximum.accumulate(np.where(new, np.arange(n), 0))
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n) - grp_start
-    keep = ~capped | (rank < cat["cap"][cmp])
-    out = {"uid": uid, "t": t, "comm": comm, "placement": placement, "dev": dev, "ad": ad}
-    out = {k: v[keep] for k, v in out.items()}
-    out["ineligible_share"] = float(len(todo) / max(n, 1))
+    return ~capped | (rank < cat["cap"][cmp])
+
+
+def _impressions(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_s: int, days: int,
+                 per_user: float, planted: dict) -> dict:
+    """The impression log (arrays by `_IMPRESSION_KEYS`) and the share of slots left ineligible."""
+    req = _requests(rng, users, w, end_s, days, per_user)
+    n = len(req["uid"])
+    if n == 0:
+        return {k: np.empty(0, np.int64) for k in _IMPRESSION_KEYS} | {"ineligible_share": 0.0}
+    pool = _ad_pool(cat, w, end_s - days * DAY, end_s)
+    slots = _slots(rng, req, users, w, pool, planted)
+    ad, n_ineligible = _draw_ads(rng, req, users, cat, w, pool, slots, planted)
+    keep = _within_caps(req["uid"], req["t"], ad, cat)
+    out = {k: v[keep] for k, v in (req | {"ad": ad}).items()}
+    out["ineligible_share"] = float(n_ineligible / max(n, 1))
     return out
 
 
@@ -504,7 +699,7 @@ def _cap_bursts(rng: np.random.Generator, users: dict, cat: dict, w: dict, end_s
     n_cmp = len(cat["cap"])
     has_ad = np.bincount(cat["ad_cmp"][cat["approved"]], minlength=n_cmp) > 0
     cands = np.flatnonzero(ok_cmp & has_ad)
-    empty = {k: np.empty(0, np.int64) for k in ("uid", "t", "comm", "placement", "dev", "ad")}
+    empty = {k: np.empty(0, np.int64) for k in _IMPRESSION_KEYS}
     active = np.flatnonzero(users["signup"] < end_s - DAY)
     if len(cands) == 0 or len(active) == 0:
         return empty
@@ -548,14 +743,14 @@ def _click_prob(imp: dict, users: dict, cat: dict, w: dict, planted: dict) -> np
 # ------------------------------------------------------------------------------------- public API
 def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *, end: datetime = DEMO_END,
                      days: int = 30, impressions_per_user: float = 66.0,
-                     progress: Callable[[str], None] | None = None, return_truth: bool = False):
+                     progress: Progress | None = None, return_truth: bool = False):
     """The six import tables {name: frame} in core.data.schema.TABLES order with exactly the schema's
     columns; identical for a seed. Impressions cover `days` days before `end`, sorted by time.
 
     List columns hold Python lists of str, datetimes are naive-UTC datetime64[ns], dates are
     `datetime.date`, nullable ints are pandas Int64, `impressions.community_id` is None on the home
     feed. `impressions_per_user`: expected impressions per user (66: >= 300k at the default size).
-    `progress(message)` is called as each of the four stages starts.
+    `progress(fraction, step)` (core.common.progress) as each of the four stages starts, and 1.0 at the end.
 
     With `return_truth=True` returns `(frames, truth)`, the hidden state: `verticals`,
     `subthemes` ("vertical/sub"), `user_interest` (users x verticals, rows sum to 1, 1-6 non-zero),
@@ -568,16 +763,15 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     user, -1 for none) and `trending` (community_id, ad_id, start of the trend)."""
     if n_ads < 1 or n_users < 1 or days < 1:
         raise ValueError(f"n_ads, n_users and days must be >= 1 (got {n_ads}, {n_users}, {days})")
-    say = progress or (lambda msg: None)
     seq = np.random.SeedSequence([int(seed), 20261101])
     r_users, r_cat, r_imp, r_burst, r_click, r_plant = (np.random.default_rng(s) for s in seq.spawn(6))
     end_s = _seconds(end)
     w = _world()
-    say(f"users ({n_users:,})")
+    report(progress, 0.0, f"users ({n_users:,})")
     users = _users(r_users, n_users, w, end_s, days)
-    say(f"catalog ({n_ads:,} ads)")
+    report(progress, 0.25, f"catalog ({n_ads:,} ads)")
     cat = _catalog(r_cat, n_ads, w, end_s, days)
-    say("impressions")
+    report(progress, 0.5, "impressions")
     planted = _planted(r_plant, users, cat, w, end_s, days)
     imp = _impressions(r_imp, users, cat, w, end_s, days, impressions_per_user, planted)
     burst = _cap_bursts(r_burst, users, cat, w, end_s)
@@ -587,7 +781,7 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
     imp |= {k: imp[k][order] for k in burst}
     prob = _click_prob(imp, users, cat, w, planted)
     clicked = r_click.random(len(prob)) < prob
-    say("frames")
+    report(progress, 0.75, "frames")
     frames = cat.pop("frames")
     cid = w["comm_ids"]
     frames["communities"] = pd.DataFrame({"community_id": cid, "name": w["comm_names"],
@@ -611,6 +805,7 @@ def generate_dataset(n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0, *
         "device": np.array([*DEVICES, "unknown"])[imp["dev"]], "clicked": clicked,
     })
     frames = {t.name: frames[t.name][[c.name for c in t.columns]].reset_index(drop=True) for t in TABLES}
+    report(progress, 1.0, "done")
     if not return_truth:
         return frames
     return frames, _truth(w, users, cat, imp, prob, user_ids, ad_ids, planted)
@@ -716,8 +911,11 @@ def main(argv: list[str] | None = None) -> int:
                                   impressions_per_user=SAMPLE["impressions_per_user"])
         paths = write_dataset(frames, args.sample, "csv")
     else:
-        frames = generate_dataset(args.ads, args.users, args.seed, days=args.days,
-                                  progress=lambda m: print(f"  {m}", file=sys.stderr))
+        def say(fraction: float, step: str) -> None:
+            if fraction < 1.0:
+                print(f"  {step}", file=sys.stderr)
+
+        frames = generate_dataset(args.ads, args.users, args.seed, days=args.days, progress=say)
         paths = write_dataset(frames, args.out, args.format)
     imp = frames["impressions"]
     print(f"wrote {len(paths)} files to {paths[0].parent} in {time.perf_counter() - t0:.1f}s: "

@@ -75,9 +75,8 @@ def _generate(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]
         generate_dataset,  # imported here: the generator is only needed by `demo`
     )
 
-    stages = iter(range(1, 100))  # the generator names each of its ~4 stages as it starts it
     frames = generate_dataset(n_ads=ctx.n_ads, n_users=ctx.n_users, seed=ctx.seed,
-                              progress=lambda message: tick(min(0.95, next(stages) / 4)))
+                              progress=lambda f, _step: tick(f))
     ctx.results["frames"] = frames
     return {name: len(df) for name, df in frames.items()}
 
@@ -122,8 +121,8 @@ def _embed(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
     from core.store.catalog import load_catalog
     from core.text.embedding_cache import embed_catalog
 
-    res = embed_catalog(ctx.settings, load_catalog(ctx.engine, with_impressions=False), progress=False,
-                        callback=tick)
+    res = embed_catalog(ctx.settings, load_catalog(ctx.engine, with_impressions=False),
+                        progress=lambda f, _step: tick(f))
     return {"encoded": res.n_encoded, "reused": res.n_reused, "model": res.model}
 
 
@@ -138,7 +137,8 @@ def _train(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
         if name in have:
             out[name] = "exists"
             continue
-        res = train_tower(ctx.settings, name, engine=ctx.engine, progress=False, seed=ctx.seed, **kwargs)
+        res = train_tower(ctx.settings, name, engine=ctx.engine, seed=ctx.seed,
+                          progress=lambda f, _step, i=i: tick((i + f) / len(DEMO_TOWERS)), **kwargs)
         models = res.report.models if res.report is not None else {}
         mine = models.get(name) or models.get("tower") or {}
         out[name] = {"train_s": round(res.train_seconds, 1), "recall@100": mine.get("recall@100"),
@@ -162,7 +162,8 @@ def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
         if factory == "IVF":
             factory = f"IVF{suggest_nlist(n_ads)},Flat"
         v = build_version(ctx.settings, name, factory, tower=tower, parent=parent, engine=ctx.engine,
-                          progress=False, with_map=True, extra_builders=(sources_artifact_builder,))
+                          with_map=True, extra_builders=(sources_artifact_builder,),
+                          progress=lambda f, _step, i=i: tick((i + f) / len(DEMO_VERSIONS)))
         out[name] = {"factory": factory, "recall": v.manifest.recall,
                      "build_s": v.manifest.total_build_s}
     return out

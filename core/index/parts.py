@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from core.common.errors import AdLensError, ArtifactError
+from core.common.progress import Progress
 from core.store.catalog import Catalog
 from core.store.settings import Settings
 from core.text.embedding_cache import embed_catalog
@@ -81,7 +82,7 @@ class QuerySide:
     description: dict = field(default_factory=dict)
 
 
-def text_ad_side(settings: Settings, catalog: Catalog, progress: bool, text_encoder) -> AdSide:
+def text_ad_side(settings: Settings, catalog: Catalog, progress: Progress | None, text_encoder) -> AdSide:
     emb = embed_catalog(settings, catalog, progress=progress, encoder=text_encoder)
     return AdSide(emb.ad_ids, emb.vectors, {"model": emb.model, "fingerprint": emb.fingerprint,
                                              "n_encoded": emb.n_encoded, "n_reused": emb.n_reused}, "cosine")

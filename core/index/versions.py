@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from sqlalchemy import Engine, select
 
 from core.common.errors import AdLensError, ArtifactError, NotFoundError
 from core.common.names import validate_name
+from core.common.progress import Progress, report, scaled
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
 from core.index import maps
@@ -293,9 +293,19 @@ def _check_new(settings: Settings, engine: Engine, name: str, parent: str | None
             raise NotFoundError(f"parent version {parent!r} not found; existing: {have}")
 
 
+@dataclass
+class RecallCheck:
+    """The search params a build settled on and the recall@K they reach against exact search."""
+
+    search_params: dict
+    params_source: str  # "given", or how they were tuned
+    recall: dict  # {"recall@K": value} for RECALL_KS
+    k: int  # the K searched: max(RECALL_KS), at most the number of ads
+
+
 def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray,
-                    search_params: dict | None) -> tuple[dict, str, dict, int]:
-    """(search params, where they came from, recall@K vs exact, k) on the recall queries."""
+                    search_params: dict | None) -> RecallCheck:
+    """Search params (tuned when not given) and recall@K vs exact on the recall queries."""
     kmax = min(max(RECALL_KS), index.ntotal)
     exact = exact_search(ad_vectors, queries, kmax, index.metric)
     if search_params is None:
@@ -307,14 +317,16 @@ def _measure_recall(index: AnnIndex, queries: np.ndarray, ad_vectors: np.ndarray
     approx = index.search(queries, kmax, search_params)
     recall = {f"recall@{k}": recall_at(approx, exact, min(k, kmax), vectors=ad_vectors, queries=queries,
                                        metric=index.metric) for k in RECALL_KS}
-    return search_params, params_source, recall, kmax
+    return RecallCheck(search_params, params_source, recall, kmax)
 
 
 def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide, builders: list,
-             timings: dict, t_start: float) -> Manifest:
+             timings: dict, t_start: float, progress: Progress | None = None) -> Manifest:
     """Write the version into a staging folder, run the artifact builders, checksum, read back
-    through the loader, and rename into place; returns the final manifest."""
+    through the loader, and rename into place; returns the final manifest. `progress` covers
+    writing (0) through each builder to the read-back (1)."""
     name, manifest, index = ctx.name, ctx.manifest, ctx.index
+    report(progress, 0.0, "Writing the version")
     settings.versions_dir.mkdir(parents=True, exist_ok=True)
     clean_debris(settings, under=settings.versions_dir)
     with staging_dir(settings.versions_dir, name) as tmp:
@@ -338,7 +350,9 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
         else:
             side.encoder.save(tmp / "encoder")
         timings["write_s"] = time.perf_counter() - t
-        for builder in builders:
+        for i, builder in enumerate(builders):
+            what = getattr(builder, "__name__", "artifact").removesuffix("_artifact_builder")
+            report(progress, 0.1 + 0.8 * i / len(builders), f"Building the version's {what} artifacts")
             t = time.perf_counter()
             extra = builder(ctx, tmp) or {}
             manifest.extras.update({k: v for k, v in extra.items() if k != "files"})
@@ -349,6 +363,7 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
         timings["total_s"] = time.perf_counter() - t_start
         manifest.timings = {k: round(v, 4) for k, v in timings.items()}
         atomic_write_json(tmp / MANIFEST, manifest.to_dict())
+        report(progress, 0.9, "Checking the written version")
         fsync_tree(tmp)
         _load_dir(tmp, name)  # read back through the loader's checks before publishing
         try:
@@ -361,7 +376,7 @@ def _publish(settings: Settings, ctx: BuildContext, ads: AdSide, side: QuerySide
 
 def build_version(settings: Settings, name: str, factory: str, *, tower: str | None = None,
                   search_params: dict | None = None, parent: str | None = None, engine: Engine | None = None,
-                  progress: bool | None = None, text_encoder=None, seed: int = 0,
+                  progress: Progress | None = None, text_encoder=None, seed: int = 0,
                   with_map: bool = False, ad_vectors: str | None = None, query: QuerySpec | None = None,
                   allow_partial: bool = False, shards: int | None = None,
                   extra_builders: tuple[ArtifactBuilder, ...] = ()) -> Version:
@@ -376,29 +391,69 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     such as tests usually skip it). `shards` > 1 splits the index into that many shards sharing
     one trained quantizer (core.index.shards). `extra_builders` run after EXTRA_ARTIFACT_BUILDERS (e.g.
     core.sources.registry.sources_artifact_builder, which the CLI and the demo pass: higher layers
-    hook in without this module importing them)."""
-    validate_name(name)
-    _check_params(search_params)
-    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
-        raise AdLensError(f"--shards must be a positive integer; got {shards!r}")
+    hook in without this module importing them). `progress(fraction, step)` (core.common.progress)
+    follows the stages and ends at 1.0."""
+    _check_build_args(name, search_params, shards)
     query = query or QuerySpec()
     t_start = time.perf_counter()
     engine = engine or make_engine(settings.db_url)
     _check_new(settings, engine, name, parent)
-    progress = sys.stderr.isatty() if progress is None else progress
     timings: dict[str, float] = {}
 
+    report(progress, 0.0, "Loading the catalog")
     t = time.perf_counter()
     catalog = load_catalog(engine)
     if catalog.n_ads == 0:
         raise AdLensError("the catalog has no ads: run `adlens ingest DIR` or `adlens demo` first")
     timings["catalog_s"] = time.perf_counter() - t
+    report(progress, 0.02, "Loading the imported ad vectors" if ad_vectors else "Embedding the ad texts")
     t = time.perf_counter()
     ads = (imported_ad_side(settings, catalog, ad_vectors, allow_partial) if ad_vectors
-           else text_ad_side(settings, catalog, progress, text_encoder))
+           else text_ad_side(settings, catalog, scaled(progress, 0.02, 0.5), text_encoder))
     timings["embed_s"] = time.perf_counter() - t
 
+    report(progress, 0.5, "Encoding the recall queries")
     t = time.perf_counter()
+    side, features, queries, source = _query_side_and_recall_queries(settings, engine, catalog, ads, tower, query,
+                                                                     seed)
+    timings["encoder_s"] = time.perf_counter() - t
+
+    report(progress, 0.6, "Building the index")
+    t = time.perf_counter()
+    index = _build_index(ads, factory, seed, shards)
+    timings["index_build_s"] = time.perf_counter() - t
+
+    report(progress, 0.75, "Measuring recall against exact search")
+    t = time.perf_counter()
+    check = _measure_recall(index, queries, ads.ad_vectors, search_params)
+    timings["recall_s"] = time.perf_counter() - t
+
+    manifest = _new_manifest(name, parent, tower, factory, ads, side, index, check,
+                             {"source": source, "n": len(queries), "seed": seed, "k": check.k})
+    ctx = BuildContext(settings, name, catalog, ads.ad_ids, ads.item_vectors, ads.ad_vectors, index, side.encoder,
+                       check.search_params, manifest)
+    ctx.__dict__["features"] = features  # already built: seed the cached property
+    builders = [*EXTRA_ARTIFACT_BUILDERS, *extra_builders] + ([maps.map_artifact_builder] if with_map else [])
+    manifest = _publish(settings, ctx, ads, side, builders, timings, t_start, scaled(progress, 0.85, 0.98))
+    report(progress, 0.98, "Registering the version")
+    _register_or_remove(settings, engine, name, manifest)
+    version = _load_dir(settings.versions_dir / name, name)
+    report(progress, 1.0, "done")
+    return version
+
+
+def _check_build_args(name: str, search_params: dict | None, shards: int | None) -> None:
+    validate_name(name)
+    _check_params(search_params)
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise AdLensError(f"--shards must be a positive integer; got {shards!r}")
+
+
+def _query_side_and_recall_queries(settings: Settings, engine: Engine, catalog: Catalog, ads: AdSide,
+                                   tower: str | None, query: QuerySpec,
+                                   seed: int) -> tuple[QuerySide, FeatureStore, np.ndarray, str]:
+    """The query encoder (and the indexed ad vectors it implies, set on `ads`), the features it
+    reads, and the recall queries with where they came from; checks the query dimension."""
     side = query_side(settings, engine, ads, tower, query)
     if ads.ad_vectors is None:
         ads.ad_vectors = l2_normalize(side.encoder.transform_catalog(ads.item_vectors, ads.ad_ids))
@@ -406,35 +461,23 @@ def build_version(settings: Settings, name: str, factory: str, *, tower: str | N
     queries, source = _recall_queries(catalog, features, side.encoder, ads.ad_vectors, seed)
     probe = queries if source == "sampled_requests" else side.encoder.encode_requests(probe_requests(catalog), features)
     check_dims(probe, ads, side)
-    timings["encoder_s"] = time.perf_counter() - t
+    return side, features, queries, source
 
-    t = time.perf_counter()
-    index = _build_index(ads, factory, seed, shards)
-    timings["index_build_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    search_params, params_source, recall, kmax = _measure_recall(index, queries, ads.ad_vectors, search_params)
-    timings["recall_s"] = time.perf_counter() - t
-
-    manifest = Manifest(
+def _new_manifest(name: str, parent: str | None, tower: str | None, factory: str, ads: AdSide, side: QuerySide,
+                  index: AnnIndex | ShardedIndex, check: RecallCheck, recall_queries: dict) -> Manifest:
+    """The version's manifest before publishing (files, sizes and timings are added then)."""
+    return Manifest(
         name=name, created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
         parent=parent, tower=tower, embedding=ads.embedding, encoder=side.encoder.config(),
         metric=ads.metric, ad_vectors=ads.imported, query_side=side.description,
         normalize_queries=isinstance(side.encoder, UnitQueries),
         dims={"text": int(ads.item_vectors.shape[1]), "index": int(index.dim)},
         factory=factory, index_kind=str(index.kind), nlist=index.nlist,
-        search_params=search_params, search_params_source=params_source,
-        n_ads=int(index.ntotal), recall=recall,
-        recall_queries={"source": source, "n": len(queries), "seed": seed, "k": kmax},
+        search_params=check.search_params, search_params_source=check.params_source,
+        n_ads=int(index.ntotal), recall=check.recall, recall_queries=recall_queries,
         tower_metrics=side.tower_info.get("metrics", {}),
     )
-    ctx = BuildContext(settings, name, catalog, ads.ad_ids, ads.item_vectors, ads.ad_vectors, index, side.encoder,
-                       search_params, manifest)
-    ctx.__dict__["features"] = features  # already built: seed the cached property
-    builders = [*EXTRA_ARTIFACT_BUILDERS, *extra_builders] + ([maps.map_artifact_builder] if with_map else [])
-    manifest = _publish(settings, ctx, ads, side, builders, timings, t_start)
-    _register_or_remove(settings, engine, name, manifest)
-    return _load_dir(settings.versions_dir / name, name)
 
 
 def _build_index(ads: AdSide, factory: str, seed: int, shards: int | None = None) -> AnnIndex | ShardedIndex:

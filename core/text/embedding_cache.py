@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core.common.errors import AdLensError, ArtifactError
+from core.common.progress import Progress, report
 from core.store.artifacts import (
     atomic_write_json,
     load_npy,
@@ -146,18 +147,19 @@ EncodeRunner = Callable[[list[str], list[str], "EmbeddingCache", object], np.nda
 """(keys, texts, cache, encoder) -> vectors aligned with keys, already added to `cache`."""
 
 
-def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True,
+def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | None = None,
                   encoder: AdEncoder | None = None, batch_size: int = 64,
-                  callback: Callable[[float], None] | None = None,
                   runner: EncodeRunner | None = None) -> EmbedResult:
     """Embed every ad of `catalog` with the configured model, encoding only texts not cached.
 
-    `encoder` overrides the model (any object with name, fingerprint, dim and encode(); tests
-    pass a fake). Without one the model is loaded only if something must be encoded.
-    `callback(fraction)` reports encoding progress (e.g. to the demo's progress bar).
-    `runner` encodes the missing texts elsewhere (core/text/ray_embed.py: a Ray Data actor pool)
-    and writes them into the cache as it goes, so an interrupted run resumes."""
+    `encoder` overrides the model (any object with name, fingerprint, dim and
+    encode(texts, batch_size=, progress=); tests pass a fake). Without one the model is loaded
+    only if something must be encoded. `progress(fraction, step)` (core.common.progress) follows
+    the encoding and ends at 1.0. `runner` encodes the missing texts elsewhere
+    (core/text/ray_embed.py: a Ray Data actor pool, which reports its own progress) and writes
+    them into the cache as it goes, so an interrupted run resumes."""
     t0 = time.perf_counter()
+    report(progress, 0.0, "Reading the embedding cache")
     ads = catalog.ads
     ad_ids = ads["ad_id"].to_numpy(dtype=object)
     texts = compose_ad_text(ads)
@@ -190,8 +192,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
         if runner is not None:
             new_vecs = runner(list(uniq), list(uniq.values()), cache, encoder)
         else:
-            new_vecs = encoder.encode(list(uniq.values()), batch_size=batch_size, progress=progress,
-                                      callback=callback)
+            new_vecs = encoder.encode(list(uniq.values()), batch_size=batch_size, progress=progress)
             cache.add(list(uniq), new_vecs, model=model, dim=dim)
         new_pos = pd.Index(list(uniq), dtype=object)
     if dim is None:  # empty catalog, empty cache
@@ -202,6 +203,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: bool = True
         out[hit] = cached_vecs[pos[hit]]
     if len(missing):
         out[missing] = new_vecs[new_pos.get_indexer(pd.Index([keys[i] for i in missing], dtype=object))]
+    report(progress, 1.0, "done")
     return EmbedResult(
         ad_ids=ad_ids, vectors=out, n_encoded=int(len(missing)), n_reused=int(hit.sum()),
         fingerprint=fp, model=model, seconds=time.perf_counter() - t0, n_texts_encoded=n_texts,

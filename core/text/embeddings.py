@@ -19,7 +19,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core.common.errors import AdLensError
+from core.common.progress import Progress, report
 from core.store.artifacts import sha256_bytes
 
 DEFAULT_MODEL = "default"
@@ -185,31 +185,25 @@ class AdEncoder:
         return cls(name=name or DEFAULT_MODEL, path=resolve_model_path(name), fingerprint=backend_fingerprint(fp, backend),
                    dim=int(get_dim()), model=model, backend=backend)
 
-    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
-               callback: Callable[[float], None] | None = None) -> np.ndarray:
-        """Embed `texts` (sorted by length for batching, order restored); shows a tqdm bar on
-        stderr when `progress`; `callback(fraction_done)` after each chunk (dashboards)."""
+    def encode(self, texts: list[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
+        """Embed `texts` (sorted by length for batching, order restored); `progress(fraction,
+        step)` (core.common.progress) after each chunk."""
         if isinstance(texts, str):
             raise TypeError("encode expects a list of texts, not one string")
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
             return out
-        from tqdm import tqdm
-
         order = np.argsort([-len(t) for t in texts], kind="stable")
         chunk = batch_size * 8
-        with tqdm(total=len(texts), unit="ad", desc="embedding", file=sys.stderr,
-                  disable=not progress, mininterval=0.5) as bar:
-            for a in range(0, len(order), chunk):
-                rows = order[a:a + chunk]
-                vecs = self.model.encode([texts[i] for i in rows], batch_size=batch_size,
-                                         show_progress_bar=False, convert_to_numpy=True,
-                                         normalize_embeddings=True)
-                out[rows] = np.asarray(vecs, dtype=np.float32)
-                bar.update(len(rows))
-                if callback is not None:
-                    callback(min(1.0, (a + len(rows)) / len(texts)))
+        for a in range(0, len(order), chunk):
+            rows = order[a:a + chunk]
+            vecs = self.model.encode([texts[i] for i in rows], batch_size=batch_size,
+                                     show_progress_bar=False, convert_to_numpy=True,
+                                     normalize_embeddings=True)
+            out[rows] = np.asarray(vecs, dtype=np.float32)
+            done = a + len(rows)
+            report(progress, done / len(texts), f"Embedding ad texts ({done:,} of {len(texts):,})")
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -244,15 +238,13 @@ class HashingEncoder:
         seed = int(sha256_bytes(f"{self.name}:{word}".encode())[:16], 16)
         return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
 
-    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
-               callback: Callable[[float], None] | None = None) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
         self.calls += len(texts)
-        if callback is not None:
-            callback(1.0)
         out = np.zeros((len(texts), self.dim), np.float32)
         for i, t in enumerate(texts):
             for w in t.lower().split():
                 out[i] += self._word(w)
             if not out[i].any():
                 out[i] = self._word("")
+        report(progress, 1.0, f"Embedding ad texts ({len(texts):,} of {len(texts):,})")
         return out / np.linalg.norm(out, axis=1, keepdims=True)

@@ -11,12 +11,12 @@ results are re-aligned by key.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
+from core.common.progress import Progress, report
 from core.store.catalog import Catalog
 from core.store.ray_cluster import connect
 from core.store.settings import Settings
@@ -47,8 +47,9 @@ def _default_encoder_factory(model: str) -> Callable[[], object]:
 
 
 def ray_runner(make_encoder: Callable[[], object], *, concurrency: int = 2, batch_size: int = BATCH,
-               chunk: int = CHUNK, progress: bool = False):
-    """An `embed_catalog` runner encoding on a Ray Data actor pool of `concurrency` actors."""
+               chunk: int = CHUNK, progress: Progress | None = None):
+    """An `embed_catalog` runner encoding on a Ray Data actor pool of `concurrency` actors;
+    `progress(fraction, step)` after each chunk written into the cache."""
 
     def run(keys: list[str], texts: list[str], cache: EmbeddingCache, encoder) -> np.ndarray:
         import ray
@@ -71,8 +72,7 @@ def ray_runner(make_encoder: Callable[[], object], *, concurrency: int = 2, batc
             got_keys.append(k)
             got_vecs.append(v)
             done += len(k)
-            if progress:
-                print(f"  embedded {done:,}/{len(keys):,} on Ray", file=sys.stderr, flush=True)
+            report(progress, done / max(len(keys), 1), f"Embedding ad texts on Ray ({done:,} of {len(keys):,})")
         vecs = np.concatenate(got_vecs) if got_vecs else np.zeros((0, encoder.dim), np.float32)
         order = pd.Index(np.concatenate(got_keys) if got_keys else [], dtype=object).get_indexer(
             pd.Index(keys, dtype=object))
@@ -83,7 +83,7 @@ def ray_runner(make_encoder: Callable[[], object], *, concurrency: int = 2, batc
     return run
 
 
-def embed_catalog_ray(settings: Settings, catalog: Catalog, *, concurrency: int = 2, progress: bool = True,
+def embed_catalog_ray(settings: Settings, catalog: Catalog, *, concurrency: int = 2, progress: Progress | None = None,
                       encoder=None, make_encoder: Callable[[], object] | None = None,
                       ray_address: str | None = None) -> EmbedResult:
     """`embed_catalog` with the missing texts encoded on Ray Data (see the module docstring).

@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sqlalchemy import Engine
-from tqdm.auto import tqdm
 
 from core.common.errors import AdLensError
 from core.common.jsonio import to_jsonable
 from core.common.names import validate_name
+from core.common.progress import Progress, scaled
+from core.common.progress import report as report_progress
 from core.data.features import FeatureStore
 from core.data.request import requests_from_impressions
 from core.store.artifacts import atomic_write_json, fsync_tree, staging_dir
@@ -187,7 +188,7 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
               use_context: bool = True, ad_adapter: bool = True, weight_decay: float = DEFAULTS["weight_decay"],
               oov_dropout: float = DEFAULTS["oov_dropout"], logq: float = DEFAULTS["logq"],
               history_limit: int = DEFAULTS["history_limit"], hidden: int = DEFAULTS["hidden"],
-              id_embeddings: bool = DEFAULTS["id_embeddings"], progress: bool = True,
+              id_embeddings: bool = DEFAULTS["id_embeddings"], progress: Progress | None = None,
               features: FeatureStore | None = None) -> tuple[UserTowerEncoder, dict, list[float]]:
     """Train a tower in memory on the training side of `split`: (encoder, data stats, epoch losses).
 
@@ -197,7 +198,8 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
     `use_context` feeds community, placement, request device and hour; `history_limit` is the
     number of last clicks pooled into the history (0: all); `hidden` the MLP width. One-cycle LR
     schedule with AdamW; see the module docstring for the loss. Histories are built from the
-    training side only (`features`, when given, must be `training_features(...)`)."""
+    training side only (`features`, when given, must be `training_features(...)`).
+    `progress(fraction, step)` (core.common.progress) after every batch, ending at 1.0."""
     if epochs < 1 or batch_size < 2 or lr <= 0 or temperature <= 0 or history_limit < 0 or hidden < 1:
         raise AdLensError(f"need epochs >= 1, batch_size >= 2, lr > 0, temperature > 0, history_limit >= 0, "
                           f"hidden >= 1; got {epochs}, {batch_size}, {lr}, {temperature}, {history_limit}, {hidden}")
@@ -220,10 +222,10 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
     steps = max(1, int(np.ceil(len(pos) / batch_size))) * epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses: list[float] = []
-    bar = tqdm(total=steps, desc="train tower", unit="batch", disable=not progress, leave=False)
+    done = 0
     with _deterministic():
         net.train()
-        for _ in range(epochs):
+        for epoch in range(epochs):
             perm = rng.permutation(len(pos))
             total, n = 0.0, 0
             for s in range(0, len(perm), batch_size):
@@ -240,11 +242,11 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
                 sched.step()
                 lv = float(loss.detach())
                 total, n = total + lv * len(idx), n + len(idx)
-                bar.update(1)
-                bar.set_postfix(loss=f"{lv:.3f}")
+                done += 1
+                report_progress(progress, done / steps, f"Training the tower, epoch {epoch + 1} of {epochs}")
             losses.append(round(total / max(n, 1), 5))
         net.eval()
-    bar.close()
+    report_progress(progress, 1.0, f"Training the tower, epoch {epochs} of {epochs}")
     stats = {"n_train_clicks": int(len(pos)), "n_hard_negatives": int((neg >= 0).sum()) if hard_negatives else 0,
              "n_train_users": int(clicks["user_id"].nunique()), "n_ads": int(len(features.ad_ids))}
     return enc, stats, losses
@@ -266,21 +268,18 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
                 use_context: bool = True, ad_adapter: bool = True, cutoff=None, split: str = "time",
                 logq: float = DEFAULTS["logq"], history_limit: int = DEFAULTS["history_limit"],
                 hidden: int = DEFAULTS["hidden"], id_embeddings: bool = DEFAULTS["id_embeddings"],
-                engine: Engine | None = None, progress: bool = True,
+                engine: Engine | None = None, progress: Progress | None = None,
                 ad_ids: np.ndarray | None = None, ad_text_vectors: np.ndarray | None = None,
                 ks: tuple[int, ...] = DEFAULT_KS) -> TrainResult:
     """Train tower `name` on the workspace's impressions, evaluate it on the held-out clicks (the
     user protocol for a user split; nothing for `split="none"`), save it to
     `<towers_dir>/<name>/` atomically and register it. The split is checked before anything is
     embedded or trained. Ad vectors default to the embedding cache (pass `ad_ids` +
-    `ad_text_vectors`, sorted by id, to use others)."""
-    validate_name(name, "tower")
+    `ad_text_vectors`, sorted by id, to use others). `progress(fraction, step)`
+    (core.common.progress) follows loading, training, evaluating and saving, ending at 1.0."""
     engine = engine or make_engine(settings.db_url)
-    final = tower_path(settings, name)
-    with session_scope(engine) as s:
-        taken = s.get(Tower, name) is not None
-    if taken or final.exists():
-        raise AdLensError(f"tower {name!r} already exists ({final}); towers are immutable: pick a new name")
+    _check_new_tower(settings, engine, name)
+    report_progress(progress, 0.0, "Loading the catalog and the ad embeddings")
     catalog = load_catalog(engine)
     if (ad_ids is None) != (ad_text_vectors is None):
         raise AdLensError("pass both ad_ids and ad_text_vectors, or neither")
@@ -295,25 +294,55 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
               "ad_adapter": bool(ad_adapter), "logq": float(logq), "history_limit": int(history_limit),
               "hidden": int(hidden), "id_embeddings": bool(id_embeddings)}
     t0 = time.perf_counter()
-    enc, stats, losses = fit_tower(catalog, ad_ids, ad_text_vectors, the_split, progress=progress,
-                                   features=features, **params)
+    enc, stats, losses = fit_tower(catalog, ad_ids, ad_text_vectors, the_split,
+                                   progress=scaled(progress, 0.05, 0.85), features=features, **params)
     train_seconds = round(time.perf_counter() - t0, 2)
     # Which text space the tower was trained in, so a version can refuse a mismatched model.
     enc.cfg["embedding_model"] = emb_info.get("model", emb_info.get("embedding_model"))
     enc.cfg["embedding_fingerprint"] = emb_info.get("fingerprint")
-    if the_split.kind == "none":
-        report = None
-    elif the_split.kind == "user":
-        report = evaluate_encoder_user(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed=seed)
-    else:
-        report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed=seed,
-                                  features=features if the_split.kind == "time" else None)
-    if report is not None:
-        report.tower = name
+    report_progress(progress, 0.85, "Evaluating on the held-out clicks")
+    report = _evaluate_trained(name, enc, catalog, ad_ids, ad_text_vectors, the_split, ks, seed, features)
     # A tower trained on everything still records its split (compare and sources read it from here).
     evaluation = report if report is not None else {"split": the_split.to_dict(), "not_evaluated": NOT_EVALUATED}
     config = {**params, "split": the_split.to_dict(), **stats, "embeddings": emb_info, "losses": losses,
               "train_seconds": train_seconds, **({"evaluation": NOT_EVALUATED} if report is None else {})}
+    report_progress(progress, 0.95, "Saving and registering the tower")
+    final = _save_and_register(settings, engine, name, enc, config, evaluation)
+    report_progress(progress, 1.0, "done")
+    return TrainResult(name=name, path=final, config=config, losses=losses, train_seconds=train_seconds, report=report)
+
+
+def _check_new_tower(settings: Settings, engine: Engine, name: str) -> None:
+    """A valid name that no tower (folder or registry row) has yet: towers are immutable."""
+    validate_name(name, "tower")
+    final = tower_path(settings, name)
+    with session_scope(engine) as s:
+        taken = s.get(Tower, name) is not None
+    if taken or final.exists():
+        raise AdLensError(f"tower {name!r} already exists ({final}); towers are immutable: pick a new name")
+
+
+def _evaluate_trained(name: str, enc: UserTowerEncoder, catalog: Catalog, ad_ids: np.ndarray,
+                      ad_text_vectors: np.ndarray, split: Split, ks: tuple[int, ...], seed: int,
+                      features: FeatureStore) -> EvalReport | UserEvalReport | None:
+    """The held-out evaluation the split calls for: the user protocol for a user split, none for
+    `none`, the time-split evaluation otherwise (reusing the training features for `time`)."""
+    if split.kind == "none":
+        return None
+    if split.kind == "user":
+        report = evaluate_encoder_user(enc, catalog, ad_ids, ad_text_vectors, split, ks, seed=seed)
+    else:
+        report = evaluate_encoder(enc, catalog, ad_ids, ad_text_vectors, split, ks, seed=seed,
+                                  features=features if split.kind == "time" else None)
+    report.tower = name
+    return report
+
+
+def _save_and_register(settings: Settings, engine: Engine, name: str, enc: UserTowerEncoder, config: dict,
+                       evaluation) -> Path:
+    """Write the tower into a staging folder, rename it into place (never over an existing one)
+    and register it; the folder is removed again if registering fails. Returns its folder."""
+    final = tower_path(settings, name)
     created = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     clean_debris(settings, under=settings.towers_dir)
     with staging_dir(settings.towers_dir, name) as tmp:
@@ -331,4 +360,4 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)  # registered only when complete: undo the folder
         raise
-    return TrainResult(name=name, path=final, config=config, losses=losses, train_seconds=train_seconds, report=report)
+    return final
