@@ -104,6 +104,21 @@ def test_search_params_take_effect_per_call(built, data, truth):
         pq.search(q, 100, {"nprobe": 32, "k_factor": 8}), truth, 100)
 
 
+def test_tuning_raises_k_factor_when_re_ranking_caps_a_refined_index(built, data):
+    from core.index.ann import param_ladder, tune_search_params
+
+    x, q = data
+    ladder = param_ladder(built["IVF32,PQ8,RFlat"], 100)
+    assert ladder[:3] == [{"nprobe": 1, "k_factor": 4}, {"nprobe": 1, "k_factor": 8}, {"nprobe": 1, "k_factor": 16}]
+    assert {p["nprobe"] for p in ladder} == {1, 2, 4, 8, 16, 32} and len(ladder) == 18
+    truth = exact_search(x, q, 10)
+    pq = AnnIndex.build(x, "IVF32,PQ2,RFlat", seed=0)  # 2 bytes a vector: the PQ order is coarse
+    capped = recall_at(pq.search(q, 10, {"nprobe": 32, "k_factor": 4}), truth, 10)
+    assert capped < 0.8  # measured 0.61: every list probed, still capped by the 40 re-ranked
+    params, r = tune_search_params(pq, q, truth, k=10, target=0.9)
+    assert r > capped and params["k_factor"] > 4  # nprobe alone could not get there
+
+
 def test_search_params_never_mutate_the_shared_index(built, data):
     _, q = data
     ivf = faiss.extract_index_ivf(built["IVF32,Flat"].faiss_index)

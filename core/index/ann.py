@@ -91,13 +91,19 @@ def _kind_of(base: faiss.Index) -> IndexKind:
     )
 
 
-def _training_warnings(chain: list[faiss.Index], n: int, factory: str) -> list[str]:
-    """FAISS's "please provide at least N training points" warnings, in plain words."""
+def _training_warnings(chain: list[faiss.Index], n: int, factory: str, n_total: int | None = None) -> list[str]:
+    """FAISS's "please provide at least N training points" warnings, in plain words (`n` training
+    vectors, sampled from `n_total` ads when that is larger)."""
     out = []
     for sub in chain:
         ivf = faiss.try_extract_index_ivf(sub) if isinstance(sub, faiss.IndexIVF) else None
         if ivf is not None and n < ivf.nlist * FAISS_POINTS_PER_CENTROID:
             best = max(1, n // FAISS_POINTS_PER_CENTROID)
+            if n_total is not None and n_total > n:
+                out.append(f"{ivf.nlist} lists trained on a sample of {n:,} of the {n_total:,} ads: k-means wants "
+                           f"about {FAISS_POINTS_PER_CENTROID} per list ({ivf.nlist * FAISS_POINTS_PER_CENTROID:,}); "
+                           f"the lists may be less balanced (factory {factory!r})")
+                continue
             out.append(f"{ivf.nlist} lists for {n:,} ads is too many for stable k-means (about "
                        f"{FAISS_POINTS_PER_CENTROID} ads per list are needed); use IVF{best} or fewer, or Flat "
                        f"(factory {factory!r})")
@@ -177,7 +183,7 @@ def train_empty(train: np.ndarray, factory: str, *, n_total: int | None = None, 
         if max_train is not None and n > max_train:
             rows = np.sort(np.random.default_rng(seed).choice(n, size=max_train, replace=False))
             x = x[rows]
-        for msg in _training_warnings(chain, len(x), factory):
+        for msg in _training_warnings(chain, len(x), factory, n_total):
             log.warning(msg)
         with _native_stderr_silenced():  # FAISS's own version of the warnings above
             index.train(x)
@@ -416,6 +422,10 @@ def _first_line(exc: Exception) -> str:
     return re.sub(r"\s+", " ", msg)[:300]
 
 
+REFINE_K_FACTORS: tuple[int, ...] = (4, 8, 16)
+"""k_factor steps the tuning ladder tries at every nprobe of a refined index."""
+
+
 def param_ladder(index: AnnIndex, k: int = 10) -> list[dict]:
     """Search params from cheapest to most expensive, for tuning (empty dict for exact)."""
     if index.kind == "hnsw":  # FAISS searches with max(efSearch, k): start the ladder at k
@@ -423,8 +433,11 @@ def param_ladder(index: AnnIndex, k: int = 10) -> list[dict]:
     if index.nlist is None:
         return [{}]
     ladder = sorted({min(2 ** i, index.nlist) for i in range(int(math.log2(index.nlist)) + 2)})
-    refine = any(isinstance(c, faiss.IndexRefine) for c in index._chain)
-    return [{"nprobe": p, **({"k_factor": 4} if refine else {})} for p in ladder]
+    if not any(isinstance(c, faiss.IndexRefine) for c in index._chain):
+        return [{"nprobe": p} for p in ladder]
+    # A refined index's recall is capped by how many PQ candidates are re-ranked, whatever nprobe:
+    # at 10M ads, nprobe = nlist with k_factor 4 stopped at recall@500 0.88.
+    return [{"nprobe": p, "k_factor": f} for p in ladder for f in REFINE_K_FACTORS]
 
 
 def tune_search_params(index: AnnIndex, queries: np.ndarray, exact: list[Result], *,
