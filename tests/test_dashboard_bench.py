@@ -31,6 +31,21 @@ def test_user_switches_are_timed_in_a_real_browser(demo_workspace):
     assert rep["meets_target"] == (rep["settled_median_s"] <= dashboard_bench.TARGET_S)
     text = format_report({"dashboard": {**rep, "ads": 600, "workspace": str(demo_workspace.path)}})
     assert "Inspect at 600 ads" in text and rows[0]["user"] in text
+    assert rep["page"] == "inspect"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_user_switches_on_the_map_page_are_timed(demo_workspace):
+    if dashboard_bench.skip_reason():
+        pytest.skip(dashboard_bench.skip_reason())
+    rep = dashboard_bench.measure_user_switches(demo_workspace.path, switches=2, env=demo_workspace.env(),
+                                                page_path="map")
+    rows = rep["switches"]
+    assert rep["page"] == "map" and len({r["user"] for r in rows}) == 2  # the map's caption named each user
+    assert all(0 < r["settled_s"] < 60 for r in rows)
+    text = format_report({"dashboard": {**rep, "ads": 600, "workspace": str(demo_workspace.path)}})
+    assert "Embedding map at 600 ads" in text
 
 
 def test_sessions_mode_is_skipped_with_the_reason_when_no_browser(tmp_path, monkeypatch):

@@ -268,11 +268,11 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
               types: list[str] | None = None, embed: bool = True, sections: list[str] | None = None,
               seed: int = 0, threads: int | None = None, log: bool = True, shards: int | None = None,
               backend: str = "local", nlist: int | None = None, factories: list[str] | None = None,
-              sessions: int = 1, dashboard_workspace: str | None = None) -> dict:
+              sessions: int = 1, dashboard_workspace: str | None = None, dashboard_page: str = "inspect") -> dict:
     """Run the requested sections (default: all registered but `ON_REQUEST`; with `shards`:
     machine and shards) and return the report. `threads` sets FAISS's OpenMP thread count for
     this process (a bench-only knob); `shards`, `backend`, `nlist`, `factories` configure the
-    sharded-vs-unsharded section (core/bench/shards.py); `sessions`, `dashboard_workspace` the
+    sharded-vs-unsharded section (core/bench/shards.py); `sessions`, `dashboard_workspace`, `dashboard_page` the
     dashboard section (core/bench/dashboard.py, core/bench/dashboard_sessions.py)."""
     if ads < 1000:
         raise AdLensError(f"--ads must be at least 1000; got {ads}")
@@ -295,7 +295,8 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
                        types=tuple(types or ("flat", "ivf", "hnsw", "ivfpq")),
                        log=(lambda m: print(m, file=sys.stderr, flush=True)) if log else (lambda m: None))
     ctx.shared["explicit_types"] = tuple(types or ())
-    ctx.shared.update(shards=shards, backend=backend, nlist=nlist, factories=factories)
+    ctx.shared.update(shards=shards, backend=backend, nlist=nlist, factories=factories,
+                      dashboard_page="" if dashboard_page == "inspect" else dashboard_page)
     t0 = time.perf_counter()
     for name in names:
         t = time.perf_counter()
@@ -389,7 +390,8 @@ def _format_funnel(sec: dict) -> list[str]:
 
 
 def _format_dashboard(sec: dict) -> list[str]:
-    lines = [f"  Inspect at {sec['ads']:,} ads, user switch in Chromium: median rerun {sec['rerun_median_s']:.2f} s, "
+    page = "Embedding map" if sec.get("page") == "map" else "Inspect"
+    lines = [f"  {page} at {sec['ads']:,} ads, user switch in Chromium: median rerun {sec['rerun_median_s']:.2f} s, "
              f"settled {sec['settled_median_s']:.2f} s (target <= {sec['target_s']:.0f} s: "
              f"{'met' if sec['meets_target'] else 'NOT met'}); first load {sec['first_load_s']:.1f} s"]
     lines += [f"    {r['user']:<14} rerun {r['rerun_s']:.2f} s   settled {r['settled_s']:.2f} s" for r in sec["switches"]]

@@ -109,6 +109,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dashboard-workspace", metavar="DIR",
                    help="dashboard section: serve this workspace (e.g. an `adlens demo` one) instead of "
                         "the generated bench workspace")
+    p.add_argument("--dashboard-page", choices=("inspect", "map"), default="inspect",
+                   help="dashboard section: time user switches on Inspect (at min(--ads, 100k) ads) or on the "
+                        "Embedding map (at --ads, aggregated on the server above 200k)")
     add_json_flag(p)
     p.set_defaults(func=cmd_bench)
 
@@ -204,7 +207,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
                        embed=not args.no_embed, sections=args.sections, seed=args.seed,
                        threads=args.threads, log=not args.json, shards=args.shards, backend=args.backend,
                        nlist=args.nlist, factories=args.factories, sessions=args.sessions,
-                       dashboard_workspace=args.dashboard_workspace)
+                       dashboard_workspace=args.dashboard_workspace, dashboard_page=args.dashboard_page)
     if args.json:
         print_json(report)
     else:

@@ -60,6 +60,9 @@ def render() -> None:
         label = np.where(cand["outcome"] == "filtered", "filtered: " + cand["primary_reason"].astype(str),
                          cand["outcome"].astype(str))
         outcome = ads["ad_id"].map(pd.Series(label, index=cand["ad_id"].to_numpy())).fillna("not retrieved")
+        r = trace.request
+        st.caption(f"Request of user **{md_text(r.user_id)}** · {md_text(r.community_id or 'home feed')} · "
+                   f"{md_text(r.placement)} · {r.ts:%Y-%m-%d %H:%M} UTC")
 
     if len(ads) > AGGREGATE_ABOVE:
         _render_aggregated(md, version, field, color_by, trace, show_request, outcome)
