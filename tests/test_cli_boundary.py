@@ -96,3 +96,16 @@ def test_time_out_of_range_k_clamp_and_closed_pipe(small_ws):
         p = subprocess.run(f"{sys.executable} -m core.cli --workspace {ws} {' '.join(args)} | head -1",
                            shell=True, cwd=REPO, env=full, capture_output=True, text=True, timeout=300)
         assert p.stdout.count("\n") == 1 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_a_repeated_warning_reaches_the_user_once():
+    import logging
+
+    from core.cli import OnceFilter
+
+    f = OnceFilter()
+    rec = lambda msg, level=logging.WARNING: logging.LogRecord("core.x", level, __file__, 1, msg, None, None)  # noqa: E731
+    assert f.filter(rec("EASE skipped: 10,000 ads")) is True
+    assert f.filter(rec("EASE skipped: 10,000 ads")) is False  # the second version of the same catalog
+    assert f.filter(rec("EASE skipped: 20,000 ads")) is True
+    assert f.filter(rec("debug detail", logging.DEBUG)) and f.filter(rec("debug detail", logging.DEBUG))

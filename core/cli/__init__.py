@@ -65,11 +65,32 @@ def _quiet_closed_pipe() -> int:
     return 0
 
 
+class OnceFilter(logging.Filter):
+    """Lets each distinct warning through once per command (the demo builds three versions of one
+    catalog; the user needs to read "EASE skipped: ..." once, not three times)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every user-facing failure exits 2 with a message (no traceback); a closed
     output pipe exits 0 quietly; ADLENS_DEBUG=1 re-raises for the traceback."""
     logging.basicConfig(level=logging.DEBUG if os.environ.get(ENV_DEBUG) else logging.WARNING,
                         format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, OnceFilter) for f in handler.filters):
+            handler.addFilter(OnceFilter())
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(os.environ.get(ENV_DEBUG))
