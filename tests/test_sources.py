@@ -128,6 +128,19 @@ def test_co_engagement_recovers_the_planted_co_click_groups(planted):
     assert exp.rank is None and "one click has no co-clicks with this ad" in exp.reason
 
 
+
+def test_one_request_history_equals_the_frame_path(planted):
+    """Issue #13: explain reads one request's history without building its frame; the same rows."""
+    import pandas as pd
+
+    _, engine = planted
+    for name in ("co_engagement", "ease"):
+        src = engine.sources[name]
+        for uid in sorted(engine.user_ids)[:8]:
+            for ts in (None, "2026-10-01T00:00:00", pd.Timestamp("2026-10-20 12:00:00.000000123")):
+                req = engine.default_request(uid, **({"ts": ts} if ts is not None else {}))
+                np.testing.assert_array_equal(src.history(req), src.histories(requests_frame([req]))[0])
+
 def test_popular_in_context_finds_the_trending_ad_in_its_community_only(planted):
     _, engine = planted
     src = engine.sources["popular_in_context"]
