@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from core.tower.model import TowerInputs, TowerNet
 
 NUMPY_MAX_BATCH = 16
 """Batches up to this size run in numpy; larger ones in torch (where its batched kernels win)."""
@@ -28,7 +25,7 @@ _VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def _weights(net: "TowerNet") -> dict[str, np.ndarray]:
+def _weights(net: Any) -> dict[str, np.ndarray]:
     """Numpy views of the net's parameters by name, cached while every parameter is the same
     tensor at the same address (walking the modules costs more than the arithmetic)."""
     with _LOCK:
@@ -54,8 +51,9 @@ def _bag_mean(weight: np.ndarray, rows: np.ndarray, padding: int) -> np.ndarray:
     return np.where(n > 0, total / np.maximum(n, 1.0), np.float32(0.0)).astype(np.float32)
 
 
-def forward(net: "TowerNet", inputs: "TowerInputs") -> np.ndarray:
-    """(n, d) float32: `net.forward(inputs.tensors())` in eval mode, computed in numpy."""
+def forward(net: Any, inputs: Any) -> np.ndarray:
+    """(n, d) float32: `net.forward(inputs.tensors())` in eval mode, computed in numpy, for a
+    `core.tower.model.TowerNet` and its `TowerInputs` (not imported here: model imports this module)."""
     w = _weights(net)
     count = np.asarray(inputs.history_count, np.float32)
     has = (count > 0)[:, None]
