@@ -39,3 +39,23 @@ def test_missing_required_field_names_it(drop):
 def test_bad_dims_is_an_artifact_error():
     with pytest.raises(ArtifactError, match="bad embedding or dims"):
         Manifest.from_dict({**OLD, "dims": {"text": "x"}})
+
+
+def test_get_and_getitem_read_what_to_dict_holds():
+    """Regression (issue #13): `get`/`[]` convert only the asked key, with the values `to_dict()`
+    gives (why-not read `manifest.get("shards")` per request, converting every file's checksum)."""
+    import math
+
+    m = Manifest.from_dict({**OLD, "shards": {"n": 2, "sizes": (1, 2)}, "nan_extra": float("nan"),
+                            "timings": {"total_s": float("nan")}})
+    full = m.to_dict()
+    for key in list(full) + ["missing"]:
+        if key not in m.extras:  # extras come back from `get` as stored, as before
+            assert m.get(key, "dflt") == full.get(key, "dflt")
+        if key in full:
+            assert m[key] == full[key]
+        else:
+            with pytest.raises(KeyError):
+                m[key]
+    assert m.get("shards") is m.extras["shards"]  # extras come back as stored, as before
+    assert math.isnan(m.get("nan_extra")) and m["nan_extra"] is None and m["timings"] == {"total_s": None}

@@ -128,6 +128,19 @@ def test_co_engagement_recovers_the_planted_co_click_groups(planted):
     assert exp.rank is None and "one click has no co-clicks with this ad" in exp.reason
 
 
+
+def test_one_request_history_equals_the_frame_path(planted):
+    """Issue #13: explain reads one request's history without building its frame; the same rows."""
+    import pandas as pd
+
+    _, engine = planted
+    for name in ("co_engagement", "ease"):
+        src = engine.sources[name]
+        for uid in sorted(engine.user_ids)[:8]:
+            for ts in (None, "2026-10-01T00:00:00", pd.Timestamp("2026-10-20 12:00:00.000000123")):
+                req = engine.default_request(uid, **({"ts": ts} if ts is not None else {}))
+                np.testing.assert_array_equal(src.history(req), src.histories(requests_frame([req]))[0])
+
 def test_popular_in_context_finds_the_trending_ad_in_its_community_only(planted):
     _, engine = planted
     src = engine.sources["popular_in_context"]
@@ -142,6 +155,41 @@ def test_popular_in_context_finds_the_trending_ad_in_its_community_only(planted)
     early = engine.default_request("probe", community_id="c_b", ts="2026-10-01T00:00:00")
     assert TRENDING not in _ids(engine, src.retrieve(requests_frame([early]), 3)[0][0])
 
+
+
+def _popular_one_oracle(src, community_id, placement, country, ts, k):
+    """The popular source's pick before issue #13 (a set of seen ads and np.isin per scope)."""
+    from core.sources.popular import _hour, scope_keys
+
+    hour = _hour(ts)
+    picked_p, picked_s, picked_scope, seen = [], [], [], set()
+    for scope in scope_keys(community_id, placement, country):
+        if len(seen) >= k:
+            break
+        p, s = src.ranking(scope, hour)
+        new = ~np.isin(p, np.fromiter(seen, np.int64, len(seen))) if seen else np.ones(len(p), bool)
+        p, s = p[new][:k - len(seen)], s[new][:k - len(seen)]
+        picked_p.append(p)
+        picked_s.append(s)
+        picked_scope += [scope] * len(p)
+        seen.update(p.tolist())
+    return np.concatenate(picked_p), np.concatenate(picked_s), picked_scope
+
+
+def test_popular_in_context_pick_equals_the_set_based_oracle(planted):
+    _, engine = planted
+    src = engine.sources["popular_in_context"]
+    users = sorted(engine.user_ids)[:6]
+    for uid in users:
+        for comm in ("c_a", "c_b", "c_t", "none"):
+            for ts in (None, "2026-10-01T00:00:00"):
+                req = engine.default_request(uid, community_id=comm, **({"ts": ts} if ts else {}))
+                for k in (1, 2, 3, 10, engine.n_ads):
+                    got = src._one(req.community_id, req.placement, req.country, req.ts, k)
+                    want = _popular_one_oracle(src, req.community_id, req.placement, req.country, req.ts, k)
+                    np.testing.assert_array_equal(got[0], want[0])
+                    np.testing.assert_array_equal(got[1], want[1])
+                    assert got[2] == want[2]
 
 def test_targeting_returns_exactly_the_ads_whose_campaign_includes_the_community(planted):
     _, engine = planted

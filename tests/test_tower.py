@@ -380,3 +380,73 @@ def test_id_embeddings_learn_co_clicks_text_cannot_see(planted):
     unseen = np.array(["never_clicked"], dtype=object)
     np.testing.assert_allclose(enc.transform_ads(noise[:1], unseen), enc.transform_ads(noise[:1]), atol=1e-6)
     assert not np.allclose(enc.transform_ads(noise[:5], ids[:5]), enc.transform_ads(noise[:5]))
+
+
+def _torch_queries(enc: UserTowerEncoder, inputs) -> np.ndarray:
+    enc.net.eval()
+    with torch.inference_mode():
+        return enc.net(inputs.tensors()).numpy()
+
+
+@pytest.mark.parametrize("kind", ["trained", "no_context", "id_embeddings"])
+def test_numpy_forward_equals_torch(trained, planted, kind):
+    """Issue #13: one request's query vector comes from the numpy forward pass
+    (core.tower.numpy_forward); it equals the torch forward to float32 rounding, cold starts,
+    padded subscriptions and id-embedding histories included."""
+    from core.tower.numpy_forward import NUMPY_MAX_BATCH, forward
+
+    cat, ids, vecs = planted
+    if kind == "trained":
+        enc = trained[0]
+    else:
+        vocab = build_vocab(cat.users, cat.communities, cat.impressions, with_ads=True)
+        cfg = {"text_dim": DIM, "use_context": kind != "no_context", "id_embeddings": kind == "id_embeddings"}
+        enc = UserTowerEncoder(cfg, vocab)
+        gen = torch.Generator().manual_seed(7)
+        with torch.no_grad():  # every weight non-zero, so no term of the forward can hide
+            for p in enc.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    fs = FeatureStore(cat, ids, vecs)
+    reqs = _requests([
+        {}, {"user_id": "u_0003", "community_id": "c_03", "placement": "community_feed"},
+        {"user_id": "nobody", "country": "unknown", "device": "unknown"},
+        {"user_id": "u_0001", "community_id": "c_never_seen", "placement": "new_placement"},
+        {"user_id": "u_0001", "ts": T0 - timedelta(days=1)},
+        {"user_id": "nobody", "country": None, "community_id": float("nan"), "device": None},
+        {"user_id": "u_0100", "ts": T0 + timedelta(days=9, hours=13)},
+    ])
+    inputs = enc.featurize(reqs, fs)
+    assert (inputs.history_count == 0).any() and (inputs.history_count > 0).any()
+    ref = _torch_queries(enc, inputs)
+    got = forward(enc.net, inputs)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+    # encode_requests: one request at a time (numpy) equals the batched torch path.
+    batch = pd.concat([reqs] * (NUMPY_MAX_BATCH // len(reqs) + 1), ignore_index=True)
+    assert len(batch) > NUMPY_MAX_BATCH
+    big = enc.encode_requests(batch, fs)
+    one = np.concatenate([enc.encode_requests(batch.iloc[[i]], fs) for i in range(len(reqs))])
+    np.testing.assert_allclose(one, big[:len(reqs)], rtol=0, atol=2e-6)
+
+
+def test_numpy_forward_follows_weight_changes(planted):
+    """The numpy path's cached weight views see in-place updates (training, load_state_dict) and
+    replaced parameters, and do not keep the net alive."""
+    import gc
+    import weakref
+
+    from core.tower.numpy_forward import forward
+
+    cat, ids, vecs = planted
+    enc = UserTowerEncoder({"text_dim": DIM}, build_vocab(cat.users, cat.communities, cat.impressions))
+    inputs = enc.featurize(_requests([{}, {"user_id": "nobody"}]), FeatureStore(cat, ids, vecs))
+    forward(enc.net, inputs)
+    with torch.no_grad():
+        enc.net.mlp[3].bias.add_(0.5)  # in place, as an optimiser step
+    np.testing.assert_allclose(forward(enc.net, inputs), _torch_queries(enc, inputs), rtol=0, atol=2e-6)
+    enc.net.history_gate = torch.nn.Parameter(torch.tensor(-2.0))  # replaced
+    np.testing.assert_allclose(forward(enc.net, inputs), _torch_queries(enc, inputs), rtol=0, atol=2e-6)
+    ref = weakref.ref(enc.net)
+    del enc
+    gc.collect()
+    assert ref() is None

@@ -145,7 +145,10 @@ class FunnelEngine:
     def describe_query(self, request: Request) -> dict:
         """What made the request's query vector: the encoder kind, plus what it used when it says
         (e.g. which imported request-vectors row, or that none matched)."""
-        detail = self.version.encoder.describe_requests(requests_frame([request]), self.features)
+        return self._describe(requests_frame([request]))
+
+    def _describe(self, frame: pd.DataFrame) -> dict:
+        detail = self.version.encoder.describe_requests(frame, self.features)
         return {"encoder": self.version.encoder.kind, **(detail[0] if detail else {})}
 
     def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams) -> EligibilityResult:
@@ -224,7 +227,7 @@ class FunnelEngine:
         timer = StageTimer()
         frame = requests_frame([request])
         q = self.version.encoder.encode_requests(frame, self.features)[0]
-        query_source = self.describe_query(request)
+        query_source = self._describe(frame)
         timer.lap("encode")
         shard_ms: dict[int, float] = {}
         merged = self.retrieve(frame, q, params, timer, shard_ms)

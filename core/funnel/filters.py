@@ -276,7 +276,8 @@ class EligibilityResult:
         """Per candidate, every failing code (in rule order)."""
         out: list[list[str]] = [[] for _ in range(len(self.fails))]
         names = [c.value for c in self.codes]
-        for i, j in zip(*np.nonzero(self.fails)):  # row-major: codes stay in rule order
+        rows, cols = np.nonzero(self.fails)  # row-major: codes stay in rule order
+        for i, j in zip(rows.tolist(), cols.tolist()):  # Python ints: no numpy scalar per pair
             out[i].append(names[j])
         return out
 

@@ -94,14 +94,19 @@ class Manifest:
         return to_jsonable(out)
 
     # Read access by key, for builder sections and for callers that print the whole manifest.
+    # Only the asked field is converted (what `to_dict()[key]` holds): the whole manifest, with
+    # its per-file checksums, takes milliseconds to convert, and why-not reads a key per request.
     def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default) if key not in self.extras else self.extras[key]
+        if key in self.extras:
+            return self.extras[key]
+        return to_jsonable(getattr(self, key)) if key in _FIELDS else default
 
     def __getitem__(self, key: str) -> Any:
-        d = self.to_dict()
-        if key not in d:
+        if key in self.extras:
+            return to_jsonable(self.extras[key])
+        if key not in _FIELDS:
             raise KeyError(key)
-        return d[key]
+        return to_jsonable(getattr(self, key))
 
     @property
     def fingerprint(self) -> str:
@@ -110,3 +115,7 @@ class Manifest:
     @property
     def total_build_s(self) -> float | None:
         return self.timings.get("total_s")
+
+
+_FIELDS = frozenset(f.name for f in fields(Manifest)) - {"extras"}
+"""The typed fields (what `Manifest.to_dict` writes besides the extras)."""

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from core.data.request import Request, requests_frame
+from core.data.request import Request
 from core.sources import cooccurrence as co
 from core.sources.base import (
     CandidateSource,
@@ -85,6 +85,11 @@ class CoEngagementSource(CandidateSource):
         return self.runtime.features.click_histories(requests["user_id"].to_numpy(dtype=object), ts,
                                                      int(self.params["history"]) or None)
 
+    def history(self, request: Request) -> np.ndarray:
+        """`histories` of one request, without building its frame (why-not explains per request)."""
+        return self.runtime.features.click_histories(np.array([request.user_id], dtype=object), [request.ts],
+                                                     int(self.params["history"]) or None)[0]
+
     def score_many(self, histories: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (positions [n, k] padded -1, scores) of each history, its own ads left out."""
         return co.score_histories(self.neigh, self.sims, histories, self.n_ads, k)
@@ -102,7 +107,7 @@ class CoEngagementSource(CandidateSource):
 
     def explain(self, request: Request, ad_pos: int, k: int, options: RetrieveOptions | None = None
                 ) -> SourceExplanation:
-        h = self.histories(requests_frame([request]))[0]
+        h = self.history(request)
         name = self.name
         if not len(h):
             return SourceExplanation(name, None, None, f"{name}: the user has no clicks before the request")

@@ -122,17 +122,24 @@ class PopularSource(CandidateSource):
     def _one(self, community_id, placement, country, ts, k: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         hour = _hour(ts)
         picked_p, picked_s, picked_scope = [], [], []
-        seen: set[int] = set()
+        seen = None  # bool [n_ads] once a scope has picked ads (a scope's ranking has no repeats)
+        n_seen = 0
         for scope in scope_keys(community_id, placement, country):
-            if len(seen) >= k:
+            if n_seen >= k:
                 break
             p, s = self.ranking(scope, hour)
-            new = ~np.isin(p, np.fromiter(seen, np.int64, len(seen))) if seen else np.ones(len(p), bool)
-            p, s = p[new][:k - len(seen)], s[new][:k - len(seen)]
+            if seen is not None:
+                new = ~seen[p]
+                p, s = p[new], s[new]
+            p, s = p[:k - n_seen], s[:k - n_seen]
             picked_p.append(p)
             picked_s.append(s)
             picked_scope += [scope] * len(p)
-            seen.update(p.tolist())
+            if len(p):
+                if seen is None:
+                    seen = np.zeros(self.n_ads, bool)
+                seen[p] = True
+                n_seen += len(p)
         pos = np.concatenate(picked_p) if picked_p else np.empty(0, np.int64)
         sc = np.concatenate(picked_s) if picked_s else np.empty(0, np.float32)
         return pos, sc, picked_scope

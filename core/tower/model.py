@@ -46,6 +46,8 @@ from core.common.errors import ArtifactError
 from core.data.features import FeatureStore
 from core.data.request import REQUEST_COLUMNS
 from core.data.vocab import AGE_BUCKETS, UNKNOWN, Device, Placement, values
+from core.tower.numpy_forward import NUMPY_MAX_BATCH
+from core.tower.numpy_forward import forward as numpy_forward
 from core.tower.query_encoder import QueryEncoder, l2_normalize
 
 FORMAT_VERSION = 1
@@ -314,7 +316,10 @@ class UserTowerEncoder(QueryEncoder):
         """(n, d) float32 L2-normalised query vectors for featurised requests."""
         if len(inputs) == 0:
             return np.zeros((0, self.dim), np.float32)
-        self.net.eval()
+        if self.net.training:
+            self.net.eval()
+        if len(inputs) <= NUMPY_MAX_BATCH:  # a request or a few: numpy (torch's per-call overhead dominates)
+            return l2_normalize(numpy_forward(self.net, inputs))
         out = []
         with torch.inference_mode():
             for s in range(0, len(inputs), batch_size):
