@@ -321,7 +321,7 @@ def _legend(page) -> list[str]:
 
 
 def test_funnel_chart_is_split_by_source_and_follows_the_what_if_link(page, server, demo_workspace):
-    sources = ["two_tower", "co_engagement", "popular_in_context", "targeting"]
+    sources = ["two_tower", "co_engagement", "popular_in_context", "targeting", "ease"]  # ease: a small catalog
     _open(page, _link(server, user=demo_workspace.users[2], version="ivf"), ".js-plotly-plot .legendtext")
     _no_errors(page)
     assert _legend(page) == sources  # one funnel series per candidate source
@@ -331,7 +331,7 @@ def test_funnel_chart_is_split_by_source_and_follows_the_what_if_link(page, serv
     _open(page, _link(server, user=demo_workspace.users[2], version="ivf", off="co_engagement,targeting"),
           ".js-plotly-plot .legendtext")
     _no_errors(page)
-    assert _legend(page) == ["two_tower", "popular_in_context"]
+    assert _legend(page) == ["two_tower", "popular_in_context", "ease"]
     assert page.get_by_role("checkbox", name="targeting").is_checked() is False
     page.get_by_text("Split by candidate source").click()  # back to the single funnel
     _settle(page)
