@@ -1,6 +1,6 @@
 """Evaluate AdLens on MovieLens ml-latest-small under the user protocol.
 
-    python scripts/eval_movielens.py /path/to/ml-latest-small [--workspace /tmp/ml_ws]
+    python scripts/eval_movielens.py /path/to/ml-latest-small [--workspace DIR]
 
 Converts the MovieLens folder into AdLens's import format (data/README.md): every movie is an ad
 (title as the title, "Genres: ..." as the body, the first genre as the vertical), every rating
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", type=Path, help="the ml-latest-small folder (movies.csv, ratings.csv)")
-    ap.add_argument("--workspace", type=Path, default=Path("/tmp/adlens_movielens"),
-                    help="scratch workspace (kept and reused; default /tmp/adlens_movielens)")
+    ap.add_argument("--workspace", type=Path, default=Path(tempfile.gettempdir()) / "adlens_movielens",
+                    help="scratch workspace (kept and reused; default adlens_movielens in the temp folder)")
     ap.add_argument("--seed", type=int, default=0, help="the user split's seed (and the tower's)")
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 50, 100])
     for key in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"):

@@ -97,6 +97,8 @@ class EaseSource(CoEngagementSource):
         CandidateSource.__init__(self, {**self.defaults, **params}, n_ads)
         self.B = B
         B.setflags(write=False)
+        self._reachable = (B > 0).any(axis=0)  # one O(n²) pass, not one per health/coverage call
+        self._reachable.setflags(write=False)
 
     @classmethod
     def skip_reason(cls, ctx: SourceBuildContext, **params) -> str | None:
@@ -122,13 +124,10 @@ class EaseSource(CoEngagementSource):
 
     def stats(self) -> dict:
         return {**CandidateSource.stats(self), **getattr(self, "build_stats", {}),
-                "ads_with_weights": int(self.has_weights().sum())}
-
-    def has_weights(self) -> np.ndarray:
-        return (self.B > 0).any(axis=0)
+                "ads_with_weights": int(self._reachable.sum())}
 
     def has_relation(self, ad_pos: int) -> bool:
-        return bool((self.B[:, ad_pos] > 0).any())
+        return bool(self._reachable[ad_pos])
 
     def score_one(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h = np.unique(np.asarray(history, np.int64))
@@ -148,4 +147,4 @@ class EaseSource(CoEngagementSource):
         return pad(rows, k)
 
     def reachable(self) -> np.ndarray:
-        return self.has_weights()
+        return self._reachable
