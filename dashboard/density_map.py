@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
 
-from core.index.map_density import MAX_BROWSER_POINTS, Density, density
+from core.index.map_density import MAX_BROWSER_POINTS, SAMPLE_POINTS, Density
 from dashboard.charts import plain
 
 PALETTE = plotly.colors.qualitative.Dark24 + plotly.colors.qualitative.Light24
@@ -34,37 +34,45 @@ def _colorscale(labels: list[str]) -> list:
     return stops
 
 
-def density_figure(md, codes: np.ndarray, labels: list[str], field: str, viewport, n_request_points: int,
-                   seed: int = 0) -> tuple[go.Figure, Density]:
-    """The density layer and the viewport sample (sized so that sample + request points stay
-    within MAX_BROWSER_POINTS). The caller adds the request layers."""
-    room = max(0, MAX_BROWSER_POINTS - n_request_points)
-    d = density(md.x, md.y, codes, labels, viewport=viewport, sample=min(room, 4_000), seed=seed)
+def sample_size(n_request_points: int) -> int:
+    """Viewport sample size that keeps sample + request points within MAX_BROWSER_POINTS."""
+    return min(max(0, MAX_BROWSER_POINTS - n_request_points), SAMPLE_POINTS)
+
+
+def bin_text(d: Density) -> np.ndarray:
+    """Each bin's hover text, "<majority label> (<share>)", as a fixed-width string array (Plotly
+    copies it without a Python call per bin)."""
+    names = [plain(v) for v in d.labels]
+    maj, share = d.majority.ravel(), d.share.ravel()
+    text = [f"{names[m]} ({s:.0%})" if m >= 0 else "" for m, s in zip(maj, share)]
+    return np.asarray(text, dtype=str).reshape(d.counts.shape)
+
+
+def density_figure(md, d: Density, text: np.ndarray, field: str) -> go.Figure:
+    """The density layer of `d` (with its `bin_text`) and its viewport sample as a figure; the
+    caller adds the request layers, as SVG traces too."""
+    labels = d.labels
     n = len(labels)
     logc = np.log1p(d.counts)
     frac = logc / max(float(logc.max()), 1e-9)
     z = np.where(d.counts > 0, d.majority + 0.999 * frac, np.nan)
-    names = np.asarray([plain(v) for v in labels], dtype=object)
-    maj, share = d.majority.ravel(), d.share.ravel()
-    text = np.asarray([f"{names[m]} ({s:.0%})" if m >= 0 else "" for m, s in zip(maj, share)],
-                      dtype=object).reshape(d.counts.shape)
     fig = go.Figure(go.Heatmap(
         x=d.x_centers, y=d.y_centers, z=z, zmin=0, zmax=n, colorscale=_colorscale(labels), showscale=False,
         customdata=d.counts, text=text, name="density",
         hovertemplate=f"%{{customdata:,}} ads<br>majority {plain(field)}: %{{text}}<extra>density</extra>"))
     for i, lab in enumerate(labels):  # legend entries for the density colours (no points)
         if (d.majority == i).any():
-            fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=plain(lab), showlegend=True,
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=plain(lab), showlegend=True,
                                        marker=dict(size=8, symbol="square",
                                                    color=PALETTE[i % len(PALETTE)] if lab != "other" else "#9a9a9a")))
     idx = d.sample
-    fig.add_trace(go.Scattergl(
+    fig.add_trace(go.Scatter(  # SVG, as every point layer here (see MAX_BROWSER_POINTS)
         x=md.x[idx], y=md.y[idx], mode="markers", name=f"sample of the view ({len(idx):,} ads)",
         customdata=md.ad_id[idx], text=md.hover[idx], hovertemplate="%{text}<extra>sample</extra>",  # hover: escaped id
         marker=dict(size=3, color="rgba(20,20,20,0.45)")))
     x0, x1, y0, y1 = d.viewport
     fig.update_layout(xaxis=dict(range=[x0, x1]), yaxis=dict(range=[y0, y1]))
-    return fig, d
+    return fig
 
 
 def caption(d: Density, field: str, n_request_points: int) -> str:

@@ -299,10 +299,24 @@ def _map_codes(name: str, checksum: str, url: str, stamp: str, field: str, max_l
     return label_codes(_map_data(name, checksum, url, stamp).ads[field], max_labels)
 
 
-def map_codes(name: str, field: str, max_labels: int) -> tuple[np.ndarray, list[str]]:
-    """(label code per map row, labels) of `field` for the aggregated map (computed once per version)."""
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _map_density(name: str, checksum: str, url: str, stamp: str, field: str, max_labels: int,
+                 viewport: tuple[float, float, float, float] | None, sample: int):
+    from core.index.map_density import density
+    from dashboard.density_map import bin_text
+
+    md = _map_data(name, checksum, url, stamp)
+    codes, labels = _map_codes(name, checksum, url, stamp, field, max_labels)
+    d = density(md.x, md.y, codes, labels, viewport=viewport, sample=sample)
+    return d, bin_text(d)
+
+
+def map_density(name: str, field: str, max_labels: int, viewport, sample: int):
+    """(Density, its bins' hover text) of the version's map in `viewport` (None: all), binned by
+    `field`: the same for every request, so a user switch re-sends the request's points only."""
     s = settings()
-    return _map_codes(name, checksum(name), s.db_url, data_stamp(s.db_url), field, max_labels)
+    return _map_density(name, checksum(name), s.db_url, data_stamp(s.db_url), field, max_labels,
+                        None if viewport is None else tuple(map(float, viewport)), sample)
 
 
 @st.cache_resource(show_spinner=False)

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.index.map_density import MAX_BROWSER_POINTS, density, full_viewport
-from dashboard.density_map import box_of, label_codes
+from dashboard.density_map import bin_text, box_of, label_codes
 
 
 def test_density_counts_and_majority_have_known_answers():
@@ -27,6 +27,8 @@ def test_density_counts_and_majority_have_known_answers():
     np.testing.assert_array_equal(d.counts, [[100, 0, 100], [0, 0, 0], [100, 0, 100]])
     np.testing.assert_array_equal(d.majority, [[0, -1, 1], [-1, -1, -1], [0, -1, 1]])
     assert d.share[0, 0] == pytest.approx(0.7)
+    text = bin_text(d)  # the bins' hover: majority label and its share, empty where no ads
+    assert text[0, 0] == "a (70%)" and text[2, 2] == "b (100%)" and text[1, 1] == ""
     assert d.n_in_view == 400 and len(d.sample) == 50 and len(set(d.sample)) == 50
     zoom = density(x, y, codes, ["a", "b"], viewport=(0, 1.5, 0, 1.5), grid=3, sample=1000)
     assert zoom.n_in_view == 100 and zoom.counts.sum() == 100  # re-binned: only the box
@@ -65,6 +67,7 @@ def _large_map_script():
     import pandas as pd
     import streamlit as st
 
+    from core.index.map_density import density
     from dashboard import density_map
     from dashboard.state import MapData
 
@@ -78,8 +81,8 @@ def _large_map_script():
     md = MapData(ads=ads, users=pd.DataFrame(), x=xy[:, 0], y=xy[:, 1], ad_id=ids, hover=ids.astype(str),
                  rows=pd.Index(ids))
     codes, labels = density_map.label_codes(ads["vertical"], 40)
-    vp = st.session_state.get("vp")
-    fig, d = density_map.density_figure(md, codes, labels, "vertical", vp, n_request_points=500)
+    d = density(md.x, md.y, codes, labels, viewport=st.session_state.get("vp"), sample=density_map.sample_size(500))
+    fig = density_map.density_figure(md, d, density_map.bin_text(d), "vertical")
     st.plotly_chart(fig, key="big_map")
     st.caption(density_map.caption(d, "vertical", 500))
 
@@ -118,6 +121,8 @@ def test_map_page_switches_to_the_aggregated_view_above_the_threshold(demo_works
     assert not at.exception, [e.value for e in at.exception]
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert any(t["type"] == "heatmap" for t in spec["data"])
+    # SVG only: the chart is mounted anew on every user switch, and a WebGL trace costs a context
+    assert not [t["name"] for t in spec["data"] if t["type"] == "scattergl"]
     traces = _map_traces(at)
     assert "retrieved candidates" in traces and "request (query vector)" in traces
     assert any(k.startswith("sample of the view") for k in traces)

@@ -20,10 +20,15 @@ import numpy as np
 
 AGGREGATE_ABOVE = 200_000
 GRID = 128
-SAMPLE_POINTS = 4_000
-MAX_BROWSER_POINTS = 6_000
+SAMPLE_POINTS = 500
+MAX_BROWSER_POINTS = 2_000
 """Points the browser receives at most on an aggregated map: the viewport sample plus the
-request's layers (the sample shrinks to make room; candidates beyond the bound are dropped)."""
+request's layers (the sample shrinks to make room; candidates beyond the bound are dropped).
+The aggregated map draws its points as SVG, not WebGL: Streamlit mounts a new chart whenever the
+figure changes (its element id hashes the spec), so every user switch would pay for a new WebGL
+context (~0.7 s in software-rendered Chromium), while SVG costs ~0.3 ms per point; 2,000 points
+keep a switch within a second at any catalog size (`adlens bench --sections dashboard
+--dashboard-page map`)."""
 
 
 @dataclass

@@ -23,10 +23,11 @@ COLOR_BY = {"Vertical": "vertical", "Advertiser": "advertiser_name", "Campaign s
 MAX_LEGEND = 40
 
 
-def _points(md: state.MapData, idx: np.ndarray, name: str, **marker) -> go.Scattergl:
-    """One legend group of ad points (rows `idx` of the map); hover shows id, title and advertiser
-    (escaped in MapData.hover; customdata is the raw id, for selections only)."""
-    return go.Scattergl(
+def _points(md: state.MapData, idx: np.ndarray, name: str, kind=go.Scattergl, **marker):
+    """One legend group of ad points (rows `idx` of the map) as a `kind` trace (WebGL, or SVG on the
+    aggregated map); hover shows id, title and advertiser (escaped in MapData.hover; customdata is
+    the raw id, for selections only)."""
+    return kind(
         x=md.x[idx], y=md.y[idx], mode="markers", name=plain(name), customdata=md.ad_id[idx], text=md.hover[idx],
         hovertemplate="%{text}<extra>%{fullData.name}</extra>", marker=marker,
     )
@@ -56,17 +57,16 @@ def render() -> None:
     trace = outcome = None
     if show_request or field == "outcome":
         trace = state.engine(version).run(state.current_request(), state.current_params())
-        cand = trace.candidates
-        label = np.where(cand["outcome"] == "filtered", "filtered: " + cand["primary_reason"].astype(str),
-                         cand["outcome"].astype(str))
-        outcome = ads["ad_id"].map(pd.Series(label, index=cand["ad_id"].to_numpy())).fillna("not retrieved")
         r = trace.request
         st.caption(f"Request of user **{md_text(r.user_id)}** · {md_text(r.community_id or 'home feed')} · "
                    f"{md_text(r.placement)} · {r.ts:%Y-%m-%d %H:%M} UTC")
 
     if len(ads) > AGGREGATE_ABOVE:
-        _render_aggregated(md, version, field, color_by, trace, show_request, outcome)
+        _render_aggregated(md, version, field, trace, show_request)
         return
+    if trace is not None:
+        # map row -> outcome for every ad (a lookup over the whole catalog: small maps only)
+        outcome = ads["ad_id"].map(_candidate_outcomes(trace)).fillna("not retrieved")
     fig = go.Figure()
     if field == "outcome":
         groups = _groups(outcome)
@@ -110,8 +110,15 @@ def render() -> None:
         st.dataframe(sel, hide_index=True, key="map_selected")
 
 
-def _render_aggregated(md: state.MapData, version: str, field: str, color_by: str, trace, show_request: bool,
-                       outcome: pd.Series | None) -> None:
+def _candidate_outcomes(trace) -> pd.Series:
+    """ad_id -> the request's outcome for each candidate ("filtered: <reason>" for filtered ones)."""
+    cand = trace.candidates
+    label = np.where(cand["outcome"] == "filtered", "filtered: " + cand["primary_reason"].astype(str),
+                     cand["outcome"].astype(str))
+    return pd.Series(label, index=cand["ad_id"].to_numpy())
+
+
+def _render_aggregated(md: state.MapData, version: str, field: str, trace, show_request: bool) -> None:
     """Large versions: density + viewport sample + the request's points, never more than
     MAX_BROWSER_POINTS points. The viewport lives in session state per version."""
     key = f"map_viewport:{version}"
@@ -119,10 +126,11 @@ def _render_aggregated(md: state.MapData, version: str, field: str, color_by: st
         st.session_state.pop(key, None)
     viewport = st.session_state.get(key)
     density_field = field if field != "outcome" else "vertical"  # outcomes are drawn as the request's points
-    codes, labels = state.map_codes(version, density_field, MAX_LEGEND)
     layers = []
     if trace is not None and field == "outcome":  # the candidates themselves, coloured by outcome
-        retrieved = outcome[outcome != "not retrieved"]
+        outcomes = _candidate_outcomes(trace)
+        where = md.rows.get_indexer(outcomes.index)  # map rows of the candidates only, not the catalog
+        retrieved = pd.Series(outcomes.to_numpy()[where >= 0], index=where[where >= 0])
         for i, (g, rows) in enumerate(sorted(_groups(retrieved).items())):
             color = PALETTE[i % len(PALETTE)] if g.startswith("filtered") else OUTCOME_COLORS.get(g, "#7f7f7f")
             layers.append((g, retrieved.index.to_numpy()[rows], dict(size=7, color=color, opacity=0.9)))
@@ -135,11 +143,12 @@ def _render_aggregated(md: state.MapData, version: str, field: str, color_by: st
         room -= len(idx[:room])
     layers = bounded
     n_req = sum(len(idx) for _, idx, _ in layers) + 1
-    fig, d = density_map.density_figure(md, codes, labels, density_field, viewport, n_req)
-    for name, idx, marker in layers:
-        fig.add_trace(_points(md, idx, name, **marker).update(legendrank=1))
+    d, text = state.map_density(version, density_field, MAX_LEGEND, viewport, density_map.sample_size(n_req))
+    fig = density_map.density_figure(md, d, text, density_field)
+    for name, idx, marker in layers:  # SVG: see MAX_BROWSER_POINTS
+        fig.add_trace(_points(md, idx, name, kind=go.Scatter, **marker).update(legendrank=1))
     if trace is not None and (show_request or field == "outcome"):
-        _query_point(fig, version, trace)
+        _query_point(fig, version, trace, kind=go.Scatter)
     fig.update_layout(height=680, margin=dict(l=0, r=0, t=10, b=0), dragmode="select",
                       uirevision=f"{version}:{d.viewport}", legend=dict(itemsizing="constant"),
                       xaxis=dict(visible=False), yaxis=dict(visible=False))
@@ -172,11 +181,11 @@ def _request_layer_specs(md: state.MapData, trace, outlined_candidates: bool) ->
     return out
 
 
-def _query_point(fig: go.Figure, version: str, trace) -> None:
+def _query_point(fig: go.Figure, version: str, trace, kind=go.Scattergl) -> None:
     placer = state.map_placer(version)
     q = placer.place(trace.query[None, :])[0] if placer is not None else None
     if q is not None and not np.isnan(q).any():
-        fig.add_trace(go.Scattergl(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)", legendrank=1,
+        fig.add_trace(kind(x=[q[0]], y=[q[1]], mode="markers", name="request (query vector)", legendrank=1,
                                    marker=dict(size=18, color="#FF4500", symbol="star",
                                                line=dict(width=1, color="#000"))))
 
