@@ -141,6 +141,30 @@ def test_one_request_history_equals_the_frame_path(planted):
                 req = engine.default_request(uid, **({"ts": ts} if ts is not None else {}))
                 np.testing.assert_array_equal(src.history(req), src.histories(requests_frame([req]))[0])
 
+
+def test_a_request_batch_retrieves_and_encodes_as_its_frame(planted):
+    """A funnel run hands sources and the encoder a RequestBatch, not a one-row frame: same answers
+    as the frame path for every source and the query vector (home feed and community requests)."""
+    from core.data.request import RequestBatch, request_arrays
+
+    _, engine = planted
+    reqs = [engine.default_request(uid) for uid in sorted(engine.user_ids)[:6]]
+    reqs += [engine.default_request(reqs[0].user_id, community_id=None, ts="2026-10-20T12:00:00")]
+    frame, batch = requests_frame(reqs), RequestBatch.of(reqs)
+    assert len(batch) == len(reqs) and request_arrays(frame).user_id.tolist() == batch.user_id.tolist()
+    assert (request_arrays(frame).ts == batch.ts).all()
+    enc = engine.version.encoder
+    assert enc.accepts_batch
+    np.testing.assert_allclose(enc.encode(batch, engine.features), enc.encode_requests(frame, engine.features),
+                               rtol=1e-5, atol=1e-6)
+    for name, src in engine.sources.items():
+        a, b = src.retrieve(frame, 20), src.retrieve(batch, 20)
+        np.testing.assert_array_equal(a[0], b[0], err_msg=name)
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-5, err_msg=name)
+    trace = engine.run(reqs[0])  # the Trace's table is built on first read, once
+    assert callable(trace.table) and trace.stage_counts
+    assert trace.candidates is trace.candidates and not callable(trace.table)
+
 def test_popular_in_context_finds_the_trending_ad_in_its_community_only(planted):
     _, engine = planted
     src = engine.sources["popular_in_context"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core.data.request import request_arrays
 from core.store.catalog import Catalog
 
 
@@ -81,7 +82,8 @@ class FeatureStore:
         """Mean text embedding of each request's prior clicks (zeros if none) and the click counts."""
         out = np.zeros((len(requests), self.dim), np.float32)
         counts = np.zeros(len(requests), np.int64)
-        histories = self.click_histories(requests["user_id"].to_numpy(dtype=object), requests["ts"], limit)
+        b = request_arrays(requests)
+        histories = self.click_histories(b.user_id, b.ts, limit)
         for i, rows in enumerate(histories):
             counts[i] = len(rows)
             if len(rows):

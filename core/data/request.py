@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from core.common.errors import AdLensError
@@ -57,6 +58,49 @@ def parse_request_time(value) -> datetime:
 def requests_frame(requests: list[Request]) -> pd.DataFrame:
     """Requests as a frame with REQUEST_COLUMNS (the batch input of query encoders)."""
     return pd.DataFrame([asdict(r) for r in requests], columns=list(REQUEST_COLUMNS))
+
+
+@dataclass(frozen=True)
+class RequestBatch:
+    """Requests as one NumPy array per REQUEST_COLUMNS column (object; `ts` datetime64[ns]): what
+    encoders and candidate sources read. A funnel run passes one of these for its single request,
+    since building a one-row DataFrame costs more than encoding the request."""
+
+    user_id: np.ndarray
+    community_id: np.ndarray
+    placement: np.ndarray
+    device: np.ndarray
+    country: np.ndarray
+    ts: np.ndarray
+    _frame: list = field(default_factory=list, repr=False, compare=False)  # as_frame's cache
+
+    @classmethod
+    def of(cls, requests: list[Request]) -> "RequestBatch":
+        cols = {c: np.array([getattr(r, c) for r in requests] + [None], dtype=object)[:-1]
+                for c in REQUEST_COLUMNS if c != "ts"}  # + [None]: never a 2-d array of characters
+        ts = np.array([np.datetime64(r.ts, "ns") for r in requests], dtype="datetime64[ns]")
+        return cls(**cols, ts=ts)
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+
+def request_arrays(requests: "pd.DataFrame | RequestBatch") -> RequestBatch:
+    """A requests frame (REQUEST_COLUMNS) or batch as a RequestBatch."""
+    if isinstance(requests, RequestBatch):
+        return requests
+    return RequestBatch(**{c: requests[c].to_numpy(dtype=object) for c in REQUEST_COLUMNS if c != "ts"},
+                        ts=pd.to_datetime(requests["ts"]).to_numpy(dtype="datetime64[ns]"))
+
+
+def as_frame(requests: "pd.DataFrame | RequestBatch") -> pd.DataFrame:
+    """A requests frame of a frame or batch (for encoders that work on frames; built once per batch)."""
+    if not isinstance(requests, RequestBatch):
+        return requests
+    if not requests._frame:
+        requests._frame.append(pd.DataFrame({c: getattr(requests, c) for c in REQUEST_COLUMNS},
+                                            columns=list(REQUEST_COLUMNS)))
+    return requests._frame[0]
 
 
 def requests_from_impressions(impressions: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:

@@ -7,12 +7,13 @@ core/filters.py index these arrays with candidate positions (no SQL, no per-row 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from core.data.request import Request
-from core.data.vocab import AGE_BUCKETS, CampaignStatus, SafetyTier
+from core.data.vocab import AGE_BUCKETS, CampaignStatus, PolicyStatus, SafetyTier
 from core.store.catalog import Catalog
 
 DAY_NS = 24 * 3600 * 10**9
@@ -101,6 +102,16 @@ class AdFacts:
     devices: ListColumn
     include: ListColumn
     exclude: ListColumn
+
+    @cached_property
+    def approved(self) -> np.ndarray:
+        """policy_status == approved, per position (compared once, not per request)."""
+        return self.policy_status == PolicyStatus.APPROVED.value
+
+    @cached_property
+    def inactive(self) -> np.ndarray:
+        """Has a campaign whose status is not active, per position."""
+        return self.has_campaign & (self.status != CampaignStatus.ACTIVE.value)
 
     @classmethod
     def build(cls, catalog: Catalog, ad_ids: np.ndarray) -> "AdFacts":

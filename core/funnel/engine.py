@@ -10,13 +10,14 @@ simulation: it never touches the database.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from core.common.timer import StageTimer
 from core.data.features import FeatureStore
-from core.data.request import Request, requests_frame, requests_from_impressions
+from core.data.request import Request, RequestBatch, requests_from_impressions
 from core.data.vocab import UNKNOWN
 from core.funnel.ad_facts import AdFacts, FrequencyIndex, RequestContext
 from core.funnel.context import default_request, usual_contexts
@@ -140,15 +141,15 @@ class FunnelEngine:
 
     def encode(self, request: Request) -> np.ndarray:
         """The request's query vector (d,) from the version's encoder."""
-        return self.version.encoder.encode_requests(requests_frame([request]), self.features)[0]
+        return self.version.encoder.encode(RequestBatch.of([request]), self.features)[0]
 
     def describe_query(self, request: Request) -> dict:
         """What made the request's query vector: the encoder kind, plus what it used when it says
         (e.g. which imported request-vectors row, or that none matched)."""
-        return self._describe(requests_frame([request]))
+        return self._describe(RequestBatch.of([request]))
 
-    def _describe(self, frame: pd.DataFrame) -> dict:
-        detail = self.version.encoder.describe_requests(frame, self.features)
+    def _describe(self, frame: pd.DataFrame | RequestBatch) -> dict:
+        detail = self.version.encoder.describe(frame, self.features)
         return {"encoder": self.version.encoder.kind, **(detail[0] if detail else {})}
 
     def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams) -> EligibilityResult:
@@ -178,7 +179,7 @@ class FunnelEngine:
         return self.n_ads <= EXACT_RANKS_AUTO_MAX
 
     # ---- the funnel ------------------------------------------------------------------------
-    def retrieve(self, frame: pd.DataFrame, q: np.ndarray, params: FunnelParams,
+    def retrieve(self, frame: pd.DataFrame | RequestBatch, q: np.ndarray, params: FunnelParams,
                  timer: StageTimer | None = None, shard_ms: dict | None = None) -> MergedCandidates:
         """Every enabled source's top quota for the one request in `frame`, merged with attribution
         (each source's time is lapped as `retrieve:<name>`, the union as `merge`; the ANN's
@@ -225,12 +226,12 @@ class FunnelEngine:
         """Simulate `request` through every stage and return its Trace (never writes anything)."""
         params = params or FunnelParams()
         timer = StageTimer()
-        frame = requests_frame([request])
-        q = self.version.encoder.encode_requests(frame, self.features)[0]
-        query_source = self._describe(frame)
+        batch = RequestBatch.of([request])
+        q = self.version.encoder.encode(batch, self.features)[0]
+        query_source = self._describe(batch)
         timer.lap("encode")
         shard_ms: dict[int, float] = {}
-        merged = self.retrieve(frame, q, params, timer, shard_ms)
+        merged = self.retrieve(batch, q, params, timer, shard_ms)
         pos = merged.positions
         scores = self._tower_scores(q, merged)
         exact_col = self._exact_ranks(q, merged, params)
@@ -245,7 +246,8 @@ class FunnelEngine:
                              params.slate_size, ecpm_v, l2_normalize(self.version.ad_vectors[pos])
                              if params.mmr_lambda is not None else None, params.mmr_lambda)
         timer.lap("diversity")
-        frame = self._assemble(merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params)
+        # the candidates frame is built on first use (Trace.candidates), outside the funnel's timings
+        frame = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params)
         n_elig = int(eligible.sum())
         counts = {
             Stage.INVENTORY: self.n_ads,
@@ -254,7 +256,6 @@ class FunnelEngine:
             Stage.RANKED: min(params.n_ranked, n_elig),
             Stage.SLATE: int((slate.final_position > 0).sum()),
         }
-        timer.lap("assemble")
         return Trace(request, self.version.name, self.version.checksum, params, frame, counts, timer.done(),
                      self.calibration.to_dict(), q, query_source, shard_timings_ms=shard_ms,
                      backend=self.version.backend_name, source_names=tuple(self.sources), sources_ran=merged.ran)

@@ -32,7 +32,7 @@ from typing import ClassVar
 import numpy as np
 
 from core.common.errors import ValidationError
-from core.data.vocab import CampaignStatus, PolicyStatus
+from core.data.vocab import PolicyStatus
 from core.funnel.ad_facts import (
     I64_MAX,
     I64_MIN,
@@ -63,7 +63,7 @@ class PolicyRule(Rule):
     code = Reason.POLICY_REJECTED
 
     def fails(self, facts, pos, ctx):
-        return facts.policy_status[pos] != PolicyStatus.APPROVED.value
+        return ~facts.approved[pos]
 
     def describe(self, facts, p, ctx):
         if not facts.in_catalog[p]:
@@ -80,7 +80,7 @@ class CampaignActiveRule(Rule):
     code = Reason.CAMPAIGN_INACTIVE
 
     def fails(self, facts, pos, ctx):
-        return facts.has_campaign[pos] & (facts.status[pos] != CampaignStatus.ACTIVE.value)
+        return facts.inactive[pos]
 
     def describe(self, facts, p, ctx):
         return _no_campaign(facts, p) or f"campaign {facts.campaign_id[p]} status {facts.status[p]}"

@@ -25,6 +25,7 @@ until that shard's answer arrived) and `backend` the serving backend (local or r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,13 +62,15 @@ def describe_query_source(query_source: dict) -> str:
 
 @dataclass
 class Trace:
-    """One simulated request through every funnel stage."""
+    """One simulated request through every funnel stage. `table` is the candidates frame or the
+    function that builds it: `candidates` builds it on first use, so a caller that only needs the
+    slate, counts or timings (compare over many users, the latency bench) never pays for it."""
 
     request: Request
     version_name: str
     version_checksum: str
     params: "FunnelParams"
-    candidates: pd.DataFrame
+    table: pd.DataFrame | Callable[[], pd.DataFrame] = field(repr=False)
     stage_counts: dict[Stage, int]
     stage_timings_ms: dict[str, float]
     calibration: dict = field(default_factory=dict)  # the pCTR model: coefficients per feature
@@ -77,6 +80,13 @@ class Trace:
     backend: str = "local"
     source_names: tuple[str, ...] = ("two_tower",)  # the version's sources
     sources_ran: tuple[str, ...] = ("two_tower",)  # those enabled for this request
+
+    @property
+    def candidates(self) -> pd.DataFrame:
+        """One row per retrieved candidate (see the module docstring), built once on first use."""
+        if callable(self.table):
+            self.table = self.table()
+        return self.table
 
     def found_by(self, source: str) -> pd.Series:
         """Boolean per candidate: did `source` return it?"""

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.features import FeatureStore
-from core.data.request import Request
+from core.data.request import Request, RequestBatch
 from core.store.catalog import Catalog
 
 SOURCE_ORDER: tuple[str, ...] = ("two_tower", "co_engagement", "popular_in_context", "targeting", "ease")
@@ -143,9 +143,10 @@ class CandidateSource(ABC):
         return {"reachable_ads": int(self.reachable().sum())}
 
     @abstractmethod
-    def retrieve(self, requests: pd.DataFrame, k: int, options: RetrieveOptions | None = None
+    def retrieve(self, requests: "pd.DataFrame | RequestBatch", k: int, options: RetrieveOptions | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k per request: (positions int64 [n, k] padded -1, scores float32 [n, k]), best first."""
+        """Top-k per request (a requests frame or RequestBatch, read through request_arrays):
+        (positions int64 [n, k] padded -1, scores float32 [n, k]), best first."""
 
     @abstractmethod
     def explain(self, request: Request, ad_pos: int, k: int, options: RetrieveOptions | None = None

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from core.data.request import Request
+from core.data.request import Request, request_arrays
 from core.sources import cooccurrence as co
 from core.sources.base import (
     CandidateSource,
@@ -81,9 +81,8 @@ class CoEngagementSource(CandidateSource):
 
     def histories(self, requests: pd.DataFrame) -> list[np.ndarray]:
         """Each request's user's last `history` clicks before the request (0: every click)."""
-        ts = pd.to_datetime(requests["ts"]).to_numpy(dtype="datetime64[ns]")  # the store's fast path
-        return self.runtime.features.click_histories(requests["user_id"].to_numpy(dtype=object), ts,
-                                                     int(self.params["history"]) or None)
+        b = request_arrays(requests)
+        return self.runtime.features.click_histories(b.user_id, b.ts, int(self.params["history"]) or None)
 
     def history(self, request: Request) -> np.ndarray:
         """`histories` of one request, without building its frame (why-not explains per request)."""

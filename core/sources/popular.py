@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.request import Request
+from core.data.request import Request, request_arrays
 from core.sources.base import (
     CandidateSource,
     RetrieveOptions,
@@ -39,7 +39,8 @@ def scope_keys(community_id, placement, country) -> list[str]:
 
 
 def _hour(ts) -> int:
-    t = int(pd.Timestamp(ts).as_unit("ns").value)
+    t = int(np.datetime64(ts, "ns").astype(np.int64)) if not isinstance(ts, pd.Timestamp) else \
+        int(ts.as_unit("ns").value)
     return t - t % HOUR_NS
 
 
@@ -145,8 +146,8 @@ class PopularSource(CandidateSource):
         return pos, sc, picked_scope
 
     def retrieve(self, requests, k, options=None):
-        rows = [self._one(c, p, co, t, k)[:2] for c, p, co, t in zip(
-            requests["community_id"], requests["placement"], requests["country"], requests["ts"])]
+        b = request_arrays(requests)
+        rows = [self._one(c, p, co, t, k)[:2] for c, p, co, t in zip(b.community_id, b.placement, b.country, b.ts)]
         return pad(rows, k)
 
     def explain(self, request: Request, ad_pos: int, k: int, options: RetrieveOptions | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.request import Request
+from core.data.request import Request, request_arrays
 from core.sources.base import (
     CandidateSource,
     RetrieveOptions,
@@ -90,7 +90,7 @@ class TargetingSource(CandidateSource):
         return self.pos[a:b], self.scores[a:b]
 
     def retrieve(self, requests, k, options=None):
-        return pad([self.ranked(c) for c in requests["community_id"]], k)
+        return pad([self.ranked(c) for c in request_arrays(requests).community_id], k)
 
     def explain(self, request: Request, ad_pos: int, k: int, options: RetrieveOptions | None = None
                 ) -> SourceExplanation:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.request import Request, requests_frame
+from core.data.request import Request, RequestBatch
 from core.index.ann import similarity
 from core.sources.base import (
     CandidateSource,
@@ -37,7 +37,7 @@ class TwoTowerSource(CandidateSource):
         if options is not None and options.queries is not None:
             return np.atleast_2d(np.asarray(options.queries, dtype=np.float32))
         rt = self.runtime
-        return rt.version.encoder.encode_requests(requests, rt.features)
+        return rt.version.encoder.encode(requests, rt.features)
 
     def retrieve(self, requests, k, options=None):
         q = self.queries(requests, options)
@@ -49,11 +49,11 @@ class TwoTowerSource(CandidateSource):
 
     def explain(self, request: Request, ad_pos: int, k: int, options: RetrieveOptions | None = None
                 ) -> SourceExplanation:
-        q = self.queries(requests_frame([request]), options)[0]
+        q = self.queries(RequestBatch.of([request]), options)[0]
         version = self.runtime.version
         scores = similarity(version.ad_vectors, q, getattr(version.index, "metric", "ip"))[0]
         s = float(scores[ad_pos])
-        pos, _ = self.retrieve(requests_frame([request]), k, RetrieveOptions(
+        pos, _ = self.retrieve(RequestBatch.of([request]), k, RetrieveOptions(
             queries=q[None, :], search_params=options.search_params if options else None))
         hit = np.flatnonzero(pos[0] == ad_pos)
         return explanation(int(hit[0]) + 1 if len(hit) else None, int((scores > s).sum()) + 1, s, k)

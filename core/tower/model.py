@@ -44,7 +44,7 @@ from torch import nn
 
 from core.common.errors import ArtifactError
 from core.data.features import FeatureStore
-from core.data.request import REQUEST_COLUMNS
+from core.data.request import REQUEST_COLUMNS, request_arrays
 from core.data.vocab import AGE_BUCKETS, UNKNOWN, Device, Placement, values
 from core.tower.numpy_forward import NUMPY_MAX_BATCH
 from core.tower.numpy_forward import forward as numpy_forward
@@ -226,6 +226,7 @@ class UserTowerEncoder(QueryEncoder):
     """The learned query encoder of a version (kind "user_tower")."""
 
     kind = "user_tower"
+    accepts_batch = True
 
     def __init__(self, cfg: dict, vocab: dict[str, list[str]], net: TowerNet | None = None):
         if "text_dim" not in cfg:
@@ -261,17 +262,19 @@ class UserTowerEncoder(QueryEncoder):
                 f"this user tower was trained on {self.dim}-d ad text vectors but the catalog's "
                 f"vectors are {features.dim}-d (embedding model changed?): retrain the tower"
             )
-        absent = [c for c in REQUEST_COLUMNS if c not in requests]
-        if absent:
-            raise ValueError(f"requests frame lacks columns {absent}; expected {list(REQUEST_COLUMNS)}")
+        if isinstance(requests, pd.DataFrame):
+            absent = [c for c in REQUEST_COLUMNS if c not in requests]
+            if absent:
+                raise ValueError(f"requests frame lacks columns {absent}; expected {list(REQUEST_COLUMNS)}")
+        b = request_arrays(requests)
         lk = self.lookups
         prof = self._profiles(features)
-        uid = requests["user_id"].to_numpy(dtype=object)
+        uid = b.user_id
         rows = prof.rows(uid)
-        country = requests["country"].to_numpy(dtype=object)
+        country = b.country
         own = np.array([not _is_missing(c) for c in country], dtype=bool)
-        ts = pd.to_datetime(requests["ts"]).to_numpy(dtype="datetime64[ns]")
-        comm = requests["community_id"].to_numpy(dtype=object)
+        ts = b.ts
+        comm = b.community_id
         none = np.array([_is_missing(c) for c in comm], dtype=bool)
         hist, recent, count, hist_ids = self._history(features, uid, ts)
         return TowerInputs(
@@ -280,8 +283,8 @@ class UserTowerEncoder(QueryEncoder):
             user_device=prof.device[rows],
             subscriptions=prof.subscriptions[rows],
             community=np.where(none, COMM_NONE, lk["community"].codes(comm)).astype(np.int64),
-            placement=lk["placement"].codes(requests["placement"].to_numpy(dtype=object)),
-            request_device=lk["device"].codes(requests["device"].to_numpy(dtype=object)),
+            placement=lk["placement"].codes(b.placement),
+            request_device=lk["device"].codes(b.device),
             hour=np.where(np.isnat(ts), 0, (ts.astype(np.int64) // 3_600_000_000_000) % 24).astype(np.int64),
             history=hist, recent=recent, history_count=count, history_ids=hist_ids,
         )

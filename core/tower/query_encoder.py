@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.features import FeatureStore
+from core.data.request import RequestBatch, as_frame
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -31,9 +32,22 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 class QueryEncoder(ABC):
     """Maps a frame of requests (core.data.request.REQUEST_COLUMNS) to float32 query vectors
-    (L2-normalised for AdLens's own encoders; imported ones return what the team's model returns)."""
+    (L2-normalised for AdLens's own encoders; imported ones return what the team's model returns).
+
+    Callers use `encode` / `describe`, which also take a RequestBatch (a funnel run's single
+    request, no DataFrame built): an encoder with `accepts_batch = True` reads it through
+    core.data.request.request_arrays; the others (plugins) get it as a frame."""
 
     kind: ClassVar[str]
+    accepts_batch: ClassVar[bool] = False
+
+    def encode(self, requests: "pd.DataFrame | RequestBatch", features: FeatureStore) -> np.ndarray:
+        """`encode_requests` of a requests frame or batch."""
+        return self.encode_requests(requests if self.accepts_batch else as_frame(requests), features)
+
+    def describe(self, requests: "pd.DataFrame | RequestBatch", features: FeatureStore) -> list[dict] | None:
+        """`describe_requests` of a requests frame or batch."""
+        return self.describe_requests(requests if self.accepts_batch else as_frame(requests), features)
 
     @abstractmethod
     def encode_requests(self, requests: pd.DataFrame, features: FeatureStore) -> np.ndarray:
@@ -78,6 +92,7 @@ class UnitQueries(QueryEncoder):
     def __init__(self, inner: QueryEncoder):
         self.inner = inner
         self.kind = inner.kind
+        self.accepts_batch = inner.accepts_batch
 
     def encode_requests(self, requests: pd.DataFrame, features: FeatureStore) -> np.ndarray:
         return l2_normalize(self.inner.encode_requests(requests, features))
@@ -103,6 +118,7 @@ class HistoryMeanEncoder(QueryEncoder):
     users with no history get the popularity-weighted mean of all clicked ads."""
 
     kind = "history_mean"
+    accepts_batch = True
 
     def __init__(self, history_limit: int = 50):
         self.history_limit = history_limit
