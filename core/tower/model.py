@@ -219,7 +219,10 @@ class _ProfileCodes:
 
     def rows(self, user_ids: np.ndarray) -> np.ndarray:
         """Row of each user in the code tables; -1 (the trailing all-unknown row) if unknown."""
-        return self.index.get_indexer(pd.Index(user_ids, dtype=object)) if len(user_ids) else np.empty(0, np.int64)
+        if len(user_ids) <= 16:  # a funnel run's request: the index's hash table, no new Index
+            return np.fromiter((self.index.get_loc(u) if u in self.index else -1 for u in user_ids),
+                               dtype=np.int64, count=len(user_ids))
+        return self.index.get_indexer(pd.Index(user_ids, dtype=object))
 
 
 class UserTowerEncoder(QueryEncoder):
