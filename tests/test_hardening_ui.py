@@ -199,14 +199,18 @@ def test_density_map_sample_hover_shows_the_escaped_id():
     import numpy as np
 
     from core.common.escape import hover
-    from dashboard.density_map import density_figure, label_codes
+    from core.index.map_density import density
+    from dashboard.density_map import bin_text, density_figure, label_codes
 
     ids = np.array(["<b>ad</b>", "ad_2", "ad_3", "ad_4"])
     md_ = SimpleNamespace(x=np.array([0, 1, 2, 3], np.float32), y=np.array([0, 1, 0, 1], np.float32), ad_id=ids,
                           hover=np.array([hover(i) + "<br>title" for i in ids]))
     codes, labels = label_codes(pd.Series(["a", "b", "a", "<i>b</i>"]), 10)
-    fig, _ = density_figure(md_, codes, labels, "vertical", None, 0)
+    d = density(md_.x, md_.y, codes, labels, sample=10)
+    fig = density_figure(md_, d, bin_text(d), "vertical")
     sample = next(t for t in fig.data if t.name.startswith("sample"))
     assert "customdata" not in sample.hovertemplate
     assert "&lt;b&gt;ad&lt;/b&gt;<br>title" in list(sample.text)
     assert all("<i>" not in (t.name or "") for t in fig.data)
+    heat = next(t for t in fig.data if t.type == "heatmap")  # bin hovers name the label escaped too
+    assert any("&lt;i&gt;b&lt;/i&gt;" in str(v) for v in np.ravel(heat.text)) and "<i>" not in str(list(np.ravel(heat.text)))
