@@ -111,7 +111,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
                         "the generated bench workspace")
     p.add_argument("--dashboard-page", choices=("inspect", "map"), default="inspect",
                    help="dashboard section: time user switches on Inspect (at min(--ads, 100k) ads) or on the "
-                        "Embedding map (at --ads, aggregated on the server above 200k)")
+                        "Embedding map (at --ads, aggregated on the server above 50k)")
     add_json_flag(p)
     p.set_defaults(func=cmd_bench)
 

@@ -18,7 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AGGREGATE_ABOVE = 200_000
+AGGREGATE_ABOVE = 50_000
+"""Versions with more ads than this get the aggregated map. Every ad as a WebGL point costs a user
+switch 1.2 s at 10k ads and 3.4 s at 100k (the whole figure, 130 bytes per ad, is re-sent and
+re-drawn); aggregated, 100k ads take 0.95 s (`adlens bench --ads 100000 --sections dashboard
+--dashboard-page map`)."""
 GRID = 128
 SAMPLE_POINTS = 500
 MAX_BROWSER_POINTS = 2_000
