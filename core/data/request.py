@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,6 @@ class RequestBatch:
     device: np.ndarray
     country: np.ndarray
     ts: np.ndarray
-    _frame: list = field(default_factory=list, repr=False, compare=False)  # as_frame's cache
 
     @classmethod
     def of(cls, requests: list[Request]) -> "RequestBatch":
@@ -83,6 +83,11 @@ class RequestBatch:
 
     def __len__(self) -> int:
         return len(self.user_id)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The batch as a requests frame (built once)."""
+        return pd.DataFrame({c: getattr(self, c) for c in REQUEST_COLUMNS}, columns=list(REQUEST_COLUMNS))
 
 
 def request_arrays(requests: "pd.DataFrame | RequestBatch") -> RequestBatch:
@@ -95,12 +100,7 @@ def request_arrays(requests: "pd.DataFrame | RequestBatch") -> RequestBatch:
 
 def as_frame(requests: "pd.DataFrame | RequestBatch") -> pd.DataFrame:
     """A requests frame of a frame or batch (for encoders that work on frames; built once per batch)."""
-    if not isinstance(requests, RequestBatch):
-        return requests
-    if not requests._frame:
-        requests._frame.append(pd.DataFrame({c: getattr(requests, c) for c in REQUEST_COLUMNS},
-                                            columns=list(REQUEST_COLUMNS)))
-    return requests._frame[0]
+    return requests.frame if isinstance(requests, RequestBatch) else requests
 
 
 def requests_from_impressions(impressions: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
