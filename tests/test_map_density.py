@@ -130,3 +130,5 @@ def test_map_page_switches_to_the_aggregated_view_above_the_threshold(demo_works
     captions = [c.value for c in at.caption]
     assert any("aggregated on the server" in c for c in captions)
     assert any(c.startswith("Request of user **") for c in captions)  # which request is drawn
+    at.toggle(key="map_users").set_value(True).run()  # users are not drawn when aggregated: said so
+    assert not at.exception and any("User points are drawn on maps of up to 100 ads" in c.value for c in at.caption)

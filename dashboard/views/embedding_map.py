@@ -63,6 +63,10 @@ def render() -> None:
 
     if len(ads) > AGGREGATE_ABOVE:
         _render_aggregated(md, version, field, trace, show_request)
+        if show_users:
+            st.caption(f"User points are drawn on maps of up to {AGGREGATE_ABOVE:,} ads; this version has "
+                       f"{len(ads):,}, so its map is aggregated: it shows the current request (query point, candidates, "
+                       "clicked ads) instead of every user.")
         return
     if trace is not None:
         # map row -> outcome for every ad (a lookup over the whole catalog: small maps only)
