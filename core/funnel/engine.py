@@ -148,8 +148,8 @@ class FunnelEngine:
         (e.g. which imported request-vectors row, or that none matched)."""
         return self._describe(RequestBatch.of([request]))
 
-    def _describe(self, frame: pd.DataFrame | RequestBatch) -> dict:
-        detail = self.version.encoder.describe(frame, self.features)
+    def _describe(self, requests: pd.DataFrame | RequestBatch) -> dict:
+        detail = self.version.encoder.describe(requests, self.features)
         return {"encoder": self.version.encoder.kind, **(detail[0] if detail else {})}
 
     def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams) -> EligibilityResult:
@@ -179,16 +179,16 @@ class FunnelEngine:
         return self.n_ads <= EXACT_RANKS_AUTO_MAX
 
     # ---- the funnel ------------------------------------------------------------------------
-    def retrieve(self, frame: pd.DataFrame | RequestBatch, q: np.ndarray, params: FunnelParams,
+    def retrieve(self, requests: pd.DataFrame | RequestBatch, q: np.ndarray, params: FunnelParams,
                  timer: StageTimer | None = None, shard_ms: dict | None = None) -> MergedCandidates:
-        """Every enabled source's top quota for the one request in `frame`, merged with attribution
+        """Every enabled source's top quota for the one request in `requests`, merged with attribution
         (each source's time is lapped as `retrieve:<name>`, the union as `merge`; the ANN's
         per-shard times go into `shard_ms`)."""
         opts = RetrieveOptions(queries=q[None, :], search_params=params.search_params, stats=shard_ms)
         results = {}
         for name, src in self.sources.items():
             if params.enabled(name):
-                pos, sc = src.retrieve(frame, params.quota(name), opts)
+                pos, sc = src.retrieve(requests, params.quota(name), opts)
                 results[name] = (pos[0], sc[0])
                 if timer:
                     timer.lap(f"retrieve:{name}")
@@ -247,7 +247,7 @@ class FunnelEngine:
                              if params.mmr_lambda is not None else None, params.mmr_lambda)
         timer.lap("diversity")
         # the candidates frame is built on first use (Trace.candidates), outside the funnel's timings
-        frame = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params)
+        table = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params)
         n_elig = int(eligible.sum())
         counts = {
             Stage.INVENTORY: self.n_ads,
@@ -256,7 +256,7 @@ class FunnelEngine:
             Stage.RANKED: min(params.n_ranked, n_elig),
             Stage.SLATE: int((slate.final_position > 0).sum()),
         }
-        return Trace(request, self.version.name, self.version.checksum, params, frame, counts, timer.done(),
+        return Trace(request, self.version.name, self.version.checksum, params, table, counts, timer.done(),
                      self.calibration.to_dict(), q, query_source, shard_timings_ms=shard_ms,
                      backend=self.version.backend_name, source_names=tuple(self.sources), sources_ran=merged.ran)
 
