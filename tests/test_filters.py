@@ -202,23 +202,3 @@ def test_list_column_membership_matches_python():
 def test_facts_are_read_only(facts):
     with pytest.raises(ValueError):
         facts.policy_status[0] = "approved"
-
-
-def test_cached_rule_verdicts_equal_each_rule_on_the_candidates(catalog, facts):
-    """Rules reading one small value of the request are kept per value over the whole catalog
-    (AdFacts.rule_mask); on any candidate subset, first call and cached call, they equal the rule
-    run on the candidates themselves."""
-    from core.funnel.filters import RULES
-
-    rng = np.random.default_rng(0)
-    overrides = [{}, {"community_id": "c_other"}, {"community_id": "c_safe"}, {"placement": "home_feed"},
-                 {"country": "DE"}, {"device": "ios"}, {"community_id": "c_mature"}, {}]
-    for override in overrides:
-        ctx = _ctx(catalog, facts, default_request(catalog, "u1", **override))
-        pos = rng.permutation(len(facts.ad_ids))[: max(1, len(facts.ad_ids) - 2)]
-        for _ in range(2):
-            res = evaluate(facts, pos, ctx, tuple(ELIGIBILITY_REASONS))
-            oracle = np.stack([RULES[c].fails(facts, pos, ctx) for c in ELIGIBILITY_REASONS], axis=1)
-            np.testing.assert_array_equal(res.fails, oracle, err_msg=str(override))
-    keyed = [c for c in ELIGIBILITY_REASONS if RULES[c].request_key(ctx) is not None]
-    assert len(keyed) >= 8 and facts._rule_masks[0]  # the request-keyed rules went through the cache

@@ -6,8 +6,6 @@ core/filters.py index these arrays with candidate positions (no SQL, no per-row 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,10 +19,6 @@ from core.store.catalog import Catalog
 DAY_NS = 24 * 3600 * 10**9
 I64_MIN, I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 TIER_RANK = {t.value: t.rank for t in SafetyTier}
-RULE_MASK_MAX_ADS = 2_000_000
-RULE_MASK_BYTES = 64 << 20
-"""Rule verdicts over the whole catalog are kept per request value (country, device, age range,
-community, tier) up to this many ads, within this much memory (one byte per ad per value)."""
 
 
 def ts_ns(value) -> int:
@@ -108,35 +102,6 @@ class AdFacts:
     devices: ListColumn
     include: ListColumn
     exclude: ListColumn
-
-    @cached_property
-    def positions(self) -> np.ndarray:
-        """Every position (0..n-1): a rule's verdict over the whole catalog."""
-        return np.arange(len(self.ad_ids), dtype=np.int64)
-
-    @cached_property
-    def _rule_masks(self) -> tuple[dict, threading.Lock]:
-        return {}, threading.Lock()
-
-    def rule_mask(self, rule, key, compute: Callable[[], np.ndarray]) -> np.ndarray | None:
-        """`rule`'s verdict on every ad for request value `key`, computed by `compute` the first
-        time and kept (newest RULE_MASK_BYTES worth); None above RULE_MASK_MAX_ADS ads, where a
-        verdict over the whole catalog would cost more than the candidates' of one request."""
-        n = len(self.ad_ids)
-        if n > RULE_MASK_MAX_ADS:
-            return None
-        masks, lock = self._rule_masks
-        with lock:
-            hit = masks.get((rule, key))
-        if hit is not None:
-            return hit
-        mask = np.asarray(compute(), dtype=bool)
-        mask.flags.writeable = False  # shared by every request
-        with lock:
-            masks[(rule, key)] = mask
-            while len(masks) > max(16, RULE_MASK_BYTES // max(n, 1)):
-                masks.pop(next(iter(masks)))
-        return mask
 
     @cached_property
     def approved(self) -> np.ndarray:

@@ -58,21 +58,12 @@ class Rule(ABC):
     def describe(self, facts: AdFacts, p: int, ctx: RequestContext) -> str:
         """The rule's inputs for ad position `p` in this request, e.g. "targets US, CA; request country DE"."""
 
-    def request_key(self, ctx: RequestContext):
-        """What of the request the rule reads, when that is one small hashable value (its verdict
-        over the whole catalog is then computed once per value: AdFacts.rule_mask); None when it
-        reads more (time, impression counts) and runs on the candidates of every request."""
-        return None
-
 
 class PolicyRule(Rule):
     code = Reason.POLICY_REJECTED
 
     def fails(self, facts, pos, ctx):
         return ~facts.approved[pos]
-
-    def request_key(self, ctx):
-        return ()
 
     def describe(self, facts, p, ctx):
         if not facts.in_catalog[p]:
@@ -90,9 +81,6 @@ class CampaignActiveRule(Rule):
 
     def fails(self, facts, pos, ctx):
         return facts.inactive[pos]
-
-    def request_key(self, ctx):
-        return ()
 
     def describe(self, facts, p, ctx):
         return _no_campaign(facts, p) or f"campaign {facts.campaign_id[p]} status {facts.status[p]}"
@@ -120,9 +108,6 @@ class BudgetRule(Rule):
         budget = facts.daily_budget[pos]
         return facts.has_campaign[pos] & ~np.isnan(budget) & (facts.spend_today[pos] >= budget)
 
-    def request_key(self, ctx):
-        return ()
-
     def describe(self, facts, p, ctx):
         if msg := _no_campaign(facts, p):
             return msg
@@ -141,9 +126,6 @@ class _ListTargetRule(Rule):
     def fails(self, facts, pos, ctx):
         col: ListColumn = getattr(facts, self.column)
         return facts.has_campaign[pos] & col.nonempty(pos) & ~col.contains(pos, self._value(ctx))
-
-    def request_key(self, ctx):
-        return self._value(ctx)
 
     def describe(self, facts, p, ctx):
         if msg := _no_campaign(facts, p):
@@ -179,9 +161,6 @@ class AgeRule(Rule):
         overlap = (np.nan_to_num(lo, nan=-np.inf) <= rng[1]) & (np.nan_to_num(hi, nan=np.inf) >= rng[0])
         return targeted & ~overlap
 
-    def request_key(self, ctx):
-        return ctx.age_range
-
     def describe(self, facts, p, ctx):
         if msg := _no_campaign(facts, p):
             return msg
@@ -199,9 +178,6 @@ class CommunityExcludedRule(Rule):
     def fails(self, facts, pos, ctx):
         return facts.has_campaign[pos] & facts.exclude.contains(pos, ctx.request.community_id)
 
-    def request_key(self, ctx):
-        return ctx.request.community_id
-
     def describe(self, facts, p, ctx):
         if msg := _no_campaign(facts, p):
             return msg
@@ -216,9 +192,6 @@ class CommunityTargetRule(Rule):
         return facts.has_campaign[pos] & facts.include.nonempty(pos) & \
             ~facts.include.contains(pos, ctx.request.community_id)
 
-    def request_key(self, ctx):
-        return ctx.request.community_id
-
     def describe(self, facts, p, ctx):
         if msg := _no_campaign(facts, p):
             return msg
@@ -231,9 +204,6 @@ class BrandSafetyRule(Rule):
 
     def fails(self, facts, pos, ctx):
         return facts.has_campaign[pos] & (TIER_RANK.get(ctx.community_tier, 0) > facts.brand_rank[pos])
-
-    def request_key(self, ctx):
-        return ctx.community_tier
 
     def describe(self, facts, p, ctx):
         if msg := _no_campaign(facts, p):
@@ -317,10 +287,7 @@ def evaluate(facts: AdFacts, pos: np.ndarray, ctx: RequestContext, codes: tuple[
     pos = np.asarray(pos, dtype=np.int64)
     fails = np.zeros((len(pos), len(codes)), bool)
     for j, code in enumerate(codes):
-        rule = RULES[code]
-        key = rule.request_key(ctx)
-        whole = None if key is None else facts.rule_mask(code, key, lambda r=rule: r.fails(facts, facts.positions, ctx))
-        fails[:, j] = whole[pos] if whole is not None else rule.fails(facts, pos, ctx)
+        fails[:, j] = RULES[code].fails(facts, pos, ctx)
     primary = np.full(len(pos), None, dtype=object)
     any_fail = fails.any(axis=1)
     if any_fail.any():
