@@ -91,9 +91,13 @@ class RequestBatch:
 
 
 def request_arrays(requests: "pd.DataFrame | RequestBatch") -> RequestBatch:
-    """A requests frame (REQUEST_COLUMNS) or batch as a RequestBatch."""
+    """A requests frame (REQUEST_COLUMNS) or batch as a RequestBatch; ValueError naming the
+    columns a frame lacks."""
     if isinstance(requests, RequestBatch):
         return requests
+    absent = [c for c in REQUEST_COLUMNS if c not in requests]
+    if absent:
+        raise ValueError(f"requests frame lacks columns {absent}; expected {list(REQUEST_COLUMNS)}")
     return RequestBatch(**{c: requests[c].to_numpy(dtype=object) for c in REQUEST_COLUMNS if c != "ts"},
                         ts=pd.to_datetime(requests["ts"]).to_numpy(dtype="datetime64[ns]"))
 

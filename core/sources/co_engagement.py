@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from core.data.request import Request, request_arrays
+from core.data.request import Request, RequestBatch, request_arrays
 from core.sources import cooccurrence as co
 from core.sources.base import (
     CandidateSource,
@@ -85,9 +85,8 @@ class CoEngagementSource(CandidateSource):
         return self.runtime.features.click_histories(b.user_id, b.ts, int(self.params["history"]) or None)
 
     def history(self, request: Request) -> np.ndarray:
-        """`histories` of one request, without building its frame (why-not explains per request)."""
-        return self.runtime.features.click_histories(np.array([request.user_id], dtype=object), [request.ts],
-                                                     int(self.params["history"]) or None)[0]
+        """`histories` of one request (why-not explains per request)."""
+        return self.histories(RequestBatch.of([request]))[0]
 
     def score_many(self, histories: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (positions [n, k] padded -1, scores) of each history, its own ads left out."""

@@ -49,11 +49,12 @@ class TwoTowerSource(CandidateSource):
 
     def explain(self, request: Request, ad_pos: int, k: int, options: RetrieveOptions | None = None
                 ) -> SourceExplanation:
-        q = self.queries(RequestBatch.of([request]), options)[0]
+        batch = RequestBatch.of([request])
+        q = self.queries(batch, options)[0]
         version = self.runtime.version
         scores = similarity(version.ad_vectors, q, getattr(version.index, "metric", "ip"))[0]
         s = float(scores[ad_pos])
-        pos, _ = self.retrieve(RequestBatch.of([request]), k, RetrieveOptions(
+        pos, _ = self.retrieve(batch, k, RetrieveOptions(
             queries=q[None, :], search_params=options.search_params if options else None))
         hit = np.flatnonzero(pos[0] == ad_pos)
         return explanation(int(hit[0]) + 1 if len(hit) else None, int((scores > s).sum()) + 1, s, k)

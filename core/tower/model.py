@@ -44,7 +44,7 @@ from torch import nn
 
 from core.common.errors import ArtifactError
 from core.data.features import FeatureStore
-from core.data.request import REQUEST_COLUMNS, request_arrays
+from core.data.request import request_arrays
 from core.data.vocab import AGE_BUCKETS, UNKNOWN, Device, Placement, values
 from core.tower.numpy_forward import NUMPY_MAX_BATCH
 from core.tower.numpy_forward import forward as numpy_forward
@@ -265,10 +265,6 @@ class UserTowerEncoder(QueryEncoder):
                 f"this user tower was trained on {self.dim}-d ad text vectors but the catalog's "
                 f"vectors are {features.dim}-d (embedding model changed?): retrain the tower"
             )
-        if isinstance(requests, pd.DataFrame):
-            absent = [c for c in REQUEST_COLUMNS if c not in requests]
-            if absent:
-                raise ValueError(f"requests frame lacks columns {absent}; expected {list(REQUEST_COLUMNS)}")
         b = request_arrays(requests)
         lk = self.lookups
         prof = self._profiles(features)
