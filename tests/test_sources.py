@@ -436,3 +436,30 @@ def test_ease_source_is_skipped_with_its_reason_above_the_limit(tmp_path, caplog
     engine = open_engine(settings, "v1")
     assert "ease" not in engine.sources and "co_engagement" in engine.sources
     assert engine.run(engine.default_request("probe"), FunnelParams(k=5)).source_names[-1] == "targeting"
+
+
+def test_sources_rebuilt_on_the_validation_slice_never_see_its_pairs(planted):
+    """Issue #13: the merge's shares are learned on a validation slice; its sources are rebuilt on
+    the slice's fitting side, so EASE's fit equals the closed form on exactly the fitting pairs and
+    no validation ad is in a validation user's history."""
+    from core.analysis.merge_learning import slice_sources
+    from core.sources.ease import fit_ease
+    from core.tower.split import Split
+    from core.tower.user_protocol import build_user_protocol, validation_slice
+
+    _, engine = planted
+    v = engine.version
+    data = build_user_protocol(engine.catalog, v.ad_ids, v.ad_text_vectors, Split("user", test_fraction=0.2, seed=3))
+    val = validation_slice(data, seed=4)
+    assert len(val.test_pos) > 0
+    vdata, vsrc = slice_sources(engine.sources, data, val, engine.catalog)
+    assert list(vsrc) == [n for n in engine.sources if n != "two_tower"]  # its tower saw the slice
+    assert vdata.requests["user_id"].tolist() == data.train_users[val.users.astype(int)].tolist()
+    lam = float(engine.sources["ease"].params["lam"])
+    expected = fit_ease(co.click_matrix(val.train_user_idx, val.train_ad_pos, val.n_train_users, val.n_ads), lam)
+    np.testing.assert_allclose(vsrc["ease"].B.astype(np.float64), expected, atol=2e-3)
+    full = fit_ease(co.click_matrix(data.train_user_idx, data.train_ad_pos, data.n_train_users, data.n_ads), lam)
+    assert np.abs(full - expected).max() > 1e-2  # the slice's pairs change the fit: the check can fail
+    hist = vsrc["co_engagement"].histories(vdata.requests)
+    for r, pos in zip(val.test_rows, val.test_pos):
+        assert pos not in hist[r] and pos not in vdata.histories[r]

@@ -216,16 +216,35 @@ class _ListSource:
 
 
 def test_source_ranks_drop_training_ads_and_merge_at_the_same_k():
-    from core.analysis.user_eval import source_ranks
+    from core.analysis.user_eval import source_lists, source_ranks
 
     data = _data(8, histories=[[0], [5]], tests=[[3], [6]])
     data.requests = pd.DataFrame({"row": [0, 1]})
     sources = {"co_engagement": _ListSource([[0, 1, 3, 2], [6, 1, 2, 3]]),  # user 0's ad 0 is a training ad
                "popular_in_context": _ListSource([[4, 3, 1, 2], [1, 2, 3, 4]])}
-    ranks, notes = source_ranks(sources, data, 2, {"co_engagement": 1, "popular_in_context": 1})
+    ranks, notes = source_ranks(source_lists(sources, data, 2), data, 2, {"co_engagement": 1, "popular_in_context": 1})
     # co_engagement alone, K=2: user 0 gets [1, 3] (3 at rank 1), user 1 gets [6, 1] (6 at rank 0)
     assert ranks["source:co_engagement"].tolist() == [1, 0]
     assert ranks["source:popular_in_context"].tolist() == [1, 8]  # [4, 3]; [1, 2]: 6 missed -> n_ads
     # merged at K=2, equal weights: user 0 -> [1, 4]: 3 missed; user 1 -> [6, 1]
     assert ranks["merged_sources"].tolist() == [8, 0]
-    assert "co_engagement 50%" in notes["merged_sources"]
+    assert "co_engagement 50.0%" in notes["merged_sources"]
+
+
+def test_learned_allocation_mixes_sources_only_where_the_mix_finds_more():
+    """Issue #13: the merge's shares are learned on the validation slice by HR@K; a move is kept only
+    when it raises HR@K, so a source that adds nothing gets no share."""
+    from core.analysis.merge_learning import learn_allocation
+
+    val = _data(10, histories=[[9], [9]], tests=[[1], [2]])
+    # each source finds one user's held-out ad first: at K=2 only the 50/50 mix finds both
+    lists = {"co_engagement": np.array([[1, 3, 4], [5, 6, 7]]), "popular_in_context": np.array([[5, 6, 7], [2, 3, 4]])}
+    shares, tried = learn_allocation(lists, val, 2, {"co_engagement": 9, "popular_in_context": 1})
+    assert shares == {"co_engagement": 0.5, "popular_in_context": 0.5}
+    assert tried["co_engagement 90.0%, popular_in_context 10.0%"] == 0.5  # the funnel's quotas: one slot each user
+    assert tried["co_engagement 50.0%, popular_in_context 50.0%"] == 1.0
+    # co_engagement finds both at rank 2, popular finds neither: any share for popular costs a hit
+    lists = {"co_engagement": np.array([[3, 1, 4], [5, 2, 7]]), "popular_in_context": np.array([[5, 6, 7], [6, 3, 4]])}
+    shares, tried = learn_allocation(lists, val, 2, {"co_engagement": 1, "popular_in_context": 1})
+    assert shares == {"co_engagement": 1.0}
+    assert tried["co_engagement 100.0%"] == 1.0 and tried["co_engagement 50.0%, popular_in_context 50.0%"] == 0.0

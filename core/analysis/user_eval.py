@@ -30,6 +30,7 @@ from core.common.errors import AdLensError
 from core.sources.cooccurrence import click_matrix, item_neighbours, score_histories
 from core.sources.base import CandidateSource, RetrieveOptions
 from core.sources.ease import DEFAULT_LAMBDAS, ease_scores, ease_skip_reason, fit_ease
+from core.analysis.merge_learning import normalise_shares, allocation_label, learn_allocation, slice_sources
 from core.sources.merge import merge_at_budget
 from core.store.catalog import Catalog
 from core.tower.metrics import user_protocol_metrics
@@ -90,21 +91,34 @@ def source_lists(sources: dict[str, CandidateSource], data: UserProtocolData, k:
     return out
 
 
-def source_ranks(sources: dict[str, CandidateSource], data: UserProtocolData, k: int,
+def source_ranks(lists: dict[str, np.ndarray], data: UserProtocolData, k: int,
                  quotas: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Ranks of the held-out pairs under each source alone (`source:NAME`) and under the merged
-    set at the same budget (`merged_sources`), with a note on how the merge weighs the sources."""
-    lists = source_lists(sources, data, k)
+    """Ranks of the held-out pairs under each source's list alone (`source:NAME`, from
+    `source_lists`) and under the merged set at the same budget `k` with the funnel's `quotas` as
+    weights (`merged_sources`), with a note on how the merge weighs the sources."""
     ranks = {f"source:{name}": list_ranks(data, lst) for name, lst in lists.items()}
     weights = {name: quotas[name] for name in lists}
     ranks["merged_sources"] = list_ranks(data, merge_at_budget(lists, weights, k))
-    share = sum(weights.values())
-    notes = {"merged_sources": "union of " + ", ".join(f"{n} {w / share:.0%}" for n, w in weights.items())
+    notes = {"merged_sources": "union of " + allocation_label(normalise_shares(weights))
              + " of the same K (the funnel's quotas as weights; ads found twice counted once)"}
     empty = [n for n, lst in lists.items() if not (lst >= 0).any()]
     if empty:
         notes["sources"] = f"returned nothing for any user: {', '.join(empty)}"
     return ranks, notes
+
+
+def learned_merge_ranks(lists: dict[str, np.ndarray], data: UserProtocolData, k: int, val_lists: dict[str, np.ndarray],
+                        val: UserProtocolData, k_sel: int, quotas: dict[str, int]) -> tuple[np.ndarray, str]:
+    """Ranks of the held-out pairs under the merge at budget `k` with the shares learned on the
+    validation slice (core.analysis.merge_learning), and the note saying what was chosen."""
+    shares, tried = learn_allocation(val_lists, val, k_sel, quotas)
+    best = sorted(tried.items(), key=lambda kv: -kv[1])[:4]
+    note = (f"union of {allocation_label(shares)} of the same K, the shares chosen by hr@{k_sel} on the validation "
+            f"slice with the sources rebuilt on its fitting side ({len(tried)} allocations tried; best: "
+            + "; ".join(f"{label} -> {v:.3f}" for label, v in best) + ")"
+            + ("; two_tower not weighed: its tower was trained on the validation pairs"
+               if "two_tower" in lists and "two_tower" not in val_lists else ""))
+    return list_ranks(data, merge_at_budget(lists, shares, k)), note
 
 
 def choose(val: UserProtocolData, ranks: Callable[[float], np.ndarray], grid: tuple[float, ...], k: int) -> tuple[float, dict]:
@@ -119,10 +133,14 @@ def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
                     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
                     shrinkages: tuple[float, ...] = KNN_SHRINKAGES,
                     sources: dict[str, CandidateSource] | None = None,
-                    quotas: dict[str, int] | None = None) -> UserEvalReport:
+                    quotas: dict[str, int] | None = None,
+                    on_slice: Callable[[UserProtocolData], tuple[UserProtocolData, dict]] | None = None,
+                    ) -> UserEvalReport:
     """The user-protocol table on `data`: `encoders` (name -> encoder), the baselines, item-kNN, EASE,
     and with `sources` (bound to `data.features`) each source alone and merged at K = max(ks)
-    with `quotas` as the merge weights (default: the funnel's)."""
+    with `quotas` as the merge weights (default: the funnel's); with `on_slice` (the
+    validation slice -> it with requests, and the sources rebuilt on its fitting side) also
+    merged with the shares learned on that slice (`merged_learned`)."""
     t0 = time.perf_counter()
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] <= 0:
@@ -149,9 +167,14 @@ def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
         from core.funnel.params import DEFAULT_PARAMS
 
         quotas = quotas or {n: DEFAULT_PARAMS.quota(n) for n in sources}
-        more, more_notes = source_ranks(sources, data, kmax, quotas)
+        lists = source_lists(sources, data, kmax)
+        more, more_notes = source_ranks(lists, data, kmax, quotas)
         ranks.update(more)
         notes.update(more_notes)
+        if on_slice is not None:
+            vdata, vsources = on_slice(val)
+            ranks["merged_learned"], notes["merged_learned"] = learned_merge_ranks(
+                lists, data, kmax, source_lists(vsources, vdata, k_sel), vdata, k_sel, quotas)
     return user_report(data, ranks, ks, notes=notes, seconds=time.perf_counter() - t0)
 
 
@@ -240,6 +263,7 @@ def _evaluate_with_sources(v, catalog, ad_ids, ad_text_vectors, split: Split, ks
     try:
         data = build_user_protocol(catalog, ad_ids, ad_text_vectors, split)
         sources = load_sources(v, data.features)  # bound to the training-side history only
-        return evaluate_models(data, ks, encoders=encoders, seed=split.seed, sources=sources)
+        return evaluate_models(data, ks, encoders=encoders, seed=split.seed, sources=sources,
+                               on_slice=lambda val: slice_sources(sources, data, val, catalog))
     finally:
         v.close()

@@ -53,6 +53,7 @@ class UserProtocolData:
     train_ad_pos: np.ndarray  # ... and ad position (for click matrices)
     n_train_users: int
     n_skipped: int  # held-out pairs whose ad has no text vector
+    train_users: np.ndarray | None = None  # user id of each training user code
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -87,20 +88,27 @@ def build_user_protocol(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: n
     all_train_users, tcode = np.unique(tuser, return_inverse=True)
     ucode = pd.Index(all_train_users).get_indexer(users)
     histories = _histories(tcode, tpos, len(all_train_users), ucode)
-    last = imps.groupby("user_id")["ts"].max()
-    ts = pd.to_datetime(last.reindex(users).to_numpy()) + pd.Timedelta(seconds=1)
-    prof = catalog.users.set_index("user_id") if len(catalog.users) else pd.DataFrame(columns=["country", "device"])
-    requests = pd.DataFrame({
-        "user_id": users.astype(object), "community_id": None, "placement": "home_feed",
-        "device": prof["device"].reindex(users).fillna("unknown").to_numpy(dtype=object),
-        "country": prof["country"].reindex(users).fillna("unknown").to_numpy(dtype=object),
-        "ts": ts.to_numpy(),
-    }, columns=list(REQUEST_COLUMNS))
+    requests = protocol_requests(catalog, users)
     return UserProtocolData(split=split, n_ads=n_ads, users=users.astype(object), histories=histories,
                             test_rows=rows[order].astype(np.int64), test_pos=hpos[order].astype(np.int64),
                             requests=requests, features=features, train_user_idx=tcode.astype(np.int64),
                             train_ad_pos=tpos.astype(np.int64), n_train_users=len(all_train_users),
-                            n_skipped=skipped)
+                            n_skipped=skipped, train_users=all_train_users.astype(object))
+
+
+def protocol_requests(catalog: Catalog, users: np.ndarray) -> pd.DataFrame:
+    """The protocol's request of each user in `users`: the home feed with the user's profile device
+    and country, one second after the user's last impression (training or held out)."""
+    imps = catalog.impressions
+    last = imps.groupby("user_id")["ts"].max()
+    ts = pd.to_datetime(last.reindex(users).to_numpy()) + pd.Timedelta(seconds=1)
+    prof = catalog.users.set_index("user_id") if len(catalog.users) else pd.DataFrame(columns=["country", "device"])
+    return pd.DataFrame({
+        "user_id": np.asarray(users, dtype=object), "community_id": None, "placement": "home_feed",
+        "device": prof["device"].reindex(users).fillna("unknown").to_numpy(dtype=object),
+        "country": prof["country"].reindex(users).fillna("unknown").to_numpy(dtype=object),
+        "ts": ts.to_numpy(),
+    }, columns=list(REQUEST_COLUMNS))
 
 
 def _histories(tcode: np.ndarray, tpos: np.ndarray, n_codes: int, want: np.ndarray) -> list[np.ndarray]:
