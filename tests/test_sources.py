@@ -236,6 +236,10 @@ def test_trace_keeps_every_source_rank_and_score(planted):
     assert set(TARGETED) == set(c.index[c["sources"].map(lambda s: "targeting" in s)])
     assert c.loc[TRENDING, "rank_popular_in_context"] == 1
     assert len(c) == len(set(c.index))  # deduplicated
+    # the tower score of every candidate is its exact inner product, whichever source found it
+    vecs = engine.version.ad_vectors[engine.version.position_of(list(c.index))]
+    assert c["rank_two_tower"].isna().any()
+    np.testing.assert_allclose(c["score"].to_numpy(), vecs @ tr.query, rtol=1e-5, atol=1e-6)
     for name in tr.source_names:  # per source: found <=> rank and score present
         assert (c[f"rank_{name}"].notna() == c[f"score_{name}"].notna()).all()
         assert (c[f"rank_{name}"].notna() == c["sources"].map(lambda s, n=name: n in s)).all()

@@ -203,11 +203,12 @@ class FunnelEngine:
         found = merged.found("two_tower")
         if found.all():
             return merged.score["two_tower"]
-        pos = merged.positions
-        out = pair_similarity(self.version.ad_vectors[pos], np.broadcast_to(q, (len(pos), len(q))),
-                              self.metric).astype(np.float64)
+        out = np.empty(len(merged), np.float64)
         if "two_tower" in merged.score:
             out[found] = merged.score["two_tower"][found]
+        rest = merged.positions[~found]  # only the other sources' ads need the inner product
+        out[~found] = pair_similarity(self.version.ad_vectors[rest], np.broadcast_to(q, (len(rest), len(q))),
+                                      self.metric)
         return out
 
     def _exact_ranks(self, q: np.ndarray, merged: MergedCandidates, params: FunnelParams) -> pd.arrays.IntegerArray:
