@@ -53,25 +53,25 @@ class ListColumn:
         self.names = np.array(list(vocab), dtype=object)
         self.indptr = np.r_[0, np.cumsum(lengths)].astype(np.int64)
         self.codes = np.asarray(codes, dtype=np.int64)
+        # the transpose (value -> sorted positions): membership is one binary search per candidate
+        owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        order = np.lexsort((owner, self.codes))
+        self._holders = owner[order]
+        self._holders_ptr = np.searchsorted(self.codes[order], np.arange(len(vocab) + 1)).astype(np.int64)
 
     def nonempty(self, pos: np.ndarray) -> np.ndarray:
         return self.indptr[pos + 1] > self.indptr[pos]
 
     def contains(self, pos: np.ndarray, value: str | None) -> np.ndarray:
         """For each position, whether its list contains `value`."""
-        out = np.zeros(len(pos), bool)
         code = self.vocab.get(value) if value is not None else None
         if code is None or not len(pos):
-            return out
-        starts = self.indptr[pos]
-        lens = self.indptr[pos + 1] - starts
-        total = int(lens.sum())
-        if total == 0:
-            return out
-        owner = np.repeat(np.arange(len(pos)), lens)
-        flat = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
-        out[owner[self.codes[flat] == code]] = True
-        return out
+            return np.zeros(len(pos), bool)
+        holders = self._holders[self._holders_ptr[code]:self._holders_ptr[code + 1]]
+        if not len(holders):
+            return np.zeros(len(pos), bool)
+        idx = np.minimum(np.searchsorted(holders, pos), len(holders) - 1)
+        return holders[idx] == pos
 
     def values(self, p: int) -> list[str]:
         return [str(x) for x in self.names[self.codes[self.indptr[p]:self.indptr[p + 1]]]]
