@@ -9,7 +9,9 @@ next to every baseline a recommender-systems reader expects on the same split:
   EASE_MAX_ADS;
 - with a version: each of its candidate sources alone (`source:NAME`, its top K for the user's
   request, training ads removed) and the merged candidate set at the same total K
-  (`merged_sources`, core.sources.merge.merge_at_budget with the funnel's quotas as weights).
+  (`merged_sources`, core.sources.merge.merge_at_budget with the funnel's quotas as weights),
+  and the merge with each source's share learned on the validation slice (`merged_learned`,
+  core.analysis.merge_learning).
   The sources must have been built on the training side of this very split (the version of a
   tower trained with --split user), and they read the user's history from the training
   impressions only.
@@ -26,11 +28,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.analysis.merge_learning import allocation_label, learn_allocation, normalise_shares, slice_sources
 from core.common.errors import AdLensError
 from core.sources.cooccurrence import click_matrix, item_neighbours, score_histories
 from core.sources.base import CandidateSource, RetrieveOptions
 from core.sources.ease import DEFAULT_LAMBDAS, ease_scores, ease_skip_reason, fit_ease
-from core.analysis.merge_learning import normalise_shares, allocation_label, learn_allocation, slice_sources
 from core.sources.merge import merge_at_budget
 from core.store.catalog import Catalog
 from core.tower.metrics import user_protocol_metrics

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--protocol time: default the split the tower was trained on")
     p.add_argument("--seed", type=int, default=0, help="--protocol user without --tower: the split's seed")
     p.add_argument("--version", help="--protocol user: evaluate this version's tower and add each of its candidate "
-                                     "sources alone and merged at the same K (a version of a --split user tower)")
+                                     "sources alone and merged at the same K, at the funnel's quotas and with shares learned on a "
+                                     "validation slice (a version of a --split user tower)")
     p.add_argument("--k", type=positive_int, default=100, help="K shown in the segment table (default 100)")
     add_json_flag(p)
     p.set_defaults(func=cmd_evaluate)
