@@ -467,3 +467,15 @@ def test_sources_rebuilt_on_the_validation_slice_never_see_its_pairs(planted):
     hist = vsrc["co_engagement"].histories(vdata.requests)
     for r, pos in zip(val.test_rows, val.test_pos):
         assert pos not in hist[r] and pos not in vdata.histories[r]
+    # the same slice through the evaluation: the merge with learned shares is reported beside the
+    # funnel-quota merge, and says what it chose and that two_tower was not weighed
+    from core.analysis.user_eval import evaluate_models
+    from core.sources.registry import load_sources
+
+    bound = load_sources(v, data.features)
+    rep = evaluate_models(data, (5, 10), sources=bound, seed=3,
+                          on_slice=lambda s: slice_sources(bound, data, s, engine.catalog))
+    assert {"merged_sources", "merged_learned"} <= set(rep.models)
+    note = rep.notes["merged_learned"]
+    assert note.startswith("union of ") and "chosen by hr@10 on the validation slice" in note
+    assert "two_tower not weighed" in note and "two_tower" not in note.split(" of the same K")[0]
