@@ -17,6 +17,7 @@ repository; nothing in the tests depends on them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 import time
@@ -31,6 +32,12 @@ NO_GENRE = "(no genres listed)"
 
 def convert(src: Path, dst: Path) -> dict[str, int]:
     """Write ads.parquet and impressions.parquet for the MovieLens folder `src` into `dst`."""
+    from core.common.errors import AdLensError
+
+    missing = [f for f in ("movies.csv", "ratings.csv") if not (src / f).is_file()]
+    if missing:
+        raise AdLensError(f"{src}: no {' or '.join(missing)} there; pass the ml-latest-small folder (the one holding "
+                          "movies.csv and ratings.csv)")
     movies = pd.read_csv(src / "movies.csv", dtype={"movieId": str, "title": str, "genres": str})
     ratings = pd.read_csv(src / "ratings.csv", dtype={"userId": str, "movieId": str})
     known = ratings["movieId"].isin(movies["movieId"])
@@ -78,9 +85,18 @@ def prepare(src: Path, settings) -> None:
     print(f"embedded {len(res.ad_ids):,} ads ({res.n_encoded:,} encoded) in {res.seconds:.1f} s")
 
 
+SHORT_KEYS = {"batch_size": "bs", "epochs": "ep", "hidden": "h", "history_limit": "hl", "id_embeddings": "id",
+              "logq": "lq", "lr": "lr", "temperature": "t", "seed": "s", "use_context": "ctx"}
+
+
 def tower_name(params: dict) -> str:
-    """A tower name that records its settings, so a rerun with the same settings reuses it."""
-    return "ml_" + "_".join(f"{k}{v}".replace(".", "p").replace("-", "m") for k, v in sorted(params.items()))
+    """A tower name that records its settings, so a rerun with the same settings reuses it (a
+    digest where the settings do not fit a name's 64 characters)."""
+    name = "ml_" + "_".join(f"{SHORT_KEYS.get(k, k)}{v}".replace(".", "p").replace("-", "m")
+                            for k, v in sorted(params.items()))
+    if len(name) > 64:
+        name = "ml_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name
 
 
 def train_and_build(settings, params: dict, seed: int, name: str | None = None) -> str:
@@ -136,4 +152,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.common.errors import AdLensError
+    from core.common.escape import term
+
+    try:
+        sys.exit(main())
+    except AdLensError as exc:  # a message, not a traceback (as the adlens command line does)
+        print(f"error: {term(str(exc), keep_newlines=True)}", file=sys.stderr)
+        sys.exit(2)
