@@ -125,7 +125,10 @@ class FunnelEngine:
         q = self.version.encoder.encode_requests(frame, self.features)
         s = pair_similarity(self.version.ad_vectors[shown], q, self.metric)
         found, scores = {}, {}
-        if names != ("score",):  # replay each logged request through every source
+        clicked = sub["clicked"].astype(bool).to_numpy()
+        # replay each logged request through every source, unless the sample is one class (every
+        # impression clicked, as in rating logs): then the model is a constant rate whatever the features
+        if names != ("score",) and 0 < clicked.sum() < len(clicked):
             defaults = FunnelParams()
             for name, src in self.sources.items():
                 got, sc = src.retrieve(frame, defaults.quota(name), RetrieveOptions(queries=q))
@@ -133,7 +136,7 @@ class FunnelEngine:
                 found[name] = hit.any(axis=1)
                 scores[name] = np.where(found[name], (sc * hit).sum(axis=1), np.nan)
         X = feature_matrix(names, s, found, scores)
-        return fit_pctr(X, sub["clicked"].astype(bool).to_numpy(), names)
+        return fit_pctr(X, clicked, names)
 
     def request_context(self, request: Request) -> RequestContext:
         tier = self._tier.get(request.community_id) if request.community_id is not None else None
