@@ -80,3 +80,13 @@ def test_hub_ad_planted():
     _, _, hubs = dead_and_hub_ads(v, cat, np.eye(n, dtype=np.float32)[:20], approx, approx, 2)
     assert hubs["ad_id"].tolist() == ["a0"]
     assert hubs["share"].iloc[0] == 1.0 and hubs["expected_share"].iloc[0] == pytest.approx(2 / n)
+
+
+def test_the_tower_evaluation_header_names_what_was_held_out_per_protocol():
+    """A user-protocol tower's manifest counts held-out pairs, not clicks: `health` said "0 held-out
+    clicks" for it (seen on MovieLens)."""
+    from core.cli.analysis_cmds import tower_eval_header
+
+    user = tower_eval_header({"protocol": "user", "n_test_pairs": 20007, "n_users": 610, "n_test_clicks": 0})
+    assert "20,007 held-out (user, ad) pairs of 610 users, user protocol" in user and "clicks" not in user
+    assert "1,234 held-out clicks" in tower_eval_header({"n_test_clicks": 1234})

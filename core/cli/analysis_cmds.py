@@ -151,12 +151,21 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
                   f"returned {c['returned_ads']:>7,}  dead {c['dead_ads']:>7,} (of them reachable {c['dead_reachable_ads']:,})")
     ev = rep.tower_metrics  # the evaluation report (core.index.manifest normalises its shape)
     if ev.get("models"):
-        print(f"\ntower evaluation on {ev.get('n_test_clicks', 0):,} held-out clicks (from the manifest; "
-              "`adlens evaluate --tower T` has segments):")
+        print(f"\n{tower_eval_header(ev)}:")
         print(text_frame(pd.DataFrame(ev["models"]).T).to_string(float_format=lambda v: f"{v:.3f}"))
     else:
         print("\nno learned tower: this version uses the history-mean query encoder")
     return 0
+
+
+def tower_eval_header(ev: dict) -> str:
+    """What the manifest's tower evaluation was measured on, per protocol, and where to see more."""
+    if ev.get("protocol") == "user":
+        return (f"tower evaluation on {ev.get('n_test_pairs', 0):,} held-out (user, ad) pairs of "
+                f"{ev.get('n_users', 0):,} users, user protocol (from the manifest; `adlens evaluate --protocol user "
+                "--version V` adds every candidate source)")
+    return (f"tower evaluation on {ev.get('n_test_clicks', 0):,} held-out clicks (from the manifest; "
+            "`adlens evaluate --tower T` has segments)")
 
 
 def cmd_map(args: argparse.Namespace, settings: Settings) -> int:
