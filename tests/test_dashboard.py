@@ -175,6 +175,10 @@ def test_inspect_filters_by_source_and_splits_the_funnel(inspect: AppTest):
     at = inspect
     assert at.toggle(key="funnel_split").value  # on by default when the version has several sources
     full = at.dataframe(key="candidates_table").value
+    finds = sum(int(full[f"rank_{n}"].notna().sum()) for n in ("co_engagement", "popular_in_context", "targeting", "ease")
+                if f"rank_{n}" in full) + int(full["ann_rank"].notna().sum())
+    assert any(f"({finds:,} finds in all); the union above holds {len(full):,} distinct ads" in c.value
+               for c in at.caption)  # overlapping sources: the bars sum to more than the union
     assert {"rank_co_engagement", "rank_popular_in_context", "rank_targeting"} <= set(full.columns)
     _ok(at.multiselect(key="f_source").select("popular_in_context").run())
     view = at.dataframe(key="candidates_table").value

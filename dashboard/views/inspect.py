@@ -53,6 +53,9 @@ def render() -> None:
         if by_source:
             ran = {n: c for n, c in trace.source_counts().items() if n in trace.sources_ran}
             st.plotly_chart(funnel_by_source_figure(ran), key="funnel_source_chart")
+            st.caption(f"Each source's bar counts every candidate it found, so an ad several sources found is "
+                       f"counted once per source ({sum(c['retrieved'] for c in ran.values()):,} finds in all); the "
+                       f"union above holds {int(counts.get(Stage.RETRIEVED, 0)):,} distinct ads.")
         else:
             st.plotly_chart(funnel_figure(counts), key="funnel_chart")
     with right:
