@@ -456,7 +456,7 @@ def test_sources_rebuilt_on_the_validation_slice_never_see_its_pairs(planted):
     data = build_user_protocol(engine.catalog, v.ad_ids, v.ad_text_vectors, Split("user", test_fraction=0.2, seed=3))
     val = validation_slice(data, seed=4)
     assert len(val.test_pos) > 0
-    vdata, vsrc = slice_sources(engine.sources, data, val, engine.catalog)
+    vdata, vsrc = slice_sources(v, engine.sources, data, val, engine.catalog)
     assert list(vsrc) == [n for n in engine.sources if n != "two_tower"]  # its tower saw the slice
     assert vdata.requests["user_id"].tolist() == data.train_users[val.users.astype(int)].tolist()
     lam = float(engine.sources["ease"].params["lam"])
@@ -474,7 +474,7 @@ def test_sources_rebuilt_on_the_validation_slice_never_see_its_pairs(planted):
 
     bound = load_sources(v, data.features)
     rep = evaluate_models(data, (5, 10), sources=bound, seed=3,
-                          on_slice=lambda s: slice_sources(bound, data, s, engine.catalog))
+                          on_slice=lambda s: slice_sources(v, bound, data, s, engine.catalog))
     assert {"merged_sources", "merged_learned"} <= set(rep.models)
     note = rep.notes["merged_learned"]
     assert note.startswith("union of ") and "chosen by hr@10 on the validation slice" in note

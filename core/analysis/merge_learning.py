@@ -35,10 +35,10 @@ SHARES: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
 MAX_ROUNDS = 4
 
 
-def slice_sources(sources: dict[str, CandidateSource], data: UserProtocolData, val: UserProtocolData,
+def slice_sources(version, sources: dict[str, CandidateSource], data: UserProtocolData, val: UserProtocolData,
                   catalog: Catalog) -> tuple[UserProtocolData, dict[str, CandidateSource]]:
-    """`val` with one protocol request per validation user, and the built sources of `sources` (a
-    version's, loaded; two_tower is left out, see the module docstring) rebuilt with their own
+    """`val` with one protocol request per validation user, and the built sources of `sources`
+    (`version`'s, loaded; two_tower is left out, see the module docstring) rebuilt with their own
     parameters on the training impressions minus the validation pairs."""
     if data.train_users is None:
         raise ValueError("the protocol data has no training user ids (build it with build_user_protocol)")
@@ -54,7 +54,7 @@ def slice_sources(sources: dict[str, CandidateSource], data: UserProtocolData, v
     ctx = build_context(fit_cat, ad_ids, None)
     # no skip_reason check: the version built these sources for this very catalog
     built = {n: SOURCE_TYPES[n].build(ctx, **sources[n].params) for n in sources if n in BUILT_SOURCES}
-    runtime = SourceRuntime(next(iter(sources.values())).runtime.version, features)
+    runtime = SourceRuntime(version, features)
     out = {name: built[name].bind(runtime) for name in sources if name in built}
     val_users = users[val.users.astype(np.int64)]
     return replace(val, requests=protocol_requests(catalog, val_users), features=features), out

@@ -266,6 +266,6 @@ def _evaluate_with_sources(v, catalog, ad_ids, ad_text_vectors, split: Split, ks
         data = build_user_protocol(catalog, ad_ids, ad_text_vectors, split)
         sources = load_sources(v, data.features)  # bound to the training-side history only
         return evaluate_models(data, ks, encoders=encoders, seed=split.seed, sources=sources,
-                               on_slice=lambda val: slice_sources(sources, data, val, catalog))
+                               on_slice=lambda val: slice_sources(v, sources, data, val, catalog))
     finally:
         v.close()
