@@ -10,8 +10,11 @@ run: bootstrap
 	.venv/bin/streamlit run dashboard
 
 # Run every test (slow and browser tests included; PostgreSQL tests need ADLENS_TEST_PG_URL).
+# XDIST: the tests run on one worker per core (pytest-xdist; `make test XDIST=` runs them in one process).
+XDIST ?= -n auto --dist loadgroup
+
 test: bootstrap
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 demo: bootstrap
 	.venv/bin/adlens demo

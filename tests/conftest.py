@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,28 @@ def _pg_url_or_skip() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"{PG_ENV} is not set in CI: .ci/run must start PostgreSQL and export it")
         pytest.skip(f"PostgreSQL variant: set {PG_ENV} (e.g. postgresql+psycopg://user@127.0.0.1/db)")
-    return url
+    return _database_of_this_worker(url)
+
+
+def _database_of_this_worker(url: str) -> str:
+    """Under pytest-xdist, worker gwN gets its own database `<db>_gwN` (created on first use): the
+    PostgreSQL fixtures drop every table between tests, which would pull the schema from under a
+    test running at the same moment in another worker."""
+    from sqlalchemy import create_engine, make_url, text
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -95,10 +117,38 @@ def _retitle(settings: Settings, ad_id: str, title: str, tmp: Path) -> None:
     assert report.tables["ads"].updated == 1, report
 
 
+def _built_once(tmp_path_factory, name: str, build):
+    """`build(folder) -> dict` run once for the whole test run and its result (JSON) shared.
+
+    Under pytest-xdist every worker is its own process with its own session fixtures; building the
+    demo workspace in each would cost a minute of both cores per worker. The first worker to get
+    the lock builds into the run's shared temporary folder, the others wait and read the result.
+    Without xdist this is an ordinary session fixture. Users of the result must not write to it
+    (tests that change a workspace copy it first: `copy_workspace`)."""
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # common to every worker of this run
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)  # a worker whose build failed left it half-built
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def demo_workspace(tmp_path_factory) -> DemoWorkspace:
-    """Build ONE small demo workspace per test session (real embedding model, both towers, the
-    three versions with their maps: ~1 min on 2 cores), then retitle one retrieved ad to HTML."""
+    """ONE small demo workspace per test run (real embedding model, both towers, the three versions
+    with their maps: ~1 min on 2 cores), one retrieved ad retitled to HTML; shared by xdist workers."""
+    d = _built_once(tmp_path_factory, "dashboard", _build_demo_workspace)
+    return DemoWorkspace(**{**d, "path": Path(d["path"])})
+
+
+def _build_demo_workspace(root: Path) -> dict:
     from core.demo.pipeline import build_demo
     from core.funnel.context import default_request, known_user_ids
     from core.funnel.engine import FunnelEngine
@@ -108,7 +158,6 @@ def demo_workspace(tmp_path_factory) -> DemoWorkspace:
     from core.store.settings import default_db_url
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    root = tmp_path_factory.mktemp("dashboard")
     ws = root / "ws"
     settings = load_settings(workspace=ws, db_url=default_db_url(ws.resolve()), model="default")
     build_demo(settings, n_ads=DEMO_ADS, n_users=DEMO_USERS)
@@ -123,7 +172,7 @@ def demo_workspace(tmp_path_factory) -> DemoWorkspace:
         eng.dispose()
     html_ad = str(trace.candidates.sort_values("ann_rank")["ad_id"].iloc[0])
     _retitle(settings, html_ad, HTML_TITLE, root / "retitle")
-    return DemoWorkspace(path=settings.workspace, users=users, versions=versions, html_ad=html_ad)
+    return {"path": str(settings.workspace), "users": users, "versions": versions, "html_ad": html_ad}
 
 
 _streamlit_workspace: list[Path | None] = [None]  # the workspace Streamlit's caches were filled from
@@ -209,8 +258,6 @@ class HostileWorkspace:
 
 def copy_workspace(src: Path, dst: Path) -> Settings:
     """A copy of a workspace folder (its SQLite database included) and its settings."""
-    import shutil
-
     from core.store.settings import default_db_url
 
     shutil.copytree(src, dst)
@@ -221,6 +268,11 @@ def copy_workspace(src: Path, dst: Path) -> Settings:
 def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
     """The hostile user copies users[0]'s profile and impressions; the hostile ad copies the HTML-titled
     ad (same campaign) and is clicked by the hostile user, so it is retrieved and on the map."""
+    d = _built_once(tmp_path_factory, "hostile", lambda root: _build_hostile_workspace(demo_workspace, root))
+    return HostileWorkspace(**{**d, "path": Path(d["path"])})
+
+
+def _build_hostile_workspace(demo_workspace: DemoWorkspace, root: Path) -> dict:
     import pandas as pd
 
     from core.data.ingest import ingest_directory
@@ -231,7 +283,6 @@ def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
     from core.index.versions import build_version, load_version
     from core.store.catalog import load_catalog
 
-    root = tmp_path_factory.mktemp("hostile")
     settings = copy_workspace(demo_workspace.path, root / "ws")
     data = settings.demo_data_dir
     src_user = demo_workspace.users[0]
@@ -262,5 +313,35 @@ def hostile_workspace(demo_workspace, tmp_path_factory) -> HostileWorkspace:
     assert len(demo_ads), "the hostile user's slate has no demo ad"
     term_ad = str(demo_ads.iloc[0])
     _retitle(settings, term_ad, TERM_TITLE, root / "retitle")
-    return HostileWorkspace(path=settings.workspace, user=HOSTILE_USER, ad=HOSTILE_AD, version=HOSTILE_VERSION,
-                            term_ad=term_ad)
+    return {"path": str(settings.workspace), "user": HOSTILE_USER, "ad": HOSTILE_AD, "version": HOSTILE_VERSION,
+            "term_ad": term_ad}
+
+
+# ---- pytest-xdist: which tests share a worker, and which start first ---------------------------
+RUN_FIRST = ("tests/test_ingest.py::test_demo_command_end_to_end", "tests/test_dashboard_bench.py",
+             "tests/test_e2e.py", "tests/test_text_backends.py", "tests/test_byom.py")
+"""The longest work units, handed out first so that no worker is left with a long one at the end."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group names to the node ids
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` a module's tests run on one worker (they share module fixtures,
+    and test_ray.py's one in-process Ray cluster), except the slow tests named in RUN_FIRST that
+    share nothing and so form a unit of their own; the RUN_FIRST units are collected first."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def unit(item) -> str:
+        nodeid = item.nodeid
+        return next((key for key in RUN_FIRST if "::" in key and nodeid.startswith(key)),
+                    nodeid.split("::")[0])
+
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(unit(item)))
+
+    def rank(item) -> int:
+        u = unit(item)
+        return RUN_FIRST.index(u) if u in RUN_FIRST else len(RUN_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
