@@ -123,6 +123,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         if skip:
             print_json({"skipped": True, "reason": skip}) if args.json else print(term(skip, keep_newlines=True))
             return 0
+    if args.if_missing:
+        from core.store.readonly import BOTH, require_writable
+
+        require_writable(settings, "demo", BOTH)
     report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,
                         progress=_step_printer(not args.json), replace=args.replace)
     if args.json:
