@@ -210,3 +210,143 @@ def test_the_same_commands_write_on_a_writable_workspace(small_workspace, tmp_pa
     assert main(["--workspace", str(ws), "status", "--clean"]) == 0
     assert main(["--workspace", str(ws), "versions", "--delete", "flat"]) == 0
     assert not (ws / "versions" / "flat").exists()
+
+
+# ---- the demo workspace: evaluate and every dashboard page ----------------------------------
+PAGES_DRIVER = """
+    import json, os, sys
+    sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+    from test_dashboard import APP, PAGES, TIMEOUT, _goto
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["ADLENS_HOME"] = sys.argv[1]
+    problems = {}
+    def check(name, at):
+        bad = [e.value for e in at.exception] + [e.value for e in at.error]
+        if bad:
+            problems[name] = bad
+        return at
+    at = check("home", AppTest.from_file(str(APP), default_timeout=TIMEOUT).run())
+    titles = {}
+    for url_path in PAGES:
+        check(url_path, _goto(at, url_path).run())
+        titles[url_path] = at.title[0].value if at.title else None
+    check("compare", _goto(at, "compare").run())
+    check("compare view", at.button_group(key="cmp_view").set_value("Aggregate").run())
+    check("compare users", at.number_input(key="cmp_users").set_value(5).run())
+    check("compare run", at.button(key="cmp_go").click().run())
+    check("compare map", at.button_group(key="cmp_view").set_value("Map movement").run())
+    check("health", _goto(at, "health").run())
+    check("health run", at.number_input(key="health_n").set_value(10).run())
+    print(json.dumps({"problems": problems, "titles": titles, "expected": PAGES}))
+"""
+
+
+@pytest.mark.slow
+def test_every_dashboard_page_renders_on_a_read_only_workspace(ro, demo_workspace):
+    res = ro(demo_workspace.path, PAGES_DRIVER, str(demo_workspace.path))
+    assert res["problems"] == {}
+    assert res["titles"] == res["expected"]
+
+
+@pytest.mark.slow
+def test_evaluate_reads_a_read_only_workspace_and_says_it_did_not_save(ro, demo_workspace):
+    ws = demo_workspace.path
+    res = _cli(ro, ws, "evaluate --tower tower", "evaluate --protocol user", "health --version ivf --requests 10")
+    for cmd, (rc, err) in res.items():
+        assert rc == 0, (cmd, err)
+    assert "printed but not saved" in res["evaluate --tower tower"][1]
+
+
+# ---- PostgreSQL through a role that may only SELECT -----------------------------------------
+WRITE_SQL = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+@pytest.fixture
+def pg_read_only_role(tmp_path):
+    """A workspace whose database is the PostgreSQL test database (120 random ads, version `flat`)
+    and a fresh LOGIN role with only SELECT on its tables; yields (settings, role URL, admin
+    engine, role); the role (and what was granted to it) is dropped afterwards."""
+    from tests.conftest import _pg_url_or_skip
+    from tests.funnel_data import FakeTextEncoder, fill_random_db
+
+    from core.index.versions import build_version
+    from core.store.models import Base
+    from core.store.settings import load_settings
+
+    url = _pg_url_or_skip()
+    admin = make_engine(url, create_tables=False)
+    Base.metadata.drop_all(admin)
+    Base.metadata.create_all(admin)
+    fill_random_db(admin, n_ads=120)
+    settings = load_settings(workspace=tmp_path / "ws", db_url=url)
+    build_version(settings, "flat", "Flat", text_encoder=FakeTextEncoder(), engine=admin)
+    role = f"adlens_ro_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN"))
+        c.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        c.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    role_url = make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
+    try:
+        yield settings, role_url, admin, role
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f"DROP OWNED BY {role}"))
+            c.execute(text(f"DROP SCHEMA IF EXISTS {role}_empty"))
+            c.execute(text(f"DROP ROLE {role}"))
+        Base.metadata.drop_all(admin)
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_a_select_only_role_reads_and_writing_commands_refuse(pg_read_only_role, monkeypatch, capsys):
+    from sqlalchemy import Engine
+
+    settings, role_url, admin, role = pg_read_only_role
+    ws = str(settings.workspace)
+    monkeypatch.setenv("ADLENS_DB_URL", role_url)
+    written: list[str] = []
+    seen = [0]
+
+    def spy(conn, cursor, statement, *args):
+        seen[0] += 1
+        if statement.lstrip().upper().startswith(WRITE_SQL):
+            written.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", spy)
+    try:
+        for argv in (["versions"], ["status"], ["inspect", "--version", "flat", "--user", "u000"],
+                     ["why-not", "--version", "flat", "--user", "u000", "--ad", "ad0001"],
+                     ["health", "--version", "flat", "--requests", "10"]):
+            assert main(["--workspace", ws, *argv]) == 0, (argv, capsys.readouterr().err)
+        capsys.readouterr()
+        for argv in (["ingest", ws], ["versions", "--delete", "flat"], ["train", "--name", "t"]):
+            assert main(["--workspace", ws, *argv]) == 2, argv
+            err = capsys.readouterr().err
+            assert f"role '{role}' may not INSERT, UPDATE and DELETE on" in err, err
+            assert "ADLENS_DB_URL to a role that may write" in err and "Traceback" not in err
+    finally:
+        event.remove(Engine, "before_cursor_execute", spy)
+    assert seen[0] > 0 and written == []  # make_engine did not try CREATE TABLE, nothing tried to write
+    assert (settings.versions_dir / "flat").is_dir()
+
+
+@pytest.mark.postgres
+def test_a_read_only_role_is_told_why_it_cannot_write_or_create(pg_read_only_role):
+    from core.common.errors import StoreError
+    from core.store.db import database_read_only
+
+    settings, role_url, admin, role = pg_read_only_role
+    with admin.begin() as c:  # every privilege, but read-only transactions by default
+        c.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"))
+        c.execute(text(f"ALTER ROLE {role} SET default_transaction_read_only = on"))
+    eng = make_engine(role_url)
+    assert "runs read-only transactions" in database_read_only(eng)
+    eng.dispose()
+    with admin.begin() as c:  # an empty schema it may not create tables in
+        c.execute(text(f"ALTER ROLE {role} RESET default_transaction_read_only"))
+        c.execute(text(f"CREATE SCHEMA {role}_empty"))
+        c.execute(text(f"GRANT USAGE ON SCHEMA {role}_empty TO {role}"))
+        c.execute(text(f"ALTER ROLE {role} SET search_path = {role}_empty"))
+    with pytest.raises(StoreError, match="lacks AdLens's tables .* and cannot create them"):
+        make_engine(role_url)
