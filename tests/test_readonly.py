@@ -69,15 +69,16 @@ CLI_DRIVER = """
     from core.cli import main
     out = {}
     for argv in json.loads(sys.argv[1]):
-        err = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        err, std = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(std), contextlib.redirect_stderr(err):
             rc = main(argv)
-        out[" ".join(argv)] = [rc, err.getvalue()]
+        out[" ".join(argv)] = [rc, err.getvalue(), std.getvalue()]
     print(json.dumps(out))
 """
 
 
-def _cli(ro, ws: Path, *commands: str) -> dict[str, tuple[int, str]]:
+def _cli(ro, ws: Path, *commands: str) -> dict[str, tuple[int, str, str]]:
+    """{command: (exit code, stderr, stdout)} of each command run in one read-only process."""
     argvs = [["--workspace", str(ws), *c.split()] for c in commands]
     res = ro(ws, CLI_DRIVER, json.dumps(argvs))
     return {c: tuple(res[" ".join(a)]) for c, a in zip(commands, argvs, strict=True)}
@@ -191,8 +192,9 @@ def test_reading_commands_work_and_writing_commands_refuse(ro, small_workspace):
     res = _cli(ro, ws, *reads, *writes)
     for cmd in reads:
         assert res[cmd][0] == 0, (cmd, res[cmd][1])
+    assert "workspace: " + f"{ws} (read-only: it is on a read-only mount)" in res["status"][2]
     for cmd in writes:
-        rc, err = res[cmd]
+        rc, err, _ = res[cmd]
         assert rc == 2, (cmd, err)
         assert "read-only (it is on a read-only mount)" in err and str(ws) in err, (cmd, err)
         assert "Traceback" not in err
@@ -253,7 +255,7 @@ def test_every_dashboard_page_renders_on_a_read_only_workspace(ro, demo_workspac
 def test_evaluate_reads_a_read_only_workspace_and_says_it_did_not_save(ro, demo_workspace):
     ws = demo_workspace.path
     res = _cli(ro, ws, "evaluate --tower tower", "evaluate --protocol user", "health --version ivf --requests 10")
-    for cmd, (rc, err) in res.items():
+    for cmd, (rc, err, _) in res.items():
         assert rc == 0, (cmd, err)
     assert "printed but not saved" in res["evaluate --tower tower"][1]
 

@@ -38,13 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from core.store.db import database_read_only
     from core.store.debris import clean_debris, find_debris
+    from core.store.readonly import folder_read_only
 
     engine = make_engine(settings.db_url)
     debris = clean_debris(settings) if args.clean else find_debris(settings)
+    ro_ws, ro_db = folder_read_only(settings.workspace), database_read_only(engine)
     report = {
         "workspace": str(settings.workspace),
         "database": redact_url(settings.db_url),
+        "read_only": {"workspace": ro_ws, "database": ro_db},
         "tables": table_counts(engine),
         "debris": [{"path": str(d.path), "bytes": d.bytes, "kind": d.kind, "age_s": round(d.age_s)} for d in debris],
         "debris_removed": bool(args.clean),
@@ -52,7 +56,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(report)
         return 0
-    print(f"workspace: {term(report['workspace'])}\ndatabase:  {term(report['database'])}")
+    print(f"workspace: {term(report['workspace'])}" + (f" (read-only: {ro_ws})" if ro_ws else "")
+          + f"\ndatabase:  {term(report['database'])}" + (f" (read-only: {term(ro_db)})" if ro_db else ""))
     for name, n in report["tables"].items():
         print(f"  {name:<12} {n:>10,}")
     if debris:
@@ -62,7 +67,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for d in debris:
             print(f"  {d.bytes / 2**20:>8,.1f} MiB  {d.kind:<18} {term(d.path)}")
         if not args.clean:
-            print("remove them with: adlens status --clean")
+            print("the workspace is read-only: its owner can remove them with `adlens status --clean`"
+                  if ro_ws else "remove them with: adlens status --clean")
     return 0
 
 
