@@ -93,8 +93,8 @@ ENGINE_DRIVER = """
     import json, sys
     from sqlalchemy import text
     from core.common.errors import ReadOnlyError
-    from core.store.db import database_read_only, make_engine, write_transaction
-    from core.store.readonly import folder_read_only
+    from core.store.db import make_engine, write_transaction
+    from core.store.readonly import database_read_only, folder_read_only
     eng = make_engine(sys.argv[1])
     with eng.connect() as c:
         names = c.execute(text("SELECT name FROM communities ORDER BY name")).scalars().all()
@@ -146,8 +146,7 @@ def test_a_live_writers_last_commit_is_read_from_its_wal(ro, tmp_path):
 
 
 def test_a_writable_workspace_is_not_read_only(tmp_path):
-    from core.store.db import database_read_only
-    from core.store.readonly import folder_read_only
+    from core.store.readonly import database_read_only, folder_read_only
 
     eng = make_engine(_community_db(tmp_path))
     assert folder_read_only(tmp_path) is None and database_read_only(eng) is None
@@ -336,7 +335,7 @@ def test_a_select_only_role_reads_and_writing_commands_refuse(pg_read_only_role,
 @pytest.mark.postgres
 def test_a_read_only_role_is_told_why_it_cannot_write_or_create(pg_read_only_role):
     from core.common.errors import StoreError
-    from core.store.db import database_read_only
+    from core.store.readonly import database_read_only
 
     settings, role_url, admin, role = pg_read_only_role
     with admin.begin() as c:  # every privilege, but read-only transactions by default

@@ -15,7 +15,8 @@ from sqlalchemy import exc as sa_exc
 
 from core.common.errors import AdLensError
 from core.common.escape import term
-from core.store.readonly import BOTH, DATABASE, WORKSPACE, Needs, require_writable
+from core.store.db import require_writable
+from core.store.readonly import BOTH, DATABASE, WORKSPACE, Needs
 from core.store.settings import load_settings
 
 ENV_DEBUG = "ADLENS_DEBUG"

@@ -38,9 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from core.store.db import database_read_only
     from core.store.debris import clean_debris, find_debris
-    from core.store.readonly import folder_read_only
+    from core.store.readonly import database_read_only, folder_read_only
 
     engine = make_engine(settings.db_url)
     debris = clean_debris(settings) if args.clean else find_debris(settings)
@@ -130,7 +129,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print_json({"skipped": True, "reason": skip}) if args.json else print(term(skip, keep_newlines=True))
             return 0
     if args.if_missing:
-        from core.store.readonly import BOTH, require_writable
+        from core.store.db import require_writable
+        from core.store.readonly import BOTH
 
         require_writable(settings, "demo", BOTH)
     report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,

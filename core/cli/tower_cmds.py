@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             raise AdLensError("--protocol time needs --tower NAME (list them with `adlens versions`)")
         if args.version is not None:
             raise AdLensError("--version is for --protocol user (the time protocol evaluates a tower: --tower NAME)")
-        from core.store.readonly import writable
+        from core.store.db import writable
 
         save = writable(settings)  # a read-only workspace is evaluated all the same, the report not saved
         report = evaluate_tower(settings, args.tower, split=args.split, write=save)

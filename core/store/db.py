@@ -20,7 +20,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.common.errors import ReadOnlyError, StoreError
 from core.store.models import Base
-from core.store.readonly import file_read_only, folder_read_only, read_only_message
+from core.store.readonly import (
+    BOTH,
+    DATABASE,
+    READ_ONLY_OPTION,
+    WORKSPACE,
+    Needs,
+    database_read_only,
+    file_read_only,
+    folder_read_only,
+    read_only_message,
+)
+from core.store.settings import Settings
 
 log = logging.getLogger(__name__)
 ENV_HINT = "set ADLENS_DB_URL to a SQLAlchemy URL such as postgresql+psycopg://user@host/db, or unset it for SQLite"
@@ -81,9 +92,6 @@ def _set_sqlite_read_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-READ_ONLY_OPTION = "adlens_read_only"  # engine execution option: why the engine may only read
-
-
 def _sqlite_read_only_engine(url: str, path: Path, why: str) -> Engine:
     """An engine that opens `path` read-only (mode=ro) and creates nothing beside it. In a folder
     that cannot be written, SQLite cannot create the -shm file a WAL database needs to be read, so
@@ -102,39 +110,6 @@ def _sqlite_read_only_engine(url: str, path: Path, why: str) -> Engine:
     engine = create_engine(url, creator=connect, execution_options={READ_ONLY_OPTION: why})
     event.listen(engine, "connect", _set_sqlite_read_pragmas)
     return engine
-
-
-def database_read_only(engine: Engine) -> str | None:
-    """Why `engine` may only read (a read-only SQLite file or folder, a PostgreSQL role without
-    INSERT/UPDATE/DELETE on AdLens's tables, a read-only transaction default, a hot standby), or None."""
-    why = engine.get_execution_options().get(READ_ONLY_OPTION)
-    if why or engine.dialect.name != "postgresql":
-        return why
-    names = sorted(Base.metadata.tables)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(text(
-                "SELECT current_user, current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
-                "has_schema_privilege(current_schema(), 'CREATE')")).one()
-            denied = conn.execute(text(
-                "SELECT n FROM unnest(CAST(:names AS text[])) AS n WHERE to_regclass(n) IS NOT NULL AND NOT ("
-                "has_table_privilege(to_regclass(n), 'INSERT') AND has_table_privilege(to_regclass(n), 'UPDATE') "
-                "AND has_table_privilege(to_regclass(n), 'DELETE'))"), {"names": names}).scalars().all()
-            missing = conn.execute(text(
-                "SELECT n FROM unnest(CAST(:names AS text[])) AS n WHERE to_regclass(n) IS NULL"),
-                {"names": names}).scalars().all()
-    except sa_exc.SQLAlchemyError as exc:
-        raise describe_db_error(exc, engine.url.render_as_string(hide_password=False)) from exc
-    user, ro_txn, standby, can_create = row
-    if standby:
-        return "the server is a read-only standby"
-    if ro_txn:
-        return f"role {user!r} runs read-only transactions (default_transaction_read_only)"
-    if denied:
-        return f"role {user!r} may not INSERT, UPDATE and DELETE on {', '.join(denied)}"
-    if missing and not can_create:
-        return f"role {user!r} may not create the missing tables {', '.join(missing)}"
-    return None
 
 
 def _create_missing_tables(engine: Engine) -> None:
@@ -272,3 +247,33 @@ def session_scope(engine: Engine, *, write: str | None = None) -> Iterator[Sessi
     with write_transaction(engine, write) as conn, factory(bind=conn) as session:
         yield session
         session.flush()
+
+
+def require_writable(settings: Settings, command: str, needs: Needs, engine: Engine | None = None) -> None:
+    """Raise ReadOnlyError (exit 2, nothing written) when `command` needs to write the workspace
+    folder or the database and cannot. `engine`: an open engine on settings.db_url (made if needed)."""
+    if WORKSPACE in needs:
+        why = folder_read_only(settings.workspace)
+        if why:
+            raise ReadOnlyError(read_only_message(f"`adlens {command}`", f"the workspace {settings.workspace}", why,
+                                                  settings.workspace))
+    if DATABASE in needs:
+        eng = engine or make_engine(settings.db_url, create_tables=False)
+        try:
+            why = database_read_only(eng)
+        finally:
+            if engine is None:
+                eng.dispose()
+        if why:
+            raise ReadOnlyError(read_only_message(f"`adlens {command}`", f"the database {redact_url(settings.db_url)}", why,
+                                                  settings.workspace, database=eng.dialect.name != "sqlite"))
+
+
+def writable(settings: Settings, needs: Needs = BOTH) -> bool:
+    """Whether `require_writable` would let a command that writes `needs` run (for commands that
+    read and save a by-product only where they can, such as `adlens evaluate`)."""
+    try:
+        require_writable(settings, "", needs)
+    except ReadOnlyError:
+        return False
+    return True

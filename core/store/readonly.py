@@ -2,8 +2,8 @@
 PostgreSQL role with only SELECT) is browsed, never written.
 
 Reading opens the database read-only (core.store.db) and writes nothing anywhere (no lock file,
-no WAL, no cache); a command that writes is refused up front by `require_writable`, which the CLI
-boundary calls with what that command writes (core.cli.WRITES).
+no WAL, no cache); a command that writes is refused up front by core.store.db.require_writable,
+which the CLI boundary calls with what that command writes (core.cli.WRITES).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.common.errors import ReadOnlyError
+from sqlalchemy import Engine, text
+
+from core.store.models import Base
 
 Needs = tuple[str, ...]  # what a command writes: "workspace" (its folders) and/or "database"
 WORKSPACE, DATABASE = "workspace", "database"
@@ -30,6 +32,8 @@ def folder_read_only(path: str | os.PathLike) -> str | None:
     be created), or None. A read-only mount (ST_RDONLY) binds root too; permission bits only bind
     other users (root writes through them, so for root they do not make a folder read-only)."""
     p = _nearest_existing(Path(path))
+    if not p.is_dir():
+        return None  # not a folder at all: creating inside it fails with its own message
     try:
         if os.statvfs(p).f_flag & os.ST_RDONLY:
             return "it is on a read-only mount"
@@ -60,33 +64,34 @@ def read_only_message(doing: str, target: str, why: str, workspace: Path | None 
             f"change it, {fix}")
 
 
-def require_writable(settings, command: str, needs: Needs, engine=None) -> None:
-    """Raise ReadOnlyError (exit 2, nothing written) when `command` needs to write the workspace
-    folder or the database and cannot. `engine`: an open engine on settings.db_url (made if needed)."""
-    if WORKSPACE in needs:
-        why = folder_read_only(settings.workspace)
-        if why:
-            raise ReadOnlyError(read_only_message(f"`adlens {command}`", f"the workspace {settings.workspace}", why,
-                                                  settings.workspace))
-    if DATABASE in needs:
-        from core.store.db import database_read_only, make_engine, redact_url
-
-        eng = engine or make_engine(settings.db_url, create_tables=False)
-        try:
-            why = database_read_only(eng)
-        finally:
-            if engine is None:
-                eng.dispose()
-        if why:
-            raise ReadOnlyError(read_only_message(f"`adlens {command}`", f"the database {redact_url(settings.db_url)}", why,
-                                                  settings.workspace, database=eng.dialect.name != "sqlite"))
+READ_ONLY_OPTION = "adlens_read_only"  # engine execution option: why the engine may only read
 
 
-def writable(settings, needs: Needs = BOTH) -> bool:
-    """Whether `require_writable` would let a command that writes `needs` run (for commands that
-    read and save a by-product only where they can, such as `adlens evaluate`)."""
-    try:
-        require_writable(settings, "", needs)
-    except ReadOnlyError:
-        return False
-    return True
+def database_read_only(engine: Engine) -> str | None:
+    """Why `engine` may only read (a read-only SQLite file or folder, a PostgreSQL role without
+    INSERT/UPDATE/DELETE on AdLens's tables, a read-only transaction default, a hot standby), or None."""
+    why = engine.get_execution_options().get(READ_ONLY_OPTION)
+    if why or engine.dialect.name != "postgresql":
+        return why
+    names = sorted(Base.metadata.tables)
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT current_user, current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
+            "has_schema_privilege(current_schema(), 'CREATE')")).one()
+        denied = conn.execute(text(
+            "SELECT n FROM unnest(CAST(:names AS text[])) AS n WHERE to_regclass(n) IS NOT NULL AND NOT ("
+            "has_table_privilege(to_regclass(n), 'INSERT') AND has_table_privilege(to_regclass(n), 'UPDATE') "
+            "AND has_table_privilege(to_regclass(n), 'DELETE'))"), {"names": names}).scalars().all()
+        missing = conn.execute(text(
+            "SELECT n FROM unnest(CAST(:names AS text[])) AS n WHERE to_regclass(n) IS NULL"),
+            {"names": names}).scalars().all()
+    user, ro_txn, standby, can_create = row
+    if standby:
+        return "the server is a read-only standby"
+    if ro_txn:
+        return f"role {user!r} runs read-only transactions (default_transaction_read_only)"
+    if denied:
+        return f"role {user!r} may not INSERT, UPDATE and DELETE on {', '.join(denied)}"
+    if missing and not can_create:
+        return f"role {user!r} may not create the missing tables {', '.join(missing)}"
+    return None
