@@ -202,6 +202,27 @@ def test_reading_commands_work_and_writing_commands_refuse(ro, small_workspace):
     assert _tree(ws) == before
 
 
+EMBED_DRIVER = """
+    import json, sys
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+    from core.store.settings import load_settings
+    from core.text.embedding_cache import embed_catalog
+    from tests.funnel_data import FakeTextEncoder
+    class Other(FakeTextEncoder):  # a model the workspace's cache has never seen
+        fingerprint = "e" * 64
+    s = load_settings(workspace=sys.argv[1])
+    res = embed_catalog(s, load_catalog(make_engine(s.db_url), with_impressions=False), encoder=Other())
+    print(json.dumps({"n_encoded": res.n_encoded, "shape": list(res.vectors.shape)}))
+"""
+
+
+def test_ads_missing_from_the_embedding_cache_are_encoded_in_memory(ro, small_workspace):
+    before = _tree(small_workspace)
+    assert ro(small_workspace, EMBED_DRIVER, str(small_workspace)) == {"n_encoded": 300, "shape": [300, 16]}
+    assert _tree(small_workspace) == before
+
+
 def test_the_same_commands_write_on_a_writable_workspace(small_workspace, tmp_path, capsys):
     """The refusals above come from read-only-ness, not from the commands (a writable copy)."""
     import shutil
