@@ -250,6 +250,9 @@ PAGES_DRIVER = """
         return at
     at = check("home", AppTest.from_file(str(APP), default_timeout=TIMEOUT).run())
     titles = {}
+    if problems:  # the workspace did not open: no page to go to
+        print(json.dumps({"problems": problems, "titles": titles, "expected": PAGES}))
+        sys.exit(0)
     for url_path in PAGES:
         check(url_path, _goto(at, url_path).run())
         titles[url_path] = at.title[0].value if at.title else None
