@@ -50,7 +50,7 @@ def describe_db_error(exc: BaseException, url: str) -> StoreError:
     where = redact_url(url)
     first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = first.lower()
-    sqlite = url.startswith("sqlite")
+    sqlite = not url or url.startswith("sqlite")  # "": the URL is unknown (settings failed)
     if isinstance(exc, sa_exc.NoSuchModuleError):
         return StoreError(f"database {where}: no driver installed for this URL ({first}); {ENV_HINT}")
     if isinstance(exc, sa_exc.ArgumentError):
