@@ -376,3 +376,19 @@ def test_a_read_only_role_is_told_why_it_cannot_write_or_create(pg_read_only_rol
         c.execute(text(f"ALTER ROLE {role} SET search_path = {role}_empty"))
     with pytest.raises(StoreError, match="lacks AdLens's tables .* and cannot create them"):
         make_engine(role_url)
+
+
+@pytest.mark.postgres
+def test_the_dashboard_reads_through_a_select_only_role(pg_read_only_role, use_workspace, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_dashboard import APP, TIMEOUT, _goto
+
+    settings, role_url, admin, role = pg_read_only_role
+    use_workspace(settings.workspace)
+    monkeypatch.setenv("ADLENS_DB_URL", role_url)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    for page in ("home", "why-not", "compare", "health"):
+        _goto(at, page).run()
+        assert not at.exception and not at.error, (page, [e.value for e in (*at.exception, *at.error)])
+    assert at.title[0].value == "Index health"
