@@ -53,8 +53,9 @@ def test_read_only_workspace(tmp_path):
     try:
         if subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode != 0:
             pytest.skip("cannot remount read-only here")
-        for args in (["status"], ["versions"], ["ingest", str(REPO / "data" / "sample")]):
-            assert_clean_error(adlens(*args, ws=mnt), "read-only", "--workspace")
+        for args in (["status"], ["versions"]):  # reading commands read it (tests/test_readonly.py)
+            assert adlens(*args, ws=mnt).returncode == 0
+        assert_clean_error(adlens("ingest", str(REPO / "data" / "sample"), ws=mnt), "read-only", "--workspace")
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 

@@ -9,11 +9,14 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from sqlalchemy import exc as sa_exc
 
 from core.common.errors import AdLensError
 from core.common.escape import term
+from core.store.db import require_writable
+from core.store.readonly import BOTH, DATABASE, WORKSPACE, Needs
 from core.store.settings import load_settings
 
 ENV_DEBUG = "ADLENS_DEBUG"
@@ -28,6 +31,23 @@ COMMAND_MODULES: tuple[str, ...] = (
     "core.cli.funnel_cmds",  # inspect, why-not, audience
     "core.cli.analysis_cmds",  # compare, health, map
 )
+
+
+WRITES: dict[str, Callable[[argparse.Namespace], Needs]] = {
+    "status": lambda a: (WORKSPACE,) if a.clean else (),
+    "ingest": lambda a: (DATABASE,),
+    "demo": lambda a: () if a.if_missing else BOTH,  # --if-missing checks once it knows it must build
+    "embed": lambda a: (WORKSPACE,),
+    "build-index": lambda a: BOTH,
+    "versions": lambda a: BOTH if a.delete else (),
+    "bench": lambda a: (WORKSPACE,),
+    "import-vectors": lambda a: () if a.vectors_kind == "list" else (WORKSPACE,),
+    "train": lambda a: BOTH,
+    "map": lambda a: BOTH,
+}
+"""What each command writes (its workspace folders, its database), checked before it starts so a
+read-only workspace or role refuses it with the fix and nothing half-done. A command not listed
+only reads; `evaluate` saves its report only where it can (core.cli.tower_cmds)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(workspace=args.workspace, model=getattr(args, "model", None),
                                  text_backend=getattr(args, "text_backend", None),
                                  backend=getattr(args, "backend", None))
+        needs = WRITES.get(args.command, lambda a: ())(args)
+        if needs:
+            flag = {"status": " --clean", "versions": " --delete"}.get(args.command, "")
+            require_writable(settings, args.command + flag, needs)
         code = int(args.func(args, settings) or 0)
         sys.stdout.flush()
         return code

@@ -39,12 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from core.store.debris import clean_debris, find_debris
+    from core.store.readonly import database_read_only, folder_read_only
 
     engine = make_engine(settings.db_url)
     debris = clean_debris(settings) if args.clean else find_debris(settings)
+    ro_ws, ro_db = folder_read_only(settings.workspace), database_read_only(engine)
     report = {
         "workspace": str(settings.workspace),
         "database": redact_url(settings.db_url),
+        "read_only": {"workspace": ro_ws, "database": ro_db},
         "tables": table_counts(engine),
         "debris": [{"path": str(d.path), "bytes": d.bytes, "kind": d.kind, "age_s": round(d.age_s)} for d in debris],
         "debris_removed": bool(args.clean),
@@ -52,7 +55,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(report)
         return 0
-    print(f"workspace: {term(report['workspace'])}\ndatabase:  {term(report['database'])}")
+    print(f"workspace: {term(report['workspace'])}" + (f" (read-only: {ro_ws})" if ro_ws else "")
+          + f"\ndatabase:  {term(report['database'])}" + (f" (read-only: {term(ro_db)})" if ro_db else ""))
     for name, n in report["tables"].items():
         print(f"  {name:<12} {n:>10,}")
     if debris:
@@ -62,7 +66,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for d in debris:
             print(f"  {d.bytes / 2**20:>8,.1f} MiB  {d.kind:<18} {term(d.path)}")
         if not args.clean:
-            print("remove them with: adlens status --clean")
+            print("the workspace is read-only: its owner can remove them with `adlens status --clean`"
+                  if ro_ws else "remove them with: adlens status --clean")
     return 0
 
 
@@ -123,6 +128,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         if skip:
             print_json({"skipped": True, "reason": skip}) if args.json else print(term(skip, keep_newlines=True))
             return 0
+    if args.if_missing:
+        from core.store.db import require_writable
+        from core.store.readonly import BOTH
+
+        require_writable(settings, "demo", BOTH)
     report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,
                         progress=_step_printer(not args.json), replace=args.replace)
     if args.json:

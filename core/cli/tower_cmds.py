@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from core.cli.output import add_json_flag, positive_int, print_json
 from core.common.escape import term
@@ -104,7 +105,13 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             raise AdLensError("--protocol time needs --tower NAME (list them with `adlens versions`)")
         if args.version is not None:
             raise AdLensError("--version is for --protocol user (the time protocol evaluates a tower: --tower NAME)")
-        report = evaluate_tower(settings, args.tower, split=args.split)
+        from core.store.db import writable
+
+        save = writable(settings)  # a read-only workspace is evaluated all the same, the report not saved
+        report = evaluate_tower(settings, args.tower, split=args.split, write=save)
+        if not save:
+            print("note: the workspace is read-only, so this evaluation is printed but not saved with the tower",
+                  file=sys.stderr)
     if args.json:
         print_json(report)
     elif args.protocol == "user":

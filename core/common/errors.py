@@ -27,3 +27,8 @@ class ArtifactError(AdLensError):
 
 class StoreError(AdLensError):
     """The database or the workspace folder cannot be used (unreachable, unwritable, misnamed)."""
+
+
+class ReadOnlyError(StoreError):
+    """A writing command on a read-only workspace or database (a read-only mount, a SELECT-only
+    role); nothing was written."""

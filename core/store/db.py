@@ -5,19 +5,33 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.common.errors import StoreError
+from core.common.errors import ReadOnlyError, StoreError
 from core.store.models import Base
+from core.store.readonly import (
+    BOTH,
+    DATABASE,
+    READ_ONLY_OPTION,
+    WORKSPACE,
+    Needs,
+    database_read_only,
+    file_read_only,
+    folder_read_only,
+    read_only_message,
+)
+from core.store.settings import Settings
 
 log = logging.getLogger(__name__)
 ENV_HINT = "set ADLENS_DB_URL to a SQLAlchemy URL such as postgresql+psycopg://user@host/db, or unset it for SQLite"
@@ -36,10 +50,15 @@ def describe_db_error(exc: BaseException, url: str) -> StoreError:
     where = redact_url(url)
     first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = first.lower()
+    sqlite = not url or url.startswith("sqlite")  # "": the URL is unknown (settings failed)
     if isinstance(exc, sa_exc.NoSuchModuleError):
         return StoreError(f"database {where}: no driver installed for this URL ({first}); {ENV_HINT}")
     if isinstance(exc, sa_exc.ArgumentError):
         return StoreError(f"database URL {url!r} is not valid ({first}); {ENV_HINT}")
+    if not sqlite and ("read-only" in low or "permission denied" in low or "insufficient privilege" in low):
+        return StoreError(f"database {where} refused a write ({first}): this role may only read; reading commands "
+                          "and the dashboard work with it, writing commands need a role that may INSERT, UPDATE "
+                          "and DELETE (and CREATE in a new database): set ADLENS_DB_URL to one")
     if "readonly" in low or "read-only" in low or "unable to open database" in low:
         return StoreError(f"database {where} cannot be written ({first}): the workspace folder or database file "
                           "is read-only or missing; make it writable (chmod u+w), or copy the workspace somewhere "
@@ -65,6 +84,45 @@ def _set_sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _set_sqlite_read_pragmas(dbapi_conn, _record) -> None:
+    # Read-only: journal_mode and synchronous would write (or fail); only the reading ones.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_read_only_engine(url: str, path: Path, why: str) -> Engine:
+    """An engine that opens `path` read-only (mode=ro) and creates nothing beside it. In a folder
+    that cannot be written, SQLite cannot create the -shm file a WAL database needs to be read, so
+    the database is opened immutable (no locks, no -shm) unless a writer's -wal and -shm are
+    there (then they hold its last commits and mode=ro reads them)."""
+    if not path.is_file():
+        raise StoreError(f"database {path} does not exist and cannot be created here: its folder {path.parent} "
+                         f"is read-only ({why}); point --workspace at a finished workspace, or at a writable folder")
+    live_wal = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+    immutable = folder_read_only(path.parent) is not None and not live_wal
+    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    engine = create_engine(url, creator=connect, execution_options={READ_ONLY_OPTION: why})
+    event.listen(engine, "connect", _set_sqlite_read_pragmas)
+    return engine
+
+
+def _create_missing_tables(engine: Engine) -> None:
+    missing = set(Base.metadata.tables) - set(inspect(engine).get_table_names())
+    if not missing:
+        return  # nothing to create: a read-only role reads without ever attempting DDL
+    if engine.dialect.name == "postgresql" and (why := database_read_only(engine)):
+        raise StoreError(f"database {redact_url(str(engine.url))} lacks AdLens's tables {', '.join(sorted(missing))} "
+                         f"and cannot create them ({why}): run one AdLens command (e.g. `adlens status`) with a role "
+                         "that may create tables, then read with this one")
+    Base.metadata.create_all(engine)
+
+
 def make_engine(url: str, *, create_tables: bool = True) -> Engine:
     """Create an engine for `url`; for SQLite, create the parent folder and set pragmas.
     StoreError (with the fix) for a bad URL, a missing driver, an unreachable server, or a folder
@@ -72,6 +130,11 @@ def make_engine(url: str, *, create_tables: bool = True) -> Engine:
     try:
         u = make_url(url)
         if u.get_backend_name() == "sqlite":
+            if u.database and u.database != ":memory:" and not u.query.get("uri") and (
+                    why := file_read_only(u.database)):
+                engine = _sqlite_read_only_engine(url, Path(u.database).resolve(), why)
+                log.debug("database %s (read-only: %s)", redact_url(url), why)
+                return engine
             if u.database and u.database != ":memory:":
                 folder = Path(u.database).parent
                 try:
@@ -88,7 +151,7 @@ def make_engine(url: str, *, create_tables: bool = True) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         log.debug("database %s", redact_url(url))
         if create_tables:
-            Base.metadata.create_all(engine)
+            _create_missing_tables(engine)
     except sa_exc.SQLAlchemyError as exc:
         raise describe_db_error(exc, url) from exc
     except ImportError as exc:  # the URL's DBAPI driver is not installed
@@ -155,7 +218,11 @@ def write_transaction(engine: Engine, what: str, notice: Callable[[str], None] =
     """One transaction that holds AdLens's database write lock from its first statement, so
     concurrent writers (two imports, a build registering while an import runs) run one after
     the other; a waiting writer gets one `notice` after a second. SQLite: a lock file beside the
-    database; PostgreSQL: a transaction-scoped advisory lock."""
+    database; PostgreSQL: a transaction-scoped advisory lock. ReadOnlyError (nothing written, no
+    lock file) on an engine that may only read."""
+    if why := engine.get_execution_options().get(READ_ONLY_OPTION):
+        raise ReadOnlyError(read_only_message(f"AdLens ({what})", f"the database {redact_url(str(engine.url))}", why,
+                                              database=engine.dialect.name != "sqlite"))
     with _sqlite_write_lock(engine, what, notice) if engine.dialect.name == "sqlite" else _nullcontext():
         with engine.begin() as conn:
             if engine.dialect.name == "postgresql":
@@ -180,3 +247,33 @@ def session_scope(engine: Engine, *, write: str | None = None) -> Iterator[Sessi
     with write_transaction(engine, write) as conn, factory(bind=conn) as session:
         yield session
         session.flush()
+
+
+def require_writable(settings: Settings, command: str, needs: Needs, engine: Engine | None = None) -> None:
+    """Raise ReadOnlyError (exit 2, nothing written) when `command` needs to write the workspace
+    folder or the database and cannot. `engine`: an open engine on settings.db_url (made if needed)."""
+    if WORKSPACE in needs:
+        why = folder_read_only(settings.workspace)
+        if why:
+            raise ReadOnlyError(read_only_message(f"`adlens {command}`", f"the workspace {settings.workspace}", why,
+                                                  settings.workspace))
+    if DATABASE in needs:
+        eng = engine or make_engine(settings.db_url, create_tables=False)
+        try:
+            why = database_read_only(eng)
+        finally:
+            if engine is None:
+                eng.dispose()
+        if why:
+            raise ReadOnlyError(read_only_message(f"`adlens {command}`", f"the database {redact_url(settings.db_url)}", why,
+                                                  settings.workspace, database=eng.dialect.name != "sqlite"))
+
+
+def writable(settings: Settings, needs: Needs = BOTH) -> bool:
+    """Whether `require_writable` would let a command that writes `needs` run (for commands that
+    read and save a by-product only where they can, such as `adlens evaluate`)."""
+    try:
+        require_writable(settings, "", needs)
+    except ReadOnlyError:
+        return False
+    return True

@@ -36,6 +36,7 @@ from core.store.artifacts import (
 )
 from core.store.catalog import Catalog
 from core.store.settings import Settings
+from core.store.readonly import folder_read_only
 from core.text.embeddings import (
     AdEncoder,
     compose_ad_text,
@@ -95,8 +96,8 @@ class EmbeddingCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), dim):
             raise ValueError(f"cache add: {len(keys)} keys but vectors of shape {vectors.shape} (dim {dim})")
-        if not len(keys):
-            return
+        if not len(keys) or folder_read_only(self.dir):
+            return  # a read-only workspace keeps the cache it has; the caller uses the vectors in memory
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "model.json"
         if not meta.exists():

@@ -12,6 +12,7 @@ share an embedding-cache entry, a version or a tower with another backend's.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from core.common.errors import AdLensError
 from core.store.artifacts import sha256_bytes, write_via_temp
+from core.store.readonly import folder_read_only
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 EXPORT_VERSION = 1  # bump when the export or quantisation changes: new fingerprints, new cache entries
@@ -94,6 +96,9 @@ def _quantize(src: Path, dst: Path) -> None:
 def onnx_model_file(st_model, model_fingerprint: str, backend: str, cache_dir: Path) -> Path:
     """The backend's .onnx file for this model, exported (and quantised) once into the cache."""
     folder = Path(cache_dir) / "onnx" / model_fingerprint / f"v{EXPORT_VERSION}"
+    if not all((folder / FILES[b]).is_file() for b in ("onnx", backend)) and folder_read_only(folder):
+        # A read-only workspace without this export: export it for this process only.
+        folder = Path(tempfile.mkdtemp(prefix="adlens-onnx-"))
     folder.mkdir(parents=True, exist_ok=True)
     fp32, target = folder / FILES["onnx"], folder / FILES[backend]
     with _lock:

@@ -7,6 +7,7 @@ import streamlit as st
 from core.common.errors import AdLensError
 from core.common.escape import md
 from core.demo.pipeline import build_demo
+from core.store.readonly import folder_read_only
 from dashboard import state
 from dashboard.messages import show_error
 
@@ -22,6 +23,10 @@ def render() -> None:
         "- **Use your own data**: `adlens ingest DIR` (format in `data/README.md`), then `adlens embed`, "
         "`adlens train --name T` and `adlens build-index --name V --factory \"IVF256,Flat\" --tower T`."
     )
+    if why := folder_read_only(s.workspace):
+        st.info(md(f"This workspace is read-only ({why}), so the demo cannot be built here: run "
+                   "`adlens --workspace DIR demo` on a writable folder and open that one."))
+        return
     if st.button("Build the demo workspace", type="primary", key="build_demo"):
         bar = st.progress(0.0, text="Starting…")
         try:
