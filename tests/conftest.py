@@ -3,6 +3,8 @@ PostgreSQL. Expensive objects (the embedding model) are loaded once per session.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -91,6 +93,7 @@ class DemoWorkspace:
     users: list[str]  # every known user id, sorted (the dashboard's user list)
     versions: list[str]
     html_ad: str  # retrieved for users[0] by version "exact" in their usual context (ANN rank 1)
+    demo_report: dict  # what `adlens demo --json` printed when it built the workspace
     html_title: str = HTML_TITLE  # html_ad's title
 
     def env(self) -> dict[str, str]:
@@ -149,7 +152,7 @@ def demo_workspace(tmp_path_factory) -> DemoWorkspace:
 
 
 def _build_demo_workspace(root: Path) -> dict:
-    from core.demo.pipeline import build_demo
+    from core.cli import main as cli_main
     from core.funnel.context import default_request, known_user_ids
     from core.funnel.engine import FunnelEngine
     from core.funnel.params import FunnelParams
@@ -160,7 +163,18 @@ def _build_demo_workspace(root: Path) -> dict:
     os.environ["HF_HUB_OFFLINE"] = "1"
     ws = root / "ws"
     settings = load_settings(workspace=ws, db_url=default_db_url(ws.resolve()), model="default")
-    build_demo(settings, n_ads=DEMO_ADS, n_users=DEMO_USERS)
+    # Built through the command line, as a user does (test_ingest.py checks its report): one demo
+    # build serves the CLI test and every dashboard test.
+    saved = {k: os.environ.pop(k) for k in WORKSPACE_ENV if k in os.environ}
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = cli_main(["--workspace", str(ws), "demo", "--ads", str(DEMO_ADS), "--users", str(DEMO_USERS),
+                             "--json"])
+    finally:
+        os.environ.update(saved)
+    assert code == 0, out.getvalue()
+    demo_report = json.loads(out.getvalue())
     eng = make_engine(settings.db_url)
     try:
         catalog = load_catalog(eng)
@@ -172,7 +186,8 @@ def _build_demo_workspace(root: Path) -> dict:
         eng.dispose()
     html_ad = str(trace.candidates.sort_values("ann_rank")["ad_id"].iloc[0])
     _retitle(settings, html_ad, HTML_TITLE, root / "retitle")
-    return {"path": str(settings.workspace), "users": users, "versions": versions, "html_ad": html_ad}
+    return {"path": str(settings.workspace), "users": users, "versions": versions, "html_ad": html_ad,
+            "demo_report": demo_report}
 
 
 _streamlit_workspace: list[Path | None] = [None]  # the workspace Streamlit's caches were filled from
@@ -318,8 +333,8 @@ def _build_hostile_workspace(demo_workspace: DemoWorkspace, root: Path) -> dict:
 
 
 # ---- pytest-xdist: which tests share a worker, and which start first ---------------------------
-RUN_FIRST = ("tests/test_ingest.py::test_demo_command_end_to_end", "tests/test_dashboard_bench.py",
-             "tests/test_e2e.py", "tests/test_text_backends.py", "tests/test_byom.py")
+RUN_FIRST = ("tests/test_dashboard_bench.py", "tests/test_e2e.py", "tests/test_cli_boundary.py",
+             "tests/test_text_backends.py", "tests/test_byom.py")
 """The longest work units, handed out first so that no worker is left with a long one at the end."""
 
 

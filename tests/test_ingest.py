@@ -563,20 +563,23 @@ def test_demo_if_missing_leaves_imported_data_alone(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_command_end_to_end(tmp_path, capsys):
-    pytest.importorskip("core.demo.generate")
-    ws = str(tmp_path / "ws")
-    assert main(["--workspace", ws, "demo", "--ads", "2000", "--users", "500", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+def test_demo_command_end_to_end(demo_workspace, capsys):
+    """`adlens demo --json` (the shared demo workspace is built by that command: conftest.py) reports
+    its steps and the rows it imported; `--if-missing` then leaves the workspace alone."""
+    from conftest import DEMO_ADS, DEMO_USERS
+
+    report = demo_workspace.demo_report
     assert [s["name"] for s in report["steps"]][:3] == ["generate", "write files", "ingest"]
     counts = report["counts"]
-    assert counts["ads"] == 2000 and counts["users"] == 500 and counts["impressions"] > 10_000
-    settings = load_settings(workspace=ws)
-    assert table_counts(make_engine(settings.db_url)) == counts
+    assert counts["ads"] == DEMO_ADS and counts["users"] == DEMO_USERS and counts["impressions"] > 3_000
+    settings = load_settings(workspace=demo_workspace.path)
+    assert table_counts(make_engine(settings.db_url)) == counts  # the retitle after it updated, added nothing
     assert sorted(p.name for p in settings.demo_data_dir.glob("*.parquet")) == sorted(
         f"{t.name}.parquet" for t in TABLES)
-    assert main(["--workspace", ws, "demo", "--if-missing"]) == 0
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in settings.versions_dir.iterdir())
+    assert main(["--workspace", str(demo_workspace.path), "demo", "--if-missing"]) == 0
     assert "already has a demo" in capsys.readouterr().out
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in settings.versions_dir.iterdir()) == before
 
 
 def test_data_revision_counts_changing_imports_only(engine, tmp_path):
