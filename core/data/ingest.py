@@ -61,7 +61,8 @@ class _Files:
     warnings: list[str]
 
 
-def _read_table_file(path: Path) -> pd.DataFrame:
+def read_table_file(path: Path) -> pd.DataFrame:
+    """One table file as ingest reads it (CSV: every cell text, empty cells ""; Parquet as typed)."""
     if path.suffix == ".csv":
         # Everything as text: "12" stays "12", "NA" stays "NA"; empty cells are "" (missing).
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -89,7 +90,7 @@ def _read_files(directory: Path) -> _Files:
             continue
         path = found[0]
         try:
-            out.frames[t.name] = _read_table_file(path)
+            out.frames[t.name] = read_table_file(path)
             out.sources[t.name] = Source(t.name, path)
         except pd.errors.EmptyDataError:
             out.problems.append(f"{path.name}: the file is empty. Fix: write a header line with the column "

@@ -74,10 +74,15 @@ class Problems(list):
         pos = np.flatnonzero(np.asarray(mask, dtype=bool))
         if not len(pos):
             return
-        shown = ", ".join(f"{src.where(int(p))} {display(raw.iat[int(p)])}" for p in pos[:MAX_SHOWN])
-        more = f" and {len(pos) - MAX_SHOWN} more" if len(pos) > MAX_SHOWN else ""
-        rows = "row" if len(pos) == 1 else "rows"
-        self.append(f"{src.name}, column '{column}': {what} in {len(pos)} {rows}: {shown}{more}. Fix: {fix}.")
+        self.at(src, column, [(int(p), display(raw.iat[int(p)])) for p in pos[:MAX_SHOWN]], len(pos), what, fix)
+
+    def at(self, src: Source, column: str, shown: list[tuple[int, str]], count: int, what: str, fix: str) -> None:
+        """One message for `count` offending cells, quoting `shown` ((0-based row, displayed value),
+        the first few): the form of `cells`, for callers that find bad cells chunk by chunk."""
+        quoted = ", ".join(f"{src.where(p)} {v}" for p, v in shown[:MAX_SHOWN])
+        more = f" and {count - MAX_SHOWN} more" if count > MAX_SHOWN else ""
+        rows = "row" if count == 1 else "rows"
+        self.append(f"{src.name}, column '{column}': {what} in {count} {rows}: {quoted}{more}. Fix: {fix}.")
 
 
 @dataclass
@@ -97,7 +102,7 @@ def _required_fix(table: Table, column: str) -> str:
     return f"fill in '{column}' (required; see data/README.md)"
 
 
-def _normalise_table(table: Table, raw: pd.DataFrame, src: Source, problems: Problems,
+def normalise_table(table: Table, raw: pd.DataFrame, src: Source, problems: Problems,
                      warnings: list[str]) -> pd.DataFrame | None:
     """Typed frame with every schema column, or None when required columns are missing."""
     raw = raw.reset_index(drop=True)
@@ -144,10 +149,11 @@ def _normalise_table(table: Table, raw: pd.DataFrame, src: Source, problems: Pro
         miss = missing["impression_id"]
         if miss.any():
             out.loc[miss, "impression_id"] = derive_impression_ids(out[miss])
-    key = out[table.key]
-    dup = key.notna() & key.duplicated(keep=False)
-    problems.cells(src, table.key, dup, key, "duplicate id",
-                   f"each {table.key} must appear once: remove or merge the duplicate rows")
+    if table.key in out:  # a composite key (the trace format's candidates) is checked by its caller
+        key = out[table.key]
+        dup = key.notna() & key.duplicated(keep=False)
+        problems.cells(src, table.key, dup, key, "duplicate id",
+                       f"each {table.key} must appear once: remove or merge the duplicate rows")
     return out
 
 
@@ -201,7 +207,7 @@ def validate_frames(raw: dict[str, pd.DataFrame], sources: dict[str, Source],
     for t in TABLES:
         if t.name in raw:
             src = sources.get(t.name) or Source(t.name)
-            norm = _normalise_table(t, raw[t.name], src, problems, warnings)
+            norm = normalise_table(t, raw[t.name], src, problems, warnings)
             if norm is not None:
                 frames[t.name] = norm
     present = set(raw)

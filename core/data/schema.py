@@ -167,10 +167,11 @@ TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 LIST_SEPARATOR = "|"
 
 
-def render_markdown() -> str:
-    """The schema as Markdown tables (pasted into data/README.md)."""
+def render_markdown(tables: tuple[Table, ...] = TABLES) -> str:
+    """The schema as Markdown tables (pasted into data/README.md); `tables` defaults to the
+    ingest format (core/traces/schema.py renders the trace format with it too)."""
     out: list[str] = []
-    for t in TABLES:
+    for t in tables:
         req = "required" if t.required else "optional"
         out.append(f"### `{t.name}` ({req}; key `{t.key}`)\n\n{t.doc}\n")
         out.append("| column | type | required | default | allowed / references | example | notes |")

@@ -55,7 +55,8 @@ def _is_debris(path: Path, now: float) -> bool:
 
 def _candidates(settings: Settings) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
-    roots = [settings.versions_dir, settings.towers_dir, settings.cache_dir, settings.vectors_dir, settings.workspace]
+    roots = [settings.versions_dir, settings.towers_dir, settings.cache_dir, settings.vectors_dir,
+             settings.traces_dir, settings.workspace]
     roots += [p for p in settings.versions_dir.iterdir() if p.is_dir()] if settings.versions_dir.is_dir() else []
     for root in roots:
         if not root.is_dir():

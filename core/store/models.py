@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -141,6 +142,36 @@ class IndexVersion(Base):
     path: Mapped[str] = mapped_column(Text)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class TraceSet(Base):
+    """One import of logged traces (core/traces), registered after its folder is in place."""
+
+    __tablename__ = "trace_sets"
+
+    set_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    path: Mapped[str] = mapped_column(Text)  # relative to the workspace
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the stored content
+    n_requests: Mapped[int] = mapped_column(Integer)
+    n_candidates: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LoggedRequest(Base):
+    """A logged request and where its candidates lie: rows row_offset .. row_offset+n_candidates-1
+    of its trace set's candidates file (stored columnar, not one SQL row per candidate)."""
+
+    __tablename__ = "logged_requests"
+    __table_args__ = (Index("ix_logged_requests_user_ts", "user_id", "ts"),)
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))  # not a foreign key: the catalog may lack the user
+    ts: Mapped[datetime] = mapped_column(DateTime, index=True)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # community_id, placement, ..., extra
+    set_id: Mapped[str] = mapped_column(ForeignKey("trace_sets.set_id"), index=True)
+    row_offset: Mapped[int] = mapped_column(BigInteger)
+    n_candidates: Mapped[int] = mapped_column(Integer)
 
 
 class DataRevision(Base):

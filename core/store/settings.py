@@ -51,6 +51,11 @@ class Settings:
         return self.workspace / "vectors"
 
     @property
+    def traces_dir(self) -> Path:
+        """Imported logged traces (core/traces): one folder per trace set."""
+        return self.workspace / "traces"
+
+    @property
     def cache_dir(self) -> Path:
         return self.workspace / "cache"
 
