@@ -16,6 +16,8 @@ The report is a dict of sections, each computed by a function in `BENCH_SECTIONS
   in headless Chromium (skipped, with the reason, where no browser is available); with
   `sessions` > 1, that many concurrent sessions loading Inspect, Compare and Map, with median/p95
   page time and the server's RSS (core/bench/dashboard_sessions.py).
+- ``traces`` (core/bench/traces.py, only when named): import `trace_rows` synthetic logged
+  candidate rows, its time and peak RSS, and opening one logged request (p50/p99).
 
 Every search asks for k=500 (the funnel's K); recall@K compares its top K with the exact top K.
 """
@@ -253,6 +255,12 @@ def section_dashboard(ctx: BenchContext) -> dict:
     return run(ctx)
 
 
+def section_traces(ctx: BenchContext) -> dict:
+    from core.bench.traces import section_traces as run  # generates and imports logged traces
+
+    return run(ctx)
+
+
 BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "machine": section_machine,
     "embedding": section_embedding,
@@ -260,15 +268,17 @@ BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "funnel": section_funnel,
     "dashboard": section_dashboard,
     "shards": section_shards,
+    "traces": section_traces,
 }
-ON_REQUEST = ("shards",)  # run only when named (or, for shards, when --shards is given)
+ON_REQUEST = ("shards", "traces")  # run only when named (or, for shards, when --shards is given)
 
 
 def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = None,
               types: list[str] | None = None, embed: bool = True, sections: list[str] | None = None,
               seed: int = 0, threads: int | None = None, log: bool = True, shards: int | None = None,
               backend: str = "local", nlist: int | None = None, factories: list[str] | None = None,
-              sessions: int = 1, dashboard_workspace: str | None = None, dashboard_page: str = "inspect") -> dict:
+              sessions: int = 1, dashboard_workspace: str | None = None, dashboard_page: str = "inspect",
+              trace_rows: int | None = None) -> dict:
     """Run the requested sections (default: all registered but `ON_REQUEST`; with `shards`:
     machine and shards) and return the report. `threads` sets FAISS's OpenMP thread count for
     this process (a bench-only knob); `shards`, `backend`, `nlist`, `factories` configure the
@@ -295,7 +305,7 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
                        types=tuple(types or ("flat", "ivf", "hnsw", "ivfpq")),
                        log=(lambda m: print(m, file=sys.stderr, flush=True)) if log else (lambda m: None))
     ctx.shared["explicit_types"] = tuple(types or ())
-    ctx.shared.update(shards=shards, backend=backend, nlist=nlist, factories=factories,
+    ctx.shared.update(shards=shards, backend=backend, nlist=nlist, factories=factories, trace_rows=trace_rows,
                       dashboard_page="" if dashboard_page == "inspect" else dashboard_page)
     t0 = time.perf_counter()
     for name in names:
@@ -336,6 +346,11 @@ def format_report(report: dict) -> str:
             from core.bench.shards import format_section
 
             lines.extend(format_section(sec))
+            continue
+        if name == "traces":
+            from core.bench.traces import format_section as format_traces
+
+            lines.extend(format_traces(sec))
             continue
         for k, v in sec.items():
             if k == "rows":

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "core.cli.tower_cmds",  # train, evaluate
     "core.cli.funnel_cmds",  # inspect, why-not, audience
     "core.cli.analysis_cmds",  # compare, health, map
+    "core.cli.traces_cmds",  # import-traces, logged
 )
 
 

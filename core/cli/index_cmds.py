@@ -92,7 +92,8 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
                    help="index families (default: all; hnsw skipped above 300k ads unless named)")
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-throughput section")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
-                   help="run only these report sections: machine, embedding, ann, funnel, dashboard, shards")
+                   help="run only these report sections: machine, embedding, ann, funnel, dashboard, shards, "
+                        "traces (shards and traces run only when named)")
     p.add_argument("--threads", type=positive_int,
                    help="FAISS/OpenMP threads for this run (default: untouched, all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -112,6 +113,8 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dashboard-page", choices=("inspect", "map"), default="inspect",
                    help="dashboard section: time user switches on Inspect (at min(--ads, 100k) ads) or on the "
                         "Embedding map (at --ads, aggregated on the server above 50k)")
+    p.add_argument("--trace-rows", type=positive_int, default=10_000_000,
+                   help="traces section: logged candidate rows to generate and import (requests: rows/100)")
     add_json_flag(p)
     p.set_defaults(func=cmd_bench)
 
@@ -207,7 +210,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
                        embed=not args.no_embed, sections=args.sections, seed=args.seed,
                        threads=args.threads, log=not args.json, shards=args.shards, backend=args.backend,
                        nlist=args.nlist, factories=args.factories, sessions=args.sessions,
-                       dashboard_workspace=args.dashboard_workspace, dashboard_page=args.dashboard_page)
+                       dashboard_workspace=args.dashboard_workspace, dashboard_page=args.dashboard_page,
+                       trace_rows=args.trace_rows)
     if args.json:
         print_json(report)
     else:

@@ -188,7 +188,7 @@ def import_traces(settings: Settings, engine: Engine, directory: Path, progress:
         fsync_tree(tmp)
         timings["write_files"] = time.perf_counter() - t
         report(progress, 0.9, "register")
-        rep = _register(settings, engine, tmp, frame, manifest, rep, replace, timings)
+        rep = _register(settings, engine, tmp, frame, manifest, rep, replace, timings, req_src)
     rep.seconds = time.perf_counter() - t0
     rep.timings = {k: round(v, 3) for k, v in timings.items()}
     report(progress, 1.0, "done")
@@ -310,7 +310,7 @@ def _duplicates(table: pa.Table, log: CellLog) -> None:
 
 
 def _register(settings: Settings, engine: Engine, tmp: Path, frame: pd.DataFrame, manifest: dict,
-              rep: TraceImportReport, replace: bool, timings: dict) -> TraceImportReport:
+              rep: TraceImportReport, replace: bool, timings: dict, req_src: Source) -> TraceImportReport:
     """Rename the staged set into place and register it in one transaction; undo the rename if
     the transaction fails. With `replace`, earlier sets are unregistered there and removed after."""
     t = time.perf_counter()
@@ -330,7 +330,7 @@ def _register(settings: Settings, engine: Engine, tmp: Path, frame: pd.DataFrame
             else:
                 overlap = _existing(conn, frame["request_id"].tolist())
                 if overlap:
-                    raise ValidationError([_overlap_problem(Source("requests", None), overlap)])
+                    raise ValidationError([_overlap_problem(req_src, overlap)])
                 if final.exists():  # an unregistered leftover of the same content
                     shutil.rmtree(final)
                 os.rename(tmp, final)
