@@ -283,3 +283,19 @@ def test_cli_import_traces_and_logged(tmp_path, capsys):
 def test_readme_documents_the_trace_format():
     readme = (REPO / "data" / "README.md").read_text()
     assert render_trace_markdown().strip() in readme, "paste `python -m core.traces.schema` into data/README.md"
+
+
+def test_readme_worked_example_imports(ctx, tmp_path):
+    settings, engine = ctx
+    readme = (REPO / "data" / "README.md").read_text()
+    d = tmp_path / "example"
+    d.mkdir()
+    for name in ("requests", "trace_candidates"):
+        block = readme.split(f"<!-- example {name}.csv -->\n```csv\n", 1)[1].split("```", 1)[0]
+        (d / f"{name}.csv").write_text(block)
+    rep = import_traces(settings, engine, d)
+    assert (rep.n_requests, rep.n_candidates, rep.extra_context) == (2, 5, ["app_version"])
+    assert rep.unknown_sources == ["prod_lookalike"] and rep.unknown_reasons == ["PACING_THROTTLE"]
+    assert rep.stages == {"slate": 2, "retrieved": 2, "ranked": 1}
+    lr = load_logged_request(settings, engine, "req_000001")
+    assert lr.extra == {"app_version": "5.2.1"} and lr.candidates["source_scores"].iloc[0] == [0.82, 1.0]

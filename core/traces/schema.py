@@ -57,7 +57,7 @@ TRACE_CANDIDATES = Table(
         Column("early_score", "float", default=None, example="0.031", doc="The early ranker's score (pCTR)."),
         Column("bid", "float", default=None, example="2.5", doc=">= 0."),
         Column("ecpm", "float", default=None, example="77.5"),
-        Column("slate_position", "int", default=None, example="1", doc="1 = first; slate ads only."),
+        Column("slate_position", "int", default=None, example="1", doc="1 = first (logged for slate ads)."),
     ),
 )
 
