@@ -80,21 +80,29 @@ def _bulk_insert(conn: Connection, table: Table, df: pd.DataFrame, tick: Callabl
     """executemany of the table's INSERT straight on the driver, with values converted by the
     columns' own SQLAlchemy bind processors (so stored values equal an ORM insert's), which
     skips SQLAlchemy's per-row parameter handling (most of the time on 300k rows)."""
-    tbl = Base.metadata.tables[table.name]
-    compiled = insert(tbl).compile(dialect=conn.dialect)
-    names = list(compiled.positiontup) if compiled.positional else [c.name for c in table.columns]
     values = _columns(table, df)
-    processed = []
+    ready = set()
+    if conn.dialect.name == "sqlite":  # vectorised: SQLAlchemy's processor formats one datetime at a time
+        ready = {c.name for c in table.columns if c.type == "datetime"}
+        values.update({name: sqlite_datetimes(df[name]) for name in ready})
+    insert_columns(conn, Base.metadata.tables[table.name], values, tick, processed=ready)
+
+
+def insert_columns(conn: Connection, tbl: SATable, values: dict[str, list], tick: Callable[[int], None],
+                   processed: set[str] = frozenset()) -> None:
+    """Insert rows given as one list per column (plain Python values; the columns in `processed`
+    already in the driver's form) through the driver's executemany, or COPY on psycopg, in the
+    caller's transaction. Each value goes through its column's bind processor once."""
+    compiled = insert(tbl).compile(dialect=conn.dialect)
+    names = list(compiled.positiontup) if compiled.positional else list(values)
+    columns = []
     for name in names:
-        if conn.dialect.name == "sqlite" and table.column(name).type == "datetime":
-            processed.append(sqlite_datetimes(df[name]))
-            continue
-        proc = tbl.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        processed.append([proc(v) for v in values[name]] if proc else values[name])
+        proc = None if name in processed else tbl.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        columns.append([proc(v) for v in values[name]] if proc else values[name])
     if conn.dialect.driver == "psycopg":
-        _copy_rows(conn, table.name, names, list(zip(*processed)), tick)
+        _copy_rows(conn, tbl.name, names, list(zip(*columns)), tick)
         return
-    rows = list(zip(*processed)) if compiled.positional else [dict(zip(names, r)) for r in zip(*processed)]
+    rows = list(zip(*columns)) if compiled.positional else [dict(zip(names, r)) for r in zip(*columns)]
     for i in range(0, len(rows), CHUNK):
         conn.exec_driver_sql(compiled.string, rows[i:i + CHUNK])
         tick(len(rows[i:i + CHUNK]))

@@ -31,6 +31,7 @@ from sqlalchemy import Engine, delete, insert, select
 from core.common.errors import ValidationError
 from core.common.progress import Progress, report
 from core.data.ingest import read_table_file
+from core.data.ingest_write import insert_columns, sqlite_datetimes
 from core.data.ingest_validate import Problems, Source
 from core.funnel.reasons import Reason
 from core.sources.base import SOURCE_ORDER
@@ -82,13 +83,14 @@ def _sha_key(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _counts(values: list[pa.Array]) -> dict[str, int]:
-    """Summed value counts of several arrays (one per chunk)."""
-    if not values:
-        return {}
-    vc = pc.value_counts(pa.chunked_array(values, pa.string()))
-    s = pd.Series(vc.field("counts").to_numpy(), index=vc.field("values").to_pylist())
-    return {str(k): int(v) for k, v in s.sort_values(ascending=False, kind="stable").items() if k is not None}
+def _counts(chunks: list[pa.StructArray]) -> dict[str, int]:
+    """Value counts of several chunks (pc.value_counts each) summed, most frequent first."""
+    total: dict[str, int] = {}
+    for vc in chunks:
+        for k, v in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+            if k is not None:
+                total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
 
 def _missing(ids_count: dict[str, int], known: set[str]) -> Missing:
@@ -263,9 +265,10 @@ def _candidates(tmp: Path, files, cand_src: Source, req_src: Source, requests, p
         counts += np.bincount(pos, minlength=n_req)
         vc = pc.value_counts(table.column("ad_id").combine_chunks())
         ads.append((vc.field("values"), vc.field("counts")))
-        sources.append(pc.list_flatten(table.column("sources").combine_chunks()))
-        reasons.append(pc.list_flatten(table.column("reasons").combine_chunks()))
-        stages.append(table.column("stage_reached").combine_chunks())
+        # value counts per chunk (a few names each), not the chunks' arrays: memory stays flat
+        sources.append(pc.value_counts(pc.list_flatten(table.column("sources").combine_chunks())))
+        reasons.append(pc.value_counts(pc.list_flatten(table.column("reasons").combine_chunks())))
+        stages.append(pc.value_counts(table.column("stage_reached").combine_chunks()))
         if not log:
             buckets.add(table)
         done += chunk.num_rows
@@ -296,10 +299,11 @@ def _candidates(tmp: Path, files, cand_src: Source, req_src: Source, requests, p
 def _duplicates(table: pa.Table, log: CellLog) -> None:
     """(request_id, ad_id) twice, within one bucket (a request never spans buckets)."""
     codes = table.column("ad_id").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    frame = pd.DataFrame({"p": table.column("pos").to_numpy(), "a": codes})
-    dup = frame.duplicated(keep=False).to_numpy()
-    if not dup.any():
+    key = (table.column("pos").to_numpy().astype(np.int64) << 32) | codes.astype(np.int64)
+    ordered = np.sort(key)
+    if not (ordered[1:] == ordered[:-1]).any():
         return
+    dup = pd.Series(key).duplicated(keep=False).to_numpy()
     rows = table.column("row").to_numpy()
     order = np.argsort(rows[dup])
     shown = pc.binary_join_element_wise(table.column("request_id"), table.column("ad_id"), " / ")
@@ -357,15 +361,18 @@ def _insert(conn, frame: pd.DataFrame, rep: TraceImportReport, manifest: dict) -
         set_id=rep.set_id, created_at=_now(), path=f"traces/{rep.set_id}", fingerprint=manifest["fingerprint"],
         n_requests=rep.n_requests, n_candidates=rep.n_candidates, manifest=manifest))
     extra = rep.extra_context
-    ts = frame["ts"].to_numpy().astype("datetime64[us]").tolist()
-    cols = {c: frame[c].tolist() for c in ("request_id", "user_id", *CONTEXT_FIELDS, *extra)}
-    offsets, counts = frame["row_offset"].tolist(), frame["n_candidates"].tolist()
-    rows = []
+    cols = {c: frame[c].tolist() for c in (*CONTEXT_FIELDS, *extra)}
+    contexts = []
     for i in range(len(frame)):
         context = {c: cols[c][i] for c in CONTEXT_FIELDS}
         context["extra"] = {c: cols[c][i] for c in extra if cols[c][i] is not None}
-        rows.append({"request_id": cols["request_id"][i], "user_id": cols["user_id"][i], "ts": ts[i],
-                     "context": context, "set_id": rep.set_id, "row_offset": int(offsets[i]),
-                     "n_candidates": int(counts[i])})
-    for i in range(0, len(rows), 5_000):
-        conn.execute(insert(LoggedRequest), rows[i:i + 5_000])
+        contexts.append(context)
+    values = {"request_id": frame["request_id"].tolist(), "user_id": frame["user_id"].tolist(),
+              "ts": frame["ts"].to_numpy().astype("datetime64[us]").tolist(), "context": contexts,
+              "set_id": [rep.set_id] * len(frame), "row_offset": frame["row_offset"].tolist(),
+              "n_candidates": frame["n_candidates"].tolist()}
+    ready = set()
+    if conn.dialect.name == "sqlite":
+        ready = {"ts"}
+        values["ts"] = sqlite_datetimes(frame["ts"])
+    insert_columns(conn, LoggedRequest.__table__, values, lambda n: None, processed=ready)
