@@ -299,3 +299,16 @@ def test_readme_worked_example_imports(ctx, tmp_path):
     assert rep.stages == {"slate": 2, "retrieved": 2, "ranked": 1}
     lr = load_logged_request(settings, engine, "req_000001")
     assert lr.extra == {"app_version": "5.2.1"} and lr.candidates["source_scores"].iloc[0] == [0.82, 1.0]
+
+
+def test_both_bad_files_are_named(ctx, tmp_path):
+    settings, engine = ctx
+    req = requests_frame().drop(columns=["ts"])
+    cand = candidates_frame()
+    cand.loc[1, "stage_reached"] = "won"
+    with pytest.raises(ValidationError) as err:
+        import_traces(settings, engine, write(tmp_path / "d", requests=req, candidates=cand))
+    msg = str(err.value)
+    assert "requests.csv: required column 'ts' is missing" in msg
+    assert "trace_candidates.csv, column 'stage_reached': value is not allowed in 1 row: row 2 (line 3) 'won'" in msg
+    assert "id not found" not in msg and _stored(settings, engine) == (0, 0, [])

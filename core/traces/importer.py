@@ -165,7 +165,7 @@ def import_traces(settings: Settings, engine: Engine, directory: Path, progress:
         t = time.perf_counter()
         frame = requests.frame
         frame["n_candidates"] = summary["counts"]
-        frame["row_offset"] = np.concatenate([[0], np.cumsum(summary["counts"])[:-1]]).astype(np.int64)
+        frame["row_offset"] = (np.cumsum(summary["counts"]) - summary["counts"]).astype(np.int64)
         write_requests(tmp / REQUESTS_FILE, frame, requests.extra_columns)
         files_sha = hash_tree(tmp, exclude=(MANIFEST,))
         fingerprint = _sha_key(files_sha[REQUESTS_FILE], files_sha[CANDIDATES_FILE])
@@ -249,10 +249,9 @@ def _candidates(tmp: Path, files, cand_src: Source, req_src: Source, requests, p
         return {}
     if not check_candidate_columns([str(c).strip().lower() for c in names], cand_src, problems, warnings):
         return {}
-    if requests is None:  # its problems are reported; candidates cannot be matched to requests
-        return {}
-    request_ids = pa.array(requests.frame["request_id"].tolist(), pa.string())
-    n_req = len(request_ids)
+    # requests None: its problems are reported; the candidates are still checked (not matched)
+    request_ids = None if requests is None else pa.array(requests.frame["request_id"].tolist(), pa.string())
+    n_req = 0 if request_ids is None else len(request_ids)
     total = count_rows(files.candidates)
     log = CellLog(cand_src)
     buckets = Buckets(tmp, n_req, total)

@@ -226,10 +226,11 @@ CANDIDATE_SCHEMA = pa.schema([
 """The stored candidates (Parquet in the trace set), in this column order."""
 
 
-def normalise_chunk(chunk: pa.Table, offset: int, request_ids: pa.Array, requests_name: str,
+def normalise_chunk(chunk: pa.Table, offset: int, request_ids: pa.Array | None, requests_name: str,
                     log: CellLog) -> pa.Table:
     """One chunk of `trace_candidates` (rows offset.. of the file) as CANDIDATE_SCHEMA plus `pos`
-    (the request's index in the sorted `request_ids`, null when unknown) and `row` (file row)."""
+    (the request's index in the sorted `request_ids`, null when unknown; `request_ids` None: the
+    requests file is unusable, so references are not checked) and `row` (file row)."""
     chunk = chunk.rename_columns([str(c).strip().lower() for c in chunk.column_names])
     n = chunk.num_rows
     null = pa.nulls(n)
@@ -257,10 +258,13 @@ def normalise_chunk(chunk: pa.Table, offset: int, request_ids: pa.Array, request
     wrong = pc.invert(pc.fill_null(pc.is_in(stage, pa.array(TRACE_CANDIDATES.column("stage_reached").allowed)), True))
     log.add("stage_reached", wrong.to_numpy(zero_copy_only=False), col["stage_reached"], offset,
             "value is not allowed", f"use one of: {', '.join(TRACE_CANDIDATES.column('stage_reached').allowed)}")
-    pos = pc.index_in(out["request_id"], value_set=request_ids)
-    unknown = pc.and_(pos.is_null(), out["request_id"].is_valid()).to_numpy(zero_copy_only=False)
-    log.add("request_id", unknown, out["request_id"], offset, f"id not found in {requests_name}",
-            f"add these request ids to {requests_name} or correct them")
+    if request_ids is None:  # the requests file is unusable (reported): check the rest of each row
+        pos = pa.nulls(n, pa.int32())
+    else:
+        pos = pc.index_in(out["request_id"], value_set=request_ids)
+        unknown = pc.and_(pos.is_null(), out["request_id"].is_valid()).to_numpy(zero_copy_only=False)
+        log.add("request_id", unknown, out["request_id"], offset, f"id not found in {requests_name}",
+                f"add these request ids to {requests_name} or correct them")
     arrays = [out[f.name].cast(f.type) for f in CANDIDATE_SCHEMA]
     table = pa.Table.from_arrays(arrays, schema=CANDIDATE_SCHEMA)
     return table.append_column("pos", pos.cast(pa.int32())).append_column(
