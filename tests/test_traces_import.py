@@ -270,6 +270,8 @@ def test_cli_import_traces_and_logged(tmp_path, capsys):
     assert "unchanged" in capsys.readouterr().out
     assert main(["--workspace", ws, "logged", "--user", "u1"]) == 0
     assert "r3" in capsys.readouterr().out
+    assert main(["--workspace", ws, "logged", "--verify"]) == 0
+    assert "1 trace set(s) verified" in capsys.readouterr().out
     assert main(["--workspace", ws, "logged", "--request", "r1"]) == 0
     shown = capsys.readouterr().out
     assert "two_tower|prod_lookalike" in shown and "experiment=B" in shown
@@ -312,3 +314,21 @@ def test_both_bad_files_are_named(ctx, tmp_path):
     assert "requests.csv: required column 'ts' is missing" in msg
     assert "trace_candidates.csv, column 'stage_reached': value is not allowed in 1 row: row 2 (line 3) 'won'" in msg
     assert "id not found" not in msg and _stored(settings, engine) == (0, 0, [])
+
+
+def test_a_modified_candidates_file_is_detected(ctx, tmp_path):
+    from core.common.errors import ArtifactError
+    from core.traces.logged import verify_trace_sets
+
+    settings, engine = ctx
+    rep = import_traces(settings, engine, write(tmp_path / "d"))
+    assert verify_trace_sets(settings, engine) == [{"set_id": rep.set_id, "n_requests": 3, "n_candidates": 6}]
+    path = settings.traces_dir / rep.set_id / "candidates.parquet"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # same size: only the checksum tells
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        verify_trace_sets(settings, engine)
+    path.write_bytes(bytes(data[:-5]))  # truncated: opening a request says so at once
+    with pytest.raises(ArtifactError, match="modified or truncated"):
+        load_logged_request(settings, engine, "r1")

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", metavar="T", help="from this time (ISO 8601, UTC)")
     p.add_argument("--until", metavar="T", help="before this time (ISO 8601, UTC)")
     p.add_argument("--limit", type=positive_int, default=50, help="requests listed (default 50)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every trace set's files against their recorded sha256 (reads every byte)")
     add_json_flag(p)
     p.set_defaults(func=cmd_logged)
 
@@ -72,10 +74,18 @@ def cmd_import_traces(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_logged(args: argparse.Namespace, settings: Settings) -> int:
-    from core.traces.logged import list_logged_requests, load_logged_request
+    from core.traces.logged import list_logged_requests, load_logged_request, verify_trace_sets
 
     engine = make_engine(settings.db_url)
     try:
+        if args.verify:
+            checked = verify_trace_sets(settings, engine)
+            if args.json:
+                print_json({"verified": checked})
+            else:
+                print(f"{len(checked)} trace set(s) verified: " + ", ".join(
+                    f"{c['set_id']} ({c['n_requests']:,} requests, {c['n_candidates']:,} candidates)" for c in checked))
+            return 0
         if args.request:
             lr = load_logged_request(settings, engine, args.request)
             if args.json:

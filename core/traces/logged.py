@@ -206,3 +206,20 @@ def time_range(engine: Engine) -> tuple[datetime, datetime] | None:
     with engine.connect() as conn:
         lo, hi = conn.execute(select(func.min(LoggedRow.ts), func.max(LoggedRow.ts))).one()
     return None if lo is None else (lo, hi)
+
+
+def verify_trace_sets(settings: Settings, engine: Engine) -> list[dict]:
+    """Check every registered trace set's files against the sha256 its manifest recorded
+    (reading every byte: opening a request checks only the size). ArtifactError names the first
+    file that fails; returns (set_id, n_requests, n_candidates) of the sets checked."""
+    from core.store.artifacts import verify_files
+    from core.traces.store import read_manifest
+
+    with engine.connect() as conn:
+        sets = conn.execute(select(TraceSet.__table__)).all()
+    out = []
+    for s in sets:
+        folder = settings.workspace / s.path
+        verify_files(folder, read_manifest(folder)["files"])
+        out.append({"set_id": s.set_id, "n_requests": s.n_requests, "n_candidates": int(s.n_candidates)})
+    return out
