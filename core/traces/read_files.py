@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from core.data.ingest_validate import Problems, Source
 from core.traces.schema import TRACE_TABLES
 
-CHUNK_ROWS = 500_000
+CHUNK_ROWS = 200_000
 
 
 @dataclass

@@ -31,7 +31,7 @@ from core.traces.validate import CANDIDATE_SCHEMA
 MANIFEST = "manifest.json"
 CANDIDATES_FILE = "candidates.parquet"
 REQUESTS_FILE = "requests.parquet"
-ROW_GROUP = 16_384
+ROW_GROUP = 4_096
 """Candidate rows per Parquet row group: small enough that one request's read decodes little,
 large enough for a compact footer (see the layout measurements in data/README.md)."""
 BUCKET_ROWS = 1_000_000  # candidate rows per staging bucket (the sort's working set)
@@ -85,7 +85,11 @@ class Buckets:
                 table = pa.ipc.open_file(src).read_all()
             path.unlink()
             idx = pc.sort_indices(table, sort_keys=[("pos", "ascending"), ("row", "ascending")])
-            yield table.take(idx)
+            sorted_table = table.take(idx)
+            del table, idx
+            yield sorted_table
+            del sorted_table
+            pa.default_memory_pool().release_unused()  # keep the peak at one bucket, not the sum
 
 
 class CandidateWriter:
