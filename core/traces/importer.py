@@ -38,7 +38,7 @@ from core.sources.base import SOURCE_ORDER
 from core.store.artifacts import atomic_write_json, fsync_dir, fsync_tree, hash_tree, sha256_file, staging_dir
 from core.store.db import write_transaction
 from core.store.debris import clean_debris
-from core.store.models import LoggedRequest, TraceSet
+from core.store.models import Ad, LoggedRequest, TraceSet, User
 from core.store.settings import Settings
 from core.traces.read_files import candidate_chunks, count_rows, find_files
 from core.traces.store import CANDIDATES_FILE, MANIFEST, REQUESTS_FILE, Buckets, CandidateWriter, write_requests
@@ -144,8 +144,8 @@ def import_traces(settings: Settings, engine: Engine, directory: Path, progress:
     with engine.connect() as conn:
         stored = list(conn.execute(select(TraceSet.__table__)).all())
         overlap = _existing(conn, requests.frame["request_id"].tolist()) if requests is not None else {}
-        known_ads = set(conn.execute(select(_ads_key())).scalars())
-        known_users = set(conn.execute(select(_users_key())).scalars())
+        known_ads = set(conn.execute(select(Ad.ad_id)).scalars())
+        known_users = set(conn.execute(select(User.user_id)).scalars())
     by_source = next((s for s in stored if (s.manifest or {}).get("source_key") == source_key), None)
     if by_source is not None and not replace:
         return _unchanged(by_source, directory, t0)
@@ -195,18 +195,6 @@ def import_traces(settings: Settings, engine: Engine, directory: Path, progress:
     rep.timings = {k: round(v, 3) for k, v in timings.items()}
     report(progress, 1.0, "done")
     return rep
-
-
-def _ads_key():
-    from core.store.models import Ad
-
-    return Ad.ad_id
-
-
-def _users_key():
-    from core.store.models import User
-
-    return User.user_id
 
 
 def _now() -> datetime:
