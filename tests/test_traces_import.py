@@ -298,7 +298,8 @@ def test_readme_worked_example_imports(ctx, tmp_path):
     rep = import_traces(settings, engine, d)
     assert (rep.n_requests, rep.n_candidates, rep.extra_context) == (2, 5, ["app_version"])
     assert rep.unknown_sources == ["prod_lookalike"] and rep.unknown_reasons == ["PACING_THROTTLE"]
-    assert rep.stages == {"slate": 2, "retrieved": 2, "ranked": 1}
+    assert rep.stages == {"slate": 2, "retrieved": 2, "ranked": 1} and rep.sources["two_tower"] == 3
+    assert (rep.missing_ads.ids, rep.missing_users.examples) == (4, ["u_000042"])  # the set id varies with pyarrow
     lr = load_logged_request(settings, engine, "req_000001")
     assert lr.extra == {"app_version": "5.2.1"} and lr.candidates["source_scores"].iloc[0] == [0.82, 1.0]
 
