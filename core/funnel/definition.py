@@ -307,3 +307,25 @@ def version_definition(version) -> FunnelDefinition | None:
         raise ArtifactError(f"{path}: sha256 {defn.sha256[:12]}… does not match the manifest's "
                             f"{str(section.get('sha256'))[:12]}…; the version was modified")
     return defn
+
+
+def definition_for_build(settings, value: str | None) -> FunnelDefinition | None:
+    """The definition `build-index` records: `value` (a file; "builtin" for AdLens's own rules),
+    else `<workspace>/funnel.toml` when the workspace has one, else None. Checked against the
+    workspace's catalog now, before anything is built (ValidationError lists every problem)."""
+    if value == "builtin":
+        return None
+    path = Path(value) if value else Path(settings.workspace) / FUNNEL_FILE
+    if not value and not path.is_file():
+        return None
+    defn = load_definition(path)
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+
+    db = make_engine(settings.db_url)
+    try:
+        catalog = load_catalog(db, with_impressions=False)
+    finally:
+        db.dispose()
+    check_against_catalog(defn, catalog, catalog.ads["ad_id"].to_numpy(dtype=object))
+    return defn
