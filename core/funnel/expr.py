@@ -323,8 +323,10 @@ class _Compiler:
             return self._mk(node, BOOL, item.per_row, fn, item.stage)
         coll = self.build(coll_node)
         if coll.type != LIST:
+            hint = " (an imported CSV column is a list when its values use the separator '|')" \
+                if coll.type == STR else ""
             raise self.err(node, f"membership needs a list field or a [literal, ...] list; "
-                                 f"{self.describe(coll_node, coll)} is not a list")
+                                 f"{self.describe(coll_node, coll)} is not a list{hint}")
         if item.type != STR:
             raise self.err(node, f"type mismatch: list fields hold text; {self.describe(item_node, item)} is not text")
         fi, fc = item.fn, coll.fn
