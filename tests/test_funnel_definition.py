@@ -206,3 +206,14 @@ def test_every_bad_definition_fails_clearly(tiny, text, parts):
     msg = str(err.value)
     for part in parts:
         assert part in msg, msg
+
+
+def test_data_readme_documents_every_field(tiny):
+    from core.funnel.ad_facts import AdFacts
+    from core.funnel.fields import FieldTable
+
+    cat, version = tiny
+    readme = (Path(__file__).resolve().parents[1] / "data" / "README.md").read_text()
+    table = FieldTable.build(AdFacts.build(cat, version.ad_ids), cat)
+    missing = [f for f in table.specs if f"`{f}`" not in readme]
+    assert not missing, f"data/README.md ('Your own funnel') lacks {missing}"
