@@ -55,7 +55,7 @@ def bench_rules(engine, requests, definition=None, repeats: int = 3) -> dict:
         same &= mine_codes == builtin_codes and np.array_equal(ra.fails, rb.fails)
     a, b = float(np.median(a_ms)), float(np.median(b_ms))
     return {"n_requests": len(a_ms), "n_ads": engine.n_ads, "definition": defn.name, "sha256": defn.sha256,
-            "rules": len(funnel.order), "own_rules": list(own),
+            "rules": len(mine_codes), "own_rules": list(own),
             "builtin_p50_ms": a, "definition_p50_ms": b, "ratio_p50": b / a if a else None,
             "ratio_total": float(np.sum(b_ms) / np.sum(a_ms)) if np.sum(a_ms) else None,
             "compile_ms": setup_ms, "same_verdicts": bool(same), "target_ratio": TARGET_RATIO,

@@ -15,6 +15,10 @@ Format (data/README.md documents it with data/examples/funnel.toml):
     [[rule]]
     builtin = "GEO_MISMATCH"      # a built-in rule at this position (enabled = false: off)
 
+    [[rule]]
+    plugin = "recent_click_block" # a Python rule from entry-point group adlens.rules
+    params = { hours = 24 }       # (core.funnel.plugins); code = "..." overrides its own code
+
 `load_definition(path)` parses and checks the file's shape; `compile_funnel(defn, fields)` checks
 every expression against the fields (names, types, stage) and returns the `Funnel` the engine
 runs. Every problem of a file is reported at once, as one ValidationError naming the rule, and
@@ -31,21 +35,23 @@ from pathlib import Path
 
 import numpy as np
 
-from core.common.errors import ValidationError
+from core.common.errors import AdLensError, ArtifactError, ValidationError
 from core.funnel.expr import Compiled, ExprError, compile_expr
 from core.funnel.filters import RULES, Rule
+from core.funnel.plugins import PluginRule, load_plugin
 from core.funnel.reasons import BUILTIN_REASONS, ELIGIBILITY_REASONS, Reason, check_reason_code
 
 FORMAT = 1
 STAGES = ("eligibility", "ranking")
-RULE_KEYS = frozenset({"code", "expr", "stage", "description", "enabled", "builtin"})
+RULE_KEYS = frozenset({"code", "expr", "stage", "description", "enabled", "builtin", "plugin", "params"})
 TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description"})
 POST_ELIGIBILITY = frozenset({Reason.BELOW_CUTOFF.value, Reason.ADVERTISER_CAP.value})
 
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """One [[rule]] table: a built-in (expr None) or an expression rule."""
+    """One [[rule]] table: a built-in (expr and plugin None), an expression rule, or an
+    entry-point rule (core.funnel.plugins)."""
 
     code: str
     expr: str | None
@@ -53,6 +59,8 @@ class RuleSpec:
     enabled: bool = True
     description: str = ""
     line: int | None = None  # where the rule's table starts in the file
+    plugin: str | None = None
+    params: tuple = ()  # the plugin's keyword arguments, as sorted (key, value) pairs
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,7 @@ class ExprRule(Rule):
         self.code, self.compiled, self.description = code, compiled, description
 
     def fails(self, facts, pos, ctx):
-        from core.funnel.fields import Env
-        raise TypeError(f"{self.code} is an expression rule: evaluate it with an Env ({Env.__name__})")
+        raise TypeError(f"{self.code} is an expression rule: call evaluate() with its Env (core.funnel.fields)")
 
     def evaluate(self, facts, pos, ctx, env) -> np.ndarray:
         return self.compiled.mask(env, len(pos))
@@ -124,7 +131,10 @@ class Funnel:
 
     def describe(self) -> dict:
         d = self.definition
+        plugins = {c: {"plugin": r.name, "entry_point": r.source} for c, r in self.rules.items()
+                   if hasattr(r, "source") and hasattr(r, "rule")}
         return {"source": "builtin" if d is None else d.name, "sha256": None if d is None else d.sha256,
+                "plugins": plugins,
                 "eligibility": list(self.order), "off": list(self.off), "ranking": list(self.ranking_order),
                 "custom": [] if d is None else list(d.custom_codes)}
 
@@ -176,6 +186,25 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
                 problems.append(f"{where}: unknown built-in rule {code!r}; built-ins: {', '.join(ELIGIBILITY_REASONS)}")
                 continue
             expr = None
+        elif "plugin" in t:
+            if "expr" in t:
+                problems.append(f"{where}: a plugin rule takes no expr")
+            params = t.get("params", {})
+            if not isinstance(params, dict):
+                problems.append(f"{where}: params must be a table, e.g. params = {{ hours = 24 }}")
+                continue
+            try:
+                _, _, own = load_plugin(str(t["plugin"]), params)
+            except AdLensError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            code, expr = t.get("code", own), None
+            if (why := check_reason_code(code)) is not None:
+                problems.append(f"{where} (plugin {t['plugin']}): {why}")
+                continue
+            if code in BUILTIN_REASONS:
+                problems.append(f"{where}: plugin rule code {code} is a built-in's; give it code = \"...\" of its own")
+                continue
         else:
             code, expr = t.get("code"), t.get("expr")
             if (why := check_reason_code(code)) is not None:
@@ -196,7 +225,7 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
         if stage not in STAGES:
             problems.append(f"{where}: stage must be one of {', '.join(STAGES)}; got {stage!r}")
         if expr is None and stage != "eligibility":
-            problems.append(f"{where}: built-in rules run at the eligibility stage")
+            problems.append(f"{where}: built-in and plugin rules run at the eligibility stage")
         enabled = t.get("enabled", True)
         if not isinstance(enabled, bool):
             problems.append(f"{where}: enabled must be true or false; got {enabled!r}")
@@ -204,7 +233,9 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
         if not isinstance(desc, str):
             problems.append(f"{where}: description must be text")
             desc = ""
-        specs.append(RuleSpec(code, expr, stage, bool(enabled), desc, line))
+        plugin = str(t["plugin"]) if "plugin" in t else None
+        specs.append(RuleSpec(code, expr, stage, bool(enabled), desc, line, plugin,
+                              tuple(sorted((t.get("params") or {}).items())) if plugin else ()))
     if problems:
         raise ValidationError(problems)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -240,6 +271,12 @@ def compile_funnel(defn: FunnelDefinition | None, fields) -> Funnel:
                 elig[c.value] = RULES[c]
     for r in defn.rules:
         where = f"{defn.name}, rule {r.code}" + (f" (line {r.line})" if r.line else "")
+        if r.plugin is not None:
+            rule, source, _ = load_plugin(r.plugin, dict(r.params))
+            elig[r.code] = PluginRule(r.plugin, source, rule, r.code)
+            if not r.enabled:
+                off.append(r.code)
+            continue
         if r.expr is None:
             elig[r.code] = RULES[Reason(r.code)]
             if not r.enabled:
@@ -292,8 +329,6 @@ def funnel_builder(defn: FunnelDefinition):
 
 def version_definition(version) -> FunnelDefinition | None:
     """The funnel definition a version was built with (None: AdLens's built-in funnel)."""
-    from core.common.errors import ArtifactError
-
     section = version.manifest.get("funnel") if getattr(version, "manifest", None) is not None else None
     if not section:
         return None
