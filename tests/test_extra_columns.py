@@ -48,11 +48,11 @@ def _write(frames, directory, fmt: str, blocked: list[str]) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_ingest_keeps_extra_columns_and_rules_read_them(tmp_path, fmt):
+def test_ingest_keeps_extra_columns_and_rules_read_them(tmp_path, fmt, db_url):
     frames = generate_dataset(200, 40, seed=0)
     blocked = sorted(frames["advertisers"]["advertiser_id"])[:3]
     _write(frames, tmp_path / "d", fmt, blocked)
-    db = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    db = make_engine(db_url)
     report = ingest_directory(db, tmp_path / "d")
     assert any("kept extra column(s) blocked_advertisers, vip" in w for w in report.warnings)
     rev = data_revision(db)
