@@ -181,8 +181,10 @@ def test_disabled_rule_lets_ads_through(tiny):
     req = default_request(cat, "u1")
     tr = engine.run(req, FunnelParams(disabled_rules=("FREQUENCY_CAP",)))
     assert tr.row("ad_freq")["failed_reasons"] == [] and tr.row("ad_freq")["outcome"] != "filtered"
-    with pytest.raises(ValidationError, match="NOPE"):
-        FunnelParams(disabled_rules=("NOPE",))
+    with pytest.raises(ValidationError, match="NOPE"):  # the engine knows its funnel's codes
+        engine.run(req, FunnelParams(disabled_rules=("NOPE",)))
+    with pytest.raises(ValidationError, match="UPPER_SNAKE"):
+        FunnelParams(disabled_rules=("not a code",))
     with pytest.raises(ValidationError, match="k must be a positive integer"):
         FunnelParams(k=0)
     with pytest.raises(ValidationError, match="mmr_lambda"):

@@ -397,7 +397,9 @@ def test_both_formats_and_ignored_files(sqlite_engine, tmp_path):
     write_dataset({"ads": frames["ads"]}, d, "csv")
     report = ingest_directory(sqlite_engine, d)
     assert any("notes.txt" in w for w in report.warnings)
-    assert any("ads.csv: ignored column(s)" in w and "color" in w for w in report.warnings)
+    assert any("ads.csv: kept extra column(s) color" in w for w in report.warnings)  # for funnel rules
+    from core.store.catalog import load_catalog
+    assert set(load_catalog(sqlite_engine).extra["ads"]["color"]) == {"red"}
 
 
 def test_unreadable_files_are_reported_together(sqlite_engine, tmp_path):

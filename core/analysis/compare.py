@@ -149,7 +149,8 @@ class CompareReport:
 
 def _static_eligible(engine: FunnelEngine, request: Request) -> np.ndarray:
     pos = np.arange(engine.n_ads)
-    res = engine.eligibility(request, pos, FunnelParams(rule_order=STATIC_RULES))
+    static = tuple(c.value for c in STATIC_RULES if c.value in engine.funnel.rules)  # a definition may drop some
+    res = engine.eligibility(request, pos, FunnelParams(rule_order=static))
     return res.eligible
 
 

@@ -154,6 +154,13 @@ def section_funnel(ctx) -> dict:
         alone = bench_funnel(engine, reqs, FunnelParams(disabled_sources=tuple(engine.sources)[1:]),
                              why_not_samples=0, seed=ctx.seed)
         rep["two_tower_only_total_ms"] = alone["total_ms"]
+        from core.bench.rules import bench_rules
+
+        rep["rules_from_definition"] = bench_rules(engine, _requests(reqs)[:100])
+        rd = rep["rules_from_definition"]
+        ctx.log(f"eligibility at {n:,} ads: built-in p50 {rd['builtin_p50_ms']:.3f} ms, {rd['definition']} "
+                f"p50 {rd['definition_p50_ms']:.3f} ms (x{rd['ratio_p50']:.2f}, target <= {rd['target_ratio']}); "
+                f"same verdicts: {rd['same_verdicts']}")
         rep["source_p50_ms"] = {k.split(":", 1)[1]: v["p50"] for k, v in rep["stages_ms"].items()
                                 if k.startswith("retrieve:")}
         rep["target_p50_ms"] = TARGET_P50_MS

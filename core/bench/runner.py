@@ -402,6 +402,11 @@ def _format_funnel(sec: dict) -> list[str]:
             mb = (m.get("build") or {}).get("timings", {})
             lines.append(f"    map: place one query p50 {m['place_ms']['p50']:.2f} ms (target <= 50); "
                          f"UMAP build {mb.get('total_s', float('nan')):.1f} s at build time")
+        if rd := rep.get("rules_from_definition"):
+            lines.append(f"    eligibility: built-in rules p50 {rd['builtin_p50_ms']:.3f} ms, {rd['definition']} "
+                         f"({rd['rules']} rules as expressions) p50 {rd['definition_p50_ms']:.3f} ms: "
+                         f"x{rd['ratio_p50']:.2f} (target <= {rd['target_ratio']}: "
+                         f"{'met' if rd['meets_target'] else 'NOT met'}); same verdicts {rd['same_verdicts']}")
         lines.append(f"    engine build {rep['engine_build_ms'] / 1000:.1f} s; workspace {rep['workspace']}")
     return lines
 

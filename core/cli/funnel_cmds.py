@@ -174,13 +174,20 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     c = trace.candidates
     dropped = c[c["outcome"] != "slate"]
     print(f"\nnot shown, by primary reason ({len(dropped)}):")
-    for reason in Reason:  # pipeline order
-        grp = dropped[dropped["primary_reason"] == reason.value]
-        if len(grp):
-            ids = ", ".join(map(term, grp["ad_id"].head(args.show)))
-            more = f", … +{len(grp) - args.show}" if len(grp) > args.show else ""
-            print(f"  {reason.value:<24} {len(grp):>5}  {ids}{more}")
+    codes = dropped["primary_reason"].dropna().unique()
+    for reason in sorted(codes, key=_reason_order(trace)):  # pipeline order; a definition's own codes too
+        grp = dropped[dropped["primary_reason"] == reason]
+        ids = ", ".join(map(term, grp["ad_id"].head(args.show)))
+        more = f", … +{len(grp) - args.show}" if len(grp) > args.show else ""
+        print(f"  {term(reason):<24} {len(grp):>5}  {ids}{more}")
     return 0
+
+
+def _reason_order(trace):
+    """Sort key: the Trace's rule order, then the post-eligibility codes, then anything else."""
+    order = [*(trace.params.rule_order or ()), Reason.BELOW_CUTOFF.value, Reason.ADVERTISER_CAP.value]
+    rank = {c: i for i, c in enumerate(order)}
+    return lambda code: (rank.get(str(code), len(rank)), str(code))
 
 
 def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:

@@ -64,6 +64,10 @@ def _register_build_index(sub: argparse._SubParsersAction) -> None:
                    help="imported request vectors (`adlens import-vectors requests`) as the query side")
     g.add_argument("--allow-partial", action="store_true", dest="allow_partial",
                    help="build on the ads both the catalog and the imported vectors have")
+    p.add_argument("--funnel", metavar="FILE|builtin",
+                   help="funnel definition (TOML: your own eligibility rules and reason codes; data/README.md, "
+                        "'Your own funnel'), checked now and recorded in the version; default: the workspace's "
+                        "funnel.toml when it has one, else the built-in rules ('builtin' forces those)")
     p.add_argument("--no-map", action="store_true", dest="no_map",
                    help="skip the UMAP map (build it later with `adlens map --version V`)")
     p.add_argument("--model", help="embedding model (as for `adlens embed`)")
@@ -148,9 +152,12 @@ def _source_params(args: argparse.Namespace) -> dict:
 
 
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
+    from core.funnel.definition import definition_for_build, funnel_builder
     from core.index.versions import build_version
     from core.sources.registry import sources_builder
     from core.vectors.query_side import QuerySpec, read_encoder_config
+
+    funnel = definition_for_build(settings, args.funnel)  # a bad definition fails before anything is built
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
                                 ("k_factor", args.k_factor)) if v is not None}
@@ -159,7 +166,8 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                       parent=args.parent, seed=args.seed, progress=cli_progress(not args.json), with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
                       shards=args.shards,
-                      extra_builders=() if args.no_sources else (sources_builder(_source_params(args)),))
+                      extra_builders=(() if args.no_sources else (sources_builder(_source_params(args)),))
+                      + (() if funnel is None else (funnel_builder(funnel),)))
     m = v.manifest
     if args.json:
         print_json(m)
@@ -174,6 +182,10 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                                                             for e in m["shards"]["entries"]) if m.get("shards") else ""))
         for name, src in ((m.get("sources") or {}).get("built") or {}).items():
             print(f"  source {name}: can return {src['stats']['reachable_ads']:,} ads, params {src['params']}")
+        if f := m.get("funnel"):
+            print(f"  funnel {term(f['source'])} (sha256 {f['sha256'][:12]}…): {len(f['eligibility'])} eligibility rules"
+                  + (f", {len(f['ranking'])} ranking rules" if f["ranking"] else "")
+                  + (f"; own codes {', '.join(map(term, f['custom']))}" if f["custom"] else ""))
     return 0
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, delete, select
 
 from core.common.errors import ValidationError
 from core.common.progress import Progress
+from core.data.ingest_extra import extra_frames, write_extras
 from core.data.ingest_validate import Problems, Source, validate_frames
 from core.data.ingest_write import db_frame, diff, write_table
 from core.data.schema import TABLES, TABLES_BY_NAME
@@ -224,7 +225,8 @@ def ingest_directory(engine: Engine, directory: Path, progress: Progress | None 
         for t, inserts, updates, existing in plans:
             report_progress(0.3 + 0.7 * done / total, f"write {t.name}")
             write_table(conn, t, inserts, updates, existing, lambda n, s=f"write {t.name}": tick(n, s))
-        if replace or any(len(i) or len(u) for _, i, u, _ in plans):
+        n_extra = write_extras(conn, extra_frames(files.frames), replace)
+        if replace or n_extra or any(len(i) or len(u) for _, i, u, _ in plans):
             bump_revision(conn)
         timings["write"] = time.perf_counter() - t2
     report_progress(1.0, "done")

@@ -24,6 +24,7 @@ from core.data.ingest_columns import (
     fill_default,
     is_missing,
 )
+from core.data.ingest_extra import EXTRA_TABLES
 from core.data.schema import TABLES, TABLES_BY_NAME, Table
 
 MAX_SHOWN = 5  # offending rows quoted per problem
@@ -109,7 +110,11 @@ def normalise_table(table: Table, raw: pd.DataFrame, src: Source, problems: Prob
     raw.columns = [str(c).strip().lower() for c in raw.columns]
     known = {c.name for c in table.columns}
     extra = [c for c in raw.columns if c not in known]
-    if extra:
+    if extra and table.name in EXTRA_TABLES:
+        prefix = {"ads": "ad", "campaigns": "campaign", "users": "user"}[table.name]
+        warnings.append(f"{src.name}: kept extra column(s) {', '.join(extra)} for funnel-definition rules "
+                        f"(read as {prefix}.<column>)")
+    elif extra:
         warnings.append(f"{src.name}: ignored column(s) not in the format: {', '.join(extra)}")
     absent = [c for c in table.columns if c.required and c.name not in raw.columns]
     for c in absent:

@@ -73,6 +73,23 @@ class ListColumn:
         idx = np.minimum(np.searchsorted(holders, pos), len(holders) - 1)
         return holders[idx] == pos
 
+    @cached_property
+    def _pair_keys(self) -> np.ndarray:
+        """Sorted (position, value code) pairs as one int64 key, for row-wise membership."""
+        owner = np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
+        return np.sort(owner * max(len(self.vocab), 1) + self.codes)
+
+    def contains_each(self, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """For each i, whether the list at pos[i] contains values[i] (None: no)."""
+        if not len(pos) or not len(self.codes):
+            return np.zeros(len(pos), bool)
+        vals = pd.Series(values, dtype=object).where(pd.notna(pd.Series(values, dtype=object)), None)
+        code = pd.Index(list(self.vocab)).get_indexer(vals.map(lambda v: None if v is None else str(v)))
+        key = np.asarray(pos, np.int64) * max(len(self.vocab), 1) + code
+        keys = self._pair_keys
+        idx = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        return (code >= 0) & (keys[idx] == key)
+
     def values(self, p: int) -> list[str]:
         return [str(x) for x in self.names[self.codes[self.indptr[p]:self.indptr[p + 1]]]]
 

@@ -10,6 +10,7 @@ simulation: it never touches the database.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -21,7 +22,9 @@ from core.data.request import Request, RequestBatch, requests_from_impressions
 from core.data.vocab import UNKNOWN
 from core.funnel.ad_facts import AdFacts, FrequencyIndex, RequestContext
 from core.funnel.context import default_request, usual_contexts
-from core.funnel.filters import EligibilityResult, evaluate
+from core.funnel.definition import Funnel, compile_funnel, version_definition
+from core.funnel.fields import Env, FieldTable
+from core.funnel.filters import EligibilityResult, active_rules, evaluate
 from core.funnel.params import EXACT_RANKS_AUTO_MAX, FunnelParams
 from core.funnel.pctr import PctrModel, feature_matrix, feature_names, fit_pctr
 from core.funnel.ranking import (
@@ -53,13 +56,17 @@ class FunnelEngine:
     """Everything needed to run requests against one version and one catalog (read-only)."""
 
     def __init__(self, version, catalog: Catalog, *, calibration_samples: int = CALIBRATION_SAMPLES,
-                 seed: int = 0):
+                 seed: int = 0, funnel_definition=None):
         t0 = time.perf_counter()
         self.version = version
         self.catalog = catalog
         self.features = FeatureStore(catalog, version.ad_ids, version.ad_text_vectors)
         self.facts = AdFacts.build(catalog, version.ad_ids)
         self.frequency = FrequencyIndex(catalog, self.facts.campaign_ids)
+        # the version's own funnel definition (core.funnel.definition), or one given for a what-if
+        defn = funnel_definition if funnel_definition is not None else version_definition(version)
+        self.fields = FieldTable.build(self.facts, catalog) if defn is not None else None
+        self.funnel: Funnel = compile_funnel(defn, self.fields)
         rows = catalog.ads.set_index("ad_id", drop=False).reindex(pd.Index(version.ad_ids, dtype=object))
         has = self.facts.has_campaign
         self.advertiser_id = _obj(rows, "advertiser_id", None)
@@ -155,8 +162,35 @@ class FunnelEngine:
         detail = self.version.encoder.describe(requests, self.features)
         return {"encoder": self.version.encoder.kind, **(detail[0] if detail else {})}
 
-    def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams) -> EligibilityResult:
-        return evaluate(self.facts, positions, self.request_context(request), params.rules)
+    def active_rules(self, params: FunnelParams) -> tuple[str, ...]:
+        """The eligibility rules `params` enables, in order, out of this engine's funnel."""
+        order = self.funnel.all_order if params.rule_order is None else params.rule_order
+        off = tuple(dict.fromkeys((*self.funnel.off, *params.disabled_rules)))
+        return active_rules(order, tuple(c for c in off if c in self.funnel.rules or c not in self.funnel.ranking),
+                            known=tuple(self.funnel.rules))
+
+    def field_env(self, request: Request, positions: np.ndarray, candidate: dict | None = None) -> Env | None:
+        """The expression rules' field cache for these candidates (None: only built-in rules)."""
+        if self.fields is None:
+            return None
+        return Env(self.fields, np.asarray(positions, np.int64), self.request_context(request), candidate or {})
+
+    def eligibility(self, request: Request, positions: np.ndarray, params: FunnelParams,
+                    candidate: dict | None = None) -> EligibilityResult:
+        """Every enabled eligibility rule on every candidate; `candidate` holds per-candidate
+        values expression rules may read (e.g. {"score": tower similarities})."""
+        ctx = self.request_context(request)
+        env = None if self.fields is None else Env(self.fields, np.asarray(positions, np.int64), ctx, candidate or {})
+        return evaluate(self.facts, positions, ctx, self.active_rules(params), self.funnel.rules, env)
+
+    def ranking_rules(self, request: Request, positions: np.ndarray, params: FunnelParams,
+                      candidate: dict) -> EligibilityResult | None:
+        """The funnel's ranking-stage rules (they read pCTR and eCPM), or None when it has none."""
+        codes = tuple(c for c in self.funnel.ranking_order if c not in params.disabled_rules)
+        if not codes:
+            return None
+        env = self.field_env(request, positions, candidate)
+        return evaluate(self.facts, positions, env.ctx, codes, self.funnel.ranking, env)
 
     def pricing(self, scores: np.ndarray, positions: np.ndarray, found: dict | None = None,
                 source_scores: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -240,24 +274,28 @@ class FunnelEngine:
         scores = self._tower_scores(q, merged)
         exact_col = self._exact_ranks(q, merged, params)
         timer.lap("exact_rank")
-        elig = self.eligibility(request, pos, params)
+        elig = self.eligibility(request, pos, params, {"score": scores})
         eligible = elig.eligible
         timer.lap("eligibility")
         pctr, ecpm_v = self.pricing(scores, pos, {n: merged.found(n) for n in merged.ran}, merged.score)
-        rank = rank_by_ecpm(ecpm_v, eligible, scores)
+        late = self.ranking_rules(request, pos, params, {"score": scores, "pctr": pctr, "ecpm": ecpm_v})
+        rankable = eligible if late is None else eligible & late.eligible
+        rank = rank_by_ecpm(ecpm_v, rankable, scores)
         timer.lap("ranking")
         slate = select_slate(rank, params.n_ranked, self.cap_key[pos], params.max_per_advertiser,
                              params.slate_size, ecpm_v, l2_normalize(self.version.ad_vectors[pos])
                              if params.mmr_lambda is not None else None, params.mmr_lambda)
         timer.lap("diversity")
         # the candidates frame is built on first use (Trace.candidates), outside the funnel's timings
-        table = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params)
+        if params.rule_order is None:  # the Trace says which order ran
+            params = replace(params, rule_order=self.funnel.all_order)
+        table = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params, late)
         n_elig = int(eligible.sum())
         counts = {
             Stage.INVENTORY: self.n_ads,
             Stage.RETRIEVED: len(pos),
             Stage.ELIGIBLE: n_elig,
-            Stage.RANKED: min(params.n_ranked, n_elig),
+            Stage.RANKED: min(params.n_ranked, int(rankable.sum())),
             Stage.SLATE: int((slate.final_position > 0).sum()),
         }
         return Trace(request, self.version.name, self.version.checksum, params, table, counts, timer.done(),
@@ -265,12 +303,18 @@ class FunnelEngine:
                      backend=self.version.backend_name, source_names=tuple(self.sources), sources_ran=merged.ran)
 
     def _assemble(self, merged: MergedCandidates, scores, exact_col, elig, pctr, ecpm_v, rank, slate,
-                  params: FunnelParams) -> pd.DataFrame:
+                  params: FunnelParams, late: EligibilityResult | None = None) -> pd.DataFrame:
         pos = merged.positions
         n = len(pos)
         eligible = elig.eligible
         primary = np.where(eligible, slate.reason, elig.primary)
         outcome = np.full(n, Outcome.FILTERED.value, dtype=object)
+        failed = elig.failed_lists()
+        if late is not None:  # ranking-stage rules: an eligible ad they fail is ranked out
+            dropped = eligible & ~late.eligible
+            primary = np.where(dropped, late.primary, primary)
+            outcome[dropped] = Outcome.RANKED_OUT.value
+            failed = [a + b if ok else a for a, b, ok in zip(failed, late.failed_lists(), eligible.tolist())]
         outcome[eligible & (slate.reason == Reason.BELOW_CUTOFF.value)] = Outcome.RANKED_OUT.value
         outcome[eligible & (slate.reason == Reason.ADVERTISER_CAP.value)] = Outcome.ADVERTISER_CAP.value
         outcome[slate.final_position > 0] = Outcome.SLATE.value
@@ -280,7 +324,7 @@ class FunnelEngine:
             "score": scores,
             "ann_rank": pd.arrays.IntegerArray(ann, ann == 0),
             "exact_rank": exact_col,
-            "failed_reasons": elig.failed_lists(),
+            "failed_reasons": failed,
             "primary_reason": pd.array(primary, dtype="str"),
             "pctr": pctr,
             "ecpm": ecpm_v,

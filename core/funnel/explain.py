@@ -245,11 +245,17 @@ def why_not(engine: FunnelEngine, request: Request, ad_id: str, params: FunnelPa
     sources = source_explanations(engine, request, pos, params, trace.query, retrieval)
     t2 = time.perf_counter()
     ctx = engine.request_context(request)
-    rules = explain_rules(engine.facts, pos, ctx, params.rules)
+    one = np.array([pos], np.int64)
+    env = engine.field_env(request, one, {"score": np.array([retrieval.score], np.float64)})
+    rules = explain_rules(engine.facts, pos, ctx, engine.active_rules(params), engine.funnel.rules, env)
     failed = [r for r in rules if r["enabled"] and r["failed"]]
     ranking = _ranking(engine, trace, pos, row, params, retrieval, eligible=not failed)
+    late = _ranking_rules(engine, request, pos, params, retrieval, ranking)
+    rules += late
+    late_failed = [r for r in late if r["enabled"] and r["failed"]]
     diversity = _diversity(engine, trace, pos, params)
-    stages, blocking, summary = _stages(trace, row, retrieval, failed, ranking, diversity, params, sources)
+    stages, blocking, summary = _stages(trace, row, retrieval, failed, ranking, diversity, params, sources,
+                                        late_failed)
     t3 = time.perf_counter()
     timings = {"run": (t1 - t0) * 1e3, "retrieval": (t2 - t1) * 1e3, "rest": (t3 - t2) * 1e3,
                "total": (t3 - t0) * 1e3}
@@ -275,6 +281,18 @@ def source_explanations(engine: FunnelEngine, request: Request, pos: int, params
             e = SourceExplanation(name, e.rank, e.score, f"{name}: switched off for this request ({e.reason})")
         out.append(e)
     return out
+
+
+def _ranking_rules(engine, request, pos, params, rv, ranking) -> list[dict]:
+    """The funnel's ranking-stage rules for the ad (they read its pCTR and eCPM)."""
+    if not engine.funnel.ranking:
+        return []
+    cand = {"score": np.array([rv.score], np.float64), "pctr": np.array([ranking["pctr"]], np.float64),
+            "ecpm": np.array([ranking["ecpm"]], np.float64)}
+    env = engine.field_env(request, np.array([pos], np.int64), cand)
+    on = tuple(c for c in engine.funnel.ranking_order if c not in params.disabled_rules)
+    rows = explain_rules(engine.facts, pos, env.ctx, on, engine.funnel.ranking, env)
+    return [{**r, "stage": Stage.RANKED.value} for r in rows]
 
 
 def _ranking(engine, trace, pos, row, params, rv, eligible: bool) -> dict:
@@ -323,7 +341,7 @@ def _retrieved_detail(row, rv, sources) -> str:
     return "not found by any source: " + "; ".join(s.reason for s in sources)
 
 
-def _stages(trace, row, rv, failed, ranking, diversity, params, sources=()):
+def _stages(trace, row, rv, failed, ranking, diversity, params, sources=(), late_failed=()):
     stages = [StageVerdict(Stage.INVENTORY.value, True, f"in version {trace.version_name}")]
     retrieved = _retrieved_detail(row, rv, sources)
     stages.append(StageVerdict(Stage.RETRIEVED.value, row is not None, retrieved))
@@ -352,6 +370,12 @@ def _stages(trace, row, rv, failed, ranking, diversity, params, sources=()):
         stages += [StageVerdict(Stage.RANKED.value, None, rank_detail), StageVerdict(Stage.SLATE.value, None, div_detail)]
         more = f" (+{len(failed) - 1} more rule(s))" if len(failed) > 1 else ""
         return stages, Stage.ELIGIBLE.value, f"filtered: {first['code']} — {first['detail']}{more}"
+    if late_failed:  # a ranking-stage rule of the funnel definition removed it
+        first = late_failed[0]
+        detail = "; ".join(f"{r['code']}: {r['detail']}" for r in late_failed)
+        stages += [StageVerdict(Stage.RANKED.value, False, f"{detail}; {rank_detail}"),
+                   StageVerdict(Stage.SLATE.value, None, div_detail)]
+        return stages, Stage.RANKED.value, f"ranked out: {first['code']} — {first['detail']}"
     ranked = int(row["rank_position"]) <= params.n_ranked
     stages.append(StageVerdict(Stage.RANKED.value, bool(ranked), rank_detail))
     if not ranked:

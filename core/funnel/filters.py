@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -46,9 +47,16 @@ from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
 
 
 class Rule(ABC):
-    """One eligibility rule: a vectorised fails-mask and a description with concrete values."""
+    """One eligibility rule: a vectorised fails-mask and a description with concrete values.
+    `code` is its reason code: a built-in `Reason` or a funnel definition's own
+    (core.funnel.definition)."""
 
-    code: ClassVar[Reason]
+    code: ClassVar[str]
+
+    def evaluate(self, facts: AdFacts, pos: np.ndarray, ctx: RequestContext, env=None) -> np.ndarray:
+        """`fails` with the evaluation's shared field cache (`env`, core.funnel.fields.Env), which
+        expression rules read; built-in rules ignore it."""
+        return self.fails(facts, pos, ctx)
 
     @abstractmethod
     def fails(self, facts: AdFacts, pos: np.ndarray, ctx: RequestContext) -> np.ndarray:
@@ -232,25 +240,27 @@ class FrequencyCapRule(Rule):
         return f"{n} impression{'' if n == 1 else 's'} in 24 h, {'no cap' if np.isnan(cap) else f'cap {int(cap)}'}"
 
 
-RULES: dict[Reason, Rule] = {r.code: r for r in (
+RULES: dict[str, Rule] = {r.code.value: r for r in (
     PolicyRule(), CampaignActiveRule(), ScheduleRule(), BudgetRule(), GeoRule(), AgeRule(),
     DeviceRule(), CommunityExcludedRule(), CommunityTargetRule(), BrandSafetyRule(), FrequencyCapRule(),
 )}
 assert tuple(RULES) == ELIGIBILITY_REASONS, "one rule per eligibility code, in the default order"
 
 
-def active_rules(rule_order=ELIGIBILITY_REASONS, disabled=()) -> tuple[Reason, ...]:
-    """The rules to evaluate, in order: `rule_order` minus `disabled`. Codes left out of
-    `rule_order` are not evaluated. Raises ValidationError naming unknown or repeated codes."""
+def active_rules(rule_order=ELIGIBILITY_REASONS, disabled=(), known=ELIGIBILITY_REASONS) -> tuple[str, ...]:
+    """The rules to evaluate, in order: `rule_order` minus `disabled`, out of the `known` codes
+    (the funnel's rules). Codes left out of `rule_order` are not evaluated. Raises
+    ValidationError naming unknown or repeated codes."""
+    known = tuple(str(c) for c in known)
     problems: list[str] = []
-    order: list[Reason] = []
-    allowed = ", ".join(ELIGIBILITY_REASONS)
+    order: list[str] = []
+    allowed = ", ".join(known)
     for raw in list(rule_order) + list(disabled):
-        if str(raw) not in ELIGIBILITY_REASONS:
+        if str(raw) not in known:
             problems.append(f"unknown eligibility rule {raw!r}; known: {allowed}")
     for raw in rule_order:
-        if str(raw) in ELIGIBILITY_REASONS:
-            code = Reason(str(raw))
+        if str(raw) in known:
+            code = str(raw)
             if code in order:
                 problems.append(f"rule {code} listed twice in rule_order")
             order.append(code)
@@ -264,7 +274,7 @@ def active_rules(rule_order=ELIGIBILITY_REASONS, disabled=()) -> tuple[Reason, .
 class EligibilityResult:
     """`fails[i, j]`: candidate i fails rule `codes[j]`; `primary[i]`: first failing code or None."""
 
-    codes: tuple[Reason, ...]
+    codes: tuple[str, ...]
     fails: np.ndarray
     primary: np.ndarray
 
@@ -275,36 +285,44 @@ class EligibilityResult:
     def failed_lists(self) -> list[list[str]]:
         """Per candidate, every failing code (in rule order)."""
         out: list[list[str]] = [[] for _ in range(len(self.fails))]
-        names = [c.value for c in self.codes]
+        names = [str(c) for c in self.codes]
         rows, cols = np.nonzero(self.fails)  # row-major: codes stay in rule order
         for i, j in zip(rows.tolist(), cols.tolist()):  # Python ints: no numpy scalar per pair
             out[i].append(names[j])
         return out
 
 
-def evaluate(facts: AdFacts, pos: np.ndarray, ctx: RequestContext, codes: tuple[Reason, ...]) -> EligibilityResult:
-    """Evaluate every rule in `codes` on every candidate position (no short-circuit)."""
+def evaluate(facts: AdFacts, pos: np.ndarray, ctx: RequestContext, codes: tuple[str, ...],
+             rules: Mapping[str, Rule] | None = None, env=None) -> EligibilityResult:
+    """Evaluate every rule in `codes` (out of `rules`, default the built-ins) on every candidate
+    position (no short-circuit); `env` is the field cache expression rules share."""
+    rules = RULES if rules is None else rules
     pos = np.asarray(pos, dtype=np.int64)
     fails = np.zeros((len(pos), len(codes)), bool)
     for j, code in enumerate(codes):
-        fails[:, j] = RULES[code].fails(facts, pos, ctx)
+        fails[:, j] = rules[code].evaluate(facts, pos, ctx, env)
     primary = np.full(len(pos), None, dtype=object)
     any_fail = fails.any(axis=1)
     if any_fail.any():
         first = fails.argmax(axis=1)
-        names = np.array([c.value for c in codes], dtype=object)
+        names = np.array([str(c) for c in codes], dtype=object)
         primary[any_fail] = names[first[any_fail]]
-    return EligibilityResult(codes, fails, primary)
+    return EligibilityResult(tuple(codes), fails, primary)
 
 
-def explain_rules(facts: AdFacts, p: int, ctx: RequestContext, codes: tuple[Reason, ...]) -> list[dict]:
+def explain_rules(facts: AdFacts, p: int, ctx: RequestContext, codes: tuple[str, ...],
+                  rules: Mapping[str, Rule] | None = None, env=None) -> list[dict]:
     """Every eligibility rule's verdict for one ad position (enabled rules in their configured
-    order, then the disabled ones): code, enabled, failed, detail."""
+    order, then the disabled ones): code, enabled, failed, detail. `env` (an Env over `[p]`)
+    lets expression rules show their operand values."""
+    rules = RULES if rules is None else rules
     pos = np.array([p], np.int64)
     out = []
-    for code in (*codes, *(c for c in ELIGIBILITY_REASONS if c not in codes)):
-        rule = RULES[code]
-        out.append({"code": code.value, "enabled": code in codes,
-                    "failed": bool(rule.fails(facts, pos, ctx)[0]),
-                    "detail": rule.describe(facts, p, ctx)})
+    for code in (*codes, *(c for c in rules if c not in codes)):
+        rule = rules[code]
+        detail = rule.describe(facts, p, ctx, env) if getattr(rule, "compiled", None) is not None \
+            else rule.describe(facts, p, ctx)
+        out.append({"code": str(code), "enabled": code in codes,
+                    "failed": bool(rule.evaluate(facts, pos, ctx, env)[0]),
+                    "detail": detail})
     return out

@@ -9,7 +9,7 @@ import numpy as np
 
 from core.common.errors import ValidationError
 from core.funnel.filters import active_rules
-from core.funnel.reasons import ELIGIBILITY_REASONS, Reason
+from core.funnel.reasons import ELIGIBILITY_REASONS, check_reason_code
 from core.sources.base import SOURCE_ORDER
 
 SOURCE_QUOTAS: dict[str, int] = {"two_tower": 500, "co_engagement": 200, "popular_in_context": 100,
@@ -27,7 +27,8 @@ class FunnelParams:
 
     k: candidates retrieved; n_ranked: top N kept by eCPM; max_per_advertiser: M slate slots per
     advertiser; slate_size: S; rule_order: eligibility rules in evaluation order (codes left
-    out are not evaluated); disabled_rules: codes switched off; mmr_lambda: None = plain eCPM
+    out are not evaluated; None: the funnel's own order, core.funnel.definition); disabled_rules:
+    codes switched off (the engine checks both against its funnel's codes); mmr_lambda: None = plain eCPM
     order, else MMR trade-off in [0, 1]; search_params: per-call ANN params merged over the
     version's (e.g. {"nprobe": 32}); exact_ranks: True/False/None (auto, see EXACT_RANKS_AUTO_MAX);
     quotas: per-source candidate counts overriding SOURCE_QUOTAS (two_tower's is `k`);
@@ -38,7 +39,7 @@ class FunnelParams:
     n_ranked: int = 50
     max_per_advertiser: int = 2
     slate_size: int = 10
-    rule_order: tuple = ELIGIBILITY_REASONS
+    rule_order: tuple | None = None
     disabled_rules: tuple = ()
     mmr_lambda: float | None = None
     search_params: dict | None = None
@@ -65,14 +66,19 @@ class FunnelParams:
         if problems:
             raise ValidationError(problems)
         object.__setattr__(self, "disabled_sources", tuple(str(n) for n in self.disabled_sources))
-        object.__setattr__(self, "rule_order", tuple(str(r) for r in self.rule_order))
+        if self.rule_order is not None:
+            object.__setattr__(self, "rule_order", tuple(str(r) for r in self.rule_order))
         object.__setattr__(self, "disabled_rules", tuple(str(r) for r in self.disabled_rules))
-        active_rules(self.rule_order, self.disabled_rules)  # validates the codes
+        bad = [why for c in (*(self.rule_order or ()), *self.disabled_rules) if (why := check_reason_code(c))]
+        if bad:
+            raise ValidationError(bad)
 
     @property
-    def rules(self) -> tuple[Reason, ...]:
-        """The enabled rules in evaluation order."""
-        return active_rules(self.rule_order, self.disabled_rules)
+    def rules(self) -> tuple[str, ...]:
+        """The enabled built-in rules in evaluation order (an engine's funnel may have others:
+        `FunnelEngine.active_rules`)."""
+        return active_rules(ELIGIBILITY_REASONS if self.rule_order is None else self.rule_order,
+                            self.disabled_rules)
 
     def quota(self, source: str) -> int:
         """Candidates `source` contributes (two_tower: k)."""

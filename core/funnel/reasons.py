@@ -1,7 +1,13 @@
-"""Funnel stages and reason codes: the one place they are defined."""
+"""Funnel stages and reason codes: the one place they are defined.
+
+Reason codes are an open vocabulary: `Reason` holds AdLens's built-in codes (the default), and a
+funnel definition (core.funnel.definition) may add its own, checked by `check_reason_code`.
+Everything that reads reasons treats them as plain strings.
+"""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 import numpy as np
@@ -40,6 +46,24 @@ ELIGIBILITY_REASONS: tuple[Reason, ...] = tuple(Reason)[: list(Reason).index(Rea
 """Eligibility rule codes in the default pipeline order (the primary reason is the first failing)."""
 
 
+BUILTIN_REASONS: frozenset[str] = frozenset(r.value for r in Reason)
+"""Every built-in code (eligibility and post-eligibility)."""
+
+REASON_CODE_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
+REASON_CODE_MAX = 48
+
+
+def check_reason_code(code: object) -> str | None:
+    """Why `code` is not a valid reason code (UPPER_SNAKE, e.g. GAMBLING_DE), or None when it is."""
+    if not isinstance(code, str) or not code:
+        return f"reason code must be a non-empty string; got {code!r}"
+    if len(code) > REASON_CODE_MAX:
+        return f"reason code {code!r} is longer than {REASON_CODE_MAX} characters"
+    if not REASON_CODE_RE.match(code):
+        return f"reason code {code!r} is not UPPER_SNAKE_CASE (letters, digits and single underscores, e.g. GAMBLING_DE)"
+    return None
+
+
 class Outcome(StrEnum):
     """What happened to one candidate of a request."""
 
@@ -59,6 +83,7 @@ def blocking_stages(outcomes: np.ndarray, rank_positions: np.ndarray, n_ranked: 
     out = np.full(len(outcomes), Stage.SLATE.value, dtype=object)
     out[outcomes == Outcome.NOT_RETRIEVED.value] = Stage.RETRIEVED.value
     out[outcomes == Outcome.FILTERED.value] = Stage.ELIGIBLE.value
-    out[(outcomes == Outcome.RANKED_OUT.value) & (ranks > n_ranked)] = Stage.RANKED.value
+    # ranked out with no rank: a ranking-stage rule removed it (core.funnel.definition)
+    out[(outcomes == Outcome.RANKED_OUT.value) & ((ranks > n_ranked) | (ranks == 0))] = Stage.RANKED.value
     out[outcomes == Outcome.SLATE.value] = None
     return out

@@ -8,8 +8,10 @@ it did not return the ad) and `score_<source>` (NaN when not returned):
 - score: tower similarity (inner product of L2-normalised vectors), for every candidate; ann_rank:
   1-based rank in the ANN result (<NA> for ads only other sources found); exact_rank: 1-based
   rank among all ads by exact search (<NA> when not computed);
-- failed_reasons: every failing eligibility code (configured order); primary_reason: the first
-  failing rule, else BELOW_CUTOFF / ADVERTISER_CAP for eligible ads that missed the slate;
+- failed_reasons: every failing eligibility code (configured order; a funnel definition's own
+  codes too, and for eligible ads its ranking-stage codes: core.funnel.definition);
+  primary_reason: the first failing rule, else the first failing ranking-stage rule, else
+  BELOW_CUTOFF / ADVERTISER_CAP for eligible ads that missed the slate;
 - pctr, ecpm: early-ranking values (computed for every candidate, used only for eligible ones);
 - rank_position: 1-based eCPM rank among eligible candidates (<NA> if not eligible);
 - final_position: 1-based slate position (<NA> if not in the slate);

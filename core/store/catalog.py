@@ -6,12 +6,16 @@ once (the dashboard caches it) and work on its frames with vectorised numpy/pand
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from core.store.models import Ad, Advertiser, Campaign, Community, Impression, User
+from core.store.models import Ad, Advertiser, Campaign, Community, ExtraValues, Impression, User
+
+EXTRA_KEYS = {"ads": "ad_id", "campaigns": "campaign_id", "users": "user_id"}
+"""Tables whose extra imported columns are kept (core.data.ingest_extra), with their keys."""
 
 
 def _frame(engine: Engine, model) -> pd.DataFrame:
@@ -33,6 +37,7 @@ class Catalog:
     users: pd.DataFrame
     communities: pd.DataFrame
     impressions: pd.DataFrame
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)  # table -> extra columns by key
 
     @property
     def n_ads(self) -> int:
@@ -58,7 +63,27 @@ def load_catalog(engine: Engine, *, with_impressions: bool = True) -> Catalog:
         users=_frame(engine, User).sort_values("user_id").reset_index(drop=True),
         communities=_frame(engine, Community).sort_values("community_id").reset_index(drop=True),
         impressions=impressions,
+        extra=load_extras(engine),
     )
+
+
+def load_extras(engine: Engine) -> dict[str, pd.DataFrame]:
+    """Per table, a frame of the extra columns a team imported, indexed by the table's key
+    (core.data.ingest_extra writes them); tables without any are absent."""
+    tbl = ExtraValues.__table__
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(tbl.c.table_name, tbl.c.row_id, tbl.c.data)).all()
+    except (OperationalError, ProgrammingError):  # a database opened without creating the table
+        return {}
+    out: dict[str, pd.DataFrame] = {}
+    for table, key in EXTRA_KEYS.items():
+        recs = {r.row_id: r.data for r in rows if r.table_name == table and r.data}
+        if recs:
+            frame = pd.DataFrame.from_dict(recs, orient="index")
+            frame.index.name = key
+            out[table] = frame
+    return out
 
 
 def _frame_empty(model) -> pd.DataFrame:

@@ -183,3 +183,14 @@ class DataRevision(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ExtraValues(Base):
+    """Columns a team imported on ads, campaigns and users beyond the format (core.data.ingest_extra):
+    one JSON object per row, read by funnel-definition rules as `ad.<column>` etc."""
+
+    __tablename__ = "extra_values"
+
+    table_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    row_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
