@@ -151,7 +151,7 @@ def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
     ranks = {name: encoder_ranks(enc, data) for name, enc in (encoders or {}).items()}
     ranks.update(baseline_ranks(data, seed))
     notes: dict[str, str] = {}
-    val = validation_slice(data, seed=seed + 1)
+    val = validation_slice(data)  # core.tower.split.validation_split of data.split
     kmax = max(ks)
     shrink, tried = choose(val, lambda s: knn_ranks(val, s, k=kmax), shrinkages, k_sel)
     ranks["item_knn"] = knn_ranks(data, shrink, k=kmax)

@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="held-out clicks: time (cutoff), random (impressions), user (random (user, ad) pairs, "
                         "evaluated with the user protocol) or none (train on every impression, no evaluation)")
     p.add_argument("--cutoff", help="time split cutoff (default: 80th percentile of impression times)")
+    p.add_argument("--tune", action="store_true",
+                   help="first choose --epochs, --logq, --history-limit and --id-embeddings on the validation split "
+                        "of the training side (a small grid, then epochs with early stop; at most "
+                        "14 trainings on 80%% of the training side), print what was tried, then train the chosen "
+                        "settings on the whole training side (values given for those four are ignored)")
     add_json_flag(p)
     p.set_defaults(func=cmd_train)
 
@@ -72,11 +77,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                       temperature=args.temperature, seed=args.seed, hard_negatives=args.hard_negatives,
                       use_context=not args.no_context, ad_adapter=not args.no_adapter, cutoff=args.cutoff,
                       split=args.split, logq=args.logq, history_limit=args.history_limit, hidden=args.hidden,
-                      id_embeddings=args.id_embeddings, progress=cli_progress(not args.json))
+                      id_embeddings=args.id_embeddings, progress=cli_progress(not args.json), tune=args.tune)
     if args.json:
         print_json(res)
         return 0
     cfg = res.config
+    if cfg.get("tuning"):
+        print_tuning(cfg["tuning"])
     print(f"tower {res.name!r} saved to {term(res.path)}")
     print(f"trained on {cfg['n_train_clicks']:,} clicks ({cfg['n_train_users']:,} users) in {res.train_seconds:.1f} s; "
           f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}")
@@ -119,6 +126,24 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_report(report, seg_k=args.k)
     return 0
+
+
+def print_tuning(t: dict) -> None:
+    """What `--tune` tried: one row per training on the fitting side, its validation metric, the chosen one."""
+    v = t["validation"]
+    size = ", ".join(f"{n[2:].replace('_', ' ')} {c:,}" for n, c in v.items() if n.startswith("n_"))
+    sp = v["split"]
+    print(f"tuning on the validation split of the training side ({sp['kind']} split, seed {sp['seed']}: {size}); "
+          f"{t['metric']} of most-popular there {t['baselines']['most_popular']:.3f}")
+    keys = ("epochs", "id_embeddings", "history_limit", "logq")
+    print(f"  {'try':>3} {'step':<7}" + "".join(f"{k:>15}" for k in keys) + f"{t['metric']:>10}{'seconds':>9}")
+    for i, row in enumerate(t["tries"], 1):
+        mark = "  <- chosen" if row["params"] == t["chosen"] else ""
+        print(f"  {i:>3} {row['step']:<7}" + "".join(f"{str(row['params'].get(k, '-')):>15}" for k in keys)
+              + f"{row['score']:>10.3f}{row['seconds']:>9.1f}{mark}")
+    print(f"chosen: " + ", ".join(f"{k} {t['chosen'][k]}" for k in keys if k in t["chosen"])
+          + f" (validation {t['metric']} {t['chosen_score']:.3f}); trained on the whole training side. "
+          f"Tuning took {t['seconds']:.0f} s")
 
 
 def print_user_report(report) -> None:

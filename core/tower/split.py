@@ -9,6 +9,11 @@ training, evaluation and compare (so all three hold out the same clicks for a to
   held-out ad is never in that user's training history); each user is then ranked once, after
   their training history, with their training ads excluded (core.tower.user_protocol).
 - none: nothing is held out (train a final tower on every impression; no evaluation).
+
+Hyper-parameters (EASE's λ, item-kNN's shrinkage, the tower's settings under `adlens train
+--tune`, a version's learned quotas) are chosen on the *validation split* of the training side
+(`validation_split`): the same protocol one level down, a user split of the training (user, ad)
+pairs with the next seed, so the test side is never looked at while choosing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pandas as pd
 from core.common.errors import AdLensError
 
 DEFAULT_TEST_FRACTION = 0.2
+VALIDATION_FRACTION = 0.2
 TIME_QUANTILE = 0.8
 KINDS: tuple[str, ...] = ("time", "random", "user", "none")
 
@@ -54,10 +60,29 @@ class Split:
             ts = pd.to_datetime(impressions["ts"]).to_numpy(dtype="datetime64[ns]")
             return ts >= np.datetime64(pd.Timestamp(self.cutoff).to_datetime64(), "ns")
         if self.kind == "user":
-            keys = (impressions["user_id"].astype(str) + "\x1f" + impressions["ad_id"].astype(str))
-        else:
-            keys = impressions["impression_id"].astype(str)
+            return self.held_pairs(impressions["user_id"].to_numpy(), impressions["ad_id"].to_numpy())
+        keys = impressions["impression_id"].astype(str)
         return hashed_fraction(keys.to_numpy(dtype=object), self.seed) < self.test_fraction
+
+    def held_pairs(self, user_ids, ad_ids) -> np.ndarray:
+        """Boolean mask over (user, ad) pairs given as id arrays: True where a user split holds
+        the pair out (what `test_side` says of every impression of that pair)."""
+        if self.kind != "user":
+            raise ValueError(f"held_pairs is for a user split; this one is {self.kind!r}")
+        return hashed_fraction(pair_keys(user_ids, ad_ids), self.seed) < self.test_fraction
+
+
+def validation_split(split: Split) -> Split:
+    """The validation split of `split`'s training side: a user split (held-out (user, ad) pairs)
+    with the next seed holding out VALIDATION_FRACTION of the training pairs. Apply it to the
+    training impressions only (`split.test_side` False); the rest is the fitting side."""
+    return Split("user", None, int(split.seed) + 1, VALIDATION_FRACTION)
+
+
+def pair_keys(user_ids, ad_ids) -> np.ndarray:
+    """The (user, ad) key a user split hashes (so pairs given as ids hash as impressions do)."""
+    return (pd.Series(np.asarray(user_ids, dtype=object)).astype(str) + "\x1f"
+            + pd.Series(np.asarray(ad_ids, dtype=object)).astype(str)).to_numpy(dtype=object)
 
 
 def hashed_fraction(keys: np.ndarray, seed: int) -> np.ndarray:

@@ -220,7 +220,9 @@ def fit_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray,
     net = enc.net
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, int(np.ceil(len(pos) / batch_size))) * epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # OneCycleLR divides by (pct_start * steps - 1), zero at exactly 10 steps: nudge it there only
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=0.1 if steps != 10 else 0.11)
     losses: list[float] = []
     done = 0
     with _deterministic():
@@ -270,13 +272,17 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
                 hidden: int = DEFAULTS["hidden"], id_embeddings: bool = DEFAULTS["id_embeddings"],
                 engine: Engine | None = None, progress: Progress | None = None,
                 ad_ids: np.ndarray | None = None, ad_text_vectors: np.ndarray | None = None,
-                ks: tuple[int, ...] = DEFAULT_KS) -> TrainResult:
+                ks: tuple[int, ...] = DEFAULT_KS, tune: bool = False, tune_options: dict | None = None) -> TrainResult:
     """Train tower `name` on the workspace's impressions, evaluate it on the held-out clicks (the
     user protocol for a user split; nothing for `split="none"`), save it to
     `<towers_dir>/<name>/` atomically and register it. The split is checked before anything is
     embedded or trained. Ad vectors default to the embedding cache (pass `ad_ids` +
     `ad_text_vectors`, sorted by id, to use others). `progress(fraction, step)`
-    (core.common.progress) follows loading, training, evaluating and saving, ending at 1.0."""
+    (core.common.progress) follows loading, training, evaluating and saving, ending at 1.0.
+
+    With `tune`, epochs, logq, history_limit and id_embeddings are first chosen on the validation
+    split of the training side (core.tower.tune.tune_tower, `tune_options` its keyword arguments),
+    overriding the values passed; the report of what was tried is `config["tuning"]`."""
     engine = engine or make_engine(settings.db_url)
     _check_new_tower(settings, engine, name)
     report_progress(progress, 0.0, "Loading the catalog and the ad embeddings")
@@ -293,9 +299,18 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
               "seed": int(seed), "hard_negatives": bool(hard_negatives), "use_context": bool(use_context),
               "ad_adapter": bool(ad_adapter), "logq": float(logq), "history_limit": int(history_limit),
               "hidden": int(hidden), "id_embeddings": bool(id_embeddings)}
+    tuning = None
+    start = 0.05
+    if tune:
+        from core.tower.tune import tune_tower
+
+        tuning = tune_tower(catalog, ad_ids, ad_text_vectors, the_split, params, seed=int(seed),
+                            progress=scaled(progress, 0.05, 0.6), **(tune_options or {}))
+        params.update(tuning.chosen)
+        start = 0.6
     t0 = time.perf_counter()
     enc, stats, losses = fit_tower(catalog, ad_ids, ad_text_vectors, the_split,
-                                   progress=scaled(progress, 0.05, 0.85), features=features, **params)
+                                   progress=scaled(progress, start, 0.85), features=features, **params)
     train_seconds = round(time.perf_counter() - t0, 2)
     # Which text space the tower was trained in, so a version can refuse a mismatched model.
     enc.cfg["embedding_model"] = emb_info.get("model", emb_info.get("embedding_model"))
@@ -305,7 +320,8 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     # A tower trained on everything still records its split (compare and sources read it from here).
     evaluation = report if report is not None else {"split": the_split.to_dict(), "not_evaluated": NOT_EVALUATED}
     config = {**params, "split": the_split.to_dict(), **stats, "embeddings": emb_info, "losses": losses,
-              "train_seconds": train_seconds, **({"evaluation": NOT_EVALUATED} if report is None else {})}
+              "train_seconds": train_seconds, **({"evaluation": NOT_EVALUATED} if report is None else {}),
+              **({"tuning": tuning.to_dict()} if tuning is not None else {})}
     report_progress(progress, 0.95, "Saving and registering the tower")
     final = _save_and_register(settings, engine, name, enc, config, evaluation)
     report_progress(progress, 1.0, "done")

@@ -31,7 +31,7 @@ from core.data.request import REQUEST_COLUMNS
 from core.store.catalog import Catalog
 from core.tower.metrics import user_protocol_metrics
 from core.tower.query_encoder import HistoryMeanEncoder, QueryEncoder, l2_normalize
-from core.tower.split import Split, hashed_fraction
+from core.tower.split import Split, validation_split
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 500)
 BASELINES: tuple[str, ...] = ("random", "most_popular", "history_mean")
@@ -223,13 +223,19 @@ def evaluate_encoder_user(encoder: QueryEncoder | None, catalog: Catalog, ad_ids
     return user_report(data, ranks, ks, seconds=time.perf_counter() - t0)
 
 
-def validation_slice(data: UserProtocolData, fraction: float = 0.2, seed: int = 1) -> UserProtocolData:
+def validation_slice(data: UserProtocolData, fraction: float | None = None, seed: int | None = None) -> UserProtocolData:
     """The same protocol one level down, for choosing hyper-parameters without touching the test
-    side: a seeded `fraction` of the training (user, ad) pairs is held out and the rest trains.
-    Only the fields ranking needs are rebuilt (requests and features stay those of `data`)."""
+    side: the training (user, ad) pairs that the validation split of `data.split`
+    (core.tower.split.validation_split; `fraction` and `seed` override its) holds out, the rest
+    fitting. Only the fields ranking needs are rebuilt (requests and features stay those of `data`)."""
+    if data.train_users is None:
+        raise ValueError("the protocol data has no training user ids (build it with build_user_protocol)")
+    vsplit = validation_split(data.split)
+    vsplit = Split("user", None, vsplit.seed if seed is None else int(seed),
+                   vsplit.test_fraction if fraction is None else float(fraction))
     pairs = np.unique(np.c_[data.train_user_idx, data.train_ad_pos], axis=0)
-    keys = np.char.add(np.char.add(pairs[:, 0].astype(str), "\x1f"), pairs[:, 1].astype(str)).astype(object)
-    val = hashed_fraction(keys, seed) < fraction
+    val = vsplit.held_pairs(np.asarray(data.train_users, dtype=object)[pairs[:, 0]],
+                            np.asarray(data.features.ad_ids, dtype=object)[pairs[:, 1]])
     fit_u, fit_a = pairs[~val, 0], pairs[~val, 1]
     codes, rows = np.unique(pairs[val, 0], return_inverse=True)
     order = np.argsort(rows, kind="stable")
