@@ -40,6 +40,13 @@ def slice_sources(version, sources: dict[str, CandidateSource], data: UserProtoc
     """`val` with one protocol request per validation user, and the built sources of `sources`
     (`version`'s, loaded; two_tower is left out, see the module docstring) rebuilt with their own
     parameters on the training impressions minus the validation pairs."""
+    return rebuild_on_slice(version, {n: src.params for n, src in sources.items()}, data, val, catalog)
+
+
+def rebuild_on_slice(version, params: dict[str, dict], data: UserProtocolData, val: UserProtocolData,
+                     catalog: Catalog) -> tuple[UserProtocolData, dict[str, CandidateSource]]:
+    """`slice_sources` from the sources' parameters ({name: params}, e.g. a manifest's "sources"
+    entry); `version` is what the rebuilt sources bind to (anything Version-shaped)."""
     if data.train_users is None:
         raise ValueError("the protocol data has no training user ids (build it with build_user_protocol)")
     users = np.asarray(data.train_users, dtype=object)
@@ -53,9 +60,9 @@ def slice_sources(version, sources: dict[str, CandidateSource], data: UserProtoc
     features = FeatureStore(fit_cat, data.features.ad_ids, data.features.ad_text_vectors)
     ctx = build_context(fit_cat, ad_ids, None)
     # no skip_reason check: the version built these sources for this very catalog
-    built = {n: SOURCE_TYPES[n].build(ctx, **sources[n].params) for n in sources if n in BUILT_SOURCES}
+    built = {n: SOURCE_TYPES[n].build(ctx, **params[n]) for n in params if n in BUILT_SOURCES}
     runtime = SourceRuntime(version, features)
-    out = {name: built[name].bind(runtime) for name in sources if name in built}
+    out = {name: built[name].bind(runtime) for name in SOURCE_ORDER if name in built}
     val_users = users[val.users.astype(np.int64)]
     return replace(val, requests=protocol_requests(catalog, val_users), features=features), out
 

@@ -38,7 +38,7 @@ def slate_attribution(traces: Sequence, source_names: Sequence[str]) -> dict:
 def source_recall(engine, requests: pd.DataFrame, clicked_ads: np.ndarray, params: FunnelParams | None = None,
                   batch: int = 256) -> dict:
     """Hit rate of held-out clicks per enabled source at its quota, and of their union ("merged")."""
-    params = params or FunnelParams()
+    params = engine.resolve_params(params)  # the version's learned quotas
     target = engine.version.position_of(clicked_ads)
     names = [n for n in engine.sources if params.enabled(n)]
     if not len(requests):

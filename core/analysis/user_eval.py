@@ -93,16 +93,16 @@ def source_lists(sources: dict[str, CandidateSource], data: UserProtocolData, k:
     return out
 
 
-def source_ranks(lists: dict[str, np.ndarray], data: UserProtocolData, k: int,
-                 quotas: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def source_ranks(lists: dict[str, np.ndarray], data: UserProtocolData, k: int, quotas: dict[str, float],
+                 quotas_label: str = "the funnel's quotas") -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Ranks of the held-out pairs under each source's list alone (`source:NAME`, from
     `source_lists`) and under the merged set at the same budget `k` with the funnel's `quotas` as
     weights (`merged_sources`), with a note on how the merge weighs the sources."""
     ranks = {f"source:{name}": list_ranks(data, lst) for name, lst in lists.items()}
-    weights = {name: quotas[name] for name in lists}
+    weights = {name: quotas.get(name, 0) for name in lists}
     ranks["merged_sources"] = list_ranks(data, merge_at_budget(lists, weights, k))
     notes = {"merged_sources": "union of " + allocation_label(normalise_shares(weights))
-             + " of the same K (the funnel's quotas as weights; ads found twice counted once)"}
+             + f" of the same K ({quotas_label} as weights; ads found twice counted once)"}
     empty = [n for n, lst in lists.items() if not (lst >= 0).any()]
     if empty:
         notes["sources"] = f"returned nothing for any user: {', '.join(empty)}"
@@ -123,6 +123,13 @@ def learned_merge_ranks(lists: dict[str, np.ndarray], data: UserProtocolData, k:
     return list_ranks(data, merge_at_budget(lists, shares, k)), note
 
 
+def _learned_label(q: dict) -> str:
+    val = q.get("validation") or {}
+    metric = q.get("metric", "hr")
+    return (f"the version's quotas, learned by `build-index --learn-quotas` on the validation slice ({metric} "
+            f"{val.get(metric, float('nan')):.3f} there, default quotas {val.get('default_quotas') or float('nan'):.3f})")
+
+
 def choose(val: UserProtocolData, ranks: Callable[[float], np.ndarray], grid: tuple[float, ...], k: int) -> tuple[float, dict]:
     """The value of `grid` with the best HR@k on the validation slice, and every value's HR@k."""
     users = val.users[val.test_rows]
@@ -135,7 +142,7 @@ def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
                     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
                     shrinkages: tuple[float, ...] = KNN_SHRINKAGES,
                     sources: dict[str, CandidateSource] | None = None,
-                    quotas: dict[str, int] | None = None,
+                    quotas: dict[str, int] | None = None, version_quotas: dict | None = None,
                     on_slice: Callable[[UserProtocolData], tuple[UserProtocolData, dict]] | None = None,
                     ) -> UserEvalReport:
     """The user-protocol table on `data`: `encoders` (name -> encoder), the baselines, item-kNN, EASE,
@@ -170,7 +177,14 @@ def evaluate_models(data: UserProtocolData, ks: tuple[int, ...] = DEFAULT_KS, *,
 
         quotas = quotas or {n: DEFAULT_PARAMS.quota(n) for n in sources}
         lists = source_lists(sources, data, kmax)
-        more, more_notes = source_ranks(lists, data, kmax, quotas)
+        if version_quotas:  # merged at the version's learned quotas, and at the defaults for comparison
+            more, more_notes = source_ranks(lists, data, kmax, version_quotas["shares"], _learned_label(version_quotas))
+            default = merge_at_budget(lists, {n: quotas.get(n, 0) for n in lists}, kmax)
+            more["merged_default_quotas"] = list_ranks(data, default)
+            more_notes["merged_default_quotas"] = ("union of " + allocation_label(normalise_shares(
+                {n: quotas.get(n, 0) for n in lists})) + " of the same K (the funnel's default quotas as weights)")
+        else:
+            more, more_notes = source_ranks(lists, data, kmax, quotas)
         ranks.update(more)
         notes.update(more_notes)
         if on_slice is not None:
@@ -266,6 +280,6 @@ def _evaluate_with_sources(v, catalog, ad_ids, ad_text_vectors, split: Split, ks
         data = build_user_protocol(catalog, ad_ids, ad_text_vectors, split)
         sources = load_sources(v, data.features)  # bound to the training-side history only
         return evaluate_models(data, ks, encoders=encoders, seed=split.seed, sources=sources,
-                               on_slice=lambda val: slice_sources(v, sources, data, val, catalog))
+                               version_quotas=v.manifest.quotas, on_slice=lambda val: slice_sources(v, sources, data, val, catalog))
     finally:
         v.close()

@@ -53,6 +53,11 @@ def _register_build_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ease-max-ads", type=positive_int, dest="ease_max_ads", metavar="N",
                    help="build the ease source (dense EASE weights, n_ads² x 2 bytes) for catalogs up to N ads "
                         "(default 5,000; at most 12,000)")
+    p.add_argument("--learn-quotas", action="store_true", dest="learn_quotas",
+                   help="learn each candidate source's quota on the validation slice of the tower's user split "
+                        "(a --split user tower; its settings are retrained once on the slice's fitting side to weigh "
+                        "two_tower) and record them in the manifest: the funnel uses them for this version unless "
+                        "--quota is given, and `adlens evaluate --protocol user --version V` merges at them")
     g = p.add_argument_group("your own model (data/README.md, 'Your own model')")
     g.add_argument("--ad-vectors", dest="ad_vectors", metavar="NAME",
                    help="imported ad vectors (`adlens import-vectors ads`) instead of AdLens's text embeddings")
@@ -151,6 +156,24 @@ def _source_params(args: argparse.Namespace) -> dict:
     return {"ease": {"max_ads": args.ease_max_ads}} if args.ease_max_ads is not None else {}
 
 
+def _quotas_builder(args: argparse.Namespace, settings: Settings):
+    """The --learn-quotas build hook, checked before anything is built."""
+    from core.analysis.quota_learning import check_learnable, quotas_builder
+    from core.common.errors import AdLensError
+    from core.tower.registry import read_tower_metrics
+
+    from core.tower.registry import tower_path
+
+    if args.no_sources:
+        raise AdLensError("--learn-quotas learns the candidate sources' quotas: drop --no-sources")
+    if args.tower and not tower_path(settings, args.tower).is_dir():
+        raise AdLensError(f"no tower named {args.tower!r} in this workspace (list them with `adlens versions` "
+                          "or train one: `adlens train --name NAME --split user`)")
+    training = read_tower_metrics(settings, args.tower)["training"] if args.tower else None
+    check_learnable(training, args.tower)
+    return quotas_builder(training)
+
+
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.definition import definition_for_build, funnel_builder
     from core.index.versions import build_version
@@ -162,12 +185,14 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
                                 ("k_factor", args.k_factor)) if v is not None}
     query = QuerySpec(args.query_encoder, args.signature, args.request_vectors, read_encoder_config(args.encoder_config))
+    builders = () if args.no_sources else (sources_builder(_source_params(args)),)
+    if args.learn_quotas:
+        builders += (_quotas_builder(args, settings),)
     v = build_version(settings, args.name, args.factory, tower=args.tower, search_params=params or None,
                       parent=args.parent, seed=args.seed, progress=cli_progress(not args.json), with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
                       shards=args.shards,
-                      extra_builders=(() if args.no_sources else (sources_builder(_source_params(args)),))
-                      + (() if funnel is None else (funnel_builder(funnel),)))
+                      extra_builders=builders + (() if funnel is None else (funnel_builder(funnel),)))
     m = v.manifest
     if args.json:
         print_json(m)
@@ -186,6 +211,13 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  funnel {term(f['source'])} (sha256 {f['sha256'][:12]}…): {len(f['eligibility'])} eligibility rules"
                   + (f", {len(f['ranking'])} ranking rules" if f["ranking"] else "")
                   + (f"; own codes {', '.join(map(term, f['custom']))}" if f["custom"] else ""))
+        if m.quotas:
+            q, val = m.quotas, m.quotas["validation"]
+            print(f"  learned quotas ({q['metric']} on the validation slice, {val['n_pairs']:,} pairs): "
+                  + ", ".join(f"{n} {s:.0%}" for n, s in q["shares"].items()) + f" -> {val[q['metric']]:.3f} "
+                  f"(default quotas {val['default_quotas']:.3f}; alone: "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in val["alone"].items()) + "); funnel quotas "
+                  + ", ".join(f"{n} {c}" if c else f"{n} off" for n, c in q["counts"].items()) + ", two_tower K")
     return 0
 
 

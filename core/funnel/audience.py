@@ -66,7 +66,7 @@ def audience(engine: FunnelEngine, ad_id: str, n_users: int = 200, seed: int = 0
     """How often, and at what rank, `ad_id` is retrieved for sampled users; how often it survives
     eligibility, which reasons block it, and how often it reaches the slate. `progress(fraction, step)`
     is called after each user."""
-    params = params or FunnelParams()
+    params = engine.resolve_params(params)  # the version's learned quotas
     ad_id = str(ad_id)
     pos = int(engine.version.position_of([ad_id])[0])
     if pos < 0:

@@ -136,7 +136,7 @@ class FunnelEngine:
         # replay each logged request through every source, unless the sample is one class (every
         # impression clicked, as in rating logs): then the model is a constant rate whatever the features
         if names != ("score",) and 0 < clicked.sum() < len(clicked):
-            defaults = FunnelParams()
+            defaults = self.resolve_params(None)
             for name, src in self.sources.items():
                 got, sc = src.retrieve(frame, defaults.quota(name), RetrieveOptions(queries=q))
                 hit = got == shown[:, None]
@@ -144,6 +144,11 @@ class FunnelEngine:
                 scores[name] = np.where(found[name], (sc * hit).sum(axis=1), np.nan)
         X = feature_matrix(names, s, found, scores)
         return fit_pctr(X, clicked, names)
+
+    def resolve_params(self, params: FunnelParams | None) -> FunnelParams:
+        """`params` (default: FunnelParams()) over this version's learned quotas, if it has any."""
+        counts = getattr(getattr(self.version, "manifest", None), "quota_counts", None)
+        return (params or FunnelParams()).over_version_quotas(counts)
 
     def request_context(self, request: Request) -> RequestContext:
         tier = self._tier.get(request.community_id) if request.community_id is not None else None
@@ -262,7 +267,7 @@ class FunnelEngine:
 
     def run(self, request: Request, params: FunnelParams | None = None) -> Trace:
         """Simulate `request` through every stage and return its Trace (never writes anything)."""
-        params = params or FunnelParams()
+        params = self.resolve_params(params)
         timer = StageTimer()
         batch = RequestBatch.of([request])
         q = self.version.encoder.encode(batch, self.features)[0]

@@ -219,7 +219,7 @@ def _retrieval_detail(rv: RetrievalVerdict) -> str:
 
 def why_not(engine: FunnelEngine, request: Request, ad_id: str, params: FunnelParams | None = None) -> WhyNot:
     """Follow `ad_id` through every stage of `request`'s funnel (see the module docstring)."""
-    params = params or FunnelParams()
+    params = engine.resolve_params(params)  # the version's learned quotas
     t0 = time.perf_counter()
     ad_id = str(ad_id)
     pos = int(engine.version.position_of([ad_id])[0])

@@ -86,6 +86,18 @@ class FunnelParams:
             return int(self.k)
         return int((self.quotas or {}).get(source, SOURCE_QUOTAS[source]))
 
+    def over_version_quotas(self, counts: dict[str, int] | None) -> "FunnelParams":
+        """These params over a version's learned quotas (core.index.manifest `quota_counts`): a
+        source without a quota here takes the version's count, one the version gives 0 is switched
+        off (a quota given here switches it back on); two_tower's quota stays K. Idempotent."""
+        if not counts:
+            return self
+        given = dict(self.quotas or {})
+        quotas = {n: int(c) for n, c in counts.items() if c > 0 and n in SOURCE_QUOTAS and n != "two_tower"}
+        off = tuple(n for n, c in counts.items() if c <= 0 and n != "two_tower" and n in SOURCE_QUOTAS
+                    and n not in given and n not in self.disabled_sources)
+        return replace(self, quotas={**quotas, **given}, disabled_sources=self.disabled_sources + off)
+
     def enabled(self, source: str) -> bool:
         return source not in self.disabled_sources
 

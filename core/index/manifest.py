@@ -61,6 +61,10 @@ class Manifest:
     ad_vectors: dict[str, Any] | None = None
     query_side: dict[str, Any] = field(default_factory=dict)
     normalize_queries: bool = False
+    # Source quotas learned on the validation slice (`build-index --learn-quotas`,
+    # core.analysis.quota_learning): {"shares": {source: share of a fixed budget}, "counts":
+    # {source: funnel quota, 0 = off}, "k", "metric", "validation": {...}}; None: the funnel's defaults.
+    quotas: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     REQUIRED = ("name", "created_at", "factory", "n_ads", "dims", "embedding")
@@ -82,6 +86,11 @@ class Manifest:
             raise ArtifactError(f"{where}: not a valid manifest (bad embedding or dims: {exc})") from exc
         if not isinstance(fp, str):
             raise ArtifactError(f"{where}: not a valid manifest (embedding.fingerprint is not text)")
+        quotas = d.get("quotas")
+        if quotas is not None and not (isinstance(quotas, dict) and isinstance(quotas.get("counts"), dict)
+                                       and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                               for c in quotas["counts"].values())):
+            raise ArtifactError(f"{where}: not a valid manifest (quotas must hold counts: source -> integer >= 0)")
         core.update(dims=dims, n_ads=int(d["n_ads"]), index_kind=str(d.get("index_kind") or ""),
                     encoder=dict(d.get("encoder") or {}), search_params=dict(d.get("search_params") or {}),
                     files=dict(d.get("files") or {}), tower_metrics=_tower_evaluation(d.get("tower_metrics")))
@@ -107,6 +116,12 @@ class Manifest:
         if key not in _FIELDS:
             raise KeyError(key)
         return to_jsonable(getattr(self, key))
+
+    @property
+    def quota_counts(self) -> dict[str, int] | None:
+        """The funnel quotas learned for this version (source -> count, 0 = off), or None."""
+        q = self.extras.get("quotas", self.quotas)
+        return {str(n): int(c) for n, c in q["counts"].items()} if q else None
 
     @property
     def fingerprint(self) -> str:
