@@ -93,7 +93,7 @@ def _two_tower_lists(ctx, split: Split, training: dict, vdata: UserProtocolData,
     return top_lists(lambda rows: q[rows] @ ads.T, vdata, k)
 
 
-def learn_quotas(ctx, directory: Path, training: dict, progress: Progress | None = None) -> dict:
+def learn_quotas(ctx, directory: Path, training: dict, k: int = LEARN_K, progress: Progress | None = None) -> dict:
     """The manifest's `quotas` entry for the version being built in `directory` (see the module
     docstring); `training` is its tower's training record (metrics.json "training")."""
     t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def learn_quotas(ctx, directory: Path, training: dict, progress: Progress | None
     val = validation_slice(data)
     vdata, vsources = rebuild_on_slice(ctx, {n: b.get("params") or {} for n, b in built.items()}, data, val,
                                        ctx.catalog)
-    k = min(LEARN_K, data.n_ads)
+    k = min(int(k), data.n_ads)
     report_progress(progress, 0.2, "Learning quotas: the sources' lists on the slice")
     lists = source_lists(vsources, vdata, k)
     report_progress(progress, 0.4, "Learning quotas: retraining the tower on the slice's fitting side")
@@ -131,9 +131,9 @@ def learn_quotas(ctx, directory: Path, training: dict, progress: Progress | None
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def quotas_builder(training: dict):
-    """A version build hook (after the sources builder): the manifest's learned `quotas`."""
+def quotas_builder(training: dict, k: int = LEARN_K):
+    """A version build hook (after the sources builder): the manifest's learned `quotas` at budget `k`."""
     def quotas(ctx, directory: Path) -> dict:
-        return {"quotas": learn_quotas(ctx, directory, training)}
+        return {"quotas": learn_quotas(ctx, directory, training, k)}
 
     return quotas
