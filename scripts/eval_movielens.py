@@ -1,6 +1,6 @@
 """Evaluate AdLens on MovieLens ml-latest-small under the user protocol.
 
-    python scripts/eval_movielens.py /path/to/ml-latest-small [--workspace DIR]
+    python scripts/eval_movielens.py /path/to/ml-latest-small [--workspace DIR] [--learn-quotas] [--tune]
 
 Converts the MovieLens folder into AdLens's import format (data/README.md): every movie is an ad
 (title as the title, "Genres: ..." as the body, the first genre as the vertical), every rating
@@ -99,25 +99,37 @@ def tower_name(params: dict) -> str:
     return name
 
 
-def train_and_build(settings, params: dict, seed: int, name: str | None = None) -> str:
-    """Train (once per settings) a tower on the user split, or take the existing tower `name`, and
-    build a Flat version over it."""
+def train_and_build(settings, params: dict, seed: int, name: str | None = None, *, tune: bool = False,
+                    learn_quotas: bool = False) -> str:
+    """Train (once per settings) a tower on the user split (`tune`: with `adlens train --tune`), or
+    take the existing tower `name`, and build a Flat version over it (`learn_quotas`: with the
+    quotas learned on the validation slice, as `build-index --learn-quotas`). Returns the version."""
+    from core.analysis.quota_learning import quotas_builder
     from core.index.versions import build_version, list_versions
     from core.sources.ease import EASE_MAX_ADS
     from core.sources.registry import sources_builder
-    from core.tower.registry import list_towers
+    from core.tower.registry import list_towers, read_tower_metrics
     from core.tower.train import train_tower
 
-    name = name or tower_name({**params, "seed": seed})
+    name = name or tower_name({**params, "seed": seed, **({"tune": 1} if tune else {})})
     if name not in {t["name"] for t in list_towers(settings)}:
-        res = train_tower(settings, name, split="user", seed=seed, **params)
+        res = train_tower(settings, name, split="user", seed=seed, tune=tune, **params)
+        if tune:
+            from core.cli.tower_cmds import print_tuning
+
+            print_tuning(res.config["tuning"])
         print(f"trained {name} in {res.train_seconds:.0f} s; loss per epoch {res.losses}")
-    if name not in {v["name"] for v in list_versions(settings)}:
+    version = name + ("_lq" if learn_quotas else "")
+    if version not in {v["name"] for v in list_versions(settings)}:
         t0 = time.perf_counter()
-        build_version(settings, name, "Flat", tower=name, seed=seed, with_map=False,
-                      extra_builders=(sources_builder({"ease": {"max_ads": EASE_MAX_ADS}}),))
-        print(f"built version {name} with its candidate sources in {time.perf_counter() - t0:.0f} s")
-    return name
+        builders = (sources_builder({"ease": {"max_ads": EASE_MAX_ADS}}),)
+        if learn_quotas:
+            builders += (quotas_builder(read_tower_metrics(settings, name)["training"]),)
+        v = build_version(settings, version, "Flat", tower=name, seed=seed, with_map=False, extra_builders=builders)
+        print(f"built version {version} with its candidate sources in {time.perf_counter() - t0:.0f} s"
+              + (f"; learned quotas {v.manifest.quotas['shares']} (validation {v.manifest.quotas['validation']})"
+                 if learn_quotas else ""))
+    return version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 50, 100])
     for key in ("epochs", "batch_size", "lr", "temperature", "logq", "history_limit", "hidden"):
         ap.add_argument("--" + key.replace("_", "-"), type=type(TRAIN_DEFAULTS[key]), default=TRAIN_DEFAULTS[key])
-    ap.add_argument("--id-embeddings", action="store_true", help="train the tower with ad id embeddings")
+    ap.add_argument("--id-embeddings", action=argparse.BooleanOptionalAction, default=TRAIN_DEFAULTS["id_embeddings"],
+                    help="train the tower with ad id embeddings (default: as `adlens train`)")
     ap.add_argument("--tower", help="use this tower of the workspace (trained with --split user) instead of training; "
                                     "its version of the same name is built (with sources) if missing")
     ap.add_argument("--no-context", action="store_true", help="train the tower without request context")
+    ap.add_argument("--tune", action="store_true", help="train with `adlens train --tune` (settings chosen on validation)")
+    ap.add_argument("--learn-quotas", action="store_true",
+                    help="build the version with `build-index --learn-quotas` (quotas learned on validation)")
     args = ap.parse_args(argv)
     settings = load_settings(workspace=args.workspace)
     prepare(args.path, settings)
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "hidden", "id_embeddings")}
     if args.no_context:
         params["use_context"] = False
-    name = train_and_build(settings, params, args.seed, args.tower)
+    name = train_and_build(settings, params, args.seed, args.tower, tune=args.tune, learn_quotas=args.learn_quotas)
     from core.analysis.user_eval import evaluate_workspace
 
     print_user_report(evaluate_workspace(settings, ks=tuple(args.ks), version=name))

@@ -93,7 +93,7 @@ def test_tune_picks_id_embeddings_where_only_they_can_learn_and_trains_the_choic
     noise = vecs[np.random.default_rng(1).permutation(len(vecs))]
     engine = make_engine(settings.db_url)
     write_catalog(engine, cat)
-    res = train_mod.train_tower(settings, "tuned", split="user", batch_size=128, lr=1e-2, engine=engine,
+    res = train_mod.train_tower(settings, "tuned", split="user", batch_size=128, lr=1e-2, logq=1.0, engine=engine,
                                 ad_ids=ids, ad_text_vectors=noise, tune=True,
                                 tune_options={"grid": {"id_embeddings": (False, True), "history_limit": (0,)},
                                               "epochs": (4, 8, 15), "start_epochs": 8, "k": 30})

@@ -19,7 +19,10 @@ USER_MODELS = ("tower", "ease", "item_knn", "history_mean", "most_popular", "ran
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a user tower on the impression log, evaluate and register it")
     p.add_argument("--name", required=True, help="tower name (letters, digits, _ - .); towers are immutable")
-    p.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"])
+    p.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"],
+                   help=f"passes over the training clicks (default {TRAIN_DEFAULTS['epochs']}; the defaults of --epochs, "
+                        "--logq, --history-limit and --id-embeddings were chosen with --tune on a public dataset: "
+                        "README, 'Offline evaluation on public data')")
     p.add_argument("--batch-size", type=positive_int, default=TRAIN_DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     p.add_argument("--temperature", type=float, default=TRAIN_DEFAULTS["temperature"])
@@ -29,12 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-context", action="store_true", help="ignore community, placement, device and hour")
     p.add_argument("--no-adapter", action="store_true", help="keep the ad side as the frozen text vector")
     p.add_argument("--logq", type=float, default=TRAIN_DEFAULTS["logq"],
-                   help="weight of the logQ popularity correction (0 = off, 1 = unbiased sampled softmax)")
+                   help="weight of the logQ popularity correction (0 = off, 1 = unbiased sampled softmax, 2 = "
+                        f"over-corrected: popular ads scored up; default {TRAIN_DEFAULTS['logq']:g})")
     p.add_argument("--history-limit", type=int, default=TRAIN_DEFAULTS["history_limit"],
-                   help="last clicks pooled into the history vector (0 = the whole click history)")
+                   help="last clicks pooled into the history vector (0 = the whole click history; default "
+                        f"{TRAIN_DEFAULTS['history_limit']})")
     p.add_argument("--hidden", type=int, default=TRAIN_DEFAULTS["hidden"], help="width of the tower's MLP")
-    p.add_argument("--id-embeddings", action="store_true", default=TRAIN_DEFAULTS["id_embeddings"],
-                   help="learn a vector per ad clicked in training (ad side and pooled history); new ads keep text only")
+    p.add_argument("--id-embeddings", action=argparse.BooleanOptionalAction, default=TRAIN_DEFAULTS["id_embeddings"],
+                   help="learn a vector per ad clicked in training (ad side and pooled history); new ads keep text only "
+                        f"(default {'on' if TRAIN_DEFAULTS['id_embeddings'] else 'off'}; --no-id-embeddings: text only)")
     p.add_argument("--split", "--holdout", dest="split", choices=KINDS, default="time",
                    help="held-out clicks: time (cutoff), random (impressions), user (random (user, ad) pairs, "
                         "evaluated with the user protocol) or none (train on every impression, no evaluation)")
