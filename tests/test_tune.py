@@ -42,10 +42,9 @@ def test_search_tries_the_grid_then_climbs_epochs_and_stops_at_the_first_step_do
         def __call__(self, encoder):
             return _score(encoder)
 
-    monkeypatch.setattr(train_mod, "fit_tower", fake_fit)
     monkeypatch.setattr(tune_mod, "_Scorer", FakeScorer)
     split = make_split(cat.impressions, "user", seed=5)
-    rep = tune_tower(cat, ids, vecs, split, {"batch_size": 64})
+    rep = tune_tower(cat, ids, vecs, split, {"batch_size": 64}, fit=fake_fit)
     assert rep.chosen == {"epochs": 4, "id_embeddings": True, "history_limit": 0, "logq": 2.0}
     assert rep.chosen_score == pytest.approx(_score(rep.chosen))
     assert [t.step for t in rep.tries] == ["grid"] * 8 + ["epochs"] * 3  # 2 -> 3 -> 4 -> 6 (worse): stop
@@ -60,7 +59,6 @@ def test_search_tries_the_grid_then_climbs_epochs_and_stops_at_the_first_step_do
 
 def test_search_budget_is_bounded(planted, monkeypatch):
     cat, ids, vecs = planted
-    monkeypatch.setattr(train_mod, "fit_tower", lambda *a, **kw: (kw, {}, []))
 
     class Rising:
         metric, baselines, size = "hr@100", {"most_popular": 0.0}, {}
@@ -72,7 +70,8 @@ def test_search_budget_is_bounded(planted, monkeypatch):
             return encoder["epochs"] + 0.001 * encoder["id_embeddings"]
 
     monkeypatch.setattr(tune_mod, "_Scorer", Rising)
-    rep = tune_tower(cat, ids, vecs, make_split(cat.impressions, "user"), {}, max_tries=10)
+    rep = tune_tower(cat, ids, vecs, make_split(cat.impressions, "user"), {}, max_tries=10,
+                     fit=lambda *a, **kw: (kw, {}, []))
     assert len(rep.tries) == 10 and rep.chosen["epochs"] == 4  # 8 grid tries, then 3 and 4
 
 
@@ -125,3 +124,16 @@ def test_cli_tune_prints_the_tries_and_the_choice(capsys):
     assert "most-popular there 0.250" in lines[0] and "pairs 10" in lines[0]
     assert lines[3].endswith("<- chosen") and not lines[2].endswith("<- chosen")
     assert "chosen: epochs 2, id_embeddings True, history_limit 0, logq 2.0 (validation hr@100 0.300)" in out
+
+
+@pytest.mark.slow
+def test_default_tower_beats_most_popular_on_the_demo_under_the_user_protocol(demo_workspace, tmp_path):
+    """Issue #23: a new user's `adlens train` (the defaults) must beat most-popular under the user
+    protocol; on the small demo as on MovieLens (README, 'Offline evaluation on public data')."""
+    from conftest import copy_workspace
+
+    settings = copy_workspace(demo_workspace.path, tmp_path / "ws")
+    res = train_mod.train_tower(settings, "user-defaults", split="user")
+    models = res.report.models
+    assert models["tower"]["hr@100"] > models["most_popular"]["hr@100"], models
+    assert models["tower"]["recall@100"] > models["most_popular"]["recall@100"], models

@@ -58,6 +58,7 @@ from core.tower.model import (
 )
 from core.tower.registry import catalog_embeddings, tower_path, write_tower_manifest
 from core.tower.split import Split, make_split
+from core.tower.tune import tune_tower
 from core.tower.user_protocol import UserEvalReport, evaluate_encoder_user
 
 NOT_EVALUATED = "trained on every impression (--holdout none): nothing held out, so this tower is not evaluated"
@@ -302,9 +303,7 @@ def train_tower(settings: Settings, name: str, *, epochs: int = DEFAULTS["epochs
     tuning = None
     start = 0.05
     if tune:
-        from core.tower.tune import tune_tower
-
-        tuning = tune_tower(catalog, ad_ids, ad_text_vectors, the_split, params, seed=int(seed),
+        tuning = tune_tower(catalog, ad_ids, ad_text_vectors, the_split, params, fit=fit_tower, seed=int(seed),
                             progress=scaled(progress, 0.05, 0.6), **(tune_options or {}))
         params.update(tuning.chosen)
         start = 0.6

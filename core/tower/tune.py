@@ -17,6 +17,7 @@ side by `core.tower.train.train_tower`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import product
 
@@ -120,14 +121,13 @@ class _Scorer:
 
 
 def tune_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray, split: Split,
-               base: dict, *, k: int = 100, seed: int = 0, grid: dict[str, tuple] | None = None,
+               base: dict, *, fit: Callable, k: int = 100, seed: int = 0, grid: dict[str, tuple] | None = None,
                epochs: tuple[int, ...] = EPOCHS, start_epochs: int = START_EPOCHS, max_tries: int = MAX_TRIES,
                progress: Progress | None = None) -> TuneReport:
     """Search the tuned settings (see the module docstring) for a tower trained with `base`
-    (fit_tower's keyword arguments; the tuned keys in it are overridden) on `split`'s training
-    side. `progress(fraction, step)` after every batch of every try, ending at 1.0."""
-    from core.tower.train import fit_tower, training_features
-
+    (`fit`'s keyword arguments; the tuned keys in it are overridden) on `split`'s training side;
+    `fit` is core.tower.train.fit_tower (passed in: train calls this module, not the reverse).
+    `progress(fraction, step)` after every batch of every try, ending at 1.0."""
     grid = dict(GRID if grid is None else grid)
     if start_epochs not in epochs:
         raise AdLensError(f"start_epochs {start_epochs} is not one of the epoch counts {epochs}")
@@ -135,7 +135,6 @@ def tune_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray
     report_progress(progress, 0.0, "Tuning: preparing the validation slice")
     inner, vsplit = validation_catalog(catalog, split)
     scorer = _Scorer(inner, ad_ids, ad_text_vectors, vsplit, k, seed)
-    features = training_features(inner, ad_ids, ad_text_vectors, vsplit)
     combos = [dict(zip(grid, values)) for values in product(*grid.values())] or [{}]
     budget = min(max_tries, len(combos) + len(epochs))
     report = TuneReport(metric=scorer.metric, baselines=scorer.baselines,
@@ -152,9 +151,8 @@ def tune_tower(catalog: Catalog, ad_ids: np.ndarray, ad_text_vectors: np.ndarray
         label = ", ".join(f"{n} {v}" for n, v in params.items())
         t1 = time.perf_counter()
         sub = scaled(progress, i / budget, (i + 1) / budget)
-        enc, _, _ = fit_tower(inner, ad_ids, ad_text_vectors, vsplit, **{**base, **params, "seed": seed},
-                              features=features,
-                              progress=None if sub is None else lambda f, step: sub(f, f"Tuning, try {i + 1} ({label}): {step}"))
+        enc, _, _ = fit(inner, ad_ids, ad_text_vectors, vsplit, **{**base, **params, "seed": seed},
+                        progress=None if sub is None else lambda f, step: sub(f, f"Tuning, try {i + 1} ({label}): {step}"))
         seen[key] = TuneTry(params=dict(params), score=round(scorer(enc), 5),
                             seconds=round(time.perf_counter() - t1, 2), step=step)
         report.tries.append(seen[key])
