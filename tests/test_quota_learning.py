@@ -108,6 +108,17 @@ def test_evaluate_merges_at_the_versions_quotas_and_shows_the_defaults_beside(le
         f"{n} {s:.1%}" for n, s in shares.items()))
 
 
+def test_build_index_prints_the_learned_quotas(learned, capsys):
+    from core.cli.index_cmds import print_quotas
+
+    _, v = learned
+    print_quotas(v.manifest.quotas)
+    out = capsys.readouterr().out
+    q = v.manifest.quotas
+    assert out.startswith("  learned quotas (hr@3 on the validation slice")
+    assert f"-> {q['validation']['hr@3']:.3f}" in out and "targeting off" in out and out.rstrip().endswith("two_tower K")
+
+
 def test_learn_quotas_is_refused_without_a_user_split_tower(tmp_path):
     from core.analysis.quota_learning import check_learnable
 

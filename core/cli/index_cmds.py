@@ -156,6 +156,20 @@ def _source_params(args: argparse.Namespace) -> dict:
     return {"ease": {"max_ads": args.ease_max_ads}} if args.ease_max_ads is not None else {}
 
 
+def print_quotas(q: dict) -> None:
+    """One line: a version's learned quotas, their validation scores and the funnel quotas."""
+    val = q.get("validation") or {}
+
+    def f(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"  learned quotas ({q['metric']} on the validation slice, {val.get('n_pairs', 0):,} pairs): "
+          + ", ".join(f"{n} {share:.0%}" for n, share in q["shares"].items()) + f" -> {f(val.get(q['metric']))} "
+          f"(default quotas {f(val.get('default_quotas'))}; alone: "
+          + ", ".join(f"{n} {f(v)}" for n, v in (val.get("alone") or {}).items()) + "); funnel quotas "
+          + ", ".join(f"{n} {c}" if c else f"{n} off" for n, c in q["counts"].items()) + ", two_tower K")
+
+
 def _quotas_builder(args: argparse.Namespace, settings: Settings):
     """The --learn-quotas build hook, checked before anything is built."""
     from core.analysis.quota_learning import check_learnable, quotas_builder
@@ -212,12 +226,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                   + (f", {len(f['ranking'])} ranking rules" if f["ranking"] else "")
                   + (f"; own codes {', '.join(map(term, f['custom']))}" if f["custom"] else ""))
         if m.quotas:
-            q, val = m.quotas, m.quotas["validation"]
-            print(f"  learned quotas ({q['metric']} on the validation slice, {val['n_pairs']:,} pairs): "
-                  + ", ".join(f"{n} {s:.0%}" for n, s in q["shares"].items()) + f" -> {val[q['metric']]:.3f} "
-                  f"(default quotas {val['default_quotas']:.3f}; alone: "
-                  + ", ".join(f"{n} {v:.3f}" for n, v in val["alone"].items()) + "); funnel quotas "
-                  + ", ".join(f"{n} {c}" if c else f"{n} off" for n, c in q["counts"].items()) + ", two_tower K")
+            print_quotas(m.quotas)
     return 0
 
 
