@@ -71,12 +71,16 @@ def validation_catalog(catalog: Catalog, split: Split) -> tuple[Catalog, Split]:
     imps = catalog.impressions
     train = imps[~split.test_side(imps)].reset_index(drop=True)
     inner = replace(catalog, impressions=train)
-    if split.kind in ("user", "none"):
-        vsplit = validation_split(split if split.kind == "user" else Split("user", None, split.seed))
-        return inner, make_split(train, "user", seed=vsplit.seed, test_fraction=vsplit.test_fraction)
-    if split.kind == "random":
-        return inner, make_split(train, "random", seed=split.seed + 1, test_fraction=split.test_fraction)
-    return inner, make_split(train, "time")
+    try:
+        if split.kind in ("user", "none"):
+            vsplit = validation_split(split if split.kind == "user" else Split("user", None, split.seed))
+            return inner, make_split(train, "user", seed=vsplit.seed, test_fraction=vsplit.test_fraction)
+        if split.kind == "random":
+            return inner, make_split(train, "random", seed=split.seed + 1, test_fraction=split.test_fraction)
+        return inner, make_split(train, "time")
+    except AdLensError as exc:
+        raise AdLensError(f"--tune holds a validation slice out of the training side of the {split.kind} split, "
+                          f"and cannot here: {exc}. Train without --tune, or with more clicks") from exc
 
 
 class _Scorer:
