@@ -828,6 +828,93 @@ VERTICALS: tuple[Vertical, ...] = (
        weight=0.8, hours="16,17,18,19,20"),
 )
 
+# Products sold in two sub-themes of different (mostly related) verticals ("vertical/sub", "vertical/sub",
+# products): real catalogs share them (a travel card is a banking product pitched like travel).
+# A campaign of either sub-theme may sell one, so the two verticals' ads meet in the embedding space.
+SHARED_PRODUCTS: tuple[tuple[str, str, str], ...] = (
+    ("travel/flights", "banking/credit_cards", "travel rewards credit cards|airline miles cards"),
+    ("travel/tours", "insurance/health_ins", "travel insurance|trip cancellation cover"),
+    ("travel/rentals", "outdoor_gear/camping", "camping getaways|glamping trips"),
+    ("travel/hotels", "luxury/experiences", "luxury hotel stays|five-star spa resorts"),
+    ("travel/tours", "photography/cameras", "travel cameras|photo safari tours"),
+    ("travel/flights", "telecom/roaming", "travel eSIMs|in-flight Wi-Fi passes"),
+    ("outdoor_gear/hiking", "travel/tours", "guided hiking trips|trekking holidays"),
+    ("fitness/running", "sports_gear/football", "running shoes|sports compression wear"),
+    ("fitness/running", "electronics/audio", "wireless sport earbuds|fitness smartwatches"),
+    ("fitness/strength", "health_supplements/protein", "protein shakes|pre-workout supplements"),
+    ("fitness/yoga", "health_supplements/sleep", "meditation and sleep programs|breathwork courses"),
+    ("fitness/cycling", "outdoor_gear/hiking", "GPS bike computers|cycling rain jackets"),
+    ("food_delivery/meal_kits", "groceries/online_grocery", "weekly recipe boxes|meal kit deliveries"),
+    ("food_delivery/healthy", "health_supplements/protein", "high-protein meals|keto snack packs"),
+    ("food_delivery/coffee", "groceries/snacks", "specialty coffee beans|breakfast bundles"),
+    ("gaming/pc", "electronics/computers", "gaming laptops|4K gaming monitors"),
+    ("gaming/console", "streaming/movies", "game and movie streaming bundles|console streaming passes"),
+    ("gaming/mobile", "mobile_apps/social", "multiplayer mobile games|social game apps"),
+    ("streaming/sports_tv", "sports_gear/football", "football season passes|live match streams"),
+    ("streaming/series", "books/fiction", "book-to-screen series|thriller adaptations"),
+    ("streaming/anime", "books/ebooks", "digital manga|manga reading apps"),
+    ("music/concerts", "events/comedy", "live show tickets|weekend festival passes"),
+    ("music/production", "electronics/audio", "studio headphones|Bluetooth speakers"),
+    ("music/lessons", "education/kids", "kids' music lessons|online piano lessons"),
+    ("education/coding", "jobs/job_search", "tech career bootcamps|job-ready coding courses"),
+    ("education/languages", "mobile_apps/productivity", "language learning apps|flashcard apps"),
+    ("jobs/hiring", "b2b_software/collaboration", "HR software|team onboarding tools"),
+    ("b2b_software/security", "mobile_apps/utilities", "password managers|VPN subscriptions"),
+    ("crypto/exchange", "fintech/investing_app", "crypto and stock trading apps|investing apps"),
+    ("crypto/wallet", "fintech/payments", "crypto debit cards|digital wallets"),
+    ("fintech/budgeting", "banking/savings", "automatic savings accounts|round-up savings"),
+    ("fintech/payments", "banking/checking", "mobile banking apps|instant payment accounts"),
+    ("banking/loans", "real_estate/mortgage", "home loans|fixed-rate mortgages"),
+    ("banking/loans", "automotive/used", "car financing|used car loans"),
+    ("insurance/car_ins", "automotive/service", "roadside assistance cover|car warranty plans"),
+    ("insurance/home_ins", "real_estate/renting", "renters insurance|tenant protection plans"),
+    ("pets/vet", "insurance/health_ins", "pet health insurance|vet bill cover"),
+    ("pets/dog", "groceries/online_grocery", "pet food delivery|dog treat subscriptions"),
+    ("home_improvement/smart_home", "telecom/home_internet", "mesh Wi-Fi systems|smart home hubs"),
+    ("home_improvement/energy", "automotive/ev", "home EV chargers|solar and EV charging bundles"),
+    ("home_improvement/renovation", "furniture/decor", "interior design services|kitchen makeovers"),
+    ("home_improvement/tools", "gardening/lawn", "cordless garden tools|hedge trimmers"),
+    ("gardening/vegetables", "groceries/organic", "organic vegetable boxes|fresh herb kits"),
+    ("furniture/office", "electronics/computers", "home office setups|ergonomic keyboards"),
+    ("furniture/bedroom", "health_supplements/sleep", "cooling pillows|sleep-tracking mattresses"),
+    ("fashion/accessories", "luxury/watches", "designer watches|leather watch straps"),
+    ("fashion/streetwear", "sports_gear/basketball", "basketball sneakers|retro court shoes"),
+    ("beauty/fragrance", "luxury/leather", "designer fragrances|luxury gift sets"),
+    ("beauty/skincare", "health_supplements/vitamins", "collagen supplements|skin vitamins"),
+    ("photography/editing", "mobile_apps/photo_apps", "photo editing apps|AI photo filters"),
+    ("parenting/kids_activities", "events/family_events", "family day out tickets|kids' party venues"),
+    ("parenting/diapers", "groceries/household", "baby essentials subscriptions|eco baby wipes"),
+    ("parenting/family_planning", "health_supplements/vitamins", "prenatal vitamins|fertility supplements"),
+    ("dating/events", "events/food_events", "singles cooking classes|wine tasting socials"),
+    ("dating/apps", "mobile_apps/social", "social discovery apps|friend-finder apps"),
+    ("telecom/devices_finance", "electronics/phones", "new smartphones on monthly plans|phone trade-ins"),
+    ("real_estate/buying", "banking/savings", "home deposit savings accounts|first home savings plans"),
+)
+
+# Words any vertical's copy may use (picked alongside the vertical's own): the shared vocabulary of
+# ad copy ("free shipping", "busy families") that keeps verticals from being disjoint islands.
+SHARED_FEATURES = _t("free delivery|24/7 customer support|a 30-day money-back guarantee|no hidden fees"
+                     "|an easy mobile app")
+SHARED_BENEFITS = _t("save time every week|get more for less|make every day easier")
+SHARED_AUDIENCES = _t("busy families|students|first-timers|professionals on the go")
+
+
+@lru_cache(maxsize=None)
+def products_of(vertical: str, sub: str) -> tuple[str, ...]:
+    """A sub-theme's products: its own, then those it shares with a neighbouring vertical."""
+    own = next(s for v in VERTICALS if v.key == vertical for s in v.subthemes if s.key == sub).products
+    key = f"{vertical}/{sub}"
+    shared = [p for a, b, ps in SHARED_PRODUCTS if key in (a, b) for p in _t(ps)]
+    return (*own, *shared)
+
+
+@lru_cache(maxsize=None)
+def _vocabulary(key: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(benefits, features, audiences) a vertical's copy draws from: its own and the shared ones."""
+    v = next(x for x in VERTICALS if x.key == key)
+    return (*v.benefits, *SHARED_BENEFITS), (*v.features, *SHARED_FEATURES), (*v.audiences, *SHARED_AUDIENCES)
+
+
 MAX_TITLE = 80
 
 
@@ -859,17 +946,17 @@ def write_ad_copy(v: Vertical, product: str, brand: str, domain: str, r,
                   mix: Vertical | None = None) -> tuple[str, str, str]:
     """(title, body, call to action) for one ad; `r` is a sequence of >= 16 floats in [0, 1)
     (r[13] picks the title template, r[14] the body: spread them to vary a campaign's ads).
-    Vertical templates weigh double; set phrases get the brand or product appended. With `mix`
-    (a neighbouring vertical), the benefit, features and audience come from its vocabulary: real
-    ads share words across verticals (a travel card is pitched like travel and like banking)."""
-    words = mix or v
-    feats = words.features
+    Vertical templates weigh double; set phrases get the brand or product appended. Benefits,
+    features and audiences come from the vertical's vocabulary or the shared one (SHARED_*); with
+    `mix` (a neighbouring vertical) from that vertical's instead: real ads share words across
+    verticals (a travel card is pitched like travel and like banking)."""
+    benefits, feats, audiences = _vocabulary((mix or v).key)
     i = int(r[0] * len(feats))
     f2 = feats[(i + 1 + int(r[2] * (len(feats) - 1))) % len(feats)]
     slots = _Slots({
         "brand": brand, "product": product, "domain": domain,
-        "benefit": _pick(words.benefits, r[1]), "feature": feats[i], "feature2": f2,
-        "audience": _pick(words.audiences, r[3]), "cta": _pick(v.ctas, r[4]), "when": _pick(WHEN, r[5]),
+        "benefit": _pick(benefits, r[1]), "feature": feats[i], "feature2": f2,
+        "audience": _pick(audiences, r[3]), "cta": _pick(v.ctas, r[4]), "when": _pick(WHEN, r[5]),
         "day": _pick(DAYS, r[6]), "pct": _pick(PCTS, r[7]), "amount": _pick(AMOUNTS, r[8]),
         "days": _pick(TRIAL_DAYS, r[9]), "rating": f"{4.2 + 0.7 * r[10]:.1f}",
         "count": f"{int(2 + r[11] * 98) * 1000:,}",

@@ -4,7 +4,7 @@
     python -m core.demo.generate --sample data/sample      # the small CSV sample kept in the repository
 
 The story (hidden parts come back with `generate_dataset(..., return_truth=True)`):
-- 34 verticals x 4 sub-themes (vocabularies in core/demo_text.py). Communities: one per vertical,
+- 34 verticals x 4 sub-themes (vocabularies in core/demo/copy.py). Communities: one per vertical,
   one or two per sub-theme, plus general ones (news, memes, ...; some sensitive, mature or nsfw).
 - Users: country and age shape a prior over verticals; each user holds 1-6 interest verticals
   (Dirichlet weights) with a concentrated sub-theme mix inside each, and subscribes mostly to the
@@ -22,8 +22,11 @@ The story (hidden parts come back with `generate_dataset(..., return_truth=True)
   of ads drawn from unrelated verticals (co-click structure text similarity cannot see);
   **trending** ads, one per chosen community, shown and clicked much more there in the last
   days; campaigns whose targeting **includes** specific communities; and copy that overlaps
-  across verticals: some advertisers run campaigns in a neighbouring vertical under their brand,
-  and some campaigns borrow a neighbouring vertical's vocabulary.
+  across verticals as real ad copy does (so the map shows neighbouring and mixed regions, not one
+  island per vertical): products shared by sub-themes of neighbouring verticals
+  (copy.SHARED_PRODUCTS: travel rewards cards in travel and in banking), a shared vocabulary of
+  features, benefits and audiences (copy.SHARED_*), advertisers that also sell in a neighbouring
+  vertical in their own house style, and campaigns that borrow a neighbouring vertical's words.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ CLICK_B0, W_IV, W_IS, W_CV, W_CS, W_IVCV, W_HOUR = -6.0, 1.6, 0.6, 0.7, 1.0, 0.5
 W_COHORT, W_TREND = 3.5, 3.0
 COHORT_USERS, COHORT_SIZE, COHORT_SLOT = 0.4, 6, 0.05  # share of users in a cohort, ads per cohort, slots
 TREND_DAYS, TREND_SLOT = 3, 0.2  # trending window before the end, share of the community's slots
-MULTI_VERTICAL, MIXED_COPY, INCLUDE_SHARE = 0.15, 0.25, 0.06
+MULTI_VERTICAL, MIXED_COPY, INCLUDE_SHARE = 0.3, 0.35, 0.06
 
 
 def _seconds(dt: datetime) -> int:
@@ -329,8 +332,9 @@ def _campaign_offers(rng: np.random.Generator, n_ads: int, adv: _Advertisers, n_
     own_sub = first_sub[cv] + _row_sampler(adv.pref)(cmp_adv, rng.random(n_cmp))
     cmp_sub = np.where(cross, first_sub[cv] + (rng.random(n_cmp) * n_sub[cv]).astype(np.int64), own_sub)
     mix = np.where(rng.random(n_cmp) < MIXED_COPY, _neighbours(rng, cv), -1)  # borrowed vocabulary
-    subs = [s for v in T.VERTICALS for s in v.subthemes]
-    product = [subs[s].products[int(u * len(subs[s].products))] for s, u in zip(cmp_sub, rng.random(n_cmp))]
+    mix = np.where(cross, adv.vert[cmp_adv], mix)  # a brand's house style follows it to its second vertical
+    subs = [T.products_of(v.key, s.key) for v in T.VERTICALS for s in v.subthemes]  # own + shared
+    product = [subs[s][int(u * len(subs[s]))] for s, u in zip(cmp_sub, rng.random(n_cmp))]
     return _Offers(cmp_adv, cmp_k, cv, cmp_sub, mix, product)
 
 
