@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,3 +64,34 @@ def test_align_recovers_a_rotation_and_shift():
     moved[["x", "y"]] = ref[["x", "y"]].to_numpy() @ rot * 3.0 + [5.0, -2.0]
     back = align_to(ref, moved)
     assert np.allclose(back[["x", "y"]].to_numpy(), ref[["x", "y"]].to_numpy(), atol=1e-4)
+
+
+def test_a_map_fitted_on_the_same_ad_vectors_is_found_and_reused(tmp_path):
+    """Two versions with identical ad vectors share one UMAP fit (no refit); other vectors, or a
+    map file changed after its build, are not reused."""
+    from core.index.maps import ADS_FILE, find_fitted_ads, fit_key
+    from core.store.artifacts import sha256_file
+
+    x, labels = _clustered(60)
+    ad_ids = np.array([f"ad_{i:04d}" for i in range(len(x))])
+    strata = labels.astype(str)
+    key = fit_key(ad_ids, x, strata, seed=0)
+    fitted = pd.DataFrame({"ad_id": ad_ids, "x": (10.0 * labels).astype(np.float32),  # one x per cluster
+                           "y": np.zeros(60, np.float32), "fitted": True})
+    folder = tmp_path / "exact"
+    folder.mkdir()
+    fitted.to_parquet(folder / ADS_FILE, index=False)
+    (folder / "manifest.json").write_text(json.dumps({"map": {"fit_key": key},
+                                                      "files": {ADS_FILE: sha256_file(folder / ADS_FILE)}}))
+    found = find_fitted_ads(tmp_path, key)
+    assert found is not None and found["x"].tolist() == (10.0 * labels).tolist()
+    assert find_fitted_ads(tmp_path, fit_key(ad_ids, x * 0.5, strata, seed=0)) is None
+    assert fit_key(ad_ids, x, strata, seed=1) != key
+    # reused: the ads keep the fitted coordinates, a user equal to ad 7 lands in its cluster
+    lay = compute_layout(ad_ids, x, strata, np.array(["u1"]), np.array(["2026-01-01"]), x[7:8],
+                         seed=0, fitted_ads=found.iloc[::-1])
+    assert lay.meta["fit_reused"] and lay.meta["fit_key"] == key
+    assert lay.ads["x"].tolist() == (10.0 * labels).tolist()
+    assert abs(float(lay.users["x"].iloc[0]) - 10.0 * labels[7]) < 1.0
+    (folder / ADS_FILE).write_bytes((folder / ADS_FILE).read_bytes() + b"tampered")
+    assert find_fitted_ads(tmp_path, key) is None

@@ -188,9 +188,12 @@ def compute_layout(
     return MapLayout(ads=ads, users=users, meta=meta)
 
 
-def fit_key(ad_ids: np.ndarray, ad_vectors: np.ndarray, strata: np.ndarray, **params) -> str:
-    """sha256 of everything the ads' layout depends on: ids, vectors, strata, fit parameters."""
-    h = hashlib.sha256(json.dumps({"v": FIT_KEY_VERSION, **params}, sort_keys=True).encode())
+def fit_key(ad_ids: np.ndarray, ad_vectors: np.ndarray, strata: np.ndarray, *, seed: int = 0,
+            max_fit: int = MAP_FIT_MAX, pca_dims: int = 50, n_neighbors: int = 15) -> str:
+    """sha256 of everything the ads' layout depends on: ids, vectors, strata, compute_layout's
+    fit parameters (same defaults)."""
+    params = {"v": FIT_KEY_VERSION, "seed": seed, "max_fit": max_fit, "pca_dims": pca_dims, "n_neighbors": n_neighbors}
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for part in (np.asarray(ad_ids, dtype=str), np.asarray(strata, dtype=str)):
         h.update("\x1f".join(part.tolist()).encode())
     h.update(np.ascontiguousarray(ad_vectors, dtype=np.float32).tobytes())
@@ -287,7 +290,7 @@ def map_artifact_builder(ctx, directory: Path) -> dict:
     reqs = reqs.sort_values("ts").drop_duplicates("user_id", keep="last").head(MAP_USERS).reset_index(drop=True)
     uvec = ctx.encoder.encode_requests(reqs, ctx.features) if len(reqs) else np.zeros((0, ctx.ad_vectors.shape[1]))
     strata = strata.fillna("unknown").to_numpy(dtype=str)
-    key = fit_key(ctx.ad_ids, ctx.ad_vectors, strata, seed=0, max_fit=MAP_FIT_MAX, pca_dims=50, n_neighbors=15)
+    key = fit_key(ctx.ad_ids, ctx.ad_vectors, strata, seed=0)
     layout = compute_layout(ctx.ad_ids, ctx.ad_vectors, strata, reqs["user_id"].to_numpy(), reqs["ts"].to_numpy(),
                             uvec, seed=0, fitted_ads=find_fitted_ads(ctx.settings.versions_dir, key))
     save_layout(layout, directory)
