@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"demo built in {report.seconds:.1f} s (workspace {term(report.workspace)}, "
           f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed})")
     for s in report.steps:
-        print(f"  {s.name:<14} {s.seconds:7.1f} s")
+        print(f"  {s.name:<14} {s.seconds:7.1f} s  (cpu {s.cpu_seconds:6.1f} s)")
     if report.ingest is not None:
         _print_ingest(report.ingest)
     print("database now holds: " + ", ".join(f"{k} {v:,}" for k, v in report.counts.items()))
