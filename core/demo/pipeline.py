@@ -16,6 +16,7 @@ version's map fit (same tower, same ad vectors: core.index.maps).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 
 from core.common.errors import AdLensError
@@ -171,10 +173,6 @@ def shared_sources_builder(params: dict | None = None):
     """A version build hook like core.sources.registry.sources_builder, except that the sources
     are built once per (tower split, ads) and saved into every version sharing them: the demo's
     versions differ in tower and index, not in the training side the sources learn from."""
-    import hashlib
-
-    import numpy as np
-
     from core.sources.registry import build_context, build_sources, save_sources, tower_split
 
     built_by_key: dict[str, tuple] = {}
