@@ -16,7 +16,6 @@ version's map fit (same tower, same ad vectors: core.index.maps).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from core.common.errors import AdLensError
 from core.common.progress import Progress
 from core.data.ingest import IngestReport, ingest_directory
 from core.data.schema import TABLES
-from core.store.artifacts import atomic_write_json
+from core.store.artifacts import atomic_write_json, sha256_bytes
 from core.store.catalog import table_counts
 from core.store.db import make_engine
 from core.store.settings import Settings
@@ -179,8 +178,8 @@ def shared_sources_builder(params: dict | None = None):
 
     def sources_artifact_builder(ctx, directory: Path) -> dict:
         split = tower_split(Path(directory) / "encoder")
-        key = hashlib.sha256(json.dumps(split.to_dict() if split else None, sort_keys=True).encode()
-                             + "\x1f".join(np.asarray(ctx.ad_ids, dtype=str).tolist()).encode()).hexdigest()
+        key = sha256_bytes(json.dumps(split.to_dict() if split else None, sort_keys=True).encode()
+                           + "\x1f".join(np.asarray(ctx.ad_ids, dtype=str).tolist()).encode())
         seconds: dict[str, float] = {}
         if key not in built_by_key:
             sctx = build_context(ctx.catalog, ctx.ad_ids, split)

@@ -191,7 +191,7 @@ def compute_layout(
 def fit_key(ad_ids: np.ndarray, ad_vectors: np.ndarray, strata: np.ndarray, *, seed: int = 0,
             max_fit: int = MAP_FIT_MAX, pca_dims: int = 50, n_neighbors: int = 15) -> str:
     """sha256 of everything the ads' layout depends on: ids, vectors, strata, compute_layout's
-    fit parameters (same defaults)."""
+    fit parameters (same defaults). Hashed incrementally: the vectors can be large."""
     params = {"v": FIT_KEY_VERSION, "seed": seed, "max_fit": max_fit, "pca_dims": pca_dims, "n_neighbors": n_neighbors}
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for part in (np.asarray(ad_ids, dtype=str), np.asarray(strata, dtype=str)):
