@@ -128,7 +128,7 @@ DEMO_VERSIONS: tuple[tuple[str, str, str, str | None], ...] = (
 
 DEMO_EMBED_BATCH = 256
 """Texts per forward pass when the demo embeds its catalog: measured on the demo's texts (2 cores),
-CPU time per text 36 / 54 / 66 / 73 texts per CPU-second at batch 32 / 64 / 128 / 256."""
+36 / 54 / 66 / 73 texts per CPU-second at batch 32 / 64 / 128 / 256 (the library default is 64)."""
 
 
 def _embed(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
