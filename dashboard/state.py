@@ -20,12 +20,14 @@ from core.data.request import Request
 from core.funnel.context import default_request
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import DEFAULT_PARAMS, FunnelParams
+from core.funnel.pctr_cache import pctr_cache
 from core.index.versions import list_versions, load_version
+from core.common.timer import StepLog
 from core.sources.base import SOURCE_ORDER
 from core.store.artifacts import sha256_file
-from core.store.catalog import Catalog, data_revision, load_catalog, table_counts
+from core.store.catalog import Catalog, catalog_stamp, load_catalog
 from core.store.db import make_engine
-from core.store.settings import Settings, load_settings
+from core.store.settings import Settings, dashboard_timings_path, load_settings
 from dashboard.charts import plain
 
 REQUEST_KEYS = ("user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time")
@@ -37,6 +39,12 @@ def settings() -> Settings:
 
 
 @st.cache_resource
+def steps() -> StepLog:
+    """The timing log (ADLENS_DASHBOARD_TIMINGS; a no-op when unset): what a page loaded or built."""
+    return StepLog(dashboard_timings_path())
+
+
+@st.cache_resource
 def db(url: str):
     return make_engine(url)
 
@@ -45,13 +53,13 @@ def db(url: str):
 def data_stamp(url: str) -> str:
     """Changes whenever an import changes data (cache key for the catalog): table sizes plus the
     data revision that every changing import bumps (an edited title leaves the sizes alone)."""
-    counts = ",".join(f"{k}={v}" for k, v in table_counts(db(url)).items())
-    return f"{counts},rev={data_revision(db(url))}"
+    return catalog_stamp(db(url))
 
 
 @st.cache_resource(show_spinner="Loading the catalog…")
 def _catalog(url: str, stamp: str) -> Catalog:
-    return load_catalog(db(url))
+    with steps().step("catalog"):
+        return load_catalog(db(url), snapshot_dir=settings().cache_dir, stamp=stamp)
 
 
 def catalog() -> Catalog:
@@ -61,7 +69,8 @@ def catalog() -> Catalog:
 
 @st.cache_data(ttl=10, show_spinner=False)
 def _versions(workspace: str, url: str, stamp: str) -> list[dict]:
-    return [v for v in list_versions(settings(), engine=db(url)) if v["status"] == "ok"]
+    with steps().step("versions list"):
+        return [v for v in list_versions(settings(), engine=db(url)) if v["status"] == "ok"]
 
 
 def versions() -> list[dict]:
@@ -89,7 +98,11 @@ def checksum(name: str) -> str:
 
 @st.cache_resource(show_spinner="Loading the version (index, tower) and building its funnel engine…")
 def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
-    return FunnelEngine(load_version(settings(), name), _catalog(url, stamp))
+    cat = _catalog(url, stamp)
+    with steps().step(f"version {name}"):
+        version = load_version(settings(), name)
+    with steps().step(f"engine {name}"):
+        return FunnelEngine(version, cat, pctr_cache=pctr_cache(settings().cache_dir, version, url, stamp))
 
 
 def engine(name: str) -> FunnelEngine:
@@ -274,7 +287,13 @@ def _map_data(name: str, checksum: str, url: str, stamp: str) -> MapData | None:
     layout = load_layout(settings().versions_dir / name)
     if layout is None:
         return None
-    ads = _catalog(url, stamp).ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
+    cat = _catalog(url, stamp)
+    with steps().step(f"map data {name}"):
+        return _map_frame(layout, cat)
+
+
+def _map_frame(layout, cat: Catalog) -> MapData:
+    ads = cat.ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
     frame = layout.ads.merge(ads, on="ad_id", how="left")
     frame["status"] = frame["status"].fillna("no campaign")
     # Escaped once per version: hover labels are Plotly text, which interprets HTML-like tags
@@ -324,7 +343,11 @@ def _placer(name: str, checksum: str, url: str, stamp: str):
     from core.index.maps import MapPlacer, load_layout
 
     layout = load_layout(settings().versions_dir / name)
-    return None if layout is None else MapPlacer(_engine(name, checksum, url, stamp).version, layout.ads)
+    if layout is None:
+        return None
+    version = _engine(name, checksum, url, stamp).version
+    with steps().step(f"map placer {name}"):
+        return MapPlacer(version, layout.ads)
 
 
 def map_placer(name: str):
