@@ -7,6 +7,7 @@ import or version is picked up and nothing stale is served. `st.cache_data` hold
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,7 +97,20 @@ def checksum(name: str) -> str:
     return sha256_file(settings().versions_dir / name / "manifest.json")
 
 
-@st.cache_resource(show_spinner="Loading the version (index, tower) and building its funnel engine…")
+@st.cache_data(show_spinner=False, max_entries=64)
+def _version_sources(name: str, checksum: str) -> tuple[str, ...]:
+    from core.sources.registry import source_names
+
+    return source_names(json.loads((settings().versions_dir / name / "manifest.json").read_text()))
+
+
+def version_sources(name: str) -> tuple[str, ...]:
+    """The candidate sources version `name` serves (read from its manifest: no engine needed, so
+    the sidebar draws before the version is loaded)."""
+    return _version_sources(name, checksum(name))
+
+
+@st.cache_resource(show_spinner=False)
 def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
     cat = _catalog(url, stamp)
     with steps().step(f"version {name}"):
@@ -105,9 +119,20 @@ def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
         return FunnelEngine(version, cat, pctr_cache=pctr_cache(settings().cache_dir, version, url, stamp))
 
 
+_BUILT: set = set()  # engine keys built in this process: the spinner shows only while one is built
+
+
 def engine(name: str) -> FunnelEngine:
+    """Version `name`'s funnel engine (shared: never mutate it); while it is built, the page says so."""
     s = settings()
-    return _engine(name, checksum(name), s.db_url, data_stamp(s.db_url))
+    key = (name, checksum(name), s.db_url, data_stamp(s.db_url))
+    if key in _BUILT:
+        return _engine(*key)
+    with st.spinner(f"Loading version {name}: its index, query tower and candidate sources, and the early "
+                    "ranker's pCTR model (once per version)…"):
+        eng = _engine(*key)
+    _BUILT.add(key)
+    return eng
 
 
 @st.cache_resource(show_spinner=False)
