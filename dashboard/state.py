@@ -101,7 +101,10 @@ def checksum(name: str) -> str:
 def _version_sources(name: str, checksum: str) -> tuple[str, ...]:
     from core.sources.registry import source_names
 
-    return source_names(json.loads((settings().versions_dir / name / "manifest.json").read_text()))
+    try:
+        return source_names(json.loads((settings().versions_dir / name / "manifest.json").read_text()))
+    except (OSError, ValueError, AttributeError):  # loading the version says what is wrong with it
+        return ("two_tower",)
 
 
 def version_sources(name: str) -> tuple[str, ...]:
