@@ -6,7 +6,7 @@ manifest checksum), the catalog (the database and its `catalog_stamp`), the samp
 seed, the sources' default quotas and the model's features: that is the cache key, stored in the
 file and compared in full on reading (the file name is only its hash). A file that is unreadable,
 of another key or malformed is ignored and refitted; a folder that cannot be written (a read-only
-workspace) means fitting every time, as before.
+workspace) means fitting every time, as before. Tests: tests/test_caches.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ once (the dashboard caches it) and work on its frames with vectorised numpy/pand
 rows in the demo, 1.7 s of CPU to read from SQLite) as a Parquet snapshot in DIR, named by the
 database and its `catalog_stamp` (table sizes and the data revision every changing import bumps),
 so a cold dashboard reads it in ~0.15 s; a new stamp reads SQL again and replaces the snapshot. A
-folder that cannot be written (a read-only workspace) only means no snapshot.
+folder that cannot be written (a read-only workspace) only means no snapshot. Tests of the snapshot:
+tests/test_caches.py.
 """
 
 from __future__ import annotations
