@@ -47,7 +47,7 @@ def render_request_controls() -> None:
         st.text_input("Country", key="ctx_country", help="Country code, e.g. US")
         st.text_input("Time (UTC)", key="ctx_time", help="ISO 8601; defaults to the latest logged impression")
         st.button("Reset to usual context", on_click=state.reset_context, key="reset_ctx")
-        _source_controls(state.engine(ss["version"]).sources)
+        _source_controls(state.version_sources(ss["version"]))
         with st.expander("Funnel parameters"):
             d = DEFAULT_PARAMS
             st.number_input("K retrieved", 10, 5000, d.k, step=50, key="p_k")

@@ -7,6 +7,7 @@ import or version is picked up and nothing stale is served. `st.cache_data` hold
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,12 +21,14 @@ from core.data.request import Request
 from core.funnel.context import default_request
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import DEFAULT_PARAMS, FunnelParams
+from core.funnel.pctr_cache import pctr_cache
 from core.index.versions import list_versions, load_version
+from core.common.timer import StepLog
 from core.sources.base import SOURCE_ORDER
 from core.store.artifacts import sha256_file
-from core.store.catalog import Catalog, data_revision, load_catalog, table_counts
+from core.store.catalog import Catalog, catalog_stamp, load_catalog
 from core.store.db import make_engine
-from core.store.settings import Settings, load_settings
+from core.store.settings import Settings, dashboard_timings_path, load_settings
 from dashboard.charts import plain
 
 REQUEST_KEYS = ("user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time")
@@ -37,6 +40,12 @@ def settings() -> Settings:
 
 
 @st.cache_resource
+def steps() -> StepLog:
+    """The timing log (ADLENS_DASHBOARD_TIMINGS; a no-op when unset): what a page loaded or built."""
+    return StepLog(dashboard_timings_path())
+
+
+@st.cache_resource
 def db(url: str):
     return make_engine(url)
 
@@ -45,13 +54,13 @@ def db(url: str):
 def data_stamp(url: str) -> str:
     """Changes whenever an import changes data (cache key for the catalog): table sizes plus the
     data revision that every changing import bumps (an edited title leaves the sizes alone)."""
-    counts = ",".join(f"{k}={v}" for k, v in table_counts(db(url)).items())
-    return f"{counts},rev={data_revision(db(url))}"
+    return catalog_stamp(db(url))
 
 
 @st.cache_resource(show_spinner="Loading the catalog…")
 def _catalog(url: str, stamp: str) -> Catalog:
-    return load_catalog(db(url))
+    with steps().step("catalog"):
+        return load_catalog(db(url), snapshot_dir=settings().cache_dir, stamp=stamp)
 
 
 def catalog() -> Catalog:
@@ -61,7 +70,8 @@ def catalog() -> Catalog:
 
 @st.cache_data(ttl=10, show_spinner=False)
 def _versions(workspace: str, url: str, stamp: str) -> list[dict]:
-    return [v for v in list_versions(settings(), engine=db(url)) if v["status"] == "ok"]
+    with steps().step("versions list"):
+        return [v for v in list_versions(settings(), engine=db(url)) if v["status"] == "ok"]
 
 
 def versions() -> list[dict]:
@@ -87,14 +97,45 @@ def checksum(name: str) -> str:
     return sha256_file(settings().versions_dir / name / "manifest.json")
 
 
-@st.cache_resource(show_spinner="Loading the version (index, tower) and building its funnel engine…")
+@st.cache_data(show_spinner=False, max_entries=64)
+def _version_sources(name: str, checksum: str) -> tuple[str, ...]:
+    from core.sources.registry import source_names
+
+    try:
+        return source_names(json.loads((settings().versions_dir / name / "manifest.json").read_text()))
+    except (OSError, ValueError, AttributeError):  # loading the version says what is wrong with it
+        return ("two_tower",)
+
+
+def version_sources(name: str) -> tuple[str, ...]:
+    """The candidate sources version `name` serves (read from its manifest: no engine needed, so
+    the sidebar draws before the version is loaded)."""
+    return _version_sources(name, checksum(name))
+
+
+@st.cache_resource(show_spinner=False)
 def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
-    return FunnelEngine(load_version(settings(), name), _catalog(url, stamp))
+    cat = _catalog(url, stamp)
+    with steps().step(f"version {name}"):
+        version = load_version(settings(), name)
+    with steps().step(f"engine {name}"):
+        return FunnelEngine(version, cat, pctr_cache=pctr_cache(settings().cache_dir, version, url, stamp))
+
+
+_BUILT: set = set()  # engine keys built in this process: the spinner shows only while one is built
 
 
 def engine(name: str) -> FunnelEngine:
+    """Version `name`'s funnel engine (shared: never mutate it); while it is built, the page says so."""
     s = settings()
-    return _engine(name, checksum(name), s.db_url, data_stamp(s.db_url))
+    key = (name, checksum(name), s.db_url, data_stamp(s.db_url))
+    if key in _BUILT:
+        return _engine(*key)
+    with st.spinner(f"Loading version {name}: its index, query tower and candidate sources, and the early "
+                    "ranker's pCTR model (once per version)…"):
+        eng = _engine(*key)
+    _BUILT.add(key)
+    return eng
 
 
 @st.cache_resource(show_spinner=False)
@@ -274,7 +315,13 @@ def _map_data(name: str, checksum: str, url: str, stamp: str) -> MapData | None:
     layout = load_layout(settings().versions_dir / name)
     if layout is None:
         return None
-    ads = _catalog(url, stamp).ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
+    cat = _catalog(url, stamp)
+    with steps().step(f"map data {name}"):
+        return _map_frame(layout, cat)
+
+
+def _map_frame(layout, cat: Catalog) -> MapData:
+    ads = cat.ads[["ad_id", "title", "advertiser_name", "vertical", "status"]]
     frame = layout.ads.merge(ads, on="ad_id", how="left")
     frame["status"] = frame["status"].fillna("no campaign")
     # Escaped once per version: hover labels are Plotly text, which interprets HTML-like tags
@@ -324,7 +371,11 @@ def _placer(name: str, checksum: str, url: str, stamp: str):
     from core.index.maps import MapPlacer, load_layout
 
     layout = load_layout(settings().versions_dir / name)
-    return None if layout is None else MapPlacer(_engine(name, checksum, url, stamp).version, layout.ads)
+    if layout is None:
+        return None
+    version = _engine(name, checksum, url, stamp).version
+    with steps().step(f"map placer {name}"):
+        return MapPlacer(version, layout.ads)
 
 
 def map_placer(name: str):

@@ -9,8 +9,10 @@ once for all pages, as its message instead of Streamlit's exception box.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
+START = time.perf_counter()  # this script run's start, imports included (the timing log's "script run")
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run dashboard` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
@@ -55,7 +57,10 @@ for msg in state.init_from_link():
 key = next(k for pages in (PAGES, ALIASES) for k, p in pages.items() if p.url_path == page.url_path)
 try:
     if key in REQUEST_PAGES:
-        sidebar.render_request_controls()
+        with state.steps().step("sidebar"):
+            sidebar.render_request_controls()
     page.run()
 except AdLensError as exc:
     show_error(exc)
+finally:
+    state.steps().record(f"script run {key}", time.perf_counter() - START)

@@ -1,4 +1,5 @@
-"""`adlens bench` section "dashboard": how long the Inspect page (or, with `--dashboard-page map`,
+"""`adlens bench` section "dashboard": each page's first view from a cold server
+(core/bench/dashboard_first_view.py), and how long the Inspect page (or, with `--dashboard-page map`,
 the Embedding map) takes to re-render after the user is changed, in a real browser, at 100k ads
 (the map: at `--ads`, e.g. 1M, where it is aggregated on the server) (target ≤ 1 s).
 
@@ -111,6 +112,8 @@ def serve_dashboard(env: dict[str, str], log: Path | None = None, timeout: float
             out.close()
 
 
+FIRST_VIEW_ONLY = "first-view"
+"""`--dashboard-page` value: each page's first view only, no user switches."""
 PAGE_READY = {"": "[data-testid='stDataFrame']", "map": "[data-testid='stPlotlyChart']"}
 """Per page measured (url path; "" = Inspect): what is on screen once its first load is over."""
 
@@ -202,8 +205,9 @@ def served_workspace(ctx) -> tuple[Path, int]:
 
 
 def section_dashboard(ctx) -> dict:
-    """`adlens bench` section: Inspect's re-render after a user switch (one session; `--sessions N`
-    runs core.bench.dashboard_sessions instead)."""
+    """`adlens bench` section: Inspect's (or the map's) re-render after a user switch (one session;
+    runner.section_dashboard runs each page's first view before it, and `--sessions N` runs
+    core.bench.dashboard_sessions instead)."""
     reason = skip_reason()
     if reason:
         ctx.log(f"dashboard section skipped: {reason}")

@@ -12,7 +12,8 @@ The report is a dict of sections, each computed by a function in `BENCH_SECTIONS
   target holds (some ANN config ≥ 10× faster than exact, single-query p50, at recall@500 ≥ 0.95).
 - ``funnel`` (core/funnel_bench.py): per-stage request latency, why-not and map placement at 10k
   and 100k ads on a generated bench workspace.
-- ``dashboard`` (core/bench/dashboard.py): Inspect's re-render after a user switch at 100k ads,
+- ``dashboard`` (core/bench/dashboard.py): each page's first view from a cold server
+  (core/bench/dashboard_first_view.py), then Inspect's re-render after a user switch at 100k ads,
   in headless Chromium (skipped, with the reason, where no browser is available); with
   `sessions` > 1, that many concurrent sessions loading Inspect, Compare and Map, with median/p95
   page time and the server's RSS (core/bench/dashboard_sessions.py).
@@ -251,7 +252,7 @@ def section_dashboard(ctx: BenchContext) -> dict:
     if ctx.sessions > 1:  # starts streamlit and a browser
         from core.bench.dashboard_sessions import section_sessions as run
     else:
-        from core.bench.dashboard import section_dashboard as run
+        from core.bench.dashboard_first_view import section_first_views as run
     return run(ctx)
 
 
@@ -339,7 +340,7 @@ def format_report(report: dict) -> str:
         if name == "embedding" and "torch" in sec:
             lines.extend(_format_embedding(sec))
             continue
-        if name == "dashboard" and "switches" in sec:
+        if name == "dashboard" and ("switches" in sec or "first_view" in sec):
             lines.extend(_format_dashboard(sec))
             continue
         if name == "shards":
@@ -412,8 +413,13 @@ def _format_funnel(sec: dict) -> list[str]:
 
 
 def _format_dashboard(sec: dict) -> list[str]:
+    from core.bench.dashboard_first_view import format_first_views
+
+    lines = format_first_views(sec["first_view"]) if sec.get("first_view") else []
+    if "switches" not in sec:
+        return [*lines, f"  workspace {sec['workspace']}"]
     page = "Embedding map" if sec.get("page") == "map" else "Inspect"
-    lines = [f"  {page} at {sec['ads']:,} ads, user switch in Chromium: median rerun {sec['rerun_median_s']:.2f} s, "
+    lines += [f"  {page} at {sec['ads']:,} ads, user switch in Chromium: median rerun {sec['rerun_median_s']:.2f} s, "
              f"settled {sec['settled_median_s']:.2f} s (target <= {sec['target_s']:.0f} s: "
              f"{'met' if sec['meets_target'] else 'NOT met'}); first load {sec['first_load_s']:.1f} s"]
     lines += [f"    {r['user']:<14} rerun {r['rerun_s']:.2f} s   settled {r['settled_s']:.2f} s" for r in sec["switches"]]

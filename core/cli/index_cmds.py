@@ -119,9 +119,10 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dashboard-workspace", metavar="DIR",
                    help="dashboard section: serve this workspace (e.g. an `adlens demo` one) instead of "
                         "the generated bench workspace")
-    p.add_argument("--dashboard-page", choices=("inspect", "map"), default="inspect",
-                   help="dashboard section: time user switches on Inspect (at min(--ads, 100k) ads) or on the "
-                        "Embedding map (at --ads, aggregated on the server above 50k)")
+    p.add_argument("--dashboard-page", choices=("inspect", "map", "first-view"), default="inspect",
+                   help="dashboard section: after every page's first view from a cold server, time user switches "
+                        "on Inspect (at min(--ads, 100k) ads) or on the Embedding map (at --ads, aggregated on the "
+                        "server above 50k); first-view: the first views only")
     p.add_argument("--trace-rows", type=positive_int, default=10_000_000,
                    help="traces section: logged candidate rows to generate and import (requests: rows/100)")
     add_json_flag(p)

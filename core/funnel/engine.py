@@ -27,6 +27,7 @@ from core.funnel.fields import Env, FieldTable
 from core.funnel.filters import EligibilityResult, active_rules, evaluate
 from core.funnel.params import EXACT_RANKS_AUTO_MAX, FunnelParams
 from core.funnel.pctr import PctrModel, feature_matrix, feature_names, fit_pctr
+from core.funnel.pctr_cache import PctrCache
 from core.funnel.ranking import (
     DEFAULT_BID,
     DEFAULT_BID_TYPE,
@@ -56,7 +57,9 @@ class FunnelEngine:
     """Everything needed to run requests against one version and one catalog (read-only)."""
 
     def __init__(self, version, catalog: Catalog, *, calibration_samples: int = CALIBRATION_SAMPLES,
-                 seed: int = 0, funnel_definition=None):
+                 seed: int = 0, funnel_definition=None, pctr_cache: PctrCache | None = None):
+        """`pctr_cache`: where the fitted pCTR model is kept (core.funnel.pctr_cache; the caller
+        vouches that it names this version and this catalog)."""
         t0 = time.perf_counter()
         self.version = version
         self.catalog = catalog
@@ -95,7 +98,7 @@ class FunnelEngine:
         for arr in (self.cap_key, self.bid, self.bid_type):
             arr.setflags(write=False)
         self.sources = load_sources(version, self.features)
-        self.calibration = self._calibrate(calibration_samples, seed)
+        self.calibration = self._cached_calibration(calibration_samples, seed, pctr_cache)
         self.build_ms = (time.perf_counter() - t0) * 1e3
 
     # ---- building blocks (also used by explain/audience) ----------------------------------
@@ -113,6 +116,18 @@ class FunnelEngine:
     def is_known_user(self, user_id: str) -> bool:
         """Whether the user has a profile or logged impressions."""
         return user_id in self.usual.known
+
+    def _cached_calibration(self, n: int, seed: int, cache: PctrCache | None) -> PctrModel:
+        if cache is None:
+            return self._calibrate(n, seed)
+        defaults = self.resolve_params(None)  # the quotas _calibrate replays at
+        key = cache.key(n=n, seed=seed, features=list(feature_names(tuple(self.sources))),
+                        quotas={name: defaults.quota(name) for name in self.sources})
+        model = cache.load(key)
+        if model is None:
+            model = self._calibrate(n, seed)
+            cache.save(key, model)
+        return model
 
     def _calibrate(self, n: int, seed: int) -> PctrModel:
         """Fit the pCTR model on a seeded sample of logged impressions (see core.funnel.pctr)."""
@@ -349,15 +364,19 @@ class FunnelEngine:
 
 
 def open_engine(settings, version_name: str, **kwargs) -> FunnelEngine:
-    """Load version `version_name` and the catalog from the settings' database; build the engine."""
+    """Load version `version_name` and the catalog from the settings' database; build the engine
+    (the impressions snapshot and the fitted pCTR model kept in the workspace's cache)."""
+    from core.funnel.pctr_cache import pctr_cache
     from core.index.versions import load_version
-    from core.store.catalog import load_catalog
+    from core.store.catalog import catalog_stamp, load_catalog
     from core.store.db import make_engine
 
     version = load_version(settings, version_name)
     db = make_engine(settings.db_url)
     try:
-        catalog = load_catalog(db)
+        stamp = catalog_stamp(db)
+        catalog = load_catalog(db, snapshot_dir=settings.cache_dir, stamp=stamp)
     finally:
         db.dispose()
+    kwargs.setdefault("pctr_cache", pctr_cache(settings.cache_dir, version, settings.db_url, stamp))
     return FunnelEngine(version, catalog, **kwargs)

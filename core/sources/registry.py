@@ -121,14 +121,22 @@ sources_artifact_builder = sources_builder()
 """The build hook with every source at its defaults."""
 
 
+def source_names(manifest) -> tuple[str, ...]:
+    """The sources a version with this manifest serves, in SOURCE_ORDER (two_tower always first):
+    what `load_sources` loads, read without loading anything."""
+    built = ((manifest or {}).get("sources") or {}).get("built") or {}
+    return ("two_tower", *(name for name in SOURCE_ORDER if name in built and name != "two_tower"))
+
+
 def load_sources(version, features: FeatureStore) -> dict[str, CandidateSource]:
     """The version's sources bound to `features`, in SOURCE_ORDER (two_tower always first)."""
     runtime = SourceRuntime(version, features)
     n = len(version.ad_ids)
     out: dict[str, CandidateSource] = {"two_tower": TwoTowerSource({}, n).bind(runtime)}
-    built = ((getattr(version, "manifest", None) or {}).get("sources") or {}).get("built") or {}
-    for name in SOURCE_ORDER:
-        if name in built and name != "two_tower":
+    manifest = getattr(version, "manifest", None) or {}
+    built = (manifest.get("sources") or {}).get("built") or {}
+    for name in source_names(manifest):
+        if name != "two_tower":
             if name not in SOURCE_TYPES:
                 raise ArtifactError(f"{version.path}: unknown source {name!r} in the manifest")
             folder = Path(version.path) / SOURCES_DIR / name

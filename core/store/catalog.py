@@ -2,27 +2,45 @@
 
 The funnel, the towers and the analytics never query SQL per request: they load a `Catalog`
 once (the dashboard caches it) and work on its frames with vectorised numpy/pandas.
+
+`load_catalog(..., snapshot_dir=DIR)` keeps the impression log (by far the biggest table: 329k
+rows in the demo, 1.7 s of CPU to read from SQLite) as a Parquet snapshot in DIR, named by the
+database and its `catalog_stamp` (table sizes and the data revision every changing import bumps),
+so a cold dashboard reads it in ~0.15 s; a new stamp reads SQL again and replaces the snapshot. A
+folder that cannot be written (a read-only workspace) only means no snapshot. Tests of the snapshot:
+tests/test_caches.py.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from core.common.errors import ArtifactError
+from core.store.artifacts import load_parquet, save_parquet, sha256_bytes
+from core.store.db import redact_url
 from core.store.models import Ad, Advertiser, Campaign, Community, ExtraValues, Impression, User
 
 EXTRA_KEYS = {"ads": "ad_id", "campaigns": "campaign_id", "users": "user_id"}
 """Tables whose extra imported columns are kept (core.data.ingest_extra), with their keys."""
 
+log = logging.getLogger(__name__)
+SNAPSHOT_FORMAT = 1  # bump when the impressions frame changes shape (columns, dtypes, order)
+
 
 def _frame(engine: Engine, model) -> pd.DataFrame:
     table = model.__table__
+    names = [c.name for c in table.columns]
     with engine.connect() as conn:
         rows = conn.execute(select(table)).all()  # SQLAlchemy decodes JSON lists and datetimes
-    return pd.DataFrame(rows, columns=[c.name for c in table.columns])
+    # Column by column: pandas builds a frame from row objects ~3x slower (328k impressions: 1.7 s
+    # of a cold dashboard's first view, against 0.6 s), with the same dtypes.
+    return pd.DataFrame(dict(zip(names, zip(*rows))) if rows else {}, columns=names)
 
 
 @dataclass
@@ -44,8 +62,11 @@ class Catalog:
         return len(self.ads)
 
 
-def load_catalog(engine: Engine, *, with_impressions: bool = True) -> Catalog:
-    """Load every table; `ads` sorted by ad_id and joined with campaign and advertiser fields."""
+def load_catalog(engine: Engine, *, with_impressions: bool = True, snapshot_dir: Path | None = None,
+                 stamp: str | None = None) -> Catalog:
+    """Load every table; `ads` sorted by ad_id and joined with campaign and advertiser fields.
+    With `snapshot_dir`, the impressions come from (or go to) its snapshot for `stamp` (default:
+    `catalog_stamp(engine)`, read now)."""
     ads = _frame(engine, Ad)
     campaigns = _frame(engine, Campaign)
     advertisers = _frame(engine, Advertiser)
@@ -53,9 +74,12 @@ def load_catalog(engine: Engine, *, with_impressions: bool = True) -> Catalog:
     camp = campaigns.rename(columns={"name": "campaign_name"}).merge(adv, on="advertiser_id", how="left")
     joined = ads.merge(camp, on="campaign_id", how="left").sort_values("ad_id", kind="stable")
     joined = joined.reset_index(drop=True)
-    impressions = _frame(engine, Impression) if with_impressions else _frame_empty(Impression)
-    if len(impressions):
-        impressions = impressions.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    if not with_impressions:
+        impressions = _frame_empty(Impression)
+    elif snapshot_dir is None:
+        impressions = _impressions(engine)
+    else:
+        impressions = _snapshot_impressions(engine, Path(snapshot_dir), stamp or catalog_stamp(engine))
     return Catalog(
         ads=joined,
         campaigns=campaigns,
@@ -84,6 +108,48 @@ def load_extras(engine: Engine) -> dict[str, pd.DataFrame]:
             frame.index.name = key
             out[table] = frame
     return out
+
+
+def _impressions(engine: Engine) -> pd.DataFrame:
+    imps = _frame(engine, Impression)
+    if len(imps):
+        imps = imps.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    return imps
+
+
+def snapshot_path(engine: Engine, snapshot_dir: Path, stamp: str) -> Path:
+    """Where the impressions snapshot of this database at `stamp` lives."""
+    key = sha256_bytes(f"{redact_url(str(engine.url))}|{stamp}|v{SNAPSHOT_FORMAT}".encode())[:20]
+    return Path(snapshot_dir) / f"impressions-{key}.parquet"
+
+
+def _snapshot_impressions(engine: Engine, snapshot_dir: Path, stamp: str) -> pd.DataFrame:
+    path = snapshot_path(engine, snapshot_dir, stamp)
+    if path.is_file():
+        try:
+            imps = load_parquet(path)
+            if list(imps.columns) == [c.name for c in Impression.__table__.columns]:
+                return imps
+        except ArtifactError as exc:
+            log.warning("ignoring the impressions snapshot: %s", exc)
+    imps = _impressions(engine)
+    if not len(imps):
+        return imps  # nothing worth a snapshot (and an empty frame's dtypes would not survive it)
+    try:
+        save_parquet(path, imps)
+        for old in Path(snapshot_dir).glob("impressions-*.parquet"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as exc:  # e.g. a read-only workspace: served from SQL every time
+        log.info("no impressions snapshot in %s: %s", snapshot_dir, exc)
+    return imps
+
+
+def catalog_stamp(engine: Engine) -> str:
+    """Changes whenever an import changes data: table sizes plus the data revision that every
+    changing import bumps (an edited title leaves the sizes alone). The key of cached catalogs."""
+    counts = ",".join(f"{k}={v}" for k, v in table_counts(engine).items())
+    return f"{counts},rev={data_revision(engine)}"
 
 
 def _frame_empty(model) -> pd.DataFrame:

@@ -4,6 +4,8 @@
 - database:  ``ADLENS_DB_URL``, default SQLite file ``<workspace>/adlens.db``
 - embedding model: ``--model`` / ``ADLENS_MODEL``, default the packaged all-MiniLM-L6-v2
 - text backend: ``--text-backend`` / ``ADLENS_TEXT_BACKEND``: torch (default), onnx or onnx-int8
+- dashboard timing log: ``ADLENS_DASHBOARD_TIMINGS`` names a file the dashboard appends what it
+  loaded or built to, with seconds (set by `adlens bench`; unset: no log)
 - serving backend: ``--backend local|ray``; default ``ray`` when ``ADLENS_RAY_ADDRESS`` is set
   (``auto`` or ``host:port`` of a running Ray cluster), else ``local`` (in-process)
 """
@@ -23,6 +25,7 @@ ENV_DB_URL = "ADLENS_DB_URL"
 ENV_MODEL = "ADLENS_MODEL"
 ENV_TEXT_BACKEND = "ADLENS_TEXT_BACKEND"
 ENV_RAY_ADDRESS = "ADLENS_RAY_ADDRESS"
+ENV_DASHBOARD_TIMINGS = "ADLENS_DASHBOARD_TIMINGS"
 BACKENDS = ("local", "ray")
 
 
@@ -94,3 +97,8 @@ def load_settings(
     chosen = _check_backend(backend or ("ray" if ray_address else "local"))
     return Settings(workspace=ws_path, db_url=url, embedding_model=mdl, text_backend=text, backend=chosen,
                     ray_address=ray_address)
+
+
+def dashboard_timings_path() -> str | None:
+    """The file the dashboard appends its timing log to (`ADLENS_DASHBOARD_TIMINGS`), or None."""
+    return os.environ.get(ENV_DASHBOARD_TIMINGS) or None

@@ -32,10 +32,10 @@ def run_trace():
 
 
 def render() -> None:
+    st.title("Inspect")  # first: drawn while a cold server loads the version
     trace = run_trace()
     state.sync_link()
     r = trace.request
-    st.title("Inspect")
     st.caption(f"Version **{md(trace.version_name)}** · user **{md(r.user_id)}** · "
                f"{md(r.community_id or 'home feed')} · {md(r.placement)} · {md(r.device)} · {md(r.country)} · "
                f"{r.ts:%Y-%m-%d %H:%M} UTC")

@@ -1,0 +1,208 @@
+"""`adlens bench --sections dashboard`, first views: each page opened by a new user on a cold server.
+
+Per page (Inspect, Why not, Embedding map, Compare, Health), a fresh `streamlit run dashboard`
+process is started on the workspace and one new headless Chromium opens that page directly (a
+deep link naming a user, and an ad for Why not). Times, all from the server's start:
+
+- ``ready_s``: the server answers /_stcore/health (Streamlit imported and listening);
+- ``drawn_s``: the page's content is on screen, down to its last section (`FIRST_VIEW_PAGES`);
+- ``done_s``: the page's script run is over too (no running-status widget, no stale element);
+
+and ``view_s`` = ``done_s`` - ``ready_s``, what the user waits after opening the page. What the
+server spent: its CPU seconds and resident memory when the page was done, when its first script
+run of the page began and ended (``server_start_s``, ``server_done_s``: before, the browser loads
+the app; after, it draws what is left),
+and the dashboard's own timing log (``server_steps``: what it loaded or built, in seconds, written by
+dashboard/timing.py to the file named by ADLENS_DASHBOARD_TIMINGS). A page that shows an
+exception, or never draws its content, is reported as such (``exceptions``, ``timed_out``).
+Target: ``done_s`` <= FIRST_VIEW_TARGET_S on the demo (10k ads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+from core.store.settings import ENV_DASHBOARD_TIMINGS
+
+FIRST_VIEW_TARGET_S = 5.0
+VIEW_MS = 300_000
+PAGE_NAMES = {"inspect": "Inspect", "why_not": "Why not", "map": "Embedding map", "compare": "Compare",
+              "health": "Health"}
+_FRAMES = "document.querySelectorAll(\"[data-testid='stDataFrame']\").length"
+_HEADING = "[...document.querySelectorAll('h2, h3')].some(h => h.innerText.startsWith(%r))"
+FIRST_VIEW_PAGES = {  # name -> (url path, JS condition: the page's content is drawn, its last part included)
+    "inspect": ("", "document.querySelector(\".st-key-candidates_table [data-testid='stDataFrame']\")"
+                    " && document.querySelectorAll('.js-plotly-plot').length >= 2"),
+    "why_not": ("why-not", f"{_FRAMES} >= 3 && " + _HEADING % "Audience: who can see this ad"),
+    "map": ("map", "document.querySelector('.st-key-map_chart .js-plotly-plot .scatterlayer, "
+                   ".st-key-map_chart .js-plotly-plot .gl-container')"),
+    "compare": ("compare", f"{_FRAMES} >= 4 && " + _HEADING % "Rank shift of common candidates"),
+    "health": ("health", f"{_FRAMES} >= 1 && " + _HEADING % "Tower evaluation"),
+}
+RUN_OVER = ("() => !document.querySelector(\"[data-testid='stStatusWidget']\")"
+            " && !document.querySelector(\"[data-stale='true']\")")
+
+
+def first_view_link(page: str, user: str, ad: str | None) -> str:
+    """The url path and query of `page`'s deep link for `user` (and `ad` on Why not)."""
+    path, _ = FIRST_VIEW_PAGES[page]
+    params = {"user": user, **({"ad": ad} if page == "why_not" and ad else {})}
+    return f"{path}?{urlencode(params)}"
+
+
+def read_timings(path: Path) -> list[dict]:
+    """The dashboard's timing log (one JSON object per line: step, s), in the order written."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut off by the server's end
+            continue
+    return rows
+
+
+def _pick(workspace: Path) -> tuple[str, str]:
+    """A user of the catalog's user list (the sidebar's first after the default) and an ad."""
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+    from core.store.settings import load_settings
+
+    eng = make_engine(load_settings(workspace=workspace).db_url)
+    try:
+        cat = load_catalog(eng, with_impressions=False)
+    finally:
+        eng.dispose()
+    users = sorted(map(str, cat.users["user_id"]))
+    ads = sorted(map(str, cat.ads["ad_id"]))
+    return users[min(1, len(users) - 1)], ads[len(ads) // 2]
+
+
+def measure_page(workspace: Path, page: str, user: str, ad: str | None, chromium: str,
+                 env: dict[str, str], scratch: Path) -> dict:
+    """One cold first view of `page` (see the module docstring)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    from core.bench.dashboard import CHROMIUM_ARGS, serve_dashboard
+    from core.bench.dashboard_sessions import cpu_s, rss_mb
+
+    timings = scratch / f"timings-{page}.jsonl"
+    timings.unlink(missing_ok=True)
+    log = scratch / f"server-{page}.log"
+    procs: list = []
+    row: dict = {"page": page, "title": PAGE_NAMES[page], "user": user, "timed_out": False}
+    t0, wall0 = time.perf_counter(), time.time()
+    with serve_dashboard({**env, "ADLENS_HOME": str(workspace), ENV_DASHBOARD_TIMINGS: str(timings)}, log=log,
+                         procs=procs) as url:
+        row["ready_s"] = round(time.perf_counter() - t0, 3)
+        pid = procs[0].pid
+        cpu_ready = cpu_s(pid)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                tab = browser.new_page(viewport={"width": 1500, "height": 1000})
+                tab.set_default_timeout(VIEW_MS)
+                try:
+                    tab.goto(f"{url}/{first_view_link(page, user, ad)}")
+                    tab.wait_for_function(f"() => !!({FIRST_VIEW_PAGES[page][1]})", polling=100)
+                    row["drawn_s"] = round(time.perf_counter() - t0, 3)
+                    tab.wait_for_function(RUN_OVER)
+                    row["done_s"] = round(time.perf_counter() - t0, 3)
+                    row["view_s"] = round(row["done_s"] - row["ready_s"], 3)
+                except PlaywrightTimeout:
+                    row["timed_out"] = True
+                row["exceptions"] = tab.locator("[data-testid='stException']").count()
+                cpu = cpu_s(pid)
+                row["server_cpu_s"] = None if cpu is None else round(cpu, 2)
+                row["server_cpu_view_s"] = None if cpu is None or cpu_ready is None else round(cpu - cpu_ready, 2)
+                mb = rss_mb(pid)
+                row["server_rss_mb"] = None if mb is None else round(mb, 1)
+            finally:
+                browser.close()
+    row["server_steps"] = read_timings(timings)
+    runs = [s for s in row["server_steps"] if s["step"] == f"script run {page}" and "t" in s]
+    # the page's first script run on the server: before it, the browser loaded the app; after it,
+    # the browser drew what the run sent (elements stream while it runs)
+    row["server_start_s"] = round(runs[0]["t"] - runs[0]["s"] - wall0, 3) if runs else None
+    row["server_done_s"] = round(runs[0]["t"] - wall0, 3) if runs else None
+    return row
+
+
+def measure_first_views(workspace: Path, pages: list[str] | None = None, chromium: str | None = None,
+                        env: dict[str, str] | None = None, log=lambda msg: None,
+                        scratch: Path | None = None) -> dict:
+    """Every page's cold first view on `workspace` (a new server per page); the report per page."""
+    import tempfile
+
+    from core.bench.dashboard import find_chromium
+
+    chromium = chromium or find_chromium()
+    user, ad = _pick(Path(workspace))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="adlens-first-view-") as tmp:
+        where = Path(scratch or tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        for page in pages or list(FIRST_VIEW_PAGES):
+            row = measure_page(Path(workspace), page, user, ad, chromium,
+                               dict(os.environ if env is None else env), where)
+            rows.append(row)
+            log(f"first view of {row['title']}: " + (
+                "timed out" if row["timed_out"] else
+                f"drawn {row['drawn_s']:.1f} s, done {row['done_s']:.1f} s from the server's start "
+                f"(server ready {row['ready_s']:.1f} s; server CPU {row['server_cpu_s']} s)"))
+    done = [r["done_s"] for r in rows if not r["timed_out"]]
+    return {"pages": rows, "user": user, "ad": ad, "target_s": FIRST_VIEW_TARGET_S,
+            "worst_done_s": max(done) if done else None,
+            "meets_target": bool(len(done) == len(rows) and max(done) <= FIRST_VIEW_TARGET_S
+                                 and not any(r["exceptions"] for r in rows)),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "cpus": os.cpu_count()}
+
+
+def section_first_views(ctx) -> dict:
+    """`adlens bench --sections dashboard`: every page's first view (`measure_first_views`) on the
+    served workspace, then the user switches of core.bench.dashboard.section_dashboard (unless
+    `--dashboard-page first-view`), in one report."""
+    from core.bench.dashboard import FIRST_VIEW_ONLY, section_dashboard, served_workspace, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        ctx.log(f"dashboard section skipped: {reason}")
+        return {"skipped": reason}
+    workspace, n = served_workspace(ctx)
+    first = measure_first_views(workspace, log=ctx.log)
+    if ctx.shared.get("dashboard_page") == FIRST_VIEW_ONLY:
+        return {"first_view": first, "ads": n, "workspace": str(workspace)}
+    return {**section_dashboard(ctx), "first_view": first}
+
+
+def _steps(steps: list[dict], top: int = 4) -> str:
+    """The server's biggest steps, e.g. 'engine ivf 2.1, catalog 0.8' (not the script run and the
+    sidebar, which hold the others)."""
+    own = [s for s in steps if not str(s.get("step", "")).startswith(("script run", "sidebar"))]
+    big = sorted(own, key=lambda s: -float(s.get("s", 0)))[:top]
+    return ", ".join(f"{s['step']} {float(s['s']):.1f}" for s in big)
+
+
+def format_first_views(sec: dict) -> list[str]:
+    """Plain-text lines of a first-view report (for `adlens bench`)."""
+    lines = [f"  first view per page, cold server each, new user {sec['user']} ({sec['cpus']} CPUs, load avg "
+             f"{sec['load_avg_1m']}): target done <= {sec['target_s']:.0f} s from the server's start: "
+             f"{'met' if sec['meets_target'] else 'NOT met'}",
+             f"    {'page':<14} {'ready':>6} {'run':>11} {'drawn':>6} {'done':>6} {'view':>6} {'srv CPU':>8} "
+             f"{'RSS MB':>7}  biggest server steps (s)"]
+    for r in sec["pages"]:
+        if r["timed_out"]:
+            lines.append(f"    {r['title']:<14} {r['ready_s']:6.1f}  timed out after {VIEW_MS / 1000:.0f} s")
+            continue
+        bad = f"  {r['exceptions']} exception(s)" if r["exceptions"] else ""
+        srv = "-" if r["server_done_s"] is None else f"{r['server_start_s']:.1f}-{r['server_done_s']:.1f}"
+        lines.append(f"    {r['title']:<14} {r['ready_s']:6.1f} {srv:>11} {r['drawn_s']:6.1f} {r['done_s']:6.1f} {r['view_s']:6.1f} "
+                     f"{r['server_cpu_s'] or 0:8.1f} {r['server_rss_mb'] or 0:7.0f}  {_steps(r['server_steps'])}{bad}")
+    return lines
