@@ -8,7 +8,7 @@ plain text (they quote the hostile value): render them with core.common.escape (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,10 +20,12 @@ from core.data.vocab import UNKNOWN, Device, Placement, values
 from core.sources.base import SOURCE_ORDER
 
 LINK_KEYS: tuple[str, ...] = ("version", "b", "user", "community", "placement", "device", "country", "time", "ad",
-                              "off", "quota")
+                              "off", "quota", "request")
 MAX_QUOTA = 5000
 """`off=co_engagement,targeting` switches sources off; `quota=co_engagement:300,targeting:50` sets
 per-source candidate counts (two_tower's is K; each at most MAX_QUOTA)."""
+MAX_ID_LENGTH = 200
+"""`request=<id>` opens a logged request (core.traces.logged); longer values are refused."""
 HOME = "home"
 """`community=home` means the home feed (no community)."""
 
@@ -43,6 +45,7 @@ class LinkState:
     ad: str | None = None
     disabled_sources: tuple[str, ...] | None = None
     quotas: dict[str, int] | None = None
+    request: str | None = None  # a logged request id
     errors: list[str] = field(default_factory=list)
 
 
@@ -56,8 +59,11 @@ def _first(v) -> str | None:
 
 
 def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: pd.Index,
-               community_ids: pd.Index, ad_ids: pd.Index) -> LinkState:
-    """Validate query parameters against the workspace; collect a message per bad value."""
+               community_ids: pd.Index, ad_ids: pd.Index,
+               request_exists: Callable[[str], bool] | None = None) -> LinkState:
+    """Validate query parameters against the workspace; collect a message per bad value.
+    `request_exists(id)` checks a `request=` id against the imported logged requests (without it
+    only its form is checked)."""
     st = LinkState()
     get = {k: _first(params.get(k)) for k in LINK_KEYS}
 
@@ -115,6 +121,13 @@ def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: p
         if st.quotas is None:
             bad("quota", q, f"use source:count pairs such as co_engagement:300 (sources "
                             f"{', '.join(SOURCE_ORDER[1:])}; counts 1 to {MAX_QUOTA})")
+    if (r := get["request"]) is not None:
+        if len(r) > MAX_ID_LENGTH or not r.isprintable():
+            bad("request", r[:60], f"a logged request id is printable text of at most {MAX_ID_LENGTH} characters")
+        elif request_exists is not None and not request_exists(r):
+            bad("request", r, "no such logged request (list them with `adlens logged`)")
+        else:
+            st.request = r
     return st
 
 

@@ -1,4 +1,5 @@
-"""`adlens import-traces`, `adlens logged`: production's logged funnel traces."""
+"""`adlens import-traces`, `adlens logged`, `adlens export-traces`, `adlens parity`: production's
+logged funnel traces, AdLens's replay written in their format, and how far the two agree."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from core.cli.data_cmds import _step_printer
 from core.cli.output import add_json_flag, positive_int, print_json, text_frame
 from core.common.escape import term
+from core.common.progress import cli_progress
 from core.store.db import make_engine
 from core.store.settings import Settings
 
@@ -30,6 +32,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check every trace set's files against their recorded sha256 (reads every byte)")
     add_json_flag(p)
     p.set_defaults(func=cmd_logged)
+
+    p = sub.add_parser("export-traces", help="write AdLens's own replay of sampled requests as logged traces "
+                       "(the import-traces format)")
+    p.add_argument("--version", required=True, help="the version to replay on")
+    p.add_argument("--requests", type=positive_int, default=100, help="requests sampled and replayed (default 100)")
+    p.add_argument("--out", type=Path, required=True, help="a new or empty folder for the two Parquet files")
+    p.add_argument("--seed", type=int, default=0)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_export_traces)
+
+    p = sub.add_parser("parity", help="replay logged requests on a version: slate overlap, recall, the rules and "
+                       "sources that disagree")
+    p.add_argument("--version", required=True, help="the version to replay on")
+    p.add_argument("--requests", type=positive_int, default=1000,
+                   help="logged requests sampled (default 1000; all when fewer are imported)")
+    p.add_argument("--seed", type=int, default=0)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_parity)
 
 
 def _print_missing(label: str, m, what: str) -> None:
@@ -118,4 +138,39 @@ def cmd_logged(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     frame = frame.assign(extra=frame["extra"].map(lambda d: ", ".join(f"{k}={v}" for k, v in d.items())))
     print(text_frame(frame).to_string(index=False))
+    return 0
+
+
+def cmd_export_traces(args: argparse.Namespace, settings: Settings) -> int:
+    from core.funnel.engine import open_engine
+    from core.traces.export import export_replay
+
+    engine = open_engine(settings, args.version)
+    rep = export_replay(engine, args.out, args.requests, seed=args.seed, progress=cli_progress(not args.json))
+    if args.json:
+        print_json(rep)
+        return 0
+    print(f"wrote {rep.n_requests:,} requests, {rep.n_candidates:,} candidates replayed on {term(rep.version)} "
+          f"to {term(rep.directory)} ({', '.join(rep.files)}); import them with `adlens import-traces "
+          f"{term(rep.directory)}`")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace, settings: Settings) -> int:
+    from core.cli.parity_output import print_parity
+    from core.funnel.engine import open_engine
+    from core.traces.parity import require_traces, run_parity
+
+    db = make_engine(settings.db_url)
+    try:
+        require_traces(db)  # before the costly engine build
+        engine = open_engine(settings, args.version)
+        rep = run_parity(settings, db, engine, n_requests=args.requests, seed=args.seed,
+                         progress=cli_progress(not args.json))
+    finally:
+        db.dispose()
+    if args.json:
+        print_json(rep)
+    else:
+        print_parity(rep)
     return 0

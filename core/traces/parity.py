@@ -1,0 +1,277 @@
+"""Parity: how far AdLens's replay reproduces what production logged (`adlens parity`).
+
+Over N logged requests (a seeded sample, streamed in file order: memory holds one request and the
+running counts), each request is replayed on a version with the default funnel and both sides are
+put in the log's terms by core.traces.export.as_logged (the one Trace -> log mapping). Per
+candidate, each side's *fate* is its stage and first reason: "slate", a reason code (GEO_MISMATCH,
+BELOW_CUTOFF, ...), or "not retrieved" / "not logged" when that side never had the ad. Measured:
+slate overlap (exact slate, same set, Jaccard, overlap@slate), the replay's recall of the logged
+candidates (overall, per logged stage, per logged source), a confusion table logged fate ->
+replayed fate, and the rules and sources that disagree most, each with example deep links.
+
+A rule disagrees where exactly one side gives it as the candidate's fate; a source disagrees
+where one side credits it with finding the ad and the other does not. Names AdLens does not have
+(sources outside core.sources, reason codes outside core.funnel.reasons) are flagged "not
+modelled". Logged ads the version lacks are counted apart (the replay cannot find them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from core.analysis.links import to_query_params
+from core.common.errors import AdLensError, NotFoundError
+from core.common.progress import Progress, report
+from core.funnel.params import FunnelParams
+from core.funnel.reasons import Reason
+from core.sources.base import SOURCE_ORDER
+from core.traces.export import as_logged
+from core.traces.logged import count_logged_requests, iter_logged_requests, sample_request_ids
+from core.traces.schema import STAGES_REACHED
+
+EXAMPLES = 3
+TOP = 10
+SLATE, NOT_RETRIEVED, NOT_LOGGED = "slate", "not retrieved", "not logged"
+AD_MISSING = "ad not in the version"
+
+
+def modelled_reasons() -> set[str]:
+    """Reason codes AdLens's funnel can give (compared as strings: codes may be open strings)."""
+    return {str(r) for r in Reason}
+
+
+def fate(stage: str, reasons) -> str:
+    """A candidate's fate in one word: slate, its first reason, or its stage when no reason is logged."""
+    if stage == SLATE:
+        return SLATE
+    return str(reasons[0]) if len(reasons) else f"{stage} (no reason)"
+
+
+@dataclass
+class Example:
+    request_id: str
+    ad_id: str
+    logged: str  # the logged fate (or "not logged")
+    replayed: str  # the replay's fate (or "not retrieved")
+    link: str  # dashboard deep link: ?request=...&version=...&ad=...
+
+
+@dataclass
+class Disagreement:
+    """A rule or source the two sides disagree on: `logged_only` candidates where production gave
+    it (the replay did not), `replay_only` where the replay gave it (production did not)."""
+
+    kind: str  # "rule", "source" or "data"
+    name: str
+    modelled: bool  # whether AdLens has this rule / source at all
+    logged_only: int = 0
+    replay_only: int = 0
+    count: int = 0
+    examples: list[Example] = field(default_factory=list)
+
+    def label(self) -> str:
+        if self.kind == "data":
+            return f"logged ads the version lacks ({AD_MISSING})"
+        side = "logged" if self.logged_only >= self.replay_only else "replayed"
+        what = "reason" if self.kind == "rule" else "source"
+        return f"{side} {what} {self.name}" + ("" if self.modelled else ", which AdLens does not model")
+
+
+@dataclass
+class Recall:
+    n: int = 0  # logged candidates (that reached the stage / that the source found)
+    hit: int = 0  # of them, the replay also retrieved (brought to the stage)
+    recall: float | None = None
+
+
+@dataclass
+class SourceRecall:
+    name: str
+    modelled: bool
+    n: int = 0  # logged candidates this source is credited with
+    retrieved: int = 0  # the replay retrieved them (by any source)
+    same_source: int = 0  # the replay's own source of that name found them
+    recall: float | None = None
+
+
+@dataclass
+class ParityReport:
+    version: str
+    n_requests: int
+    seed: int
+    n_logged_candidates: int = 0
+    n_replay_candidates: int = 0
+    slates_equal: int = 0  # the same ads in the same order
+    slate_sets_equal: int = 0
+    mean_jaccard: float | None = None
+    mean_overlap: float | None = None  # |logged slate ∩ replay slate| / |logged slate|
+    slates_equal_rate: float | None = None
+    recall: Recall = field(default_factory=Recall)
+    stage_recall: dict[str, Recall] = field(default_factory=dict)
+    source_recall: list[SourceRecall] = field(default_factory=list)
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # logged fate -> replayed fate -> n
+    disagreements: list[Disagreement] = field(default_factory=list)  # most first
+    unknown_sources: list[str] = field(default_factory=list)
+    unknown_reasons: list[str] = field(default_factory=list)
+    not_replayed: list[str] = field(default_factory=list)  # "request: why" (e.g. an unknown user)
+    seconds: float = 0.0
+    verdict: str = ""
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f} %" if x in (0.0, 1.0) or 0.01 < x < 0.99 else f"{100 * x:.1f} %"
+
+
+class _Tally:
+    """The running counts of one parity run (bounded: counters and a few examples per name)."""
+
+    def __init__(self, version: str, modelled_sources: set[str]):
+        self.version, self.known_src, self.known_rules = version, modelled_sources, modelled_reasons()
+        self.dis: dict[tuple[str, str], Disagreement] = {}
+        self.stage = {s: Recall() for s in STAGES_REACHED}
+        self.src: dict[str, SourceRecall] = {}
+        self.conf: dict[str, dict[str, int]] = {}
+        self.jaccard = self.overlap = 0.0
+        self.rep = None
+
+    def _hit(self, kind: str, name: str, side: str, rid: str, ad: str, lf: str, rf: str) -> None:
+        d = self.dis.get((kind, name))
+        if d is None:
+            modelled = name in (self.known_rules if kind == "rule" else self.known_src) if kind != "data" else True
+            d = self.dis[(kind, name)] = Disagreement(kind, name, modelled)
+        setattr(d, side, getattr(d, side) + 1)
+        d.count += 1
+        if len(d.examples) < EXAMPLES:
+            link = "?" + urlencode(to_query_params(request=rid, version=self.version, ad=ad))
+            d.examples.append(Example(rid, ad, lf, rf, link))
+
+    def add(self, rid: str, logged, ls_: list[str], replay, in_version) -> None:
+        rep = self.rep
+        lrows = {a: (s, st, r) for a, s, st, r in zip(logged["ad_id"], logged["sources"], logged["stage_reached"],
+                                                      logged["reasons"])}
+        rrows = {a: (s, st, r) for a, s, st, r in zip(replay["ad_id"], replay["sources"], replay["stage_reached"],
+                                                      replay["reasons"])}
+        rep.n_logged_candidates += len(lrows)
+        rep.n_replay_candidates += len(rrows)
+        order = {s: i for i, s in enumerate(STAGES_REACHED)}
+        for ad, (ls, lst, lr) in lrows.items():
+            r = rrows.get(ad)
+            lf = fate(lst, lr)
+            rf = NOT_RETRIEVED if r is None else fate(r[1], r[2])
+            self.conf.setdefault(lf, {}).setdefault(rf, 0)
+            self.conf[lf][rf] += 1
+            li, ri = order.get(lst, -1), -1 if r is None else order.get(r[1], -1)
+            for i, s in enumerate(STAGES_REACHED):
+                if li >= i:
+                    self.stage[s].n += 1
+                    self.stage[s].hit += ri >= i
+            rs = set(r[0]) if r is not None else set()
+            for s in ls:
+                sr = self.src.get(s) or self.src.setdefault(s, SourceRecall(s, s in self.known_src))
+                sr.n += 1
+                sr.retrieved += r is not None
+                sr.same_source += s in rs
+            if r is None and ad not in in_version:
+                self._hit("data", AD_MISSING, "logged_only", rid, ad, lf, rf)
+                continue
+            if lf != rf and r is not None:
+                if lf not in (SLATE,) and len(lr):
+                    self._hit("rule", lf, "logged_only", rid, ad, lf, rf)
+                if rf != SLATE and len(r[2]):
+                    self._hit("rule", rf, "replay_only", rid, ad, lf, rf)
+            for s in sorted(set(ls) - rs):
+                self._hit("source", s, "logged_only", rid, ad, lf, rf)
+            for s in sorted(rs - set(ls)):
+                self._hit("source", s, "replay_only", rid, ad, lf, rf)
+        for ad, (rs, rst, rr) in rrows.items():
+            if ad in lrows:
+                continue
+            rf = fate(rst, rr)
+            self.conf.setdefault(NOT_LOGGED, {}).setdefault(rf, 0)
+            self.conf[NOT_LOGGED][rf] += 1
+            for s in rs:
+                self._hit("source", s, "replay_only", rid, ad, NOT_LOGGED, rf)
+        rsl = replay[replay["stage_reached"] == SLATE].sort_values("slate_position", kind="stable")["ad_id"].tolist()
+        a, b = set(ls_), set(rsl)
+        rep.slates_equal += ls_ == rsl
+        rep.slate_sets_equal += a == b
+        self.jaccard += len(a & b) / len(a | b) if a | b else 1.0
+        self.overlap += len(a & b) / len(a) if a else float(not b)
+
+
+def require_traces(db) -> None:
+    """NotFoundError with the fix when no logged traces are imported."""
+    if count_logged_requests(db) == 0:
+        raise NotFoundError("no logged traces are imported yet: import them with `adlens import-traces DIR` "
+                            "(format: data/README.md; `adlens export-traces` writes an example)")
+
+
+def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, params: FunnelParams | None = None,
+               progress: Progress | None = None) -> ParityReport:
+    """Replay a seeded sample of `n_requests` logged requests on `engine`'s version and compare
+    (see the module doc). `db`: the workspace's SQLAlchemy engine; `engine`: a FunnelEngine."""
+    if n_requests < 1:
+        raise AdLensError(f"--requests must be at least 1 (got {n_requests})")
+    t0 = time.perf_counter()
+    require_traces(db)
+    params = params or FunnelParams()
+    ids = sample_request_ids(db, n_requests, seed)
+    version = engine.version.name
+    tally = _Tally(version, set(SOURCE_ORDER))
+    rep = tally.rep = ParityReport(version, len(ids), seed)
+    in_version = frozenset(engine.version.ad_ids)
+    report(progress, 0.0, f"replay {len(ids):,} logged requests on {version}")
+    unknown_src: set[str] = set()
+    unknown_rules: set[str] = set()
+    known_rules = modelled_reasons()
+    for i, lr in enumerate(iter_logged_requests(settings, db, ids)):
+        c = lr.candidates
+        unknown_src.update(lr.unknown_sources())
+        unknown_rules.update(str(x) for xs in c["reasons"] for x in xs if str(x) not in known_rules)
+        try:
+            replay = as_logged(engine.run(lr.request, params))
+        except AdLensError as exc:
+            rep.n_requests -= 1
+            if len(rep.not_replayed) < 20:
+                rep.not_replayed.append(f"{lr.request_id}: {exc}")
+            continue
+        tally.add(lr.request_id, c, lr.slate()["ad_id"].tolist(), replay, in_version)
+        report(progress, (i + 1) / len(ids), f"replay request {i + 1:,} of {len(ids):,}")
+    _finish(rep, tally, sorted(unknown_src), sorted(unknown_rules))
+    rep.seconds = round(time.perf_counter() - t0, 3)
+    return rep
+
+
+def _finish(rep: ParityReport, tally: _Tally, unknown_src: list[str], unknown_rules: list[str]) -> None:
+    n = rep.n_requests
+    if n:
+        rep.mean_jaccard, rep.mean_overlap = tally.jaccard / n, tally.overlap / n
+        rep.slates_equal_rate = rep.slates_equal / n
+    for r in tally.stage.values():
+        r.recall = r.hit / r.n if r.n else None
+    rep.stage_recall = tally.stage
+    rep.recall = Recall(tally.stage["retrieved"].n, tally.stage["retrieved"].hit, tally.stage["retrieved"].recall)
+    for s in tally.src.values():
+        s.recall = s.retrieved / s.n if s.n else None
+    rep.source_recall = sorted(tally.src.values(), key=lambda s: (-s.n, s.name))
+    rep.confusion = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in
+                     sorted(tally.conf.items(), key=lambda kv: -sum(kv[1].values()))}
+    rep.disagreements = sorted(tally.dis.values(), key=lambda d: (-d.count, d.kind, d.name))
+    rep.unknown_sources, rep.unknown_reasons = unknown_src, unknown_rules
+    rep.verdict = verdict(rep)
+
+
+def verdict(rep: ParityReport) -> str:
+    """One line a reader can act on."""
+    if not rep.n_requests:
+        return f"no logged request could be replayed on {rep.version} (see not_replayed)"
+    slates = f"the replay on {rep.version} reproduces {percent(rep.slates_equal_rate)} of {rep.n_requests:,} logged " \
+             f"slates (recall of logged candidates {percent(rep.recall.recall)})"
+    if not rep.disagreements:
+        return slates + "; every logged candidate's stage, reason and sources agree"
+    top = rep.disagreements[0]
+    more = len(rep.disagreements) - 1
+    return (f"{slates}; most disagreements: {top.label()} ({top.count:,} candidates)"
+            + (f"; {more} more rule(s)/source(s) disagree" if more else ""))

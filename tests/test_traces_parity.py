@@ -1,0 +1,162 @@
+"""core/traces/export + parity: AdLens's own replay, exported and imported, replays to parity 1.0;
+planted differences (a rule AdLens lacks, a source it lacks, a changed reason) are named with
+their exact counts; `adlens parity` / `export-traces` errors. On a copy of the demo workspace."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.cli import main
+from core.funnel.engine import open_engine
+from core.funnel.reasons import ELIGIBILITY_REASONS
+from core.store.db import make_engine
+from core.traces.export import as_logged, export_replay
+from core.traces.importer import import_traces
+from core.traces.parity import run_parity
+from tests.conftest import copy_workspace
+
+N = 12
+VERSION = "exact"
+
+
+@pytest.fixture(scope="module")
+def ws(demo_workspace, tmp_path_factory):
+    """A copy of the demo workspace, its engine on VERSION, and AdLens's replay of N requests exported."""
+    root = tmp_path_factory.mktemp("parity")
+    settings = copy_workspace(demo_workspace.path, root / "ws")
+    engine = open_engine(settings, VERSION)
+    rep = export_replay(engine, root / "export", N, seed=3)
+    db = make_engine(settings.db_url)
+    yield settings, db, engine, root / "export", rep
+    db.dispose()
+
+
+def _parity(ws, folder):
+    settings, db, engine, _, _ = ws
+    import_traces(settings, db, folder, replace=True)
+    return run_parity(settings, db, engine, n_requests=N, seed=0)
+
+
+def test_export_maps_the_trace_once(ws):
+    settings, db, engine, folder, rep = ws
+    assert (rep.n_requests, rep.version) == (N, VERSION)
+    cands = pq.read_table(folder / "trace_candidates.parquet").to_pandas()
+    assert len(cands) == rep.n_candidates > 0
+    assert set(cands["stage_reached"]) <= {"retrieved", "eligible", "ranked", "slate"}
+    slate = cands[cands["stage_reached"] == "slate"]
+    assert slate["reasons"].map(len).eq(0).all() and slate["slate_position"].notna().all()
+    filtered = cands[cands["stage_reached"] == "retrieved"]
+    assert filtered["reasons"].map(len).gt(0).all()
+    assert (cands["sources"].map(len) == cands["source_ranks"].map(len)).all()
+
+
+def test_own_replay_is_parity_one(ws):
+    rep = _parity(ws, ws[3])
+    assert rep.n_requests == N and rep.slates_equal == N and rep.slates_equal_rate == 1.0
+    assert rep.mean_jaccard == 1.0 and rep.recall.recall == 1.0
+    assert all(r.recall == 1.0 for r in rep.stage_recall.values() if r.n)
+    assert rep.disagreements == [] and rep.unknown_sources == [] and rep.unknown_reasons == []
+    assert all(k == v for k, row in rep.confusion.items() for v in row)  # only the diagonal
+    assert "100 %" in rep.verdict and "agree" in rep.verdict
+
+
+def _plant(ws, out):
+    """PACING_THROTTLE drops every slate ad of the most-shown advertiser; every 7th other row also
+    credits prod_lookalike; the most common first eligibility reason R0 is logged as another code."""
+    settings, db, engine, folder, _ = ws
+    c = pq.read_table(folder / "trace_candidates.parquet").to_pandas()
+    adv = dict(zip(engine.catalog.ads["ad_id"], engine.catalog.ads["advertiser_id"]))
+    c["adv"] = c["ad_id"].map(adv)
+    top = c[c["stage_reached"] == "slate"]["adv"].value_counts().index[0]
+    throttle = (c["stage_reached"] == "slate") & (c["adv"] == top)
+    c.loc[throttle, "stage_reached"] = "retrieved"
+    c.loc[throttle, "reasons"] = pd.Series([["PACING_THROTTLE"]] * int(throttle.sum()), index=c.index[throttle])
+    c.loc[throttle, "slate_position"] = None
+    first = c["reasons"].map(lambda r: r[0] if len(r) else None)
+    r0 = first[first.isin([str(x) for x in ELIGIBILITY_REASONS])].value_counts().index[0]
+    y = next(str(x) for x in ELIGIBILITY_REASONS if str(x) != r0)
+    changed = first == r0
+    c.loc[changed, "reasons"] = c.loc[changed, "reasons"].map(lambda r: [y, *list(r)[1:]])
+    extra = (pd.Series(range(len(c))) % 7 == 0).to_numpy() & ~throttle.to_numpy()
+    for col, add in (("sources", "prod_lookalike"), ("source_ranks", 1), ("source_scores", 0.5)):
+        c.loc[extra, col] = c.loc[extra, col].map(lambda xs, a=add: [*list(xs), a])
+    out.mkdir()
+    pq.write_table(pa.Table.from_pandas(c.drop(columns="adv"), preserve_index=False),
+                   out / "trace_candidates.parquet")
+    (out / "requests.parquet").write_bytes((folder / "requests.parquet").read_bytes())
+    hit_requests = c.loc[throttle, "request_id"].nunique()
+    return {"throttle": int(throttle.sum()), "r0": r0, "y": y, "changed": int(changed.sum()),
+            "extra": int(extra.sum()), "hit_requests": hit_requests}
+
+
+def test_planted_differences_are_named_with_their_counts(ws, tmp_path):
+    p = _plant(ws, tmp_path / "planted")
+    rep = _parity(ws, tmp_path / "planted")
+    got = {(d.kind, d.name): (d.logged_only, d.replay_only, d.modelled) for d in rep.disagreements}
+    assert got == {
+        ("rule", "PACING_THROTTLE"): (p["throttle"], 0, False),
+        ("source", "prod_lookalike"): (p["extra"], 0, False),
+        ("rule", p["y"]): (p["changed"], 0, True),
+        ("rule", p["r0"]): (0, p["changed"], True),
+    }
+    assert rep.slates_equal == N - p["hit_requests"] and rep.recall.recall == 1.0
+    assert rep.stage_recall["retrieved"].recall == 1.0 and rep.stage_recall["slate"].recall == 1.0
+    assert rep.unknown_sources == ["prod_lookalike"] and rep.unknown_reasons == ["PACING_THROTTLE"]
+    assert rep.confusion["PACING_THROTTLE"] == {"slate": p["throttle"]}
+    assert rep.confusion[p["y"]] == {p["r0"]: p["changed"]}
+    src = {s.name: s for s in rep.source_recall}
+    assert (src["prod_lookalike"].n, src["prod_lookalike"].same_source, src["prod_lookalike"].modelled) == \
+        (p["extra"], 0, False)
+    top = rep.disagreements[0]
+    assert top.count == max(p["throttle"], p["extra"], p["changed"])
+    assert top.name in rep.verdict and top.examples[0].link.startswith(f"?version={VERSION}&ad=")
+    assert f"request={top.examples[0].request_id}" in top.examples[0].link
+    pacing = next(d for d in rep.disagreements if d.name == "PACING_THROTTLE")
+    assert "which AdLens does not model" in pacing.label()
+
+
+def test_mapping_matches_the_trace(ws):
+    settings, db, engine, _, _ = ws
+    req = engine.default_request(sorted(map(str, engine.user_ids))[0])
+    tr = engine.run(req)
+    frame = as_logged(tr)
+    c = tr.candidates
+    assert frame["ad_id"].tolist() == c["ad_id"].tolist()
+    assert frame.loc[frame["stage_reached"] == "slate", "ad_id"].tolist() == \
+        c.loc[c["outcome"] == "slate", "ad_id"].tolist()
+    ranked_out = (c["outcome"] == "ranked_out").to_numpy()
+    assert all(r == ["BELOW_CUTOFF"] for r in frame.loc[ranked_out, "reasons"])
+
+
+# ---- the command line ---------------------------------------------------------------------------
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([*args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_parity_and_errors(ws, tmp_path, capsys):
+    settings, db, engine, folder, _ = ws
+    import_traces(settings, db, folder, replace=True)
+    w = ["--workspace", str(settings.workspace)]
+    code, out, err = _cli(capsys, *w, "parity", "--version", VERSION, "--requests", "5", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["n_requests"] == 5 and rep["slates_equal"] == 5 and rep["disagreements"] == []
+    code, out, _ = _cli(capsys, *w, "parity", "--version", VERSION, "--requests", "3")
+    assert code == 0 and "verdict: the replay on exact reproduces 100 %" in out and "no rule or source" in out
+    code, _, err = _cli(capsys, *w, "parity", "--version", "nope")
+    assert code == 2 and "nope" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main([*w, "parity", "--version", VERSION, "--requests", "0"])
+    assert exc.value.code == 2 and "--requests" in capsys.readouterr().err
+    code, _, err = _cli(capsys, *w, "export-traces", "--version", VERSION, "--requests", "2", "--out", str(folder))
+    assert code == 2 and "already holds" in err
+    empty = ["--workspace", str(tmp_path / "empty")]
+    code, _, err = _cli(capsys, *empty, "parity", "--version", VERSION)
+    assert code == 2 and "adlens import-traces DIR" in err
