@@ -108,14 +108,14 @@ def test_planted_differences_are_named_with_their_counts(ws, tmp_path):
     assert rep.stage_recall["retrieved"].recall == 1.0 and rep.stage_recall["slate"].recall == 1.0
     assert rep.unknown_sources == ["prod_lookalike"] and rep.unknown_reasons == ["PACING_THROTTLE"]
     assert rep.confusion["PACING_THROTTLE"] == {"slate": p["throttle"]}
-    assert rep.confusion[p["y"]] == {p["r0"]: p["changed"]}
+    assert rep.confusion[p["y"]][p["r0"]] == p["changed"] and p["r0"] not in rep.confusion  # all relabelled
     src = {s.name: s for s in rep.source_recall}
     assert (src["prod_lookalike"].n, src["prod_lookalike"].same_source, src["prod_lookalike"].modelled) == \
         (p["extra"], 0, False)
     top = rep.disagreements[0]
     assert top.count == max(p["throttle"], p["extra"], p["changed"])
-    assert top.name in rep.verdict and top.examples[0].link.startswith(f"?version={VERSION}&ad=")
-    assert f"request={top.examples[0].request_id}" in top.examples[0].link
+    ex = top.examples[0]
+    assert top.name in rep.verdict and ex.link == f"?request={ex.request_id}&version={VERSION}&ad={ex.ad_id}"
     pacing = next(d for d in rep.disagreements if d.name == "PACING_THROTTLE")
     assert "which AdLens does not model" in pacing.label()
 
