@@ -121,16 +121,30 @@ def test_planted_differences_are_named_with_their_counts(ws, tmp_path):
 
 
 def test_mapping_matches_the_trace(ws):
+    """as_logged is shared by export and parity, so parity 1.0 cannot catch a mapping error: check it
+    against the Trace's own columns here."""
     settings, db, engine, _, _ = ws
     req = engine.default_request(sorted(map(str, engine.user_ids))[0])
     tr = engine.run(req)
-    frame = as_logged(tr)
+    frame = as_logged(tr, engine.bid)
     c = tr.candidates
     assert frame["ad_id"].tolist() == c["ad_id"].tolist()
-    assert frame.loc[frame["stage_reached"] == "slate", "ad_id"].tolist() == \
-        c.loc[c["outcome"] == "slate", "ad_id"].tolist()
-    ranked_out = (c["outcome"] == "ranked_out").to_numpy()
-    assert all(r == ["BELOW_CUTOFF"] for r in frame.loc[ranked_out, "reasons"])
+    expected = {"slate": "slate", "advertiser_cap": "ranked", "filtered": "retrieved"}
+    n_ranked = tr.params.n_ranked
+    for i, (o, rank) in enumerate(zip(c["outcome"], c["rank_position"])):
+        want = expected.get(o) or ("ranked" if rank <= n_ranked else "eligible")
+        assert frame["stage_reached"].iloc[i] == want, (o, rank)
+    filtered = (c["outcome"] == "filtered").to_numpy()
+    assert filtered.any() and (~filtered).any()
+    assert frame.loc[filtered, "reasons"].tolist() == [list(map(str, r)) for r in c.loc[filtered, "failed_reasons"]]
+    rest = ~filtered & (c["outcome"] != "slate").to_numpy()
+    assert frame.loc[rest, "reasons"].tolist() == [[str(r)] for r in c.loc[rest, "primary_reason"]]
+    slate = (c["outcome"] == "slate").to_numpy()
+    assert frame.loc[slate, "slate_position"].tolist() == c.loc[slate, "final_position"].tolist()
+    assert frame["ecpm"].tolist() == c["ecpm"].tolist() and frame["early_score"].tolist() == c["pctr"].tolist()
+    assert frame["bid"].tolist() == engine.bid[c["version_pos"].to_numpy()].tolist()
+    two = c["rank_two_tower"].notna().to_numpy()
+    assert [r[0] for r in frame.loc[two, "source_ranks"]] == c.loc[two, "rank_two_tower"].tolist()
 
 
 # ---- the command line ---------------------------------------------------------------------------
