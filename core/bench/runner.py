@@ -19,6 +19,8 @@ The report is a dict of sections, each computed by a function in `BENCH_SECTIONS
   page time and the server's RSS (core/bench/dashboard_sessions.py).
 - ``traces`` (core/bench/traces.py, only when named): import `trace_rows` synthetic logged
   candidate rows, its time and peak RSS, and opening one logged request (p50/p99).
+- ``parity`` (core/bench/parity.py, only when named): `adlens parity` over 1,000 logged requests
+  at 100k ads (AdLens's own replay as the log; target <= 60 s).
 
 Every search asks for k=500 (the funnel's K); recall@K compares its top K with the exact top K.
 """
@@ -262,6 +264,12 @@ def section_traces(ctx: BenchContext) -> dict:
     return run(ctx)
 
 
+def section_parity(ctx: BenchContext) -> dict:
+    from core.bench.parity import section_parity as run  # replays 1,000 logged requests
+
+    return run(ctx)
+
+
 BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "machine": section_machine,
     "embedding": section_embedding,
@@ -270,8 +278,9 @@ BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "dashboard": section_dashboard,
     "shards": section_shards,
     "traces": section_traces,
+    "parity": section_parity,
 }
-ON_REQUEST = ("shards", "traces")  # run only when named (or, for shards, when --shards is given)
+ON_REQUEST = ("shards", "traces", "parity")  # run only when named (or, for shards, when --shards is given)
 
 
 def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = None,
@@ -352,6 +361,11 @@ def format_report(report: dict) -> str:
             from core.bench.traces import format_section as format_traces
 
             lines.extend(format_traces(sec))
+            continue
+        if name == "parity":
+            from core.bench.parity import format_section as format_parity
+
+            lines.extend(format_parity(sec))
             continue
         for k, v in sec.items():
             if k == "rows":

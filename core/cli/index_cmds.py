@@ -102,7 +102,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-embed", action="store_true", help="skip the embedding-throughput section")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
                    help="run only these report sections: machine, embedding, ann, funnel, dashboard, shards, "
-                        "traces (shards and traces run only when named)")
+                        "traces, parity (shards, traces and parity run only when named)")
     p.add_argument("--threads", type=positive_int,
                    help="FAISS/OpenMP threads for this run (default: untouched, all cores)")
     p.add_argument("--seed", type=int, default=0)
