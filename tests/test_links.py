@@ -51,3 +51,15 @@ def test_source_switches_and_quotas_round_trip_and_are_validated():
     assert "off=two_tower,bogus" in joined and "quota=targeting:0,two_tower:5" in joined
     assert bad.disabled_sources is None and bad.quotas is None
     assert parse_link({"quota": "targeting:99999"}, **KW).quotas is None
+
+
+def test_logged_request_link_is_checked_when_a_lookup_is_given():
+    q = to_query_params(request="req_000001", version="ivf", ad="ad1")
+    assert q == {"request": "req_000001", "version": "ivf", "ad": "ad1"}
+    assert parse_link(q, **KW).request == "req_000001"  # no lookup: only its form is checked
+    exists = {"req_000001"}.__contains__
+    assert parse_link(q, **KW, request_exists=exists).request == "req_000001"
+    st = parse_link({"request": "req_9"}, **KW, request_exists=exists)
+    assert st.request is None and "request=req_9" in st.errors[0] and "adlens logged" in st.errors[0]
+    st = parse_link({"request": "r\x1b[2J" + "x" * 300}, **KW)
+    assert st.request is None and "at most 200 characters" in st.errors[0]

@@ -70,6 +70,7 @@ class Disagreement:
     replay_only: int = 0
     count: int = 0
     examples: list[Example] = field(default_factory=list)
+    label_text: str = ""  # label(), filled when the report is finished (for JSON readers)
 
     def label(self) -> str:
         if self.kind == "data":
@@ -259,6 +260,8 @@ def _finish(rep: ParityReport, tally: _Tally, unknown_src: list[str], unknown_ru
     rep.confusion = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in
                      sorted(tally.conf.items(), key=lambda kv: -sum(kv[1].values()))}
     rep.disagreements = sorted(tally.dis.values(), key=lambda d: (-d.count, d.kind, d.name))
+    for d in rep.disagreements:
+        d.label_text = d.label()
     rep.unknown_sources, rep.unknown_reasons = unknown_src, unknown_rules
     rep.verdict = verdict(rep)
 
