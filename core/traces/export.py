@@ -1,6 +1,6 @@
 """AdLens's own replay written as logged traces (the `adlens import-traces` format).
 
-`as_logged(trace)` is the ONE mapping from a replayed Trace to the logged candidate columns
+`logged_fields(trace)` (`as_logged`: the same as a frame) is the ONE mapping from a replayed Trace to the logged candidate columns
 (stage reached, reasons, sources with their ranks and scores, early score, eCPM, slate position):
 `export_replay` writes it, core.traces.parity compares a log with it. A team reads an export to see
 the format filled in; a log written by AdLens's own default funnel replays to parity 1.0.
@@ -23,7 +23,6 @@ from core.funnel.params import FunnelParams
 from core.funnel.reasons import Outcome
 from core.funnel.trace import Trace
 from core.store.artifacts import write_via_temp
-from core.traces.schema import STAGES_REACHED
 
 STAGE_BEFORE_BLOCK: dict[str | None, str] = {"eligible": "retrieved", "ranked": "eligible", "slate": "ranked",
                                              None: "slate"}
@@ -32,45 +31,45 @@ LOGGED_VIEW_COLUMNS = ("ad_id", "sources", "stage_reached", "reasons", "source_r
                        "early_score", "bid", "ecpm", "slate_position")
 
 
-def as_logged(trace: Trace, bids: np.ndarray | None = None) -> pd.DataFrame:
-    """The replay's candidates as a log writes them (LOGGED_VIEW_COLUMNS, one row per retrieved
-    candidate, merge order). Reasons: every failed eligibility code for filtered ads, the primary
-    reason (BELOW_CUTOFF / ADVERTISER_CAP) for eligible ads that missed the slate, none in the
-    slate. `bids`: the engine's per-position bids (FunnelEngine.bid); bid is empty without them."""
+def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool = True) -> dict:
+    """The replay's candidates as a log writes them: LOGGED_VIEW_COLUMNS as columns (lists), one
+    row per retrieved candidate, merge order. Reasons: every failed eligibility code for filtered
+    ads, the primary reason (BELOW_CUTOFF / ADVERTISER_CAP) for eligible ads that missed the slate,
+    none in the slate. `bids`: the engine's per-position bids (FunnelEngine.bid; bid is empty
+    without them). `scores=False` leaves out ranks, scores, bid and eCPM (parity needs only fates)."""
     c = trace.candidates
     n = len(c)
-    blocking = c["blocking_stage"].to_numpy(dtype=object)
-    stage = [STAGE_BEFORE_BLOCK[None if pd.isna(b) else str(b)] for b in blocking]
-    outcome = c["outcome"].astype(str).to_numpy()
-    failed = c["failed_reasons"].tolist()
-    primary = c["primary_reason"].tolist()
-    reasons = [[str(x) for x in f] if o == Outcome.FILTERED.value else
-               ([] if o == Outcome.SLATE.value or pd.isna(p) else [str(p)])
-               for o, f, p in zip(outcome, failed, primary)]
-    srcs = [list(s) for s in c["sources"]]
-    ranks_by = {s: c[f"rank_{s}"].to_numpy(dtype=object) for s in trace.source_names if f"rank_{s}" in c}
-    scores_by = {s: c[f"score_{s}"].to_numpy(dtype=np.float64) for s in trace.source_names if f"score_{s}" in c}
-    ranks = [[int(ranks_by[s][i]) for s in srcs[i]] if all(s in ranks_by for s in srcs[i]) else []
-             for i in range(n)]
-    scores = [[float(scores_by[s][i]) for s in srcs[i]] if all(s in scores_by for s in srcs[i]) else []
-              for i in range(n)]
-    pos = c["version_pos"].to_numpy()
-    return pd.DataFrame({
-        "ad_id": c["ad_id"].astype(str).to_numpy(dtype=object),
-        "sources": pd.Series(srcs, dtype=object), "stage_reached": stage,
-        "reasons": pd.Series(reasons, dtype=object),
-        "source_ranks": pd.Series(ranks, dtype=object), "source_scores": pd.Series(scores, dtype=object),
-        "early_score": c["pctr"].to_numpy(dtype=np.float64),
-        "bid": bids[pos] if bids is not None else np.full(n, np.nan),
-        "ecpm": c["ecpm"].to_numpy(dtype=np.float64),
-        "slate_position": pd.array(c["final_position"], dtype="Int64"),
-    }, columns=list(LOGGED_VIEW_COLUMNS))
+    stage = [STAGE_BEFORE_BLOCK[b if isinstance(b, str) else None] for b in c["blocking_stage"].tolist()]
+    filtered, slate = Outcome.FILTERED.value, Outcome.SLATE.value
+    reasons = [[str(x) for x in f] if o == filtered else [] if o == slate or not isinstance(p, str) else [p]
+               for o, f, p in zip(c["outcome"].tolist(), c["failed_reasons"].tolist(),
+                                  c["primary_reason"].astype(object).tolist())]
+    srcs = [list(x) for x in c["sources"].tolist()]
+    final = c["final_position"].to_numpy(dtype=np.int64, na_value=0).tolist()
+    out = {"ad_id": c["ad_id"].astype(object).tolist(), "sources": srcs, "stage_reached": stage, "reasons": reasons,
+           "slate_position": [p or None for p in final]}
+    if not scores:
+        return out
+    ranks_by = {s: c[f"rank_{s}"].to_numpy(dtype=np.int64, na_value=0).tolist() for s in trace.source_names
+                if f"rank_{s}" in c}
+    scores_by = {s: c[f"score_{s}"].to_numpy(dtype=np.float64).tolist() for s in trace.source_names
+                 if f"score_{s}" in c}
+    out["source_ranks"] = [[ranks_by[s][i] for s in srcs[i]] if all(s in ranks_by for s in srcs[i]) else []
+                           for i in range(n)]
+    out["source_scores"] = [[scores_by[s][i] for s in srcs[i]] if all(s in scores_by for s in srcs[i]) else []
+                            for i in range(n)]
+    out["early_score"] = c["pctr"].to_numpy(dtype=np.float64)
+    out["bid"] = bids[c["version_pos"].to_numpy()] if bids is not None else np.full(n, np.nan)
+    out["ecpm"] = c["ecpm"].to_numpy(dtype=np.float64)
+    return out
 
 
-def stage_index(stages) -> np.ndarray:
-    """Logged stage names -> 0..3 (retrieved..slate), -1 for anything else (absent)."""
-    order = {s: i for i, s in enumerate(STAGES_REACHED)}
-    return np.array([order.get(s, -1) for s in stages], dtype=np.int64)
+def as_logged(trace: Trace, bids: np.ndarray | None = None) -> pd.DataFrame:
+    """`logged_fields` as a frame (LOGGED_VIEW_COLUMNS; lists as Python lists, slate_position Int64)."""
+    f = logged_fields(trace, bids)
+    f["slate_position"] = pd.array(f["slate_position"], dtype="Int64")
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if isinstance(v, list) and k != "slate_position" else v
+                         for k, v in f.items()}, columns=list(LOGGED_VIEW_COLUMNS))
 
 
 @dataclass
@@ -126,10 +125,9 @@ def export_replay(engine, out: Path, n_requests: int, *, seed: int = 0, params: 
         rows.append({"request_id": rid, "user_id": req.user_id, "ts": pd.Timestamp(req.ts),
                      "community_id": req.community_id, "placement": req.placement, "device": req.device,
                      "country": req.country})
-        frame = as_logged(engine.run(req, params), engine.bid)
-        frame.insert(0, "request_id", rid)
-        frame["slate_position"] = frame["slate_position"].astype(object).where(frame["slate_position"].notna(), None)
-        tables.append(pa.Table.from_pandas(frame, schema=_CANDIDATE_TYPES, preserve_index=False))
+        f = logged_fields(engine.run(req, params), engine.bid)
+        f["request_id"] = [rid] * len(f["ad_id"])
+        tables.append(pa.table({k: f[k] for k in _CANDIDATE_TYPES.names}, schema=_CANDIDATE_TYPES))
         report(progress, 0.95 * (i + 1) / len(reqs), f"replay request {i + 1:,} of {len(reqs):,}")
     cands = pa.concat_tables(tables) if tables else _CANDIDATE_TYPES.empty_table()
     requests = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)

@@ -2,7 +2,7 @@
 
 Over N logged requests (a seeded sample, streamed in file order: memory holds one request and the
 running counts), each request is replayed on a version with the default funnel and both sides are
-put in the log's terms by core.traces.export.as_logged (the one Trace -> log mapping). Per
+put in the log's terms by core.traces.export.logged_fields (the one Trace -> log mapping). Per
 candidate, each side's *fate* is its stage and first reason: "slate", a reason code (GEO_MISMATCH,
 BELOW_CUTOFF, ...), or "not retrieved" / "not logged" when that side never had the ad. Measured:
 slate overlap (exact slate, same set, Jaccard, overlap@slate), the replay's recall of the logged
@@ -18,8 +18,11 @@ modelled". Logged ads the version lacks are counted apart (the replay cannot fin
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
+
+import numpy as np
 
 from core.analysis.links import to_query_params
 from core.common.errors import AdLensError, NotFoundError
@@ -27,7 +30,7 @@ from core.common.progress import Progress, report
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Reason
 from core.sources.base import SOURCE_ORDER
-from core.traces.export import as_logged
+from core.traces.export import logged_fields
 from core.traces.logged import count_logged_requests, iter_logged_requests, sample_request_ids
 from core.traces.schema import STAGES_REACHED
 
@@ -148,53 +151,64 @@ class _Tally:
             link = "?" + urlencode(to_query_params(request=rid, version=self.version, ad=ad))
             d.examples.append(Example(rid, ad, lf, rf, link))
 
-    def add(self, rid: str, logged, ls_: list[str], replay, in_version) -> None:
+    def add(self, rid: str, logged: dict, ls_: list[str], replay: dict, in_version) -> None:
+        """One request: `logged` and `replay` hold the columns ad_id, sources, stage_reached, reasons
+        (lists; the replay's from logged_fields), `ls_` the logged slate in order."""
         rep = self.rep
-        lrows = {a: (s, st, r) for a, s, st, r in zip(logged["ad_id"], logged["sources"], logged["stage_reached"],
-                                                      logged["reasons"])}
-        rrows = {a: (s, st, r) for a, s, st, r in zip(replay["ad_id"], replay["sources"], replay["stage_reached"],
-                                                      replay["reasons"])}
-        rep.n_logged_candidates += len(lrows)
-        rep.n_replay_candidates += len(rrows)
+        l_ad, l_src, l_st, l_rs = logged["ad_id"], logged["sources"], logged["stage_reached"], logged["reasons"]
+        r_ad, r_src, r_st, r_rs = replay["ad_id"], replay["sources"], replay["stage_reached"], replay["reasons"]
+        rep.n_logged_candidates += len(l_ad)
+        rep.n_replay_candidates += len(r_ad)
+        where = {a: j for j, a in enumerate(r_ad)}
+        idx = [where.get(a, -1) for a in l_ad]
+        lf = [fate(st, r) for st, r in zip(l_st, l_rs)]
+        r_fate = [fate(st, r) for st, r in zip(r_st, r_rs)]
+        rf = [r_fate[j] if j >= 0 else NOT_RETRIEVED for j in idx]
+        for (x, y), k in Counter(zip(lf, rf)).items():
+            row = self.conf.setdefault(x, {})
+            row[y] = row.get(y, 0) + k
         order = {s: i for i, s in enumerate(STAGES_REACHED)}
-        for ad, (ls, lst, lr) in lrows.items():
-            r = rrows.get(ad)
-            lf = fate(lst, lr)
-            rf = NOT_RETRIEVED if r is None else fate(r[1], r[2])
-            self.conf.setdefault(lf, {}).setdefault(rf, 0)
-            self.conf[lf][rf] += 1
-            li, ri = order.get(lst, -1), -1 if r is None else order.get(r[1], -1)
-            for i, s in enumerate(STAGES_REACHED):
-                if li >= i:
-                    self.stage[s].n += 1
-                    self.stage[s].hit += ri >= i
-            rs = set(r[0]) if r is not None else set()
-            for s in ls:
-                sr = self.src.get(s) or self.src.setdefault(s, SourceRecall(s, s in self.known_src))
+        r_stage = np.array([order.get(s, -1) for s in r_st] + [-1], dtype=np.int64)  # [-1]: not retrieved
+        li = np.array([order.get(s, -1) for s in l_st], dtype=np.int64)
+        ri = r_stage[np.array(idx, dtype=np.int64)] if idx else li
+        for i, s in enumerate(STAGES_REACHED):
+            reached = li >= i
+            self.stage[s].n += int(reached.sum())
+            self.stage[s].hit += int((ri[reached] >= i).sum())
+        for k, (ad, ls, j) in enumerate(zip(l_ad, l_src, idx)):
+            rs = r_src[j] if j >= 0 else ()
+            same = ls == rs
+            for name in ls:
+                sr = self.src.get(name) or self.src.setdefault(name, SourceRecall(name, name in self.known_src))
                 sr.n += 1
-                sr.retrieved += r is not None
-                sr.same_source += s in rs
-            if r is None and ad not in in_version:
-                self._hit("data", AD_MISSING, "logged_only", rid, ad, lf, rf)
+                sr.retrieved += j >= 0
+                sr.same_source += same or name in rs
+            if same and lf[k] == rf[k]:
                 continue
-            if lf != rf and r is not None:
-                if lf not in (SLATE,) and len(lr):
-                    self._hit("rule", lf, "logged_only", rid, ad, lf, rf)
-                if rf != SLATE and len(r[2]):
-                    self._hit("rule", rf, "replay_only", rid, ad, lf, rf)
-            for s in sorted(set(ls) - rs):
-                self._hit("source", s, "logged_only", rid, ad, lf, rf)
-            for s in sorted(rs - set(ls)):
-                self._hit("source", s, "replay_only", rid, ad, lf, rf)
-        for ad, (rs, rst, rr) in rrows.items():
-            if ad in lrows:
+            if j < 0 and ad not in in_version:
+                self._hit("data", AD_MISSING, "logged_only", rid, ad, lf[k], rf[k])
                 continue
-            rf = fate(rst, rr)
-            self.conf.setdefault(NOT_LOGGED, {}).setdefault(rf, 0)
-            self.conf[NOT_LOGGED][rf] += 1
-            for s in rs:
-                self._hit("source", s, "replay_only", rid, ad, NOT_LOGGED, rf)
-        rsl = replay[replay["stage_reached"] == SLATE].sort_values("slate_position", kind="stable")["ad_id"].tolist()
+            if lf[k] != rf[k] and j >= 0:
+                if lf[k] != SLATE and len(l_rs[k]):
+                    self._hit("rule", lf[k], "logged_only", rid, ad, lf[k], rf[k])
+                if rf[k] != SLATE and len(r_rs[j]):
+                    self._hit("rule", rf[k], "replay_only", rid, ad, lf[k], rf[k])
+            if not same:
+                for name in sorted(set(ls) - set(rs)):
+                    self._hit("source", name, "logged_only", rid, ad, lf[k], rf[k])
+                for name in sorted(set(rs) - set(ls)):
+                    self._hit("source", name, "replay_only", rid, ad, lf[k], rf[k])
+        if sum(j >= 0 for j in idx) < len(r_ad):  # the replay retrieved ads the log lacks
+            seen = set(l_ad)
+            for ad, rs, f in zip(r_ad, r_src, r_fate):
+                if ad in seen:
+                    continue
+                row = self.conf.setdefault(NOT_LOGGED, {})
+                row[f] = row.get(f, 0) + 1
+                for name in rs:
+                    self._hit("source", name, "replay_only", rid, ad, NOT_LOGGED, f)
+        rsl = sorted((p, a) for a, st, p in zip(r_ad, r_st, replay["slate_position"]) if st == SLATE and p is not None)
+        rsl = [a for _, a in rsl]
         a, b = set(ls_), set(rsl)
         rep.slates_equal += ls_ == rsl
         rep.slate_sets_equal += a == b
@@ -232,13 +246,14 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
         unknown_src.update(lr.unknown_sources())
         unknown_rules.update(str(x) for xs in c["reasons"] for x in xs if str(x) not in known_rules)
         try:
-            replay = as_logged(engine.run(lr.request, params))
+            replay = logged_fields(engine.run(lr.request, params), scores=False)
         except AdLensError as exc:
             rep.n_requests -= 1
             if len(rep.not_replayed) < 20:
                 rep.not_replayed.append(f"{lr.request_id}: {exc}")
             continue
-        tally.add(lr.request_id, c, lr.slate()["ad_id"].tolist(), replay, in_version)
+        logged = {k: c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons")}
+        tally.add(lr.request_id, logged, lr.slate()["ad_id"].tolist(), replay, in_version)
         report(progress, (i + 1) / len(ids), f"replay request {i + 1:,} of {len(ids):,}")
     _finish(rep, tally, sorted(unknown_src), sorted(unknown_rules))
     rep.seconds = round(time.perf_counter() - t0, 3)
