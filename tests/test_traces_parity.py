@@ -67,7 +67,8 @@ def test_own_replay_is_parity_one(ws):
 
 def _plant(ws, out):
     """PACING_THROTTLE drops every slate ad of the most-shown advertiser; every 7th other row also
-    credits prod_lookalike; the most common first eligibility reason R0 is logged as another code."""
+    credits prod_lookalike; the most common first eligibility reason R0 is logged as another code;
+    every 5th BELOW_CUTOFF row is logged without a reason (not a disagreement: same stage)."""
     settings, db, engine, folder, _ = ws
     c = pq.read_table(folder / "trace_candidates.parquet").to_pandas()
     adv = dict(zip(engine.catalog.ads["ad_id"], engine.catalog.ads["advertiser_id"]))
@@ -82,6 +83,8 @@ def _plant(ws, out):
     y = next(str(x) for x in ELIGIBILITY_REASONS if str(x) != r0)
     changed = first == r0
     c.loc[changed, "reasons"] = c.loc[changed, "reasons"].map(lambda r: [y, *list(r)[1:]])
+    quiet = (first == "BELOW_CUTOFF") & (pd.Series(range(len(c))) % 5 == 1).to_numpy()  # logged without reason
+    c.loc[quiet, "reasons"] = pd.Series([[]] * int(quiet.sum()), index=c.index[quiet], dtype=object)
     extra = (pd.Series(range(len(c))) % 7 == 0).to_numpy() & ~throttle.to_numpy()
     for col, add in (("sources", "prod_lookalike"), ("source_ranks", 1), ("source_scores", 0.5)):
         c.loc[extra, col] = c.loc[extra, col].map(lambda xs, a=add: [*list(xs), a])
@@ -90,7 +93,7 @@ def _plant(ws, out):
                    out / "trace_candidates.parquet")
     (out / "requests.parquet").write_bytes((folder / "requests.parquet").read_bytes())
     hit_requests = c.loc[throttle, "request_id"].nunique()
-    return {"throttle": int(throttle.sum()), "r0": r0, "y": y, "changed": int(changed.sum()),
+    return {"throttle": int(throttle.sum()), "r0": r0, "quiet": c.loc[quiet, "stage_reached"].value_counts().to_dict(), "y": y, "changed": int(changed.sum()),
             "extra": int(extra.sum()), "hit_requests": hit_requests}
 
 
@@ -108,6 +111,7 @@ def test_planted_differences_are_named_with_their_counts(ws, tmp_path):
     assert rep.stage_recall["retrieved"].recall == 1.0 and rep.stage_recall["slate"].recall == 1.0
     assert rep.unknown_sources == ["prod_lookalike"] and rep.unknown_reasons == ["PACING_THROTTLE"]
     assert rep.confusion["PACING_THROTTLE"] == {"slate": p["throttle"]}
+    assert p["quiet"] and all(rep.confusion[f"{st} (no reason)"] == {"BELOW_CUTOFF": n} for st, n in p["quiet"].items())
     assert rep.confusion[p["y"]][p["r0"]] == p["changed"] and p["r0"] not in rep.confusion  # all relabelled
     src = {s.name: s for s in rep.source_recall}
     assert (src["prod_lookalike"].n, src["prod_lookalike"].same_source, src["prod_lookalike"].modelled) == \

@@ -39,11 +39,11 @@ def section_parity(ctx) -> dict:
     try:
         imp = import_traces(s, db, out, replace=True)
         load0 = os.getloadavg()[0]
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss0, cur0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _rss_mb()
         t = time.perf_counter()
         rep = run_parity(s, db, engine, n_requests=PARITY_REQUESTS, seed=ctx.seed)
         parity_s = time.perf_counter() - t
-        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss1, cur1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _rss_mb()
     finally:
         db.dispose()
     ctx.log(f"parity at {n_ads:,} ads: {rep.n_requests:,} requests in {parity_s:.1f}s "
@@ -54,7 +54,7 @@ def section_parity(ctx) -> dict:
         "import_s": imp.seconds, "parity_s": parity_s, "ms_per_request": 1000 * parity_s / max(1, rep.n_requests),
         "slates_equal_rate": rep.slates_equal_rate, "recall": rep.recall.recall,
         "disagreements": len(rep.disagreements), "load_avg_1m_before": round(load0, 2),
-        "peak_rss_mb_before": rss0, "peak_rss_mb_after": rss1, "target_s": TARGET_S,
+        "peak_rss_mb_before": rss0, "peak_rss_mb_after": rss1, "rss_mb_before": cur0, "rss_mb_after": cur1, "target_s": TARGET_S,
         "meets_target": bool(parity_s <= TARGET_S and rep.n_requests == PARITY_REQUESTS),
         "workspace": str(s.workspace), "exported": exp.n_candidates,
     }
@@ -67,6 +67,16 @@ def format_section(sec: dict) -> list[str]:
         f"{sec['target_s']:.0f} s: {'met' if sec['meets_target'] else 'NOT met'})",
         f"    own replay exported in {sec['export_s']:.1f} s and imported in {sec['import_s']:.1f} s; slates equal "
         f"{sec['slates_equal_rate']}, recall {sec['recall']}, {sec['disagreements']} disagreement(s) (must be 1.0 / 0)",
-        f"    peak RSS {sec['peak_rss_mb_before']:.0f} -> {sec['peak_rss_mb_after']:.0f} MB; load average before "
+        f"    RSS {sec['rss_mb_before']:.0f} -> {sec['rss_mb_after']:.0f} MB over the run (peak {sec['peak_rss_mb_before']:.0f} "
+        f"-> {sec['peak_rss_mb_after']:.0f} MB); load average before "
         f"{sec['load_avg_1m_before']}; workspace {sec['workspace']}",
     ]
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux), 0 where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0

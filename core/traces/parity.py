@@ -4,7 +4,8 @@ Over N logged requests (a seeded sample, streamed in file order: memory holds on
 running counts), each request is replayed on a version with the default funnel and both sides are
 put in the log's terms by core.traces.export.logged_fields (the one Trace -> log mapping). Per
 candidate, each side's *fate* is its stage and first reason: "slate", a reason code (GEO_MISMATCH,
-BELOW_CUTOFF, ...), or "not retrieved" / "not logged" when that side never had the ad. Measured:
+BELOW_CUTOFF, ...), or "not retrieved" / "not logged" when that side never had the ad (a logged
+non-slate ad without a reason agrees with a replay that stopped at the same stage). Measured:
 slate overlap (exact slate, same set, Jaccard, overlap@slate), the replay's recall of the logged
 candidates (overall, per logged stage, per logged source), a confusion table logged fate ->
 replayed fate, and the rules and sources that disagree most, each with example deep links.
@@ -183,12 +184,14 @@ class _Tally:
                 sr.n += 1
                 sr.retrieved += j >= 0
                 sr.same_source += same or name in rs
-            if same and lf[k] == rf[k]:
+            # a log without a reason for a non-slate ad is compared by the stage reached alone
+            agree = lf[k] == rf[k] or (j >= 0 and not len(l_rs[k]) and l_st[k] != SLATE and r_st[j] == l_st[k])
+            if same and agree:
                 continue
             if j < 0 and ad not in in_version:
                 self._hit("data", AD_MISSING, "logged_only", rid, ad, lf[k], rf[k])
                 continue
-            if lf[k] != rf[k] and j >= 0:
+            if not agree and j >= 0:
                 if lf[k] != SLATE and len(l_rs[k]):
                     self._hit("rule", lf[k], "logged_only", rid, ad, lf[k], rf[k])
                 if rf[k] != SLATE and len(r_rs[j]):
