@@ -142,7 +142,8 @@ def test_mapping_matches_the_trace(ws):
     assert filtered.any() and (~filtered).any()
     assert frame.loc[filtered, "reasons"].tolist() == [list(map(str, r)) for r in c.loc[filtered, "failed_reasons"]]
     rest = ~filtered & (c["outcome"] != "slate").to_numpy()
-    assert frame.loc[rest, "reasons"].tolist() == [[str(r)] for r in c.loc[rest, "primary_reason"]]
+    assert frame.loc[rest, "reasons"].tolist() == [list(map(str, f)) or [str(r)] for f, r in
+                                                   zip(c.loc[rest, "failed_reasons"], c.loc[rest, "primary_reason"])]
     slate = (c["outcome"] == "slate").to_numpy()
     assert frame.loc[slate, "slate_position"].tolist() == c.loc[slate, "final_position"].tolist()
     assert frame["ecpm"].tolist() == c["ecpm"].tolist() and frame["early_score"].tolist() == c["pctr"].tolist()
@@ -178,3 +179,36 @@ def test_cli_parity_and_errors(ws, tmp_path, capsys):
     empty = ["--workspace", str(tmp_path / "empty")]
     code, _, err = _cli(capsys, *empty, "parity", "--version", VERSION)
     assert code == 2 and "adlens import-traces DIR" in err
+
+
+def test_own_rules_replay_to_parity_and_are_missed_by_the_builtin_funnel(ws, tmp_path):
+    """A version's own funnel (an eligibility rule and a ranking-stage rule of the team's) exported
+    replays to 1.0 on that funnel; the built-in funnel names both codes as rules it does not model."""
+    from core.funnel.definition import parse_definition
+    from core.funnel.engine import FunnelEngine
+
+    settings, db, engine, _, _ = ws
+    vertical = engine.catalog.ads["vertical"].value_counts().index[0]
+    tr = engine.run(engine.default_request(sorted(map(str, engine.user_ids))[0]))
+    cut = float(tr.candidates.loc[tr.candidates["outcome"] != "filtered", "ecpm"].median())
+    own = FunnelEngine(engine.version, engine.catalog, funnel_definition=parse_definition(f'''
+unlisted_builtins = "first"
+[[rule]]
+code = "VERTICAL_BAN"
+expr = 'ad.vertical == "{vertical}"'
+[[rule]]
+code = "LOW_ECPM"
+stage = "ranking"
+expr = "candidate.ecpm < {cut}"
+'''))
+    export_replay(own, tmp_path / "own", 6, seed=5)
+    import_traces(settings, db, tmp_path / "own", replace=True)
+    same = run_parity(settings, db, own, n_requests=6)
+    assert same.slates_equal == 6 and same.disagreements == [] and same.unknown_reasons == []
+    assert same.confusion["VERTICAL_BAN"] == {"VERTICAL_BAN": same.confusion["VERTICAL_BAN"]["VERTICAL_BAN"]}
+    assert "LOW_ECPM" in same.confusion
+    builtin = run_parity(settings, db, engine, n_requests=6)
+    got = {d.name: (d.logged_only, d.modelled) for d in builtin.disagreements if d.kind == "rule" and d.logged_only}
+    assert got["VERTICAL_BAN"] == (sum(same.confusion["VERTICAL_BAN"].values()), False)
+    assert got["LOW_ECPM"] == (sum(same.confusion["LOW_ECPM"].values()), False)
+    assert builtin.unknown_reasons == ["LOW_ECPM", "VERTICAL_BAN"]

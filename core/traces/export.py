@@ -33,15 +33,17 @@ LOGGED_VIEW_COLUMNS = ("ad_id", "sources", "stage_reached", "reasons", "source_r
 
 def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool = True) -> dict:
     """The replay's candidates as a log writes them: LOGGED_VIEW_COLUMNS as columns (lists), one
-    row per retrieved candidate, merge order. Reasons: every failed eligibility code for filtered
-    ads, the primary reason (BELOW_CUTOFF / ADVERTISER_CAP) for eligible ads that missed the slate,
+    row per retrieved candidate, merge order. Reasons: every failed code (eligibility rules for
+    filtered ads; a funnel definition's ranking-stage rules for eligible ads they removed), else
+    the primary reason (BELOW_CUTOFF / ADVERTISER_CAP) for eligible ads that missed the slate;
     none in the slate. `bids`: the engine's per-position bids (FunnelEngine.bid; bid is empty
     without them). `scores=False` leaves out ranks, scores, bid and eCPM (parity needs only fates)."""
     c = trace.candidates
     n = len(c)
     stage = [STAGE_BEFORE_BLOCK[b if isinstance(b, str) else None] for b in c["blocking_stage"].tolist()]
     filtered, slate = Outcome.FILTERED.value, Outcome.SLATE.value
-    reasons = [[str(x) for x in f] if o == filtered else [] if o == slate or not isinstance(p, str) else [p]
+    reasons = [[] if o == slate else [str(x) for x in f] if o == filtered or len(f) else
+               [p] if isinstance(p, str) else []
                for o, f, p in zip(c["outcome"].tolist(), c["failed_reasons"].tolist(),
                                   c["primary_reason"].astype(object).tolist())]
     srcs = [list(x) for x in c["sources"].tolist()]

@@ -12,8 +12,8 @@ replayed fate, and the rules and sources that disagree most, each with example d
 
 A rule disagrees where exactly one side gives it as the candidate's fate; a source disagrees
 where one side credits it with finding the ad and the other does not. Names AdLens does not have
-(sources outside core.sources, reason codes outside core.funnel.reasons) are flagged "not
-modelled". Logged ads the version lacks are counted apart (the replay cannot find them).
+(sources outside core.sources, reason codes neither built in, core.funnel.reasons, nor in the
+version's funnel definition, core.funnel.definition) are flagged "not modelled". Logged ads the version lacks are counted apart (the replay cannot find them).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from core.analysis.links import to_query_params
 from core.common.errors import AdLensError, NotFoundError
 from core.common.progress import Progress, report
 from core.funnel.params import FunnelParams
-from core.funnel.reasons import Reason
+from core.funnel.reasons import BUILTIN_REASONS
 from core.sources.base import SOURCE_ORDER
 from core.traces.export import logged_fields
 from core.traces.logged import count_logged_requests, iter_logged_requests, sample_request_ids
@@ -41,9 +41,11 @@ SLATE, NOT_RETRIEVED, NOT_LOGGED = "slate", "not retrieved", "not logged"
 AD_MISSING = "ad not in the version"
 
 
-def modelled_reasons() -> set[str]:
-    """Reason codes AdLens's funnel can give (compared as strings: codes may be open strings)."""
-    return {str(r) for r in Reason}
+def modelled_reasons(engine=None) -> set[str]:
+    """Reason codes AdLens can give: the built-in ones and, with `engine`, its funnel
+    definition's own (compared as strings: reason codes are an open vocabulary)."""
+    funnel = getattr(engine, "funnel", None)
+    return set(BUILTIN_REASONS) | {str(c) for c in (funnel.codes if funnel is not None else ())}
 
 
 def fate(stage: str, reasons) -> str:
@@ -132,8 +134,8 @@ def percent(x: float | None) -> str:
 class _Tally:
     """The running counts of one parity run (bounded: counters and a few examples per name)."""
 
-    def __init__(self, version: str, modelled_sources: set[str]):
-        self.version, self.known_src, self.known_rules = version, modelled_sources, modelled_reasons()
+    def __init__(self, version: str, modelled_sources: set[str], modelled_rules: set[str]):
+        self.version, self.known_src, self.known_rules = version, modelled_sources, modelled_rules
         self.dis: dict[tuple[str, str], Disagreement] = {}
         self.stage = {s: Recall() for s in STAGES_REACHED}
         self.src: dict[str, SourceRecall] = {}
@@ -237,13 +239,13 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
     params = params or FunnelParams()
     ids = sample_request_ids(db, n_requests, seed)
     version = engine.version.name
-    tally = _Tally(version, set(SOURCE_ORDER))
+    known_rules = modelled_reasons(engine)
+    tally = _Tally(version, set(SOURCE_ORDER), known_rules)
     rep = tally.rep = ParityReport(version, len(ids), seed)
     in_version = frozenset(engine.version.ad_ids)
     report(progress, 0.0, f"replay {len(ids):,} logged requests on {version}")
     unknown_src: set[str] = set()
     unknown_rules: set[str] = set()
-    known_rules = modelled_reasons()
     for i, lr in enumerate(iter_logged_requests(settings, db, ids)):
         c = lr.candidates
         unknown_src.update(lr.unknown_sources())
