@@ -116,8 +116,11 @@ def test_planted_differences_are_named_with_their_counts(ws, tmp_path):
     src = {s.name: s for s in rep.source_recall}
     assert (src["prod_lookalike"].n, src["prod_lookalike"].same_source, src["prod_lookalike"].modelled) == \
         (p["extra"], 0, False)
-    top = rep.disagreements[0]
-    assert top.count == max(p["throttle"], p["extra"], p["changed"])
+    top = rep.disagreements[0]  # the only one that moves slates, though the fewest candidates
+    assert (top.name, top.slate_changes, top.fate_changes) == ("PACING_THROTTLE", p["throttle"], p["throttle"])
+    assert "most disagreements: logged reason PACING_THROTTLE, which AdLens does not model" in rep.verdict
+    lookalike = next(d for d in rep.disagreements if d.name == "prod_lookalike")
+    assert (lookalike.fate_changes, lookalike.slate_changes) == (0, 0) and rep.disagreements[-1] is lookalike
     ex = top.examples[0]
     assert top.name in rep.verdict and ex.link == f"?request={ex.request_id}&version={VERSION}&ad={ex.ad_id}"
     pacing = next(d for d in rep.disagreements if d.name == "PACING_THROTTLE")

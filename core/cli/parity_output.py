@@ -38,6 +38,7 @@ def print_parity(rep: ParityReport) -> None:
         print("\nrules and sources that disagree most (logged only: production gave it, the replay did not):")
         frame = pd.DataFrame([{"kind": d.kind, "name": d.name, "modelled": "yes" if d.modelled else "NO",
                                "candidates": d.count, "logged only": d.logged_only, "replay only": d.replay_only,
+                               "fate changed": d.fate_changes, "slate changed": d.slate_changes,
                                "example": d.examples[0].link if d.examples else ""}
                               for d in rep.disagreements[:10]])
         print(text_frame(frame).to_string(index=False))

@@ -11,7 +11,8 @@ candidates (overall, per logged stage, per logged source), a confusion table log
 replayed fate, and the rules and sources that disagree most, each with example deep links.
 
 A rule disagrees where exactly one side gives it as the candidate's fate; a source disagrees
-where one side credits it with finding the ad and the other does not. Names AdLens does not have
+where one side credits it with finding the ad and the other does not. They are ranked by the
+slates they move, then the fates they change, then how many candidates they touch. Names AdLens does not have
 (sources outside core.sources, reason codes neither built in, core.funnel.reasons, nor in the
 version's funnel definition, core.funnel.definition) are flagged "not modelled". Logged ads the version lacks are counted apart (the replay cannot find them).
 """
@@ -75,6 +76,8 @@ class Disagreement:
     logged_only: int = 0
     replay_only: int = 0
     count: int = 0
+    fate_changes: int = 0  # of them, fates it changed (a source: ads only one side retrieved)
+    slate_changes: int = 0  # of them, candidates in exactly one side's slate
     examples: list[Example] = field(default_factory=list)
     label_text: str = ""  # label(), filled when the report is finished (for JSON readers)
 
@@ -143,13 +146,16 @@ class _Tally:
         self.jaccard = self.overlap = 0.0
         self.rep = None
 
-    def _hit(self, kind: str, name: str, side: str, rid: str, ad: str, lf: str, rf: str) -> None:
+    def _hit(self, kind: str, name: str, side: str, rid: str, ad: str, lf: str, rf: str,
+             changed: bool = True) -> None:
         d = self.dis.get((kind, name))
         if d is None:
             modelled = name in (self.known_rules if kind == "rule" else self.known_src) if kind != "data" else True
             d = self.dis[(kind, name)] = Disagreement(kind, name, modelled)
         setattr(d, side, getattr(d, side) + 1)
         d.count += 1
+        d.fate_changes += changed
+        d.slate_changes += (lf == SLATE) != (rf == SLATE)
         if len(d.examples) < EXAMPLES:
             link = "?" + urlencode(to_query_params(request=rid, version=self.version, ad=ad))
             d.examples.append(Example(rid, ad, lf, rf, link))
@@ -200,9 +206,9 @@ class _Tally:
                     self._hit("rule", rf[k], "replay_only", rid, ad, lf[k], rf[k])
             if not same:
                 for name in sorted(set(ls) - set(rs)):
-                    self._hit("source", name, "logged_only", rid, ad, lf[k], rf[k])
+                    self._hit("source", name, "logged_only", rid, ad, lf[k], rf[k], j < 0)
                 for name in sorted(set(rs) - set(ls)):
-                    self._hit("source", name, "replay_only", rid, ad, lf[k], rf[k])
+                    self._hit("source", name, "replay_only", rid, ad, lf[k], rf[k], j < 0)
         if sum(j >= 0 for j in idx) < len(r_ad):  # the replay retrieved ads the log lacks
             seen = set(l_ad)
             for ad, rs, f in zip(r_ad, r_src, r_fate):
@@ -279,7 +285,9 @@ def _finish(rep: ParityReport, tally: _Tally, unknown_src: list[str], unknown_ru
     rep.source_recall = sorted(tally.src.values(), key=lambda s: (-s.n, s.name))
     rep.confusion = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in
                      sorted(tally.conf.items(), key=lambda kv: -sum(kv[1].values()))}
-    rep.disagreements = sorted(tally.dis.values(), key=lambda d: (-d.count, d.kind, d.name))
+    # what moved slates first, then what changed fates, then the rest (a source credited differently)
+    rep.disagreements = sorted(tally.dis.values(),
+                               key=lambda d: (-d.slate_changes, -d.fate_changes, -d.count, d.kind, d.name))
     for d in rep.disagreements:
         d.label_text = d.label()
     rep.unknown_sources, rep.unknown_reasons = unknown_src, unknown_rules
