@@ -570,8 +570,17 @@ def test_demo_command_end_to_end(demo_workspace, capsys):
     its steps and the rows it imported; `--if-missing` then leaves the workspace alone."""
     from conftest import DEMO_ADS, DEMO_USERS
 
+    from core.index.versions import load_version
+
     report = demo_workspace.demo_report
     assert [s["name"] for s in report["steps"]][:3] == ["generate", "write files", "ingest"]
+    # the last step left every version's fitted pCTR model in the cache for the dashboard
+    assert report["steps"][-1]["name"] == "warm caches"
+    assert sorted(report["steps"][-1]["detail"]) == sorted(demo_workspace.versions)
+    cache = load_settings(workspace=demo_workspace.path).cache_dir
+    for name in demo_workspace.versions:
+        checksum = load_version(load_settings(workspace=demo_workspace.path), name).checksum
+        assert list(cache.glob(f"pctr-{checksum[:12]}-*.json")), name
     counts = report["counts"]
     assert counts["ads"] == DEMO_ADS and counts["users"] == DEMO_USERS and counts["impressions"] > 3_000
     settings = load_settings(workspace=demo_workspace.path)
