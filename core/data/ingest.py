@@ -76,20 +76,13 @@ def _read_files(directory: Path) -> _Files:
         out.problems.append(f"{directory}: not a directory. Fix: pass the folder that holds ads.csv, "
                             "impressions.csv, ... (see data/README.md)")
         return out
-    expected = set()
+    found, both, ignored = locate_table_files(directory, [t.name for t in TABLES], out.problems)
     for t in TABLES:
-        paths = [directory / f"{t.name}.{ext}" for ext in ("parquet", "csv")]
-        expected.update(p.name for p in paths)
-        found = [p for p in paths if p.is_file()]
-        if len(found) == 2:
-            out.problems.append(f"{directory}: both {t.name}.parquet and {t.name}.csv are present. "
-                                "Fix: keep only one file per table.")
-            continue
-        if not found:
-            if t.required:
+        if t.name not in found:
+            if t.required and t.name not in both:
                 out.missing_required.append(t.name)
             continue
-        path = found[0]
+        path = found[t.name]
         try:
             out.frames[t.name] = read_table_file(path)
             out.sources[t.name] = Source(t.name, path)
@@ -99,10 +92,31 @@ def _read_files(directory: Path) -> _Files:
         except (UnicodeDecodeError, ValueError, OSError) as exc:
             out.problems.append(f"{path.name}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}). "
                                 "Fix: CSV must be UTF-8 with a header line; Parquet must be a valid Parquet file.")
-    ignored = sorted(p.name for p in directory.iterdir() if p.name not in expected and not p.name.startswith("."))
     if ignored:
         out.warnings.append(f"ignored file(s) that are not tables of the format: {', '.join(ignored)}")
     return out
+
+
+def locate_table_files(directory: Path, names: list[str],
+                       problems: list[str]) -> tuple[dict[str, Path], set[str], list[str]]:
+    """Each named table's file in `directory` (`NAME.parquet` or `NAME.csv`), the tables present in
+    both formats (each added to `problems`, and left out of the first), and the names of the other
+    files there, which are not tables of the format."""
+    found: dict[str, Path] = {}
+    both: set[str] = set()
+    expected = set()
+    for name in names:
+        paths = [directory / f"{name}.{ext}" for ext in ("parquet", "csv")]
+        expected.update(p.name for p in paths)
+        present = [p for p in paths if p.is_file()]
+        if len(present) == 2:
+            problems.append(f"{directory}: both {name}.parquet and {name}.csv are present. "
+                            "Fix: keep only one file per table.")
+            both.add(name)
+        elif present:
+            found[name] = present[0]
+    ignored = sorted(p.name for p in directory.iterdir() if p.name not in expected and not p.name.startswith("."))
+    return found, both, ignored
 
 
 def _missing_file_problem(directory: Path, table: str) -> str:

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.data.ingest import locate_table_files
 from core.data.ingest_validate import Problems, Source
 from core.traces.schema import TRACE_TABLES
 
@@ -33,22 +34,16 @@ def find_files(directory: Path) -> TraceFiles:
         out.problems.append(f"{directory}: not a directory. Fix: pass the folder that holds requests.csv and "
                             "trace_candidates.csv (or .parquet); see data/README.md")
         return out
-    expected = set()
+    found, both, ignored = locate_table_files(directory, [t.name for t in TRACE_TABLES], out.problems)
     for t in TRACE_TABLES:
-        paths = [directory / f"{t.name}.{ext}" for ext in ("parquet", "csv")]
-        expected.update(p.name for p in paths)
-        found = [p for p in paths if p.is_file()]
-        if len(found) == 2:
-            out.problems.append(f"{directory}: both {t.name}.parquet and {t.name}.csv are present. "
-                                "Fix: keep only one file per table.")
-        elif not found:
-            out.problems.append(f"{directory}: required file {t.name}.csv (or {t.name}.parquet) is missing. "
-                                "Fix: add it; see data/README.md for its columns.")
+        if t.name not in found:
+            if t.name not in both:
+                out.problems.append(f"{directory}: required file {t.name}.csv (or {t.name}.parquet) is missing. "
+                                    "Fix: add it; see data/README.md for its columns.")
         elif t.name == "requests":
-            out.requests = found[0]
+            out.requests = found[t.name]
         else:
-            out.candidates = found[0]
-    ignored = sorted(p.name for p in directory.iterdir() if p.name not in expected and not p.name.startswith("."))
+            out.candidates = found[t.name]
     if ignored:
         out.warnings.append(f"ignored file(s) that are not tables of the trace format: {', '.join(ignored)}")
     return out
