@@ -241,6 +241,12 @@ def test_missing_columns_and_files_and_chunked_row_numbers(ctx, tmp_path, monkey
     (d / "trace_candidates.csv").unlink()
     with pytest.raises(ValidationError, match=r"required file trace_candidates.csv \(or trace_candidates.parquet\)"):
         import_traces(settings, engine, d)
+    requests_frame().to_parquet(d / "requests.parquet", index=False)  # now beside requests.csv
+    with pytest.raises(ValidationError) as err:
+        import_traces(settings, engine, d)
+    assert "both requests.parquet and requests.csv are present" in str(err.value)
+    assert "required file requests.csv" not in str(err.value)  # present twice is not missing
+    (d / "requests.parquet").unlink()
     monkeypatch.setattr(read_files, "CHUNK_ROWS", 2)  # rows counted across chunks
     cand = candidates_frame()
     cand.loc[4, "bid"] = "lots"
