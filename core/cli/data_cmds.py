@@ -71,7 +71,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _step_printer(enabled: bool):
+def step_printer(enabled: bool):
     """A progress callback printing each new step name once to stderr."""
     last = [None]
 
@@ -99,7 +99,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     engine = make_engine(settings.db_url)
     try:
-        report = ingest_directory(engine, args.directory, _step_printer(not args.json), replace=args.replace)
+        report = ingest_directory(engine, args.directory, step_printer(not args.json), replace=args.replace)
         counts = table_counts(engine)
     finally:
         engine.dispose()
@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
         require_writable(settings, "demo", BOTH)
     report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,
-                        progress=_step_printer(not args.json), replace=args.replace)
+                        progress=step_printer(not args.json), replace=args.replace)
     if args.json:
         print_json(report)
         return 0

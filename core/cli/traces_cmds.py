@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli.data_cmds import _step_printer
+from core.cli.data_cmds import step_printer
 from core.cli.output import add_json_flag, positive_int, print_json, text_frame
 from core.common.escape import term
 from core.common.progress import cli_progress
@@ -64,7 +64,7 @@ def cmd_import_traces(args: argparse.Namespace, settings: Settings) -> int:
 
     engine = make_engine(settings.db_url)
     try:
-        rep = import_traces(settings, engine, args.directory, _step_printer(not args.json), replace=args.replace)
+        rep = import_traces(settings, engine, args.directory, step_printer(not args.json), replace=args.replace)
     finally:
         engine.dispose()
     if args.json:
