@@ -56,9 +56,9 @@ def cpu_s(pid: int) -> float | None:
     return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def descendants_cpu_s(root: int, exclude: int) -> float:
-    """CPU seconds used so far by the live descendants of `root` outside `exclude`'s subtree (here:
-    the Playwright driver and Chromium's processes, not the Streamlit server)."""
+def descendants_cpu_s(root: int, exclude: int) -> dict[int, float]:
+    """CPU seconds used so far by each live descendant of `root` outside `exclude`'s subtree (here:
+    the Playwright driver and Chromium's processes, not the Streamlit server), by pid."""
     parent = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and (f := _stat(int(d.name))) is not None:
@@ -71,7 +71,7 @@ def descendants_cpu_s(root: int, exclude: int) -> float:
             pid = parent.get(pid, 0)
         return False
 
-    return sum(cpu_s(p) or 0.0 for p in parent if p != root and under(p, root) and not under(p, exclude))
+    return {p: cpu_s(p) or 0.0 for p in parent if p != root and under(p, root) and not under(p, exclude)}
 
 
 class ServerSampler:
@@ -100,7 +100,10 @@ class ServerSampler:
 
     def browser_done(self) -> None:
         """Called before the browser closes: the browser's CPU since `mark`."""
-        self.browser_cpu = descendants_cpu_s(os.getpid(), exclude=self.pid) - self.browser0
+        # per process: a renderer that exited since `mark` takes its CPU with it, so a difference of
+        # sums could go negative; each live process's own growth cannot
+        now = descendants_cpu_s(os.getpid(), exclude=self.pid)
+        self.browser_cpu = sum(max(0.0, cpu - self.browser0.get(pid, 0.0)) for pid, cpu in now.items())
 
     def __enter__(self) -> "ServerSampler":
         self._thread.start()
