@@ -19,6 +19,9 @@ Format (data/README.md documents it with data/examples/funnel.toml):
     plugin = "recent_click_block" # a Python rule from entry-point group adlens.rules
     params = { hours = 24 }       # (core.funnel.plugins); code = "..." overrides its own code
 
+    [quotas]                      # optional: candidates a source contributes (two_tower's is K)
+    popular_in_context = 200      # the version's quotas: over learned ones, under a what-if's
+
 `load_definition(path)` parses and checks the file's shape; `compile_funnel(defn, fields)` checks
 every expression against the fields (names, types, stage) and returns the `Funnel` the engine
 runs. Every problem of a file is reported at once, as one ValidationError naming the rule, and
@@ -38,13 +41,14 @@ import numpy as np
 from core.common.errors import AdLensError, ArtifactError, ValidationError
 from core.funnel.expr import Compiled, ExprError, compile_expr
 from core.funnel.filters import RULES, Rule
+from core.funnel.params import SOURCE_QUOTAS
 from core.funnel.plugins import PluginRule, load_plugin
 from core.funnel.reasons import BUILTIN_REASONS, ELIGIBILITY_REASONS, Reason, check_reason_code
 
 FORMAT = 1
 STAGES = ("eligibility", "ranking")
 RULE_KEYS = frozenset({"code", "expr", "stage", "description", "enabled", "builtin", "plugin", "params"})
-TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description"})
+TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description", "quotas"})
 POST_ELIGIBILITY = frozenset({Reason.BELOW_CUTOFF.value, Reason.ADVERTISER_CAP.value})
 
 
@@ -72,6 +76,7 @@ class FunnelDefinition:
     text: str
     sha256: str
     name: str = "funnel.toml"
+    quotas: tuple[tuple[str, int], ...] = ()  # [quotas]: (source, count) pairs, sorted
 
     @property
     def custom_codes(self) -> tuple[str, ...]:
@@ -115,6 +120,11 @@ class Funnel:
     ranking_order: tuple[str, ...] = ()
     definition: FunnelDefinition | None = None
 
+    @property
+    def quotas(self) -> dict[str, int]:
+        """The definition's [quotas] (source -> candidates); empty for the built-in funnel."""
+        return dict(self.definition.quotas) if self.definition is not None else {}
+
     @classmethod
     def builtin(cls) -> "Funnel":
         return cls(dict(RULES), tuple(c.value for c in ELIGIBILITY_REASONS))
@@ -136,7 +146,7 @@ class Funnel:
         return {"source": "builtin" if d is None else d.name, "sha256": None if d is None else d.sha256,
                 "plugins": plugins,
                 "eligibility": list(self.order), "off": list(self.off), "ranking": list(self.ranking_order),
-                "custom": [] if d is None else list(d.custom_codes)}
+                "custom": [] if d is None else list(d.custom_codes), "quotas": self.quotas}
 
 
 def _line_of(text: str, code: str, i: int) -> int | None:
@@ -236,10 +246,40 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
         plugin = str(t["plugin"]) if "plugin" in t else None
         specs.append(RuleSpec(code, expr, stage, bool(enabled), desc, line, plugin,
                               tuple(sorted((t.get("params") or {}).items())) if plugin else ()))
+    quotas = _parse_quotas(raw.get("quotas", {}), name, problems)
     if problems:
         raise ValidationError(problems)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return FunnelDefinition(tuple(specs), unlisted, text, sha, name)
+    return FunnelDefinition(tuple(specs), unlisted, text, sha, name, quotas)
+
+
+def _parse_quotas(table, name: str, problems: list[str]) -> tuple[tuple[str, int], ...]:
+    """[quotas] as sorted (source, count) pairs; appends what is wrong to `problems`."""
+    if not isinstance(table, dict):
+        problems.append(f"{name}: [quotas] is a table of source = count, e.g. popular_in_context = 200")
+        return ()
+    known = [s for s in SOURCE_QUOTAS if s != "two_tower"]
+    out = []
+    for source, count in sorted(table.items()):
+        if source == "two_tower":
+            problems.append(f"{name}: [quotas] two_tower: its quota is K (build or run with --k); remove it")
+        elif source not in SOURCE_QUOTAS:
+            problems.append(f"{name}: [quotas] unknown source {source!r}; sources with a quota: {', '.join(known)}")
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            problems.append(f"{name}: [quotas] {source} must be a positive whole number of candidates; got {count!r}")
+        else:
+            out.append((str(source), int(count)))
+    return tuple(out)
+
+
+def check_quota_sources(funnel: Funnel, sources, version: str) -> None:
+    """ValidationError when the funnel's [quotas] name a source the version has not built."""
+    missing = sorted(set(funnel.quotas) - set(sources))
+    if missing:
+        src = funnel.definition.name if funnel.definition is not None else FUNNEL_FILE
+        raise ValidationError([f"{src}: [quotas] names source(s) {', '.join(missing)} that version {version} does "
+                               f"not have; its sources: {', '.join(sources) or 'none'} (remove the quota or rebuild "
+                               "the version with that source)"])
 
 
 def load_definition(path: str | Path) -> FunnelDefinition:

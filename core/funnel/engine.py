@@ -22,7 +22,7 @@ from core.data.request import Request, RequestBatch, requests_from_impressions
 from core.data.vocab import UNKNOWN
 from core.funnel.ad_facts import AdFacts, FrequencyIndex, RequestContext
 from core.funnel.context import default_request, usual_contexts
-from core.funnel.definition import Funnel, compile_funnel, version_definition
+from core.funnel.definition import Funnel, check_quota_sources, compile_funnel, version_definition
 from core.funnel.fields import Env, FieldTable
 from core.funnel.filters import EligibilityResult, active_rules, evaluate
 from core.funnel.params import EXACT_RANKS_AUTO_MAX, FunnelParams
@@ -98,6 +98,7 @@ class FunnelEngine:
         for arr in (self.cap_key, self.bid, self.bid_type):
             arr.setflags(write=False)
         self.sources = load_sources(version, self.features)
+        check_quota_sources(self.funnel, tuple(self.sources), version.name)
         self.calibration = self._cached_calibration(calibration_samples, seed, pctr_cache)
         self.build_ms = (time.perf_counter() - t0) * 1e3
 
@@ -161,9 +162,10 @@ class FunnelEngine:
         return fit_pctr(X, clicked, names)
 
     def resolve_params(self, params: FunnelParams | None) -> FunnelParams:
-        """`params` (default: FunnelParams()) over this version's learned quotas, if it has any."""
+        """`params` (default: FunnelParams()) over this version's quotas: the learned ones, if it
+        has any, under its funnel definition's [quotas] (core.funnel.definition)."""
         counts = getattr(getattr(self.version, "manifest", None), "quota_counts", None)
-        return (params or FunnelParams()).over_version_quotas(counts)
+        return (params or FunnelParams()).over_version_quotas({**(counts or {}), **self.funnel.quotas} or None)
 
     def request_context(self, request: Request) -> RequestContext:
         tier = self._tier.get(request.community_id) if request.community_id is not None else None
