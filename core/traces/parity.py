@@ -11,8 +11,17 @@ candidates (overall, per logged stage, per logged source), a confusion table log
 replayed fate, and the rules and sources that disagree most, each with example deep links.
 
 A rule disagrees where exactly one side gives it as the candidate's fate; a source disagrees
-where one side credits it with finding the ad and the other does not. They are ranked by the
-slates they move, then the fates they change, then how many candidates they touch. Names AdLens does not have
+where one side credits it with finding the ad and the other does not. A *quota* differs where a
+source's rank on one side lies beyond what the other side takes from it (a logged rank above the
+replay's quota; a replayed rank above the largest rank the log holds for that source in that
+request). The *early ranker* differs where, among candidates both sides found eligible through the
+same sources, the logged eCPM (else early score) orders them differently from the replay's
+(Spearman rank correlation per request below RANKER_RHO; the mean over requests is reported).
+A post-eligibility fate (slate, BELOW_CUTOFF, ADVERTISER_CAP) that differs on a candidate both
+sides found eligible is a knock-on effect: it is credited (`knock_on`, `knock_on_slate`) to every
+other difference found in that request, and reported as a rule of its own only in a request
+without one. They are ranked by the slates they move (directly and as knock-on), then the fates
+they change, then how many candidates they touch. Names AdLens does not have
 (sources outside core.sources, reason codes neither built in, core.funnel.reasons, nor in the
 version's funnel definition, core.funnel.definition) are flagged "not modelled". Logged ads the version lacks are counted apart (the replay cannot find them).
 """
@@ -25,12 +34,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import numpy as np
+from scipy.stats import rankdata
 
 from core.analysis.links import to_query_params
 from core.common.errors import AdLensError, NotFoundError
 from core.common.progress import Progress, report
 from core.funnel.params import FunnelParams
-from core.funnel.reasons import BUILTIN_REASONS
+from core.funnel.reasons import BUILTIN_REASONS, Reason
 from core.sources.base import SOURCE_ORDER
 from core.traces.export import logged_fields
 from core.traces.logged import count_logged_requests, iter_logged_requests, sample_request_ids
@@ -38,8 +48,16 @@ from core.traces.schema import STAGES_REACHED
 
 EXAMPLES = 3
 TOP = 10
+VERDICT_TOP = 3
 SLATE, NOT_RETRIEVED, NOT_LOGGED = "slate", "not retrieved", "not logged"
 AD_MISSING = "ad not in the version"
+EARLY_RANKER = "early ranker"
+RANKER_RHO = 0.999
+"""A request's early-ranker orders differ when their Spearman correlation is below this (the same
+ranker on the same features gives exactly 1)."""
+POST_CODES = frozenset({Reason.BELOW_CUTOFF.value, Reason.ADVERTISER_CAP.value})
+POST_FATES = POST_CODES | {SLATE, "eligible (no reason)", "ranked (no reason)"}
+"""Fates of a candidate that passed eligibility: which one it gets follows from the ranking."""
 
 
 def modelled_reasons(engine=None) -> set[str]:
@@ -70,7 +88,7 @@ class Disagreement:
     """A rule or source the two sides disagree on: `logged_only` candidates where production gave
     it (the replay did not), `replay_only` where the replay gave it (production did not)."""
 
-    kind: str  # "rule", "source" or "data"
+    kind: str  # "rule", "source", "data", "quota" (name: a source) or "ranker" (name: EARLY_RANKER)
     name: str
     modelled: bool  # whether AdLens has this rule / source at all
     logged_only: int = 0
@@ -80,10 +98,27 @@ class Disagreement:
     slate_changes: int = 0  # of them, candidates in exactly one side's slate
     examples: list[Example] = field(default_factory=list)
     label_text: str = ""  # label(), filled when the report is finished (for JSON readers)
+    knock_on: int = 0  # post-eligibility fates changed in requests where this difference was found
+    knock_on_slate: int = 0  # of them, candidates in exactly one side's slate
+    requests: int = 0  # requests where it was found
+    spearman: float | None = None  # ranker: mean Spearman of logged vs replayed order, over compared requests
+    compared_requests: int = 0  # ranker: requests with at least 3 comparable candidates
+    logged_max_rank: int | None = None  # quota: the largest logged rank of the source
+    replay_quota: int | None = None  # quota: the candidates the replay takes from it
+
+    @property
+    def slates_moved(self) -> int:
+        """Candidates in exactly one side's slate, directly or as a knock-on."""
+        return self.slate_changes + self.knock_on_slate
 
     def label(self) -> str:
         if self.kind == "data":
             return f"logged ads the version lacks ({AD_MISSING})"
+        if self.kind == "ranker":
+            rho = "-" if self.spearman is None else f"{self.spearman:.2f}"
+            return f"the early ranker orders eligible ads differently (Spearman {rho})"
+        if self.kind == "quota":
+            return f"source {self.name}: logged ranks up to {self.logged_max_rank}, replay quota {self.replay_quota}"
         side = "logged" if self.logged_only >= self.replay_only else "replayed"
         what = "reason" if self.kind == "rule" else "source"
         return f"{side} {what} {self.name}" + ("" if self.modelled else ", which AdLens does not model")
@@ -134,39 +169,89 @@ def percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f} %" if x in (0.0, 1.0) or 0.01 < x < 0.99 else f"{100 * x:.1f} %"
 
 
-class _Tally:
-    """The running counts of one parity run (bounded: counters and a few examples per name)."""
+def _ranks(values, scores) -> dict[str, int]:
+    """Source -> rank from a candidate's aligned `sources` / `source_ranks` lists (empty when not logged)."""
+    return dict(zip(values, scores)) if scores is not None and len(scores) == len(values) else {}
 
-    def __init__(self, version: str, modelled_sources: set[str], modelled_rules: set[str]):
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rank correlation (ties averaged); None when either side is constant."""
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+class _Tally:
+    """The running counts of one parity run (bounded: counters and a few examples per name).
+    `quotas`: the replay's quota of each of the version's sources."""
+
+    def __init__(self, version: str, modelled_sources: set[str], modelled_rules: set[str],
+                 quotas: dict[str, int] | None = None):
         self.version, self.known_src, self.known_rules = version, modelled_sources, modelled_rules
+        self.quotas = dict(quotas or {})
         self.dis: dict[tuple[str, str], Disagreement] = {}
         self.stage = {s: Recall() for s in STAGES_REACHED}
         self.src: dict[str, SourceRecall] = {}
         self.conf: dict[str, dict[str, int]] = {}
         self.jaccard = self.overlap = 0.0
+        self.rho_sum, self.rho_n = 0.0, 0
+        self.logged_max: dict[str, int] = {}  # source -> its largest logged rank
+        self.causes: set[tuple[str, str]] = set()  # the differences found in the current request
         self.rep = None
 
-    def _hit(self, kind: str, name: str, side: str, rid: str, ad: str, lf: str, rf: str,
-             changed: bool = True) -> None:
+    def _get(self, kind: str, name: str) -> Disagreement:
         d = self.dis.get((kind, name))
         if d is None:
-            modelled = name in (self.known_rules if kind == "rule" else self.known_src) if kind != "data" else True
+            modelled = name in (self.known_rules if kind == "rule" else self.known_src) \
+                if kind in ("rule", "source") else True
             d = self.dis[(kind, name)] = Disagreement(kind, name, modelled)
-        setattr(d, side, getattr(d, side) + 1)
-        d.count += 1
-        d.fate_changes += changed
-        d.slate_changes += (lf == SLATE) != (rf == SLATE)
+        return d
+
+    def _example(self, d: Disagreement, rid: str, ad: str, lf: str, rf: str) -> None:
         if len(d.examples) < EXAMPLES:
             link = "?" + urlencode(to_query_params(request=rid, version=self.version, ad=ad))
             d.examples.append(Example(rid, ad, lf, rf, link))
 
+    def _hit(self, kind: str, name: str, side: str, rid: str, ad: str, lf: str, rf: str,
+             changed: bool = True) -> None:
+        d = self._get(kind, name)
+        self.causes.add((kind, name))
+        setattr(d, side, getattr(d, side) + 1)
+        d.count += 1
+        d.fate_changes += changed
+        d.slate_changes += (lf == SLATE) != (rf == SLATE)
+        self._example(d, rid, ad, lf, rf)
+
+    def _source_hits(self, names, ranks: dict, other_max: dict | None, side: str, rid: str, ad: str,
+                     lf: str, rf: str, changed: bool) -> None:
+        """Sources one side credits and the other does not: a quota difference where the rank lies
+        beyond what the other side takes from that source, else a source difference."""
+        for name in sorted(names):
+            r = ranks.get(name)
+            limit = self.quotas.get(name) if other_max is None else other_max.get(name)
+            quota = r is not None and limit is not None and limit > 0 and r > limit
+            self._hit("quota" if quota else "source", name, side, rid, ad, lf, rf, changed)
+
     def add(self, rid: str, logged: dict, ls_: list[str], replay: dict, in_version) -> None:
         """One request: `logged` and `replay` hold the columns ad_id, sources, stage_reached, reasons
-        (lists; the replay's from logged_fields), `ls_` the logged slate in order."""
+        (lists; the replay's from logged_fields) and, when known, source_ranks, ecpm and early_score;
+        `ls_` the logged slate in order."""
         rep = self.rep
+        self.causes = set()
         l_ad, l_src, l_st, l_rs = logged["ad_id"], logged["sources"], logged["stage_reached"], logged["reasons"]
         r_ad, r_src, r_st, r_rs = replay["ad_id"], replay["sources"], replay["stage_reached"], replay["reasons"]
-        rep.n_logged_candidates += len(l_ad)
+        n_l = len(l_ad)
+        l_rk = [_ranks(s, r) for s, r in zip(l_src, logged.get("source_ranks") or [None] * n_l)]
+        r_rk = [_ranks(s, r) for s, r in zip(r_src, replay.get("source_ranks") or [None] * len(r_ad))]
+        req_max: dict[str, int] = {}  # the largest logged rank of each source in this request
+        for rk in l_rk:
+            for name, r in rk.items():
+                if r is not None and r > req_max.get(name, 0):
+                    req_max[name] = int(r)
+        for name, r in req_max.items():
+            self.logged_max[name] = max(self.logged_max.get(name, 0), r)
+        rep.n_logged_candidates += n_l
         rep.n_replay_candidates += len(r_ad)
         where = {a: j for j, a in enumerate(r_ad)}
         idx = [where.get(a, -1) for a in l_ad]
@@ -184,6 +269,8 @@ class _Tally:
             reached = li >= i
             self.stage[s].n += int(reached.sum())
             self.stage[s].hit += int((ri[reached] >= i).sum())
+        deferred = []  # (k, j): post-eligibility fates that differ, credited once the request's causes are known
+        comparable = []  # (k, j): eligible on both sides through the same sources (the ranker's comparison)
         for k, (ad, ls, j) in enumerate(zip(l_ad, l_src, idx)):
             rs = r_src[j] if j >= 0 else ()
             same = ls == rs
@@ -192,6 +279,8 @@ class _Tally:
                 sr.n += 1
                 sr.retrieved += j >= 0
                 sr.same_source += same or name in rs
+            if j >= 0 and lf[k] in POST_FATES and rf[k] in POST_FATES and set(ls) == set(rs):
+                comparable.append((k, j))
             # a log without a reason for a non-slate ad is compared by the stage reached alone
             agree = lf[k] == rf[k] or (j >= 0 and not len(l_rs[k]) and l_st[k] != SLATE and r_st[j] == l_st[k])
             if same and agree:
@@ -200,24 +289,31 @@ class _Tally:
                 self._hit("data", AD_MISSING, "logged_only", rid, ad, lf[k], rf[k])
                 continue
             if not agree and j >= 0:
-                if lf[k] != SLATE and len(l_rs[k]):
-                    self._hit("rule", lf[k], "logged_only", rid, ad, lf[k], rf[k])
-                if rf[k] != SLATE and len(r_rs[j]):
-                    self._hit("rule", rf[k], "replay_only", rid, ad, lf[k], rf[k])
+                if lf[k] in POST_FATES and rf[k] in POST_FATES:
+                    deferred.append((k, j))
+                else:  # a reason code beats the other side's post-eligibility fate (its consequence)
+                    l_code = lf[k] != SLATE and len(l_rs[k]) > 0
+                    r_code = rf[k] != SLATE and len(r_rs[j]) > 0
+                    l_real, r_real = l_code and lf[k] not in POST_CODES, r_code and rf[k] not in POST_CODES
+                    if l_code and (l_real or not r_real):
+                        self._hit("rule", lf[k], "logged_only", rid, ad, lf[k], rf[k])
+                    if r_code and (r_real or not l_real):
+                        self._hit("rule", rf[k], "replay_only", rid, ad, lf[k], rf[k])
             if not same:
-                for name in sorted(set(ls) - set(rs)):
-                    self._hit("source", name, "logged_only", rid, ad, lf[k], rf[k], j < 0)
-                for name in sorted(set(rs) - set(ls)):
-                    self._hit("source", name, "replay_only", rid, ad, lf[k], rf[k], j < 0)
+                self._source_hits(set(ls) - set(rs), l_rk[k], None, "logged_only", rid, ad, lf[k], rf[k], j < 0)
+                if j >= 0:
+                    self._source_hits(set(rs) - set(ls), r_rk[j], req_max, "replay_only", rid, ad, lf[k], rf[k],
+                                      False)
         if sum(j >= 0 for j in idx) < len(r_ad):  # the replay retrieved ads the log lacks
             seen = set(l_ad)
-            for ad, rs, f in zip(r_ad, r_src, r_fate):
+            for j, (ad, rs, f) in enumerate(zip(r_ad, r_src, r_fate)):
                 if ad in seen:
                     continue
                 row = self.conf.setdefault(NOT_LOGGED, {})
                 row[f] = row.get(f, 0) + 1
-                for name in rs:
-                    self._hit("source", name, "replay_only", rid, ad, NOT_LOGGED, f)
+                self._source_hits(set(rs), r_rk[j], req_max, "replay_only", rid, ad, NOT_LOGGED, f, True)
+        self._compare_ranker(rid, comparable, logged, replay, l_ad, lf, rf)
+        self._credit(rid, deferred, l_ad, l_rs, r_rs, lf, rf)
         rsl = sorted((p, a) for a, st, p in zip(r_ad, r_st, replay["slate_position"]) if st == SLATE and p is not None)
         rsl = [a for _, a in rsl]
         a, b = set(ls_), set(rsl)
@@ -225,6 +321,51 @@ class _Tally:
         rep.slate_sets_equal += a == b
         self.jaccard += len(a & b) / len(a | b) if a | b else 1.0
         self.overlap += len(a & b) / len(a) if a else float(not b)
+
+    def _compare_ranker(self, rid: str, comparable: list, logged: dict, replay: dict, l_ad, lf, rf) -> None:
+        """Spearman of the logged vs replayed eCPM (else early score) over `comparable` candidates."""
+        if len(comparable) < 3:
+            return
+        k, j = np.array([c[0] for c in comparable]), np.array([c[1] for c in comparable])
+        x = y = None
+        for lkey, rkey in (("ecpm", "ecpm"), ("early_score", "early_score")):
+            if logged.get(lkey) is None or replay.get(rkey) is None:
+                continue
+            lx = np.asarray(logged[lkey], dtype=np.float64)[k]
+            ry = np.asarray(replay[rkey], dtype=np.float64)[j]
+            if np.isfinite(lx).all() and np.isfinite(ry).all():
+                x, y = lx, ry
+                break
+        if x is None:
+            return
+        rho = spearman(x, y)
+        if rho is None:
+            return
+        self.rho_sum += rho
+        self.rho_n += 1
+        if rho < RANKER_RHO:
+            d = self._get("ranker", EARLY_RANKER)
+            self.causes.add(("ranker", EARLY_RANKER))
+            d.count += len(comparable)
+
+    def _credit(self, rid: str, deferred: list, l_ad, l_rs, r_rs, lf, rf) -> None:
+        """Knock-on fates to every difference of this request; without one, to their own codes."""
+        causes = [self.dis[c] for c in sorted(self.causes)]
+        for k, j in deferred:
+            moved = (lf[k] == SLATE) != (rf[k] == SLATE)
+            if causes:
+                for d in causes:
+                    d.knock_on += 1
+                    d.knock_on_slate += moved
+                    if d.kind == "ranker" and moved:
+                        self._example(d, rid, l_ad[k], lf[k], rf[k])
+                continue
+            if lf[k] != SLATE and len(l_rs[k]):
+                self._hit("rule", lf[k], "logged_only", rid, l_ad[k], lf[k], rf[k])
+            if rf[k] != SLATE and len(r_rs[j]):
+                self._hit("rule", rf[k], "replay_only", rid, l_ad[k], lf[k], rf[k])
+        for c in self.causes:
+            self.dis[c].requests += 1
 
 
 def require_traces(db) -> None:
@@ -246,7 +387,9 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
     ids = sample_request_ids(db, n_requests, seed)
     version = engine.version.name
     known_rules = modelled_reasons(engine)
-    tally = _Tally(version, set(SOURCE_ORDER), known_rules)
+    resolved = engine.resolve_params(params)
+    tally = _Tally(version, set(SOURCE_ORDER), known_rules, {n: resolved.quota(n) for n in engine.sources
+                                                            if resolved.enabled(n)})
     rep = tally.rep = ParityReport(version, len(ids), seed)
     in_version = frozenset(engine.version.ad_ids)
     report(progress, 0.0, f"replay {len(ids):,} logged requests on {version}")
@@ -257,13 +400,14 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
         unknown_src.update(lr.unknown_sources())
         unknown_rules.update(str(x) for xs in c["reasons"] for x in xs if str(x) not in known_rules)
         try:
-            replay = logged_fields(engine.run(lr.request, params), scores=False)
+            replay = logged_fields(engine.run(lr.request, params))
         except AdLensError as exc:
             rep.n_requests -= 1
             if len(rep.not_replayed) < 20:
                 rep.not_replayed.append(f"{lr.request_id}: {exc}")
             continue
-        logged = {k: c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons")}
+        logged = {k: c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons", "source_ranks")}
+        logged.update({k: c[k].to_numpy(dtype=np.float64, na_value=np.nan) for k in ("ecpm", "early_score")})
         tally.add(lr.request_id, logged, lr.slate()["ad_id"].tolist(), replay, in_version)
         report(progress, (i + 1) / len(ids), f"replay request {i + 1:,} of {len(ids):,}")
     _finish(rep, tally, sorted(unknown_src), sorted(unknown_rules))
@@ -285,9 +429,15 @@ def _finish(rep: ParityReport, tally: _Tally, unknown_src: list[str], unknown_ru
     rep.source_recall = sorted(tally.src.values(), key=lambda s: (-s.n, s.name))
     rep.confusion = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in
                      sorted(tally.conf.items(), key=lambda kv: -sum(kv[1].values()))}
+    for d in tally.dis.values():
+        if d.kind == "ranker":
+            d.spearman = round(tally.rho_sum / tally.rho_n, 4) if tally.rho_n else None
+            d.compared_requests = tally.rho_n
+        elif d.kind == "quota":
+            d.logged_max_rank, d.replay_quota = tally.logged_max.get(d.name), tally.quotas.get(d.name)
     # what moved slates first, then what changed fates, then the rest (a source credited differently)
-    rep.disagreements = sorted(tally.dis.values(),
-                               key=lambda d: (-d.slate_changes, -d.fate_changes, -d.count, d.kind, d.name))
+    rep.disagreements = sorted(tally.dis.values(), key=lambda d: (-d.slates_moved, -d.fate_changes - d.knock_on,
+                                                                  -d.count, d.kind, d.name))
     for d in rep.disagreements:
         d.label_text = d.label()
     rep.unknown_sources, rep.unknown_reasons = unknown_src, unknown_rules
@@ -302,7 +452,14 @@ def verdict(rep: ParityReport) -> str:
              f"slates (recall of logged candidates {percent(rep.recall.recall)})"
     if not rep.disagreements:
         return slates + "; every logged candidate's stage, reason and sources agree"
-    top = rep.disagreements[0]
-    more = len(rep.disagreements) - 1
-    return (f"{slates}; most disagreements: {top.label()} ({top.count:,} candidates)"
-            + (f"; {more} more rule(s)/source(s) disagree" if more else ""))
+    # every difference that moves slates among the first VERDICT_TOP, else the first one
+    top = [d for d in rep.disagreements[:VERDICT_TOP] if d.slates_moved] or rep.disagreements[:1]
+    more = len(rep.disagreements) - len(top)
+    return (f"{slates}; most disagreements: " + "; ".join(f"{d.label()} ({_extent(d)})" for d in top)
+            + (f"; {more} more difference(s)" if more else ""))
+
+
+def _extent(d: Disagreement) -> str:
+    if d.kind == "ranker":
+        return f"{d.requests:,} of {d.compared_requests:,} requests"
+    return f"{d.count:,} candidates"
