@@ -1,6 +1,6 @@
 """`adlens demo` as a list of named, timed steps: generate -> write files -> ingest -> embed ->
-train towers -> build versions (each with its UMAP map) -> warm caches -> production logs (a
-"production" funnel with planted differences and its logged traces: core.demo.production).
+train towers -> build versions (each with its UMAP map) -> production logs (a "production" funnel
+with planted differences and its logged traces: core.demo.production) -> warm caches.
 
 Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may read or add to
 `ctx.results`, calls `tick(fraction_of_this_step)` and returns a small dict of details for the
@@ -247,8 +247,8 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("embed", _embed, weight=0.25),
     DemoStep("train towers", _train, weight=0.2),
     DemoStep("build versions", _build, weight=0.38),
-    DemoStep("warm caches", _warm, weight=0.03),
     DemoStep("production logs", _production_logs, weight=0.04),
+    DemoStep("warm caches", _warm, weight=0.03),
 ]
 
 

@@ -34,7 +34,7 @@ from core.store.artifacts import write_via_temp
 PRODUCTION_DIR = "production"
 LOGS_DIR = "logs"
 PRODUCTION_VERSION = "ivf"  # the demo's main version (the dashboard opens on it)
-PRODUCTION_REQUESTS = 1000
+PRODUCTION_REQUESTS = 150  # ~40 ms of CPU each at 10k ads: the step stays a few seconds
 PRODUCTION_SEED = 11
 PACING_SHARE = 0.75
 QUOTA_SOURCE, PRODUCTION_QUOTA = "popular_in_context", 200
@@ -70,13 +70,6 @@ signature = "{SIGNATURE_FILE}"
 '''
 
 
-def ranker_supported() -> bool:
-    """Whether this AdLens reads a funnel definition's [ranker] table (core.funnel.rankers)."""
-    from core.funnel.definition import TOP_KEYS
-
-    return "ranker" in TOP_KEYS
-
-
 def ranker_model_bytes() -> bytes:
     """The production ranker as ONNX: pctr = sigmoid(features @ RANKER_WEIGHTS + RANKER_BIAS),
     input "features" (batch, len(RANKER_WEIGHTS)) float32, output "pctr" (batch, 1)."""
@@ -103,16 +96,26 @@ def ranker_signature() -> dict:
             "output": {"name": "pctr", "kind": "probability"}}
 
 
-def write_production_files(folder: Path, *, with_ranker: bool) -> list[str]:
-    """funnel.toml, ranker.onnx and ranker.json into `folder` (atomic writes); the funnel lists
-    the ranker only `with_ranker` (an AdLens that reads [ranker])."""
+def write_production_files(folder: Path) -> list[str]:
+    """funnel.toml, ranker.onnx and ranker.json into `folder` (atomic writes)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {RANKER_FILE: ranker_model_bytes(),
              SIGNATURE_FILE: (json.dumps(ranker_signature(), indent=2) + "\n").encode(),
-             "funnel.toml": (FUNNEL_TOML + (RANKER_TOML if with_ranker else "")).encode()}
+             "funnel.toml": (FUNNEL_TOML + RANKER_TOML).encode()}
     for name, data in files.items():
         write_via_temp(folder / name, lambda p, d=data: Path(p).write_bytes(d))
     return sorted(files)
+
+
+def production_funnel(folder: Path) -> dict:
+    """FunnelEngine's keyword arguments for the production funnel in `folder` (its definition
+    and its early ranker), to run it on a version built without them."""
+    from core.funnel.definition import load_definition
+    from core.funnel.ranker_build import ranker_choice
+
+    defn = load_definition(folder / "funnel.toml")
+    choice = ranker_choice(None, None, defn.ranker, folder, defn.name)
+    return {"funnel_definition": defn, "ranker": choice.open() if choice is not None else None}
 
 
 def build_production_logs(settings, db, *, n_requests: int = PRODUCTION_REQUESTS, seed: int = PRODUCTION_SEED,
@@ -121,23 +124,23 @@ def build_production_logs(settings, db, *, n_requests: int = PRODUCTION_REQUESTS
     PRODUCTION_VERSION, export them as logged traces and import them. Idempotent: logs already
     written are re-imported (a no-op when unchanged) unless `replace` (then rewritten, and the
     workspace's imported traces replaced)."""
-    from core.funnel.definition import load_definition
     from core.funnel.engine import open_engine
+    from core.funnel.params import FunnelParams
     from core.traces.export import export_replay
     from core.traces.importer import import_traces
 
     folder = Path(settings.workspace) / PRODUCTION_DIR
-    files = write_production_files(folder, with_ranker=ranker_supported())
+    files = write_production_files(folder)
     logs = folder / LOGS_DIR
     if replace and logs.exists():
         shutil.rmtree(logs)
     wrote = not (logs / "trace_candidates.parquet").exists()
     if wrote:
         shutil.rmtree(logs, ignore_errors=True)  # a half-written folder from an interrupted build
-        engine = open_engine(settings, PRODUCTION_VERSION, funnel_definition=load_definition(folder / "funnel.toml"))
-        export_replay(engine, logs, n_requests, seed=seed,
+        engine = open_engine(settings, PRODUCTION_VERSION, **production_funnel(folder))
+        export_replay(engine, logs, n_requests, seed=seed, params=FunnelParams(exact_ranks=False),
                       progress=None if progress is None else lambda f, s: progress(0.9 * f, s))
     rep = import_traces(settings, db, logs, replace=replace)
     return {"directory": str(folder), "files": files, "version": PRODUCTION_VERSION, "written": wrote,
-            "ranker": ranker_supported(), "set_id": rep.set_id, "requests": rep.n_requests,
+            "set_id": rep.set_id, "requests": rep.n_requests,
             "candidates": rep.n_candidates}

@@ -9,6 +9,7 @@ the format filled in; a log written by AdLens's own default funnel replays to pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool 
     n = len(c)
     stage = [STAGE_BEFORE_BLOCK[b if isinstance(b, str) else None] for b in c["blocking_stage"].tolist()]
     filtered, slate = Outcome.FILTERED.value, Outcome.SLATE.value
-    reasons = [[] if o == slate else [str(x) for x in f] if o == filtered or len(f) else
+    reasons = [[] if o == slate else list(map(str, f)) if o == filtered or len(f) else
                [p] if isinstance(p, str) else []
                for o, f, p in zip(c["outcome"].tolist(), c["failed_reasons"].tolist(),
                                   c["primary_reason"].astype(object).tolist())]
@@ -56,10 +57,15 @@ def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool 
                 if f"rank_{s}" in c}
     scores_by = {s: c[f"score_{s}"].to_numpy(dtype=np.float64).tolist() for s in trace.source_names
                  if f"score_{s}" in c}
-    out["source_ranks"] = [[ranks_by[s][i] for s in srcs[i]] if all(s in ranks_by for s in srcs[i]) else []
-                           for i in range(n)]
-    out["source_scores"] = [[scores_by[s][i] for s in srcs[i]] if all(s in scores_by for s in srcs[i]) else []
-                            for i in range(n)]
+    named = set(chain.from_iterable(srcs))
+    if named <= ranks_by.keys() and named <= scores_by.keys():  # the usual case: one pass, no checks
+        out["source_ranks"] = [[ranks_by[s][i] for s in ss] for i, ss in enumerate(srcs)]
+        out["source_scores"] = [[scores_by[s][i] for s in ss] for i, ss in enumerate(srcs)]
+    else:  # a source without its rank/score columns: its candidates' lists stay empty (not logged)
+        out["source_ranks"] = [[ranks_by[s][i] for s in srcs[i]] if all(s in ranks_by for s in srcs[i]) else []
+                               for i in range(n)]
+        out["source_scores"] = [[scores_by[s][i] for s in srcs[i]] if all(s in scores_by for s in srcs[i]) else []
+                                for i in range(n)]
     out["early_score"] = c["pctr"].to_numpy(dtype=np.float64)
     out["bid"] = bids[c["version_pos"].to_numpy()] if bids is not None else np.full(n, np.nan)
     out["ecpm"] = c["ecpm"].to_numpy(dtype=np.float64)

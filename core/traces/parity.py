@@ -116,7 +116,8 @@ class Disagreement:
             return f"logged ads the version lacks ({AD_MISSING})"
         if self.kind == "ranker":
             rho = "-" if self.spearman is None else f"{self.spearman:.2f}"
-            return f"the early ranker orders eligible ads differently (Spearman {rho})"
+            return (f"the early ranker orders eligible ads differently (Spearman {rho}; differs in "
+                    f"{self.requests:,} of {self.compared_requests:,} requests)")
         if self.kind == "quota":
             return f"source {self.name}: logged ranks up to {self.logged_max_rank}, replay quota {self.replay_quota}"
         side = "logged" if self.logged_only >= self.replay_only else "replayed"
@@ -455,11 +456,6 @@ def verdict(rep: ParityReport) -> str:
     # every difference that moves slates among the first VERDICT_TOP, else the first one
     top = [d for d in rep.disagreements[:VERDICT_TOP] if d.slates_moved] or rep.disagreements[:1]
     more = len(rep.disagreements) - len(top)
-    return (f"{slates}; most disagreements: " + "; ".join(f"{d.label()} ({_extent(d)})" for d in top)
+    return (f"{slates}; most disagreements: "
+            + "; ".join(d.label() + ("" if d.kind == "ranker" else f" ({d.count:,} candidates)") for d in top)
             + (f"; {more} more difference(s)" if more else ""))
-
-
-def _extent(d: Disagreement) -> str:
-    if d.kind == "ranker":
-        return f"{d.requests:,} of {d.compared_requests:,} requests"
-    return f"{d.count:,} candidates"
