@@ -115,3 +115,16 @@ def test_a_version_built_with_the_production_funnel_reproduces_the_log(ws, capsy
     print(rep.verdict)
     assert rep.slates_equal_rate >= 0.95, rep.verdict
     assert not any((d.kind, d.name) in PLANTED for d in rep.disagreements)
+
+
+def test_a_quota_for_a_source_the_version_lacks_fails_the_build(ws, tmp_path, capsys):
+    settings, db = ws
+    toml = tmp_path / "funnel.toml"
+    toml.write_text(f"[quotas]\n{QUOTA_SOURCE} = 50\n")
+    w = ["--workspace", str(settings.workspace)]
+    code = main([*w, "build-index", "--name", "nosrc", "--factory", "Flat", "--tower", "tower", "--no-sources",
+                 "--no-map", "--funnel", str(toml)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"[quotas] names source(s) {QUOTA_SOURCE} that version nosrc does not have" in err
+    assert "its sources: two_tower" in err and "Traceback" not in err
+    assert not (settings.versions_dir / "nosrc").exists()

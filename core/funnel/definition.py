@@ -371,6 +371,10 @@ def funnel_builder(defn: FunnelDefinition):
 
     def funnel_artifact_builder(ctx, tmp: Path) -> dict:
         funnel = check_against_catalog(defn, ctx.catalog, ctx.ad_ids)
+        if funnel.quotas:  # the sources builder ran first: its folders name the version's sources
+            built = sorted(p.name for p in (tmp / "sources").iterdir() if p.is_dir()) \
+                if (tmp / "sources").is_dir() else []
+            check_quota_sources(funnel, ["two_tower", *built], getattr(ctx, "name", "being built"))
         (tmp / FUNNEL_FILE).write_bytes(defn.text.encode("utf-8"))
         return {"funnel": {"file": FUNNEL_FILE, "sha256": defn.sha256, "source": defn.name,
                            **{k: v for k, v in funnel.describe().items() if k not in ("source", "sha256")}}}
