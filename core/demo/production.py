@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.common.timer import StageTimer
 from core.store.artifacts import write_via_temp
 
 PRODUCTION_DIR = "production"
@@ -129,8 +130,10 @@ def build_production_logs(settings, db, *, n_requests: int = PRODUCTION_REQUESTS
     from core.traces.export import export_replay
     from core.traces.importer import import_traces
 
+    timer = StageTimer()
     folder = Path(settings.workspace) / PRODUCTION_DIR
     files = write_production_files(folder)
+    timer.lap("files")
     logs = folder / LOGS_DIR
     if replace and logs.exists():
         shutil.rmtree(logs)
@@ -138,9 +141,12 @@ def build_production_logs(settings, db, *, n_requests: int = PRODUCTION_REQUESTS
     if wrote:
         shutil.rmtree(logs, ignore_errors=True)  # a half-written folder from an interrupted build
         engine = open_engine(settings, PRODUCTION_VERSION, **production_funnel(folder))
+        timer.lap("open_engine")
         export_replay(engine, logs, n_requests, seed=seed, params=FunnelParams(exact_ranks=False),
                       progress=None if progress is None else lambda f, s: progress(0.9 * f, s))
+        timer.lap("replay_export")
     rep = import_traces(settings, db, logs, replace=replace)
+    timer.lap("import")
     return {"directory": str(folder), "files": files, "version": PRODUCTION_VERSION, "written": wrote,
-            "set_id": rep.set_id, "requests": rep.n_requests,
-            "candidates": rep.n_candidates}
+            "set_id": rep.set_id, "requests": rep.n_requests, "candidates": rep.n_candidates,
+            "seconds": {k: round(v / 1e3, 2) for k, v in timer.done().items()}}
