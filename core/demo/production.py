@@ -18,7 +18,7 @@ AdLens's default replay in three planted, documented ways, as files a team reads
 
 `adlens parity --version ivf` then names the three differences; `adlens build-index --funnel
 <workspace>/production/funnel.toml` builds a version that reproduces the log (data/README.md,
-"Parity").
+"Parity"). Tests: tests/test_demo_production.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Parity's running counts (core.traces.parity): per request, each candidate's fate on both
 sides, the rules, sources, quotas and early ranker that disagree (bounded: counters and a few
-examples each), and the knock-on fates credited to them. See core.traces.parity for the rules."""
+examples each), and the knock-on fates credited to them. See core.traces.parity for the rules.
+Tests: tests/test_traces_parity.py."""
 
 from __future__ import annotations
 
