@@ -265,7 +265,7 @@ def test_funnel_toml_ranker_table_paths_are_relative_to_the_file(ws, tmp_path, m
     assert "[ranker] needs onnx" in capsys.readouterr().err
 
 
-def test_why_not_page_says_from_your_ranker(ws, tmp_path, model, use_workspace):
+def test_inspect_and_why_not_pages_show_your_ranker(ws, tmp_path, model, use_workspace):
     from streamlit.testing.v1 import AppTest
     from streamlit.util import calc_hash
 
@@ -277,8 +277,11 @@ def test_why_not_page_says_from_your_ranker(ws, tmp_path, model, use_workspace):
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "streamlit_app.py"),
                            default_timeout=120)
     at.query_params.update({"version": "b", "user": "u001", "ad": ad})
-    at.run()
+    at.run()  # Inspect: the candidate table shows the ranker's output and inputs
     assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "ranker_inputs" in d.value.columns)
+    assert table["ranker_inputs"].str.startswith("candidate.score=").all() and table["ranker_score"].between(0, 1).all()
+    assert any(e.label.startswith("Early ranker: your ranker") for e in at.expander)
     at._page_hash = calc_hash("why-not")  # st.navigation pages are callables (see test_dashboard._goto)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
