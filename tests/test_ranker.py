@@ -265,12 +265,15 @@ def test_funnel_toml_ranker_table_paths_are_relative_to_the_file(ws, tmp_path, m
     assert "[ranker] needs onnx" in capsys.readouterr().err
 
 
-def test_inspect_and_why_not_pages_show_your_ranker(ws, tmp_path, model, use_workspace):
+def test_inspect_why_not_and_compare_pages_show_your_ranker(ws, tmp_path, model, use_workspace):
     from streamlit.testing.v1 import AppTest
     from streamlit.util import calc_hash
 
+    from core.common.escape import md
+
     assert main(["--workspace", str(ws), "build-index", "--name", "b", "--no-map", "--ranker", str(model),
                  "--ranker-signature", str(_sig(tmp_path / "sig.json"))]) == 0
+    assert main(["--workspace", str(ws), "build-index", "--name", "a", "--no-map"]) == 0
     eng = _engine(ws, "b")
     ad = str(eng.run(eng.default_request("u001")).candidates["ad_id"].iloc[0])
     use_workspace(ws)
@@ -288,6 +291,18 @@ def test_inspect_and_why_not_pages_show_your_ranker(ws, tmp_path, model, use_wor
     assert at.selectbox(key="ad").value == ad
     texts = " ".join(t.value for t in at.text)
     assert "from your ranker (ranker.onnx); inputs: candidate.score=" in texts, texts
+    # Compare: A (AdLens's pCTR model) vs B (the ranker) names the difference
+    at._page_hash = calc_hash("compare")
+    at.run()
+    at.selectbox(key="version").set_value("a").run()
+    at.selectbox(key="version_b").set_value("b").run()
+    at.button_group(key="cmp_view").set_value("Aggregate").run()
+    at.number_input(key="cmp_users").set_value(10).run()
+    at.button(key="cmp_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    caption = " ".join(c.value for c in at.caption)
+    assert f"The versions differ in: {md('early_ranker')}" in caption, caption
+    assert f"B {md('your ranker (ranker.onnx)')}" in caption and "A " + md("AdLens's pCTR model") in caption
 
 
 # ---- the feature vocabulary, gathered (no ONNX: an EarlyRanker subclass passed to the engine) -----------
