@@ -265,6 +265,7 @@ def test_funnel_toml_ranker_table_paths_are_relative_to_the_file(ws, tmp_path, m
     assert "[ranker] needs onnx" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_inspect_why_not_and_compare_pages_show_your_ranker(ws, tmp_path, model, use_workspace):
     from streamlit.testing.v1 import AppTest
     from streamlit.util import calc_hash
