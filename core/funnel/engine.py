@@ -62,6 +62,7 @@ class Priced:
     raw: np.ndarray | None = None
     inputs: np.ndarray | None = None
 
+
 def _obj(rows: pd.DataFrame, col: str, default) -> np.ndarray:
     s = rows[col].astype(object)
     out = s.where(s.notna(), default).to_numpy(dtype=object)
@@ -238,7 +239,7 @@ class FunnelEngine:
     @property
     def ranker_info(self) -> dict:
         """What ranks early: the team's ranker (kind, file, fingerprint, output kind) or AdLens's."""
-        return ADLENS_RANKER if self.ranker is None else {**self.ranker.info(), "source": "your ranker"}
+        return dict(ADLENS_RANKER) if self.ranker is None else {**self.ranker.info(), "source": "your ranker"}
 
     def pricing(self, scores: np.ndarray, positions: np.ndarray, found: dict | None = None,
                 source_scores: dict | None = None, *, request: Request | None = None,
