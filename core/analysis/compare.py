@@ -132,6 +132,7 @@ class CompareReport:
     seconds: float
     diffs: list[RequestDiff] = field(default_factory=list, repr=False)
     sources: dict = field(default_factory=dict)  # per version: slate share, only-source slate ads, recall
+    differences: dict = field(default_factory=dict)  # how the versions' funnels differ (version_differences)
 
     @property
     def most_changed(self) -> pd.DataFrame:
@@ -145,6 +146,20 @@ class CompareReport:
         d["vertical_mix"] = self.vertical_mix.to_dict("records")
         d["stage_counts"] = self.stage_counts.to_dict("records")
         return to_jsonable(d)
+
+
+def version_differences(engine_a: FunnelEngine, engine_b: FunnelEngine) -> dict:
+    """What ranks early and which funnel definition runs in A and B, and `changed`: the names of
+    those that differ (two versions that differ only there are a normal comparison)."""
+    def funnel(e: FunnelEngine) -> dict:
+        d = e.funnel.describe()
+        return {"source": d["source"], "sha256": d["sha256"]}
+
+    ranker = {"a": engine_a.ranker_info, "b": engine_b.ranker_info}
+    fun = {"a": funnel(engine_a), "b": funnel(engine_b)}
+    changed = [name for name, pair, key in (("early_ranker", ranker, "fingerprint"), ("funnel", fun, "sha256"))
+               if (pair["a"].get("kind"), pair["a"].get(key)) != (pair["b"].get("kind"), pair["b"].get(key))]
+    return {"early_ranker": ranker, "funnel": fun, "changed": changed}
 
 
 def _static_eligible(engine: FunnelEngine, request: Request) -> np.ndarray:
@@ -297,5 +312,5 @@ def compare_versions(
                       "examples_only_in_a": only_a[:10], "examples_only_in_b": only_b[:10]},
         lost_by_stage=lost_all["lost_stage"].value_counts().to_dict() if len(lost_all) else {},
         gained_by_vertical=gained_all["vertical"].value_counts().to_dict() if len(gained_all) else {},
-        seconds=time.perf_counter() - t0, diffs=diffs,
+        seconds=time.perf_counter() - t0, diffs=diffs, differences=version_differences(engine_a, engine_b),
     )

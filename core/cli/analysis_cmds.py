@@ -68,6 +68,15 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     s = rep.summary
     print(f"compare A={term(rep.version_a)}  B={term(rep.version_b)}  ({len(rep.per_request)} requests, K={rep.k}, seed {rep.seed})")
+    diff = rep.differences
+    if diff.get("changed"):
+        print("the versions differ in: " + ", ".join(diff["changed"]))
+    rk = diff.get("early_ranker") or {}
+    if rk:
+        print("early ranker: " + "  ·  ".join(
+            f"{lab.upper()} {term(r.get('describe', '?'))}" + (f" (fingerprint {r['fingerprint'][:12]}…)"
+                                                                if r.get("fingerprint") else "")
+            for lab, r in rk.items()))
     print("\nper request (mean / p10 / p50 / p90)")
     for key in ("overlap", "jaccard", "rbo", "slate_overlap", "n_gained", "n_lost", "mean_abs_rank_shift"):
         d = s.get(key) or {}

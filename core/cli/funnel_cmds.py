@@ -18,7 +18,7 @@ from core.cli.output import (
 from core.common.escape import term
 from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
-from core.funnel.trace import describe_query_source
+from core.funnel.trace import describe_query_source, ranker_text
 from core.store.settings import Settings
 
 
@@ -160,9 +160,16 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     for name, n in trace.source_counts().items():
         print(f"  {name:<20} {trace.params.quota(name):>6} {n['retrieved']:>6} {n['eligible']:>8} {n['ranked']:>6} "
               f"{n['slate']:>5} {n['only_this_source']:>7}")
-    coefs = trace.calibration.get("coefficients", {})
-    print(f"pCTR model ({trace.calibration.get('method')}, {trace.calibration.get('n', 0):,} logged impressions): "
-          + "  ".join(f"{k} {v:+.3f}" for k, v in coefs.items()) + f"  intercept {trace.calibration.get('intercept', 0):+.3f}")
+    own = trace.ranker.get("kind") not in (None, "adlens")
+    if own:
+        rk = trace.ranker
+        print(f"early ranker: {term(rk['describe'])} ({rk['kind']}, output {rk['output']}, fingerprint "
+              f"{rk['fingerprint'][:12]}…) on " + ", ".join(map(term, rk["features"])))
+    else:
+        cal = trace.calibration
+        print(f"pCTR model ({cal.get('method')}, {cal.get('n', 0):,} logged impressions): "
+              + "  ".join(f"{k} {v:+.3f}" for k, v in cal.get("coefficients", {}).items())
+              + f"  intercept {cal.get('intercept', 0):+.3f}")
     slate = trace.slate
     print(f"\nslate ({len(slate)}):")
     print(f"  {'#':>2}  {'ad_id':<16} {'advertiser':<20} {'score':>7} {'pCTR':>7} {'eCPM':>9}  {'sources (rank)':<34} title")
@@ -171,6 +178,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         found = ", ".join(f"{s} {int(row[f'rank_{s}'])}" for s in r.sources)
         print(f"  {int(r.final_position):>2}  {term(r.ad_id):<16} {term(adv[:20]):<20} "
               f"{r.score:7.3f} {r.pctr:7.4f} {r.ecpm:9.3f}  {found[:34]:<34} {term(str(r.title)[:60])}")
+        if own:
+            print("      " + term(ranker_text(trace.ranker, r.pctr, r.ecpm, row["ranker_score"], row["ranker_inputs"])))
     c = trace.candidates
     dropped = c[c["outcome"] != "slate"]
     print(f"\nnot shown, by primary reason ({len(dropped)}):")

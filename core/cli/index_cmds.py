@@ -73,6 +73,13 @@ def _register_build_index(sub: argparse._SubParsersAction) -> None:
                    help="funnel definition (TOML: your own eligibility rules and reason codes; data/README.md, "
                         "'Your own funnel'), checked now and recorded in the version; default: the workspace's "
                         "funnel.toml when it has one, else the built-in rules ('builtin' forces those)")
+    g.add_argument("--ranker", metavar="MODEL.onnx|PLUGIN",
+                   help="your own early ranker instead of AdLens's pCTR model: an ONNX model (with --ranker-signature) "
+                        "or a plugin from entry-point group adlens.rankers; checked on logged requests now and "
+                        "recorded in the version (default: a funnel definition's [ranker] table, if any)")
+    g.add_argument("--ranker-signature", type=Path, dest="ranker_signature", metavar="SIG.json",
+                   help="JSON mapping candidate features to the ranker's inputs and declaring its output "
+                        "(data/README.md, 'Your own early ranker')")
     p.add_argument("--no-map", action="store_true", dest="no_map",
                    help="skip the UMAP map (build it later with `adlens map --version V`)")
     p.add_argument("--model", help="embedding model (as for `adlens embed`)")
@@ -191,11 +198,17 @@ def _quotas_builder(args: argparse.Namespace, settings: Settings):
 
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.definition import definition_for_build, funnel_builder
+    from core.funnel.ranker_build import ranker_builder, ranker_choice
+    from core.sources.base import SOURCE_ORDER
     from core.index.versions import build_version
     from core.sources.registry import sources_builder
     from core.vectors.query_side import QuerySpec, read_encoder_config
 
     funnel = definition_for_build(settings, args.funnel)  # a bad definition fails before anything is built
+    choice = ranker_choice(args.ranker, args.ranker_signature, funnel.ranker if funnel else None,
+                           funnel.folder if funnel else None, funnel.name if funnel else "funnel.toml")
+    ranker = () if choice is None else (  # opened and its features checked now: a bad ranker fails here too
+        ranker_builder(choice, settings, ("two_tower",) if args.no_sources else SOURCE_ORDER),)
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
                                 ("k_factor", args.k_factor)) if v is not None}
@@ -207,7 +220,7 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
                       parent=args.parent, seed=args.seed, progress=cli_progress(not args.json), with_map=not args.no_map,
                       ad_vectors=args.ad_vectors, query=query, allow_partial=args.allow_partial,
                       shards=args.shards,
-                      extra_builders=builders + (() if funnel is None else (funnel_builder(funnel),)))
+                      extra_builders=builders + (() if funnel is None else (funnel_builder(funnel),)) + ranker)
     m = v.manifest
     if args.json:
         print_json(m)
@@ -226,6 +239,11 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  funnel {term(f['source'])} (sha256 {f['sha256'][:12]}…): {len(f['eligibility'])} eligibility rules"
                   + (f", {len(f['ranking'])} ranking rules" if f["ranking"] else "")
                   + (f"; own codes {', '.join(map(term, f['custom']))}" if f["custom"] else ""))
+        if r := m.get("ranker"):
+            smp = r["sample"]
+            print(f"  early ranker {term(r['describe'])}: {r['output']} from {len(r['features'])} features "
+                  f"(fingerprint {r['fingerprint'][:12]}…); on {smp['n_candidates']:,} candidates of "
+                  f"{smp['n_requests']} logged requests its output ranged {smp['min']:.4g}..{smp['max']:.4g}")
         if m.quotas:
             print_quotas(m.quotas)
     return 0

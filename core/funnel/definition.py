@@ -19,6 +19,10 @@ Format (data/README.md documents it with data/examples/funnel.toml):
     plugin = "recent_click_block" # a Python rule from entry-point group adlens.rules
     params = { hours = 24 }       # (core.funnel.plugins); code = "..." overrides its own code
 
+    [ranker]                      # optional: the team's own early ranker (core.funnel.ranker_build)
+    onnx = "ranker.onnx"          # + signature = "ranker.json" (relative to this file), or
+                                  # plugin = "NAME" (+ params = {...}), entry-point group adlens.rankers
+
 `load_definition(path)` parses and checks the file's shape; `compile_funnel(defn, fields)` checks
 every expression against the fields (names, types, stage) and returns the `Funnel` the engine
 runs. Every problem of a file is reported at once, as one ValidationError naming the rule, and
@@ -30,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +48,7 @@ from core.funnel.reasons import BUILTIN_REASONS, ELIGIBILITY_REASONS, Reason, ch
 FORMAT = 1
 STAGES = ("eligibility", "ranking")
 RULE_KEYS = frozenset({"code", "expr", "stage", "description", "enabled", "builtin", "plugin", "params"})
-TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description"})
+TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description", "ranker"})
 POST_ELIGIBILITY = frozenset({Reason.BELOW_CUTOFF.value, Reason.ADVERTISER_CAP.value})
 
 
@@ -72,6 +76,8 @@ class FunnelDefinition:
     text: str
     sha256: str
     name: str = "funnel.toml"
+    ranker: dict | None = None  # the [ranker] table as written (core.funnel.ranker_build reads it)
+    folder: str | None = None  # the file's folder, for the [ranker] table's relative paths
 
     @property
     def custom_codes(self) -> tuple[str, ...]:
@@ -165,6 +171,9 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
     unlisted = raw.get("unlisted_builtins", "first")
     if unlisted not in ("first", "off"):
         problems.append(f"{name}: unlisted_builtins must be \"first\" or \"off\"; got {unlisted!r}")
+    ranker = raw.get("ranker")
+    if ranker is not None and not isinstance(ranker, dict):
+        problems.append(f"{name}: ranker must be a [ranker] table (onnx + signature, or plugin)")
     tables = raw.get("rule", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         problems.append(f"{name}: rules are [[rule]] tables")
@@ -239,7 +248,7 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
     if problems:
         raise ValidationError(problems)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return FunnelDefinition(tuple(specs), unlisted, text, sha, name)
+    return FunnelDefinition(tuple(specs), unlisted, text, sha, name, ranker)
 
 
 def load_definition(path: str | Path) -> FunnelDefinition:
@@ -251,7 +260,7 @@ def load_definition(path: str | Path) -> FunnelDefinition:
         raise ValidationError([f"funnel definition {p} does not exist"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError([f"funnel definition {p} cannot be read: {exc}"]) from None
-    return parse_definition(text, p.name)
+    return replace(parse_definition(text, p.name), folder=str(p.parent))
 
 
 def compile_funnel(defn: FunnelDefinition | None, fields) -> Funnel:

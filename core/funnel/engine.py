@@ -2,7 +2,8 @@
 
 `FunnelEngine(version, catalog)` is built once per (version, catalog): it holds the feature store,
 the per-ad eligibility arrays aligned to the version's positions, the frequency-cap index, the
-version's candidate sources (core.sources) and the pCTR model (core.funnel.pctr). It is immutable afterwards (its arrays are read-only), so one engine can
+version's candidate sources (core.sources) and the early ranker: the team's own when the version
+has one (core.funnel.rankers), else AdLens's pCTR model (core.funnel.pctr). It is immutable afterwards (its arrays are read-only), so one engine can
 serve every dashboard session and thread. `engine.run(request, params) -> Trace` is a pure
 simulation: it never touches the database.
 """
@@ -10,7 +11,7 @@ simulation: it never touches the database.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -28,6 +29,8 @@ from core.funnel.filters import EligibilityResult, active_rules, evaluate
 from core.funnel.params import EXACT_RANKS_AUTO_MAX, FunnelParams
 from core.funnel.pctr import PctrModel, feature_matrix, feature_names, fit_pctr
 from core.funnel.pctr_cache import PctrCache
+from core.funnel.ranker_features import RankerInputs
+from core.funnel.rankers import EarlyRanker, version_ranker
 from core.funnel.ranking import (
     DEFAULT_BID,
     DEFAULT_BID_TYPE,
@@ -45,6 +48,20 @@ from core.store.catalog import Catalog
 from core.tower.query_encoder import l2_normalize
 
 CALIBRATION_SAMPLES = 5_000
+ADLENS_RANKER = {"kind": "adlens", "output": "probability",
+                 "describe": "AdLens's pCTR model (logistic regression on logged impressions)"}
+
+
+@dataclass(frozen=True)
+class Priced:
+    """Early ranking's values for some candidates: pCTR (NaN for a "score" ranker), eCPM (the
+    ranking value), and with the team's ranker its raw output and its input matrix."""
+
+    pctr: np.ndarray
+    ecpm: np.ndarray
+    raw: np.ndarray | None = None
+    inputs: np.ndarray | None = None
+
 
 def _obj(rows: pd.DataFrame, col: str, default) -> np.ndarray:
     s = rows[col].astype(object)
@@ -57,9 +74,11 @@ class FunnelEngine:
     """Everything needed to run requests against one version and one catalog (read-only)."""
 
     def __init__(self, version, catalog: Catalog, *, calibration_samples: int = CALIBRATION_SAMPLES,
-                 seed: int = 0, funnel_definition=None, pctr_cache: PctrCache | None = None):
+                 seed: int = 0, funnel_definition=None, pctr_cache: PctrCache | None = None,
+                 ranker: EarlyRanker | None = None):
         """`pctr_cache`: where the fitted pCTR model is kept (core.funnel.pctr_cache; the caller
-        vouches that it names this version and this catalog)."""
+        vouches that it names this version and this catalog). `ranker`: the early ranker (default:
+        the version's own, core.funnel.rankers, else AdLens's pCTR model)."""
         t0 = time.perf_counter()
         self.version = version
         self.catalog = catalog
@@ -68,7 +87,8 @@ class FunnelEngine:
         self.frequency = FrequencyIndex(catalog, self.facts.campaign_ids)
         # the version's own funnel definition (core.funnel.definition), or one given for a what-if
         defn = funnel_definition if funnel_definition is not None else version_definition(version)
-        self.fields = FieldTable.build(self.facts, catalog) if defn is not None else None
+        self.ranker = ranker if ranker is not None else version_ranker(version)
+        self.fields = FieldTable.build(self.facts, catalog) if defn is not None or self.ranker else None
         self.funnel: Funnel = compile_funnel(defn, self.fields)
         rows = catalog.ads.set_index("ad_id", drop=False).reindex(pd.Index(version.ad_ids, dtype=object))
         has = self.facts.has_campaign
@@ -98,7 +118,11 @@ class FunnelEngine:
         for arr in (self.cap_key, self.bid, self.bid_type):
             arr.setflags(write=False)
         self.sources = load_sources(version, self.features)
-        self.calibration = self._cached_calibration(calibration_samples, seed, pctr_cache)
+        self.ranker_inputs = None if self.ranker is None else RankerInputs(
+            self.ranker.features, self.fields, tuple(self.sources), where=f"ranker {self.ranker.describe()}")
+        # AdLens's pCTR model is fitted only when it ranks (nothing else reads it)
+        self.calibration = None if self.ranker is not None else \
+            self._cached_calibration(calibration_samples, seed, pctr_cache)
         self.build_ms = (time.perf_counter() - t0) * 1e3
 
     # ---- building blocks (also used by explain/audience) ----------------------------------
@@ -212,14 +236,38 @@ class FunnelEngine:
         env = self.field_env(request, positions, candidate)
         return evaluate(self.facts, positions, env.ctx, codes, self.funnel.ranking, env)
 
+    @property
+    def ranker_info(self) -> dict:
+        """What ranks early: the team's ranker (kind, file, fingerprint, output kind) or AdLens's."""
+        return dict(ADLENS_RANKER) if self.ranker is None else {**self.ranker.info(), "source": "your ranker"}
+
     def pricing(self, scores: np.ndarray, positions: np.ndarray, found: dict | None = None,
-                source_scores: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                source_scores: dict | None = None, *, request: Request | None = None,
+                ranks: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(pCTR, eCPM) for candidates with these tower similarities and, per source, found-by
-        flags and scores (missing: not found by that source); see core.funnel.pctr."""
-        X = feature_matrix(self.calibration.features, np.asarray(scores, np.float64), found or {},
-                           source_scores or {})
-        p = self.calibration.pctr(X)
-        return p, ecpm(p, self.bid[positions], self.bid_type[positions])
+        flags, scores and ranks (missing: not found by that source); see `price`."""
+        priced = self.price(scores, positions, found, source_scores, request=request, ranks=ranks)
+        return priced.pctr, priced.ecpm
+
+    def price(self, scores: np.ndarray, positions: np.ndarray, found: dict | None = None,
+              source_scores: dict | None = None, *, request: Request | None = None,
+              ranks: dict | None = None) -> Priced:
+        """Early ranking's values: AdLens's pCTR model (core.funnel.pctr) x bid, or the version's
+        ranker on its features (core.funnel.ranker_features; needs the `request`)."""
+        positions = np.asarray(positions, np.int64)
+        scores = np.asarray(scores, np.float64)
+        if self.ranker is None:
+            X = feature_matrix(self.calibration.features, scores, found or {}, source_scores or {})
+            p = self.calibration.pctr(X)
+            return Priced(p, ecpm(p, self.bid[positions], self.bid_type[positions]))
+        if request is None:
+            raise TypeError("pricing with the version's own ranker needs the request (its features read it)")
+        env = Env(self.fields, positions, self.request_context(request), {"score": scores})
+        X = self.ranker_inputs.matrix(env, scores, found, ranks, source_scores)
+        raw = self.ranker.score(X)
+        if self.ranker.output == "score":
+            return Priced(np.full(len(raw), np.nan), raw, raw, X)
+        return Priced(raw, ecpm(raw, self.bid[positions], self.bid_type[positions]), raw, X)
 
     def exact_scores(self, q: np.ndarray) -> np.ndarray:
         """Similarity of the query to every ad in the version (the exact-search oracle)."""
@@ -297,7 +345,9 @@ class FunnelEngine:
         elig = self.eligibility(request, pos, params, {"score": scores})
         eligible = elig.eligible
         timer.lap("eligibility")
-        pctr, ecpm_v = self.pricing(scores, pos, {n: merged.found(n) for n in merged.ran}, merged.score)
+        priced = self.price(scores, pos, {n: merged.found(n) for n in merged.ran}, merged.score,
+                            request=request, ranks=merged.rank)
+        pctr, ecpm_v = priced.pctr, priced.ecpm
         late = self.ranking_rules(request, pos, params, {"score": scores, "pctr": pctr, "ecpm": ecpm_v})
         rankable = eligible if late is None else eligible & late.eligible
         rank = rank_by_ecpm(ecpm_v, rankable, scores)
@@ -309,7 +359,8 @@ class FunnelEngine:
         # the candidates frame is built on first use (Trace.candidates), outside the funnel's timings
         if params.rule_order is None:  # the Trace says which order ran
             params = replace(params, rule_order=self.funnel.all_order)
-        table = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params, late)
+        table = partial(self._assemble, merged, scores, exact_col, elig, pctr, ecpm_v, rank, slate, params, late,
+                        priced)
         n_elig = int(eligible.sum())
         counts = {
             Stage.INVENTORY: self.n_ads,
@@ -319,11 +370,13 @@ class FunnelEngine:
             Stage.SLATE: int((slate.final_position > 0).sum()),
         }
         return Trace(request, self.version.name, self.version.checksum, params, table, counts, timer.done(),
-                     self.calibration.to_dict(), q, query_source, shard_timings_ms=shard_ms,
-                     backend=self.version.backend_name, source_names=tuple(self.sources), sources_ran=merged.ran)
+                     {} if self.calibration is None else self.calibration.to_dict(), q, query_source,
+                     shard_timings_ms=shard_ms, backend=self.version.backend_name, source_names=tuple(self.sources),
+                     sources_ran=merged.ran, ranker=self.ranker_info)
 
     def _assemble(self, merged: MergedCandidates, scores, exact_col, elig, pctr, ecpm_v, rank, slate,
-                  params: FunnelParams, late: EligibilityResult | None = None) -> pd.DataFrame:
+                  params: FunnelParams, late: EligibilityResult | None = None,
+                  priced: Priced | None = None) -> pd.DataFrame:
         pos = merged.positions
         n = len(pos)
         eligible = elig.eligible
@@ -360,6 +413,10 @@ class FunnelEngine:
             r = merged.rank.get(name, np.zeros(n, np.int64))
             columns[f"rank_{name}"] = pd.arrays.IntegerArray(r, r == 0)
             columns[f"score_{name}"] = merged.score.get(name, np.full(n, np.nan))
+        if priced is not None and priced.inputs is not None:  # the team's ranker: its output and inputs
+            columns["ranker_score"] = priced.raw
+            names = self.ranker.features
+            columns["ranker_inputs"] = [dict(zip(names, row)) for row in priced.inputs.astype(np.float64).tolist()]
         return pd.DataFrame(columns)
 
 

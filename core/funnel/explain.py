@@ -13,7 +13,8 @@ the Trace's) and adds what the Trace alone cannot say:
   version the shard that holds the ad (its IVF list is the same in every shard: one quantizer);
 - eligibility: every rule's outcome with concrete values (even when the ad was not retrieved);
 - ranking: pCTR, eCPM and its eCPM position versus the top-N cutoff (counterfactual when it was
-  not retrieved or not eligible);
+  not retrieved or not eligible); with the team's own early ranker also its output and inputs
+  ("pCTR 0.0123 from your ranker (ranker.onnx); inputs: candidate.score=0.61, ...");
 - diversity: the sibling ads of its advertiser that took the slate slots;
 - a one-line summary naming the first stage the ad did not pass, or "shown at position p".
 """
@@ -34,7 +35,7 @@ from core.funnel.engine import FunnelEngine
 from core.funnel.filters import explain_rules
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Reason, Stage
-from core.funnel.trace import Trace
+from core.funnel.trace import Trace, ranker_text
 from core.sources.base import RetrieveOptions, SourceExplanation
 from core.sources.two_tower import explanation as two_tower_explanation
 
@@ -249,7 +250,7 @@ def why_not(engine: FunnelEngine, request: Request, ad_id: str, params: FunnelPa
     env = engine.field_env(request, one, {"score": np.array([retrieval.score], np.float64)})
     rules = explain_rules(engine.facts, pos, ctx, engine.active_rules(params), engine.funnel.rules, env)
     failed = [r for r in rules if r["enabled"] and r["failed"]]
-    ranking = _ranking(engine, trace, pos, row, params, retrieval, eligible=not failed)
+    ranking = _ranking(engine, trace, pos, row, params, retrieval, eligible=not failed, request=request)
     late = _ranking_rules(engine, request, pos, params, retrieval, ranking)
     rules += late
     late_failed = [r for r in late if r["enabled"] and r["failed"]]
@@ -295,16 +296,25 @@ def _ranking_rules(engine, request, pos, params, rv, ranking) -> list[dict]:
     return [{**r, "stage": Stage.RANKED.value} for r in rows]
 
 
-def _ranking(engine, trace, pos, row, params, rv, eligible: bool) -> dict:
+def _ranking(engine, trace, pos, row, params, rv, eligible: bool, request: Request | None = None) -> dict:
     c = trace.candidates
     rank = c["rank_position"].to_numpy(dtype=np.float64, na_value=np.nan)
     ecpm_all = c["ecpm"].to_numpy(dtype=np.float64)
     elig = ~np.isnan(rank)
+    own = {}
     if row is not None:
         pctr, ecpm_v = float(row["pctr"]), float(row["ecpm"])
-    else:
-        p, e = engine.pricing(np.array([rv.score]), np.array([pos]))
-        pctr, ecpm_v = float(p[0]), float(e[0])
+        if "ranker_score" in c:
+            own = {"ranker_score": float(row["ranker_score"]), "ranker_inputs": dict(row["ranker_inputs"])}
+    else:  # not retrieved: priced as if no source had returned it
+        priced = engine.price(np.array([rv.score]), np.array([pos]), request=request)
+        pctr, ecpm_v = float(priced.pctr[0]), float(priced.ecpm[0])
+        if priced.raw is not None:
+            own = {"ranker_score": float(priced.raw[0]),
+                   "ranker_inputs": dict(zip(engine.ranker.features, priced.inputs[0].astype(float).tolist()))}
+    if own:
+        own["ranker"] = trace.ranker
+        own["ranker_text"] = ranker_text(trace.ranker, pctr, ecpm_v, own["ranker_score"], own["ranker_inputs"])
     if row is not None and not pd.isna(row["rank_position"]):
         position, hypothetical = int(row["rank_position"]), False
     else:  # where it would rank among this request's eligible candidates
@@ -314,8 +324,14 @@ def _ranking(engine, trace, pos, row, params, rv, eligible: bool) -> dict:
     return {"pctr": pctr, "ecpm": ecpm_v, "rank_position": position, "hypothetical": hypothetical,
             "eligible": eligible, "n_ranked": params.n_ranked, "n_eligible": int(elig.sum()),
             "cutoff_ecpm": cutoff, "bid": float(engine.bid[pos]), "bid_type": str(engine.bid_type[pos]),
-            "formula": "CPC: 1000 x pCTR x bid; CPM: bid; pCTR = sigmoid(sum of coefficient x feature + intercept)",
-            "calibration": trace.calibration}
+            "formula": "CPC: 1000 x pCTR x bid; CPM: bid; pCTR = sigmoid(sum of coefficient x feature + intercept)"
+            if not own else _own_formula(trace.ranker), "calibration": trace.calibration, **own}
+
+
+def _own_formula(ranker: dict) -> str:
+    if ranker.get("output") == "score":
+        return "your ranker's score is the ranking value (eCPM column); pCTR is not known"
+    return "CPC: 1000 x pCTR x bid; CPM: bid; pCTR = your ranker's output"
 
 
 def _diversity(engine, trace, pos, params) -> dict:
@@ -349,7 +365,9 @@ def _stages(trace, row, rv, failed, ranking, diversity, params, sources=(), late
                    "; ".join(f"{r['code']}: {r['detail']}" for r in failed))
     rk = ranking
     cutoff = f"cutoff N={params.n_ranked}" + (f" (eCPM {rk['cutoff_ecpm']:.4f})" if rk["cutoff_ecpm"] is not None else "")
-    rank_detail = (f"pCTR {rk['pctr']:.4f}, eCPM {rk['ecpm']:.4f} ({rk['bid_type']} bid {rk['bid']:g}); "
+    head = (f"{rk['ranker_text']}; eCPM {rk['ecpm']:.4f}" if rk.get("ranker_text") else
+            f"pCTR {rk['pctr']:.4f}, eCPM {rk['ecpm']:.4f}")
+    rank_detail = (f"{head} ({rk['bid_type']} bid {rk['bid']:g}); "
                    + (f"would rank {rk['rank_position']} among the {rk['n_eligible']} eligible candidates if it "
                       f"reached this stage" if rk["hypothetical"] else
                       f"ranks {rk['rank_position']} of {rk['n_eligible']} eligible") + f"; {cutoff}")

@@ -18,7 +18,11 @@ it did not return the ad) and `score_<source>` (NaN when not returned):
 - outcome: one of OUTCOMES; blocking_stage: the first stage the ad did not pass (None in the
   slate; core.funnel.reasons.blocking_stages); version_pos: the ad's position in the version;
 - shard: the index shard that holds the candidate (0 for an unsharded version);
-- sources: the tuple of sources that found the candidate (SOURCE_ORDER).
+- sources: the tuple of sources that found the candidate (SOURCE_ORDER);
+- with the team's own early ranker (core.funnel.rankers) also ranker_score (its raw output; for
+  an output of kind "score" pctr is NaN and ecpm holds it) and ranker_inputs (a dict feature ->
+  value per candidate). `ranker` names what ranked: the team's ranker (kind, file, fingerprint,
+  output kind) or AdLens's pCTR model (kind "adlens").
 
 `shard_timings_ms` holds each shard's retrieve time ({shard: ms}; with the ray backend the time
 until that shard's answer arrived) and `backend` the serving backend (local or ray).
@@ -62,6 +66,29 @@ def describe_query_source(query_source: dict) -> str:
     return f"query vector: {query_source.get('encoder')}: {query_source['detail']}{used}"
 
 
+def _num(v) -> str:
+    return "NaN" if v is None or v != v else str(round(float(v), 4))
+
+
+def ranker_text(ranker: dict, pctr, ecpm, raw=None, inputs: dict | None = None, max_inputs: int = 20) -> str:
+    """One line on a candidate's early-ranking value and where it came from, e.g. "pCTR 0.0123 from
+    your ranker (ranker.onnx); inputs: candidate.score=0.61, campaign.bid=2.0" (plain text: escape
+    it where it is rendered)."""
+    if not ranker or ranker.get("kind") == "adlens":
+        return f"pCTR {float(pctr):.4f} from AdLens's pCTR model"
+    name = ranker.get("file") or ranker.get("kind")
+    if ranker.get("output") == "score":
+        head = f"score {_num(raw if raw is not None else ecpm)} from your ranker ({name}; ranked by it directly)"
+    else:
+        head = f"pCTR {float(pctr):.4f} from your ranker ({name})"
+    if not inputs:
+        return head
+    items = list(inputs.items())
+    shown = ", ".join(f"{k}={_num(v)}" for k, v in items[:max_inputs])
+    more = f", … (+{len(items) - max_inputs} more)" if len(items) > max_inputs else ""
+    return f"{head}; inputs: {shown}{more}"
+
+
 @dataclass
 class Trace:
     """One simulated request through every funnel stage. `table` is the candidates frame or the
@@ -82,6 +109,7 @@ class Trace:
     backend: str = "local"
     source_names: tuple[str, ...] = ("two_tower",)  # the version's sources
     sources_ran: tuple[str, ...] = ("two_tower",)  # those enabled for this request
+    ranker: dict = field(default_factory=dict)  # what ranked early (core.funnel.engine.ranker_info)
 
     @property
     def candidates(self) -> pd.DataFrame:
@@ -142,6 +170,7 @@ class Trace:
             "version": {"name": self.version_name, "checksum": self.version_checksum},
             "params": params,
             "calibration": self.calibration,
+            "ranker": self.ranker,
             "query_source": self.query_source,
             "sources": {"version": list(self.source_names), "ran": list(self.sources_ran),
                         "counts": self.source_counts()},

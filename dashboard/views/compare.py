@@ -90,6 +90,11 @@ def _aggregate(a: str, b: str) -> None:
     if rep is None:
         st.info("Pick the sample size and press **Run comparison**.")
         return
+    diff = getattr(rep, "differences", None) or {}
+    if diff.get("changed"):  # e.g. two versions that differ only in their early ranker or funnel definition
+        rk = diff.get("early_ranker") or {}
+        st.caption(f"The versions differ in: {md(', '.join(diff['changed']))} · early ranker: A "
+                   f"{md(rk.get('a', {}).get('describe', '?'))} · B {md(rk.get('b', {}).get('describe', '?'))}")
     s = rep.summary
     m = st.columns(5)
     for col, (label, k) in zip(m, [("Mean overlap@K", "overlap"), ("Mean Jaccard", "jaccard"),

@@ -23,6 +23,8 @@ COLUMN_CONFIG = {
     "failed_reasons": st.column_config.ListColumn("every failed rule"),
     "sources": st.column_config.ListColumn("found by"),
     "title": st.column_config.TextColumn("title", width="large"),
+    "ranker_score": st.column_config.NumberColumn("your ranker", format="%.4f"),
+    "ranker_inputs": st.column_config.TextColumn("your ranker's inputs", width="large"),
 }
 
 
@@ -71,6 +73,9 @@ def render() -> None:
     # Above EXACT_RANKS_AUTO_MAX ads exact ranks are opt-in (sidebar); hide an all-empty column.
     shown = [c for c in SHOWN if c != "exact_rank" or frame["exact_rank"].notna().any()]
     shown += [f"rank_{n}" for n in trace.source_names if n != "two_tower"]  # two_tower's is the ANN rank
+    if "ranker_inputs" in frame:  # the team's own early ranker: its output and inputs, as text
+        frame["ranker_inputs"] = frame["ranker_inputs"].map(lambda d: ", ".join(f"{k}={round(v, 4)}" for k, v in d.items()))
+        shown[shown.index("ecpm") + 1:shown.index("ecpm") + 1] = ["ranker_score", "ranker_inputs"]
     st.subheader("Slate")
     slate = trace.slate
     if len(slate):
@@ -120,6 +125,13 @@ def render() -> None:
         if len(trace.shard_timings_ms) > 1:  # sharded: where the retrieve time went
             st.text(f"retrieve by shard ({trace.backend} backend): "
                     + "   ".join(f"shard {i} {ms:.2f}" for i, ms in sorted(trace.shard_timings_ms.items())))
+    rk = trace.ranker
+    if rk.get("kind") not in (None, "adlens"):  # the team's own early ranker (its label escaped: a file name)
+        with st.expander(f"Early ranker: {md(rk['describe'])}"):
+            st.text(f"{rk['kind']} ranker, output {rk['output']}"
+                    + (" (pCTR; eCPM by the bid formula)" if rk["output"] == "probability" else " (ranked by it directly)")
+                    + f", fingerprint {rk['fingerprint'][:16]}…\ninputs: " + ", ".join(rk["features"]))
+        return
     with st.expander("pCTR model (early ranker), fitted on logged impressions"):
         cal = trace.calibration
         st.caption(f"{cal.get('method')} regression on {cal.get('n', 0):,} logged impressions "

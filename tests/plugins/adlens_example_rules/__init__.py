@@ -7,6 +7,10 @@ A package would declare it in its pyproject.toml:
 
 `HoldoutRule` keeps a deterministic share of (user, campaign) pairs out of the funnel (an A/B
 holdout): a hash an expression cannot compute.
+
+It also holds example early rankers for entry-point group `adlens.rankers` (used by
+tests/test_ranker.py): `BidScoreRanker` ranks by `weight * candidate.score + campaign.bid` (output
+kind "score"); `NanRanker` returns NaN (refused at build time).
 """
 
 from __future__ import annotations
@@ -51,3 +55,27 @@ class BrokenRule(Rule):
 
     def describe(self, facts, p, ctx):
         return "broken"
+
+
+class BidScoreRanker:
+    """An early ranker (core.funnel.rankers.EarlyRanker): weight * tower score + bid, a score."""
+
+    features = ("candidate.score", "campaign.bid")
+    output = "score"
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = float(weight)
+
+    def score(self, X):
+        return self.weight * X[:, 0].astype(np.float64) + X[:, 1]
+
+    def describe(self):
+        return f"{self.weight:g} x score + bid"
+
+
+class NanRanker:
+    features = ("candidate.score",)
+    output = "probability"
+
+    def score(self, X):
+        return np.full(len(X), np.nan)
