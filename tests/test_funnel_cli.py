@@ -65,7 +65,8 @@ def test_build_index_records_the_definition_and_inspect_why_not_show_its_codes(w
                  "--disable", "DE_BLOCK", "--json"]) == 0
     assert not [c for c in json.loads(capsys.readouterr().out)["candidates"] if c["primary_reason"] == "DE_BLOCK"]
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--disable", "NOPE"]) == 2
-    assert "unknown eligibility rule 'NOPE'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown rule 'NOPE' to switch off" in err and "DE_BLOCK" in err and "GEO_MISMATCH" in err
     # the copy is checksummed: editing it is caught on load
     (ws / "versions" / "f1" / "funnel.toml").write_text(OWN.replace("DE", "FR"))
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000"]) == 2

@@ -43,8 +43,9 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nprobe", type=positive_int, default=None,
                    help="IVF nprobe for this request (default: the version's)")
     g.add_argument("--ef-search", type=positive_int, default=None, help="HNSW efSearch for this request")
-    g.add_argument("--disable", action="append", default=[], metavar="CODE",
-                   help="switch off an eligibility rule (repeatable), e.g. FREQUENCY_CAP")
+    g.add_argument("--disable-rule", "--disable", action="append", default=[], dest="disable", metavar="CODE",
+                   help="switch off any rule of the version's funnel (repeatable): built-in, expression, plugin, "
+                        "eligibility or ranking stage, e.g. FREQUENCY_CAP; an unknown code lists the version's rules")
     g.add_argument("--no-source", action="append", default=[], dest="no_source", metavar="SOURCE",
                    help="switch off a candidate source (repeatable): two_tower, co_engagement, "
                         "popular_in_context, targeting")
