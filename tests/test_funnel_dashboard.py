@@ -1,5 +1,7 @@
 """A funnel definition's own reason code in the dashboard (AppTest): Inspect's "why candidates
-dropped" chart and candidate table, and Why-not's rule table with the expression's values."""
+dropped" chart, its reasons table and the candidate table, Why-not's rule table with the
+expression's values; the sidebar's what-if switching the rule off (its reason leaves the trace)
+and the deep link that carries it (validated)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,55 @@ def test_custom_reason_in_inspect_and_why_not(ws, use_workspace):
     verdicts = [e.value.replace("\\", "") for e in at.error]  # markdown-escaped
     assert any(v.startswith("filtered: HOUSE_RULE — our house rule: campaign.exists") for v in verdicts), verdicts
     assert any("HOUSE_RULE: our house rule: campaign.exists and" in t.value for t in at.text)  # the eligible stage
+
+
+def test_reasons_table_gives_the_own_rule_its_stage_kind_and_description(ws, use_workspace):
+    use_workspace(ws)
+    at = _ok(AppTest.from_file(str(APP), default_timeout=120).run())
+    # (AppTest keeps a data frame's key only when it is selectable: found by its columns)
+    why = next(d.value for d in at.dataframe if {"reason", "stage", "kind"} <= set(d.value.columns))
+    why = why.set_index("reason")
+    cands = at.dataframe(key="candidates_table").value
+    assert why.loc["HOUSE_RULE", "candidates"] == (cands["primary_reason"] == "HOUSE_RULE").sum() > 0
+    assert tuple(why.loc["HOUSE_RULE", ["stage", "kind", "description"]]) == ("eligibility", "expression",
+                                                                              "our house rule")
+    assert why["candidates"].sum() == cands["primary_reason"].notna().sum()
+    chart = next(c for c in at.get("plotly_chart") if "HOUSE_RULE" in c.proto.spec)
+    assert "eligibility stage · expression rule: our house rule" in chart.proto.spec
+
+
+def test_sidebar_switches_the_own_rule_off_and_the_link_carries_it(ws, use_workspace):
+    use_workspace(ws)
+    at = _ok(AppTest.from_file(str(APP), default_timeout=120).run())
+    before = at.dataframe(key="candidates_table").value
+    only_own = set(before.loc[before["failed_reasons"].map(lambda r: list(r) == ["HOUSE_RULE"]), "ad_id"])
+    assert only_own, "some candidates fail the house rule alone"
+    at.checkbox(key="rule_HOUSE_RULE").uncheck()
+    _ok(at.run())
+    after = at.dataframe(key="candidates_table").value
+    assert not after["failed_reasons"].map(lambda r: "HOUSE_RULE" in r).any()
+    assert "HOUSE_RULE" not in set(after["primary_reason"].dropna())
+    rows = after.set_index("ad_id").loc[sorted(only_own)]
+    assert (rows["outcome"] != "filtered").all()  # the rule alone filtered them: now they pass
+    assert at.query_params["rules_off"] == "HOUSE_RULE"
+    assert any("rules switched off: HOUSE_RULE" in i.value.replace("\\", "") for i in at.info)
+    # the link opens the same what-if in a new session
+    link = AppTest.from_file(str(APP), default_timeout=120)
+    link.query_params["rules_off"] = "HOUSE_RULE,GEO_MISMATCH"
+    _ok(link.run())
+    assert link.checkbox(key="rule_HOUSE_RULE").value is False
+    assert link.checkbox(key="rule_GEO_MISMATCH").value is False
+    table = link.dataframe(key="candidates_table").value
+    assert not table["failed_reasons"].map(lambda r: bool({"HOUSE_RULE", "GEO_MISMATCH"} & set(r))).any()
+
+
+def test_deep_link_with_an_unknown_rule_warns_and_switches_nothing_off(ws, use_workspace):
+    use_workspace(ws)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["rules_off"] = "HOUSE_RULE,NOT_A_RULE"
+    _ok(at.run())
+    warnings = " ".join(w.value.replace("\\", "") for w in at.warning)
+    assert "rules_off=HOUSE_RULE,NOT_A_RULE is not valid" in warnings and "NOT_A_RULE" in warnings
+    assert "HOUSE_RULE" in warnings.split("version's rules are")[1]  # lists the rules it has
+    assert at.checkbox(key="rule_HOUSE_RULE").value is True
+    assert "HOUSE_RULE" in set(at.dataframe(key="candidates_table").value["primary_reason"].dropna())
