@@ -5,7 +5,9 @@ Both versions run the same seeded sample of users in their usual contexts (core.
 from the two Traces. Versions may differ in tower, index type or catalog: ads present in only one
 version are reported, not crashed on. Per version, `sources` gives each candidate source's share
 of the slate, the slate ads only it found, and its recall of held-out clicks beside the merged
-set's (core.analysis.sources).
+set's (core.analysis.sources). Versions that differ only in their funnel definition are a normal
+comparison: `funnels` lists the rules added, removed and changed, and `rule_attribution` the share
+of slates each of them changed (core.analysis.rule_diff).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.analysis.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
+from core.analysis.rule_diff import funnel_diff, rule_attribution
 from core.analysis.sources import slate_attribution, source_recall
 from core.common.jsonio import to_jsonable
 from core.common.progress import Progress, report
@@ -83,6 +86,8 @@ def lost_why(ad_id: str, trace_b: Trace, engine_b: FunnelEngine) -> tuple[str, s
         return stage, str(row["primary_reason"])
     if row["outcome"] == Outcome.ADVERTISER_CAP.value:
         return stage, str(Reason.ADVERTISER_CAP)
+    if str(row["primary_reason"]) != Reason.BELOW_CUTOFF.value:  # a ranking-stage rule of the funnel
+        return stage, str(row["primary_reason"])
     return stage, f"{Reason.BELOW_CUTOFF} (eCPM rank {row['rank_position']})"
 
 
@@ -132,6 +137,8 @@ class CompareReport:
     seconds: float
     diffs: list[RequestDiff] = field(default_factory=list, repr=False)
     sources: dict = field(default_factory=dict)  # per version: slate share, only-source slate ads, recall
+    funnels: dict = field(default_factory=dict)  # the funnel definitions' difference (core.analysis.rule_diff)
+    rule_attribution: list = field(default_factory=list)  # per differing rule: share of slates it changed
 
     @property
     def most_changed(self) -> pd.DataFrame:
@@ -286,6 +293,7 @@ def compare_versions(
     gained_all = pd.concat([d.gained for d in diffs], ignore_index=True) if diffs else pd.DataFrame()
     both = {key: {lab: exposure[lab][key] for lab in ("a", "b")}
             for key in ("recall_vs_exact", "recall_vs_clicks", "coverage", "concentration", "sources")}
+    fdiff = funnel_diff(engine_a, engine_b)
     report(progress, 1.0, "Done")
     return CompareReport(
         version_a=engine_a.version.name, version_b=engine_b.version.name, k=k, seed=seed,
@@ -297,5 +305,5 @@ def compare_versions(
                       "examples_only_in_a": only_a[:10], "examples_only_in_b": only_b[:10]},
         lost_by_stage=lost_all["lost_stage"].value_counts().to_dict() if len(lost_all) else {},
         gained_by_vertical=gained_all["vertical"].value_counts().to_dict() if len(gained_all) else {},
-        seconds=time.perf_counter() - t0, diffs=diffs,
+        seconds=time.perf_counter() - t0, diffs=diffs, funnels=fdiff, rule_attribution=rule_attribution(diffs, fdiff),
     )

@@ -94,6 +94,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     for r in rep.vertical_mix.head(8).itertuples():
         print(f"  {term(r.vertical):<24} {r.share_a:6.1%} → {r.share_b:6.1%}  ({r.delta:+.1%})")
     _print_sources(rep.sources)
+    _print_funnels(rep.funnels, rep.rule_attribution)
     print(f"\nslate ads lost in B, by stage: {rep.lost_by_stage or 'none'}")
     cd = rep.catalog_diff
     print(f"catalog: {cd['only_in_a']} ads only in A, {cd['only_in_b']} only in B")
@@ -102,6 +103,26 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     top = rep.most_changed[cols].head(args.top).fillna({"community_id": "(home feed)"})
     print(text_frame(top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _print_funnels(funnels: dict, attribution: list[dict]) -> None:
+    """The funnel definitions' difference and the share of slates each differing rule changed."""
+    if not funnels or funnels.get("same"):
+        return
+    side = {k: f"{funnels[k]['source']}" + (f" (sha256 {funnels[k]['sha256'][:12]}…)" if funnels[k]["sha256"] else "")
+            for k in ("a", "b")}
+    print(f"\nfunnel definitions differ: A {term(side['a'])}, B {term(side['b'])}")
+    for label, rows in (("added in B", funnels["added"]), ("removed in B", funnels["removed"])):
+        for r in rows:
+            what = r["expr"] or (f"plugin {r['plugin']}" if r["plugin"] else "built-in")
+            print(f"  {label:<13} {r['code']:<24} {r['stage']:<12} {term(' '.join(str(what).split()))}")
+    for r in funnels["changed"]:
+        print(f"  {'changed':<13} {r['code']:<24} {term(r['what'])}")
+    if funnels.get("reordered"):
+        print("  the rules common to both run in a different order (the primary reason may move)")
+    for r in attribution:
+        print(f"  {term(r['sentence'])} ({r['removed_requests']} / {r['restored_requests']} of {r['requests']} "
+              "requests lost / gained an ad)")
 
 
 def _print_sources(sources: dict) -> None:

@@ -33,6 +33,7 @@ class RuleInfo:
     enabled: bool = True
     expr: str | None = None
     plugin: str | None = None
+    params: tuple = ()  # a plugin's keyword arguments, as sorted (key, value) pairs
 
     @property
     def label(self) -> str:
@@ -62,7 +63,7 @@ def rule_list(defn: FunnelDefinition | None) -> tuple[RuleInfo, ...]:
             kind, desc = "built-in", spec.description or REASON_DESCRIPTIONS.get(spec.code, "")
         else:
             kind, desc = "expression", spec.description or REASON_DESCRIPTIONS.get(spec.code, "")
-        out.append(RuleInfo(spec.code, spec.stage, kind, desc, spec.enabled, spec.expr, spec.plugin))
+        out.append(RuleInfo(spec.code, spec.stage, kind, desc, spec.enabled, spec.expr, spec.plugin, spec.params))
     return tuple(out)
 
 

@@ -115,6 +115,7 @@ def _aggregate(a: str, b: str) -> None:
     st.caption("Share of slate slots each source found, slate slots only it found, and its recall of "
                "held-out clicks (merged: any source).")
     st.dataframe(compare_sources_table(rep.sources), hide_index=True, key="cmp_sources")
+    _funnel_rules(rep)
     c1, c2 = st.columns(2)
     with c1:
         st.subheader("Distribution of RBO and slate overlap")
@@ -137,6 +138,29 @@ def _aggregate(a: str, b: str) -> None:
         state.reset_context()
         ss["cmp_view"] = "One request"
         st.rerun()
+
+
+def _funnel_rules(rep) -> None:
+    """The funnel definitions' difference and, per differing rule, the share of slates it changed."""
+    f = rep.funnels
+    if not f or f.get("same"):
+        return
+    st.subheader("Funnel rules")
+    side = {k: f[k]["source"] + (f" (sha256 {f[k]['sha256'][:12]}…)" if f[k]["sha256"] else "") for k in ("a", "b")}
+    st.caption(md(f"The versions run different funnel definitions: A {side['a']}, B {side['b']}."))
+    rows = ([{"change": "added in B", "code": r["code"], "stage": r["stage"], "kind": r["kind"],
+              "rule": r["expr"] or r["plugin"] or "built-in"} for r in f["added"]]
+            + [{"change": "removed in B", "code": r["code"], "stage": r["stage"], "kind": r["kind"],
+                "rule": r["expr"] or r["plugin"] or "built-in"} for r in f["removed"]]
+            + [{"change": "changed", "code": r["code"], "stage": r["b"]["stage"], "kind": r["b"]["kind"],
+                "rule": r["what"]} for r in f["changed"]])
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="cmp_rules_diff",
+                     column_config={"rule": st.column_config.TextColumn("rule", width="large")})
+    for r in rep.rule_attribution:
+        st.markdown("- " + md(r["sentence"]))
+    if f.get("reordered"):
+        st.caption("The rules both funnels have run in a different order, so a primary reason may move.")
 
 
 def _moved_map(a: str, b: str) -> None:
