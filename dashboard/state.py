@@ -454,6 +454,6 @@ def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None)
     rep = _health_store().get(key)
     if rep is None:
         eng = engine(name)
-        rep = health(eng.version, eng.catalog, n_requests=n_requests, k=k, progress=progress)
+        rep = health(eng.version, eng.catalog, n_requests=n_requests, k=k, progress=progress, engine=eng)
         _health_store().put(key, rep)
     return rep

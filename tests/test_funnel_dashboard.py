@@ -115,3 +115,18 @@ def test_deep_link_with_an_unknown_rule_warns_and_switches_nothing_off(ws, use_w
     assert "HOUSE_RULE" in warnings.split("version's rules are")[1]  # lists the rules it has
     assert at.checkbox(key="rule_HOUSE_RULE").value is True
     assert "HOUSE_RULE" in set(at.dataframe(key="candidates_table").value["primary_reason"].dropna())
+
+
+def test_health_lists_the_funnel_rules_with_their_rates(ws, use_workspace):
+    from streamlit.util import calc_hash
+
+    use_workspace(ws)
+    at = _ok(AppTest.from_file(str(APP), default_timeout=120).run())
+    at._page_hash = calc_hash("health")
+    _ok(at.run())
+    _ok(at.number_input(key="health_n").set_value(20).run())
+    rules = next(d.value for d in at.dataframe if {"code", "fail_share", "primary_share"} <= set(d.value.columns))
+    own = rules.set_index("code").loc["HOUSE_RULE"]
+    assert (own["stage"], own["kind"], own["description"]) == ("eligibility", "expression", "our house rule")
+    assert 0 < own["fail_share"] < 1 and own["primary"] <= own["fails"]
+    assert list(rules["code"])[-1] == "HOUSE_RULE"  # the unlisted built-ins run first

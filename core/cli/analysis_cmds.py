@@ -134,12 +134,10 @@ def _print_sources(sources: dict) -> None:
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from core.analysis.health import health
-    from core.index.versions import load_version
-    from core.store.catalog import load_catalog
-    from core.store.db import make_engine
+    from core.funnel.engine import open_engine
 
-    rep = health(load_version(settings, args.version), load_catalog(make_engine(settings.db_url)),
-                 n_requests=args.requests, k=args.k, seed=args.seed)
+    eng = open_engine(settings, args.version)
+    rep = health(eng.version, eng.catalog, n_requests=args.requests, k=args.k, seed=args.seed, engine=eng)
     if args.json:
         print_json(rep.to_dict())
         return 0
@@ -170,6 +168,8 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         for name, c in rep.sources.items():
             print(f"  {name:<20} can return {c['reachable_ads']:>7,} ({_fmt(c['reachable_share'], 2)})  "
                   f"returned {c['returned_ads']:>7,}  dead {c['dead_ads']:>7,} (of them reachable {c['dead_reachable_ads']:,})")
+    if rep.rules:
+        _print_rules(rep.rules)
     ev = rep.tower_metrics  # the evaluation report (core.index.manifest normalises its shape)
     if ev.get("models"):
         print(f"\n{tower_eval_header(ev)}:")
@@ -177,6 +177,16 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("\nno learned tower: this version uses the history-mean query encoder")
     return 0
+
+
+def _print_rules(rules: dict) -> None:
+    print(f"\nfunnel rules on {rules['n_requests']} sampled users ({rules['candidates']:,} candidates): share of the "
+          "candidates each sees that it fails / is the primary reason for")
+    for r in rules["rules"]:
+        shares = (f"{r['fail_share']:7.1%} {r['primary_share']:7.1%}" if r["enabled"] and r["evaluated"]
+                  else f"{'off' if not r['enabled'] else '-':>7} {'':>7}")
+        flag = f"  ! {r['flag']}" if r["flag"] else ""
+        print(f"  {r['code']:<24} {r['stage']:<12} {r['kind']:<11} {shares}{flag}")
 
 
 def tower_eval_header(ev: dict) -> str:
