@@ -23,6 +23,9 @@ def _signature(r: RuleInfo) -> tuple:
 
 
 def _what_changed(a: RuleInfo, b: RuleInfo) -> str:
+    if {a.kind, b.kind} == {"built-in", "expression"} and (a.stage, a.enabled) == (b.stage, b.enabled):
+        expr = " ".join((a.expr or b.expr or "").split())
+        return f"built-in re-expressed as {expr}" if b.expr else f"expression {expr} replaced by the built-in"
     parts = []
     if (a.expr and " ".join(a.expr.split())) != (b.expr and " ".join(b.expr.split())):
         parts.append(f"expression {a.expr or '(built-in)'!s} → {b.expr or '(built-in)'!s}")

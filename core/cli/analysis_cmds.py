@@ -121,8 +121,12 @@ def _print_funnels(funnels: dict, attribution: list[dict]) -> None:
     if funnels.get("reordered"):
         print("  the rules common to both run in a different order (the primary reason may move)")
     for r in attribution:
-        print(f"  {term(r['sentence'])} ({r['removed_requests']} / {r['restored_requests']} of {r['requests']} "
-              "requests lost / gained an ad)")
+        if r["removed_requests"] or r["restored_requests"]:
+            print(f"  {term(r['sentence'])} ({r['removed_requests']} / {r['restored_requests']} of {r['requests']} "
+                  "requests lost / gained an ad)")
+    quiet = [r["code"] for r in attribution if not (r["removed_requests"] or r["restored_requests"])]
+    if quiet:
+        print(f"  changed no compared slate: {', '.join(quiet)}")
 
 
 def _print_sources(sources: dict) -> None:

@@ -18,6 +18,7 @@ from core.cli.output import (
 from core.common.escape import term
 from core.funnel.params import DEFAULT_PARAMS
 from core.funnel.reasons import Reason
+from core.funnel.rule_list import rules_off_note
 from core.funnel.trace import describe_query_source
 from core.store.settings import Settings
 
@@ -152,6 +153,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         print_json(trace.to_dict())
         return 0
     print(f"version {term(trace.version_name)} · {_describe_request(trace.request)}")
+    if trace.params.disabled_rules:
+        print(rules_off_note(trace.params.disabled_rules))
     print("funnel: " + " → ".join(f"{k} {v:,}" for k, v in trace.stage_counts.items()))
     if describe_query_source(trace.query_source):
         print(describe_query_source(trace.query_source))
@@ -200,6 +203,8 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
         print_json(w.to_dict())
         return 0
     print(f"ad {term(w.ad_id)} · version {term(w.version_name)} · {_describe_request(w.request)}")
+    if params.disabled_rules:
+        print(rules_off_note(params.disabled_rules))
     print(f"verdict: {term(w.summary)}\n")
     marks = {True: "pass", False: "FAIL", None: "  - "}
     for s in w.stages:

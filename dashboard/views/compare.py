@@ -158,7 +158,12 @@ def _funnel_rules(rep) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="cmp_rules_diff",
                      column_config={"rule": st.column_config.TextColumn("rule", width="large")})
     for r in rep.rule_attribution:
-        st.markdown("- " + md(r["sentence"]))
+        if r["removed_requests"] or r["restored_requests"]:
+            st.markdown("- " + md(f"{r['sentence']} ({r['removed_requests']} / {r['restored_requests']} of "
+                                  f"{r['requests']} requests lost / gained an ad)"))
+    quiet = [r["code"] for r in rep.rule_attribution if not (r["removed_requests"] or r["restored_requests"])]
+    if quiet:
+        st.caption(md(f"Changed no compared slate: {', '.join(quiet)}"))
     if f.get("reordered"):
         st.caption("The rules both funnels have run in a different order, so a primary reason may move.")
 
