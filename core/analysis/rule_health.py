@@ -11,6 +11,7 @@ both usually mean a broken expression (a misspelt value, an inverted condition).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from core.funnel.reasons import Outcome
 
 NEVER = "never fires on the sampled requests: check its expression and values"
 ALWAYS = "fires on every candidate it sees: likely a broken expression"
+NEVER_BUILTIN = "never fires on the sampled requests (a built-in: their usual contexts may not exercise it)"
 
 
 def rule_rates(engine, *, n_requests: int = 200, seed: int = 0, params: FunnelParams | None = None,
@@ -28,6 +30,7 @@ def rule_rates(engine, *, n_requests: int = 200, seed: int = 0, params: FunnelPa
     """Per rule of `engine`'s funnel: fail and primary-reason shares on sampled requests (see the
     module docstring); `{"n_requests", "candidates", "rules": [...]}`."""
     users = sample_users(engine, n_requests, seed)
+    params = replace(params or FunnelParams(), exact_ranks=False)  # ranks do not change a rule's verdict
     fails: Counter = Counter()
     primary: Counter = Counter()
     total = reached = 0
@@ -38,7 +41,7 @@ def rule_rates(engine, *, n_requests: int = 200, seed: int = 0, params: FunnelPa
         fails.update(code for codes in c["failed_reasons"] for code in codes)
         primary.update(c["primary_reason"].dropna().astype(str))
         report(progress, (i + 1) / max(len(users), 1), f"Request {i + 1} of {len(users)}")
-    off = set(engine.funnel.off) | set((params or FunnelParams()).disabled_rules)
+    off = set(engine.funnel.off) | set(params.disabled_rules)
     rows = []
     for r in engine.rule_infos:
         seen = reached if r.stage == "ranking" else total
@@ -46,7 +49,8 @@ def rule_rates(engine, *, n_requests: int = 200, seed: int = 0, params: FunnelPa
         n_fail, n_primary = int(fails.get(r.code, 0)), int(primary.get(r.code, 0))
         flag = None
         if on and seen:
-            flag = NEVER if n_fail == 0 else ALWAYS if n_fail == seen else None
+            never = NEVER_BUILTIN if r.kind == "built-in" else NEVER
+            flag = never if n_fail == 0 else ALWAYS if n_fail == seen else None
         rows.append({"code": r.code, "stage": r.stage, "kind": r.kind, "enabled": on,
                      "evaluated": seen if on else 0, "fails": n_fail,
                      "fail_share": n_fail / seen if on and seen else np.nan,
