@@ -77,7 +77,8 @@ def test_a_changed_expression_is_named_and_attributed_both_ways(toy):
 
 
 def test_a_ranking_stage_rule_is_the_lost_reason_and_the_same_funnel_is_no_difference(toy):
-    late = FOOD_US.replace("expr =", 'stage = "ranking"\nexpr =').replace("and request", "and candidate.ecpm > 0 and request")
+    late = (FOOD_US.replace("expr =", 'stage = "ranking"\nexpr =')
+            .replace("and request", "and candidate.ecpm > 0 and request"))
     rep = compare_versions(toy(), toy(late), users=USERS)
     lost = rep.diffs[0].lost
     assert list(lost["lost_reason"]) == ["NO_FOOD_FOR_US"] * 2 and set(lost["lost_stage"]) == {"ranked"}

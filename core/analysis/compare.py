@@ -30,6 +30,7 @@ from core.funnel.audience import sample_users
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Outcome, Reason, Stage
+from core.funnel.rule_list import known_only
 from core.funnel.trace import Trace
 from core.index.ann import recall_at
 from core.tower.split import heldout_mask, tower_split
@@ -270,15 +271,17 @@ def compare_versions(
     n_clicks: int = 500,
     progress: Progress | None = None,
 ) -> CompareReport:
-    """Run the same requests through A and B and compare everything (see module docstring)."""
+    """Run the same requests through A and B and compare everything (see module docstring); a
+    rule `params` switches off is switched off in each version whose funnel has it."""
     t0 = time.perf_counter()
     params = params or FunnelParams()
     k = params.k
     user_ids = list(users) if users is not None else sample_users(engine_a, n_users, seed)
     diffs: list[RequestDiff] = []
+    pa, pb = known_only(params, engine_a.rule_infos), known_only(params, engine_b.rule_infos)
     for i, uid in enumerate(user_ids):
         req = engine_a.default_request(uid)
-        diffs.append(diff_traces(engine_a.run(req, params), engine_b.run(req, params), engine_b, k))
+        diffs.append(diff_traces(engine_a.run(req, pa), engine_b.run(req, pb), engine_b, k))
         report(progress, (i + 1) / max(len(user_ids), 1) * 0.9, f"Ran request {i + 1} of {len(user_ids)} through A and B")
     per = pd.DataFrame([d.summary() for d in diffs])
     ta, tb = [d.trace_a for d in diffs], [d.trace_b for d in diffs]

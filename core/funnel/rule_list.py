@@ -105,3 +105,13 @@ def reason_breakdown(reason_counts: dict[str, int], rules: Sequence[RuleInfo]) -
 def rules_off_note(codes: Sequence[str]) -> str:
     """The line a page or report prints when rules are switched off for a what-if."""
     return f"What-if: rules switched off: {', '.join(codes)}. Their reasons do not appear below."
+
+
+def known_only(params, rules: Sequence[RuleInfo]):
+    """`params` (core.funnel.params.FunnelParams) with only the switched-off rules that `rules`
+    has: one what-if run on two versions whose funnels differ (compare)."""
+    from dataclasses import replace
+
+    codes = {r.code for r in rules}
+    keep = tuple(c for c in params.disabled_rules if c in codes)
+    return params if keep == params.disabled_rules else replace(params, disabled_rules=keep)

@@ -10,6 +10,7 @@ import streamlit as st
 from core.analysis.compare import compare_versions, diff_traces
 from core.analysis.sources import compare_sources_table
 from core.common.escape import md
+from core.funnel.rule_list import known_only
 from dashboard import state
 from dashboard.charts import bar_figure, plain
 
@@ -33,7 +34,9 @@ def _pick_versions() -> tuple[str, str]:
 def _per_request(a: str, b: str) -> None:
     req, params = state.current_request(), state.current_params()
     ea, eb = state.engine(a), state.engine(b)
-    d = diff_traces(ea.run(req, params), eb.run(req, params), eb)
+    # a rule switched off in the sidebar is off in each version whose funnel has it
+    d = diff_traces(ea.run(req, known_only(params, ea.rule_infos)),
+                    eb.run(req, known_only(params, eb.rule_infos)), eb)
     m = st.columns(5)
     m[0].metric("Overlap@K", f"{d.overlap:.2f}")
     m[1].metric("Jaccard", f"{d.jaccard:.2f}")

@@ -145,7 +145,8 @@ def _rules(rules: dict) -> None:
     """Per rule of the version's funnel: how often it fails candidates, flagged when it never
     fires or fires on every candidate (core.analysis.rule_health)."""
     st.subheader("Funnel rules")
-    st.caption(f"On {rules['n_requests']:,} sampled users in their usual contexts ({rules['candidates']:,} candidates): "
+    st.caption(f"On {rules['n_requests']:,} sampled users in their usual contexts "
+               f"({rules['candidates']:,} candidates): "
                "the share of the candidates each rule sees (ranking-stage rules: those that passed eligibility) "
                "that it fails, and that it is the primary reason for.")
     frame = pd.DataFrame(rules["rules"])
