@@ -166,3 +166,31 @@ def test_compare_attributes_slate_changes_to_the_rule_only_one_version_has(ws, u
     _ok(at.button(key="cmp_go").click().run())
     rep = at.session_state["cmp_report"]
     assert rep.summary["identical_slates"] == len(rep.per_request) and rep.rule_attribution[0]["restored_requests"] == 0
+
+
+def test_a_link_to_why_not_for_an_ad_the_own_rule_filters(ws, use_workspace):
+    from streamlit.util import calc_hash
+
+    use_workspace(ws)
+    at = _ok(_app().run())
+    table = at.dataframe(key="candidates_table").value
+    ad = str(table.loc[table["failed_reasons"].map(lambda r: list(r) == ["HOUSE_RULE"]), "ad_id"].iloc[0])
+    link = _app()
+    link.query_params["ad"] = ad
+    link._page_hash = calc_hash("why-not")
+    _ok(link.run())
+    assert link.query_params["ad"] == ad
+    assert any(e.value.replace("\\", "").startswith("filtered: HOUSE_RULE — our house rule") for e in link.error)
+    _ok(link.button(key="aud_go").click().run())  # its audience: the own code with its description
+    chart = next(c for c in link.get("plotly_chart") if "HOUSE_RULE" in c.proto.spec)
+    assert "eligibility stage · expression rule: our house rule" in chart.proto.spec
+    # the same link with the rule switched off: the ad passes eligibility, the rule is listed off
+    off = _app()
+    off.query_params.update({"ad": ad, "rules_off": "HOUSE_RULE"})
+    off._page_hash = calc_hash("why-not")
+    _ok(off.run())
+    assert not any("HOUSE_RULE" in e.value.replace("\\", "") for e in off.error)
+    rules = next(df.value for df in off.dataframe if {"code", "enabled", "kind"} <= set(df.value.columns))
+    row = rules.set_index("code").loc["HOUSE_RULE"]
+    assert not row["enabled"] and row["failed"] and row["kind"] == "expression"
+    assert any("rules switched off: HOUSE_RULE" in i.value.replace("\\", "") for i in off.info)

@@ -8,7 +8,7 @@ import streamlit as st
 from core.common.escape import md
 from core.funnel.audience import audience
 from core.funnel.explain import why_not
-from core.funnel.rule_list import rules_off_note
+from core.funnel.rule_list import reason_breakdown, rules_off_note
 from dashboard import state
 from dashboard.charts import bar_figure
 
@@ -113,8 +113,11 @@ def render() -> None:
         m[2].metric("Retrieved and eligible", rep.retrieved_and_eligible)
         m[3].metric("In slate", rep.in_slate)
         if rep.failed_reason_counts:
-            items = sorted(rep.failed_reason_counts.items(), key=lambda kv: -kv[1])
-            st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="aud_reasons")
+            why = reason_breakdown(rep.failed_reason_counts, engine.rule_infos)  # the rules' own descriptions
+            st.plotly_chart(bar_figure(list(why["reason"]), list(why["candidates"]),
+                                       hover=[f"{s} stage · {k} rule: {d}" for s, k, d in
+                                              zip(why["stage"], why["kind"], why["description"])]),
+                            key="aud_reasons")
         st.caption(f"ANN rank quantiles where retrieved: {rep.rank_quantiles}")
         st.caption("Reached through sources (users retrieved / in slate / only this source): " + " · ".join(
             f"{n} {c['retrieved']}/{c['slate']}/{c['only_this_source']}" for n, c in rep.source_counts.items()))
