@@ -10,7 +10,7 @@ engine runs (`definition.ordered_specs`): eligibility rules first, then ranking-
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
@@ -110,8 +110,6 @@ def rules_off_note(codes: Sequence[str]) -> str:
 def known_only(params, rules: Sequence[RuleInfo]):
     """`params` (core.funnel.params.FunnelParams) with only the switched-off rules that `rules`
     has: one what-if run on two versions whose funnels differ (compare)."""
-    from dataclasses import replace
-
     codes = {r.code for r in rules}
     keep = tuple(c for c in params.disabled_rules if c in codes)
     return params if keep == params.disabled_rules else replace(params, disabled_rules=keep)
