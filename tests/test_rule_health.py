@@ -52,6 +52,8 @@ def test_rule_rates_on_the_toy(engine):
     n_ads = engine.n_ads
     assert rep["n_requests"] == 4 and rep["candidates"] == 4 * n_ads  # u1..u4, every ad retrieved
     rules = {r["code"]: r for r in rep["rules"]}
+    # the listing read from the definition is the order the compiled funnel runs
+    assert list(rules) == [*engine.funnel.all_order, *engine.funnel.ranking]
     assert list(rules)[:11] == [c for c in rules if c not in ("NO_FOOD_FOR_US", "NO_SUCH_VERTICAL", "ANY_ECPM")]
     food = rules["NO_FOOD_FOR_US"]
     assert (food["stage"], food["kind"], food["evaluated"], food["fails"], food["primary"]) == \

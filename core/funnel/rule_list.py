@@ -2,9 +2,9 @@
 
 `rule_list(defn)` reads a funnel definition (core.funnel.definition) without compiling it, so the
 dashboard's sidebar lists a version's rules from its funnel.toml before the engine is loaded;
-`Funnel.rule_infos()` gives the same list for a compiled funnel. Both follow the one order the
-engine runs (`definition.ordered_specs`): eligibility rules first, then ranking-stage rules.
-`check_disabled` is the one validation of rules switched off by hand (CLI flags, deep links).
+an engine keeps the same list as `FunnelEngine.rule_infos`. It follows the one order the engine
+runs (`definition.ordered_specs`): eligibility rules first, then ranking-stage rules.
+`check_disabled` is the engine's check of rules switched off by hand (CLI flags, the sidebar).
 """
 
 from __future__ import annotations
