@@ -103,7 +103,7 @@ def _rule_controls(rules) -> None:
         for r in rules:
             key = f"rule_{r.code}"
             if not r.enabled:  # listed in the definition with enabled = false
-                st.checkbox(md(r.code), value=False, disabled=True, key=f"{key}_listed_off",
+                st.checkbox(md(r.code), value=False, disabled=True, key=f"listed_off_{r.code}",
                             help=md(f"{r.label}; switched off in the version's funnel definition"))
                 continue
             ss.setdefault(key, True)

@@ -103,6 +103,9 @@ def test_sidebar_switches_the_own_rule_off_and_the_link_carries_it(ws, use_works
     assert (rows["outcome"] != "filtered").all()  # the rule alone filtered them: now they pass
     assert at.query_params["rules_off"] == "HOUSE_RULE"
     assert any("rules switched off: HOUSE_RULE" in i.value.replace("\\", "") for i in at.info)
+    _ok(at.button(key="rules_all_on").click().run())  # and back on
+    assert at.checkbox(key="rule_HOUSE_RULE").value is True and "rules_off" not in at.query_params
+    assert "HOUSE_RULE" in set(at.dataframe(key="candidates_table").value["primary_reason"].dropna())
     # the link opens the same what-if in a new session
     link = _app()
     link.query_params["rules_off"] = "HOUSE_RULE,GEO_MISMATCH"
