@@ -51,7 +51,11 @@ def test_build_index_records_the_definition_and_inspect_why_not_show_its_codes(w
     assert m["funnel"]["eligibility"][-1] == "DE_BLOCK"
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--country", "DE"]) == 0
     out = capsys.readouterr().out
-    assert "DE_BLOCK" in out
+    assert "[expression, eligibility: campaigns do not serve in Germany]" in out  # the own code says what it is
+    assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--country", "DE",
+                 "--disable-rule", "DE_BLOCK"]) == 0
+    out = capsys.readouterr().out
+    assert "What-if: rules switched off: DE_BLOCK" in out and "  DE_BLOCK " not in out
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--country", "DE", "--json"]) == 0
     cands = json.loads(capsys.readouterr().out)["candidates"]
     blocked = [c for c in cands if c["primary_reason"] == "DE_BLOCK"]

@@ -17,7 +17,7 @@ from core.cli.output import (
 )
 from core.common.escape import term
 from core.funnel.params import DEFAULT_PARAMS
-from core.funnel.reasons import Reason
+from core.funnel.reasons import BUILTIN_REASONS, Reason
 from core.funnel.rule_list import rules_off_note
 from core.funnel.trace import describe_query_source
 from core.store.settings import Settings
@@ -179,11 +179,15 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     dropped = c[c["outcome"] != "slate"]
     print(f"\nnot shown, by primary reason ({len(dropped)}):")
     codes = dropped["primary_reason"].dropna().unique()
+    own = {r.code: r for r in engine.rule_infos if r.code not in BUILTIN_REASONS}  # a definition's own codes
     for reason in sorted(codes, key=_reason_order(trace)):  # pipeline order; a definition's own codes too
         grp = dropped[dropped["primary_reason"] == reason]
         ids = ", ".join(map(term, grp["ad_id"].head(args.show)))
         more = f", … +{len(grp) - args.show}" if len(grp) > args.show else ""
-        print(f"  {term(reason):<24} {len(grp):>5}  {ids}{more}")
+        rule = own.get(str(reason))
+        desc = f": {term(rule.description)}" if rule and rule.description else ""
+        what = f"  [{rule.kind}, {rule.stage}{desc}]" if rule else ""
+        print(f"  {term(reason):<24} {len(grp):>5}  {ids}{more}{what}")
     return 0
 
 
