@@ -6,9 +6,10 @@ import streamlit as st
 
 from core.common.escape import md
 from core.funnel.reasons import Stage
+from core.funnel.rule_list import reason_breakdown, rules_off_note
 from core.funnel.trace import describe_query_source
 from dashboard import state
-from dashboard.charts import bar_figure, funnel_by_source_figure, funnel_figure
+from dashboard.charts import REASON_STAGE_COLORS, bar_figure, funnel_by_source_figure, funnel_figure
 
 SHOWN = ["final_position", "ad_id", "title", "advertiser_name", "vertical", "sources", "score", "ann_rank",
          "exact_rank", "pctr", "ecpm", "rank_position", "outcome", "primary_reason", "failed_reasons"]
@@ -41,6 +42,8 @@ def render() -> None:
     st.caption(f"Version **{md(trace.version_name)}** · user **{md(r.user_id)}** · "
                f"{md(r.community_id or 'home feed')} · {md(r.placement)} · {md(r.device)} · {md(r.country)} · "
                f"{r.ts:%Y-%m-%d %H:%M} UTC")
+    if trace.params.disabled_rules:  # the sidebar's what-if
+        st.info(md(rules_off_note(trace.params.disabled_rules)))
     if describe_query_source(trace.query_source):  # imported request vectors: which row was used
         st.text(describe_query_source(trace.query_source))
     counts = trace.stage_counts
@@ -62,10 +65,15 @@ def render() -> None:
             st.plotly_chart(funnel_figure(counts), key="funnel_chart")
     with right:
         st.subheader("Why candidates dropped (primary reason)")
-        rc = trace.reason_counts()
-        if rc:
-            items = sorted(rc.items(), key=lambda kv: -kv[1])
-            st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="reasons_chart")
+        why = reason_breakdown(trace.reason_counts(), state.engine(trace.version_name).rule_infos)
+        if len(why):
+            st.plotly_chart(bar_figure(list(why["reason"]), list(why["candidates"]),
+                                       color=[REASON_STAGE_COLORS.get(s, "#7f7f7f") for s in why["stage"]],
+                                       hover=[f"{s} stage · {k} rule: {d}" if d else f"{s} stage · {k} rule"
+                                              for s, k, d in zip(why["stage"], why["kind"], why["description"])]),
+                            key="reasons_chart")
+            st.dataframe(why, hide_index=True, key="reasons_table",
+                         column_config={"description": st.column_config.TextColumn("description", width="large")})
         else:
             st.info("No candidate was dropped.")
 
