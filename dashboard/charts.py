@@ -41,11 +41,17 @@ def funnel_by_source_figure(source_counts: dict) -> go.Figure:
     return fig
 
 
+REASON_STAGE_COLORS = {"eligibility": "#d62728", "ranking": "#1f77b4", "diversity": "#9467bd"}
+"""Bars of "why candidates dropped" by the stage of the reason's rule."""
+
+
 def bar_figure(labels: list, values: list, *, horizontal: bool = True, height: int = 300,
-               color: str = "#d62728") -> go.Figure:
+               color: str | list = "#d62728", hover: list | None = None) -> go.Figure:
+    """A bar chart of data labels (escaped); `hover`: one more line of data text per bar."""
     labels = [plain(v) for v in labels]
-    bar = go.Bar(y=labels, x=values, orientation="h", marker_color=color) if horizontal else \
-        go.Bar(x=labels, y=values, marker_color=color)
+    extra = {"hovertext": [plain(h) for h in hover]} if hover is not None else {}
+    bar = go.Bar(y=labels, x=values, orientation="h", marker_color=color, **extra) if horizontal else \
+        go.Bar(x=labels, y=values, marker_color=color, **extra)
     fig = go.Figure(bar)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10))
     if horizontal:

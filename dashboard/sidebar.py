@@ -48,6 +48,7 @@ def render_request_controls() -> None:
         st.text_input("Time (UTC)", key="ctx_time", help="ISO 8601; defaults to the latest logged impression")
         st.button("Reset to usual context", on_click=state.reset_context, key="reset_ctx")
         _source_controls(state.version_sources(ss["version"]))
+        _rule_controls(state.version_rules(ss["version"]))
         with st.expander("Funnel parameters"):
             d = DEFAULT_PARAMS
             st.number_input("K retrieved", 10, 5000, d.k, step=50, key="p_k")
@@ -81,3 +82,32 @@ def _source_controls(sources) -> None:
                 ss.setdefault(f"q_{name}", DEFAULT_PARAMS.quota(name))
                 st.number_input(f"{name} quota", 1, 5000, step=10, key=f"q_{name}",
                                 disabled=not ss[f"src_{name}"])
+
+
+def _rules_on() -> None:
+    for key in [k for k in st.session_state if str(k).startswith("rule_")]:
+        st.session_state[key] = True
+
+
+def _rule_controls(rules) -> None:
+    """What-if: switch any rule of the version's funnel off (built-in, expression or plugin;
+    eligibility or ranking stage), listed in the order the engine runs them."""
+    ss = st.session_state
+    off = state.rules_off(ss["version"])
+    label = "Funnel rules" + (f" ({len(off)} off)" if off else "")
+    with st.expander(label, expanded=bool(off)):
+        if not rules:
+            st.caption("The version's funnel definition cannot be read; the page says why.")
+            return
+        st.caption("Untick a rule to see the funnel without it (in pipeline order).")
+        for r in rules:
+            key = f"rule_{r.code}"
+            if not r.enabled:  # listed in the definition with enabled = false
+                st.checkbox(md(r.code), value=False, disabled=True, key=f"listed_off_{r.code}",
+                            help=md(f"{r.label}; switched off in the version's funnel definition"))
+                continue
+            ss.setdefault(key, True)
+            st.checkbox(md(r.code) + (" · ranking stage" if r.stage == "ranking" else ""), key=key,
+                        help=md(r.label))
+        if off:
+            st.button("Switch every rule back on", on_click=_rules_on, key="rules_all_on")

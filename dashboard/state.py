@@ -113,6 +113,33 @@ def version_sources(name: str) -> tuple[str, ...]:
     return _version_sources(name, checksum(name))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _version_rules(name: str, checksum: str) -> tuple:
+    from core.common.errors import AdLensError
+    from core.funnel.definition import definition_at
+    from core.funnel.rule_list import rule_list
+
+    folder = settings().versions_dir / name
+    try:
+        section = json.loads((folder / "manifest.json").read_text()).get("funnel")
+        return rule_list(definition_at(folder, section))
+    except (OSError, ValueError, AttributeError, AdLensError):  # loading the version says what is wrong
+        return ()
+
+
+def version_rules(name: str) -> tuple:
+    """The rules of version `name`'s funnel in order (core.funnel.rule_list.RuleInfo), read from
+    its funnel.toml: no engine needed, so the sidebar lists them before the version is loaded."""
+    return _version_rules(name, checksum(name))
+
+
+def rules_off(name: str | None = None) -> tuple[str, ...]:
+    """The rules of the version's funnel the sidebar's what-if switched off, in funnel order."""
+    ss = st.session_state
+    return tuple(r.code for r in version_rules(name or ss["version"])
+                 if r.enabled and ss.get(f"rule_{r.code}") is False)
+
+
 @st.cache_resource(show_spinner=False)
 def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
     cat = _catalog(url, stamp)
@@ -201,8 +228,10 @@ def init_from_link() -> list[str]:
     if "link_errors" in ss:
         return []  # shown once, on the run that opened the link
     cat = catalog()
-    link = parse_link(st.query_params.to_dict(), versions=version_names(), user_ids=pd.Index(all_user_ids()),
-                      community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]))
+    names = version_names()
+    link = parse_link(st.query_params.to_dict(), versions=names, user_ids=pd.Index(all_user_ids()),
+                      community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]),
+                      rule_codes=lambda v: _rule_codes(v or ss.get("version") or (names[-1] if names else None)))
     if link.version:
         ss["version"] = link.version
     if link.version_b:
@@ -222,8 +251,14 @@ def init_from_link() -> list[str]:
         ss[f"src_{name}"] = False
     for name, value in (link.quotas or {}).items():
         ss[f"q_{name}"] = value
+    for code in link.disabled_rules or ():
+        ss[f"rule_{code}"] = False
     ss["link_errors"] = link.errors
     return link.errors
+
+
+def _rule_codes(version: str | None) -> list[str]:
+    return [r.code for r in version_rules(version)] if version else []
 
 
 def reset_context() -> None:
@@ -270,7 +305,7 @@ def current_params() -> FunnelParams:
                         max_per_advertiser=int(ss.get("p_m", d.max_per_advertiser)),
                         slate_size=int(ss.get("p_slate", d.slate_size)),
                         exact_ranks=True if ss.get("p_exact") else None, quotas=quotas or None,
-                        disabled_sources=off)
+                        disabled_sources=off, disabled_rules=rules_off() if ss.get("version") else ())
 
 
 def sync_link(**extra) -> None:
@@ -279,7 +314,8 @@ def sync_link(**extra) -> None:
     fields = {"version": ss.get("version"), "user": ss.get("user"), "community": ss.get("ctx_community"),
               "placement": ss.get("ctx_placement"), "device": ss.get("ctx_device"),
               "country": ss.get("ctx_country"), "time": _iso(ss.get("ctx_time")),
-              **format_sources(*source_settings())}
+              **format_sources(*source_settings()),
+              "rules_off": ",".join(rules_off()) or None if ss.get("version") else None}
     fields.update(extra)
     params = to_query_params(**fields)
     if st.query_params.to_dict() != params:
@@ -418,6 +454,6 @@ def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None)
     rep = _health_store().get(key)
     if rep is None:
         eng = engine(name)
-        rep = health(eng.version, eng.catalog, n_requests=n_requests, k=k, progress=progress)
+        rep = health(eng.version, eng.catalog, n_requests=n_requests, k=k, progress=progress, engine=eng)
         _health_store().put(key, rep)
     return rep

@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.common.escape import md
+from core.funnel.reasons import ELIGIBILITY_REASONS
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
 TIMEOUT = 120  # the first run loads the catalog, a version's index and its tower
@@ -22,7 +23,8 @@ PAGES = {"inspect": "Inspect", "why-not": "Why not this ad?", "map": "Embedding 
 SIDEBAR_KEYS = ("version", "user", "ctx_community", "ctx_placement", "ctx_device", "ctx_country", "ctx_time",
                 "p_k", "p_n", "p_m", "p_slate", "p_exact",
                 "src_two_tower", "src_co_engagement", "src_popular_in_context", "src_targeting", "src_ease",
-                "q_co_engagement", "q_popular_in_context", "q_targeting", "q_ease")
+                "q_co_engagement", "q_popular_in_context", "q_targeting", "q_ease",
+                *(f"rule_{c.value}" for c in ELIGIBILITY_REASONS))  # the demo versions run the built-in rules
 
 # Tests on the demo workspace are `slow`: its session fixture embeds with the real model and trains
 # (once per session, shared with test_e2e.py). The onboarding tests need no workspace.

@@ -51,7 +51,11 @@ def test_build_index_records_the_definition_and_inspect_why_not_show_its_codes(w
     assert m["funnel"]["eligibility"][-1] == "DE_BLOCK"
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--country", "DE"]) == 0
     out = capsys.readouterr().out
-    assert "DE_BLOCK" in out
+    assert "[expression, eligibility: campaigns do not serve in Germany]" in out  # the own code says what it is
+    assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--country", "DE",
+                 "--disable-rule", "DE_BLOCK"]) == 0
+    out = capsys.readouterr().out
+    assert "What-if: rules switched off: DE_BLOCK" in out and "  DE_BLOCK " not in out
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--country", "DE", "--json"]) == 0
     cands = json.loads(capsys.readouterr().out)["candidates"]
     blocked = [c for c in cands if c["primary_reason"] == "DE_BLOCK"]
@@ -65,7 +69,8 @@ def test_build_index_records_the_definition_and_inspect_why_not_show_its_codes(w
                  "--disable", "DE_BLOCK", "--json"]) == 0
     assert not [c for c in json.loads(capsys.readouterr().out)["candidates"] if c["primary_reason"] == "DE_BLOCK"]
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000", "--disable", "NOPE"]) == 2
-    assert "unknown eligibility rule 'NOPE'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown rule 'NOPE' to switch off" in err and "DE_BLOCK" in err and "GEO_MISMATCH" in err
     # the copy is checksummed: editing it is caught on load
     (ws / "versions" / "f1" / "funnel.toml").write_text(OWN.replace("DE", "FR"))
     assert main(["--workspace", w, "inspect", "--version", "f1", "--user", "u000"]) == 2

@@ -63,3 +63,24 @@ def test_logged_request_link_is_checked_when_a_lookup_is_given():
     assert st.request is None and "request=req_9" in st.errors[0] and "adlens logged" in st.errors[0]
     st = parse_link({"request": "r\x1b[2J" + "x" * 300}, **KW)
     assert st.request is None and "at most 200 characters" in st.errors[0]
+
+
+def test_rules_off_is_checked_against_the_links_own_version():
+    rules = {"exact": ["GEO_MISMATCH", "CRYPTO_EU"], "ivf": ["GEO_MISMATCH"]}
+    seen = []
+
+    def codes(version):
+        seen.append(version)
+        return rules[version or "exact"]
+    st = parse_link(to_query_params(version="exact", rules_off="CRYPTO_EU,GEO_MISMATCH"), **KW, rule_codes=codes)
+    assert st.disabled_rules == ("CRYPTO_EU", "GEO_MISMATCH") and not st.errors and seen == ["exact"]
+    st = parse_link({"version": "ivf", "rules_off": "CRYPTO_EU"}, **KW, rule_codes=codes)
+    assert st.disabled_rules is None and seen[-1] == "ivf"
+    assert st.errors == ["Link parameter rules_off=CRYPTO_EU is not valid: CRYPTO_EU is not a rule of the "
+                         "version's funnel; this version's rules are GEO_MISMATCH. It was ignored."]
+    st = parse_link({"rules_off": "CRYPTO_EU"}, **KW, rule_codes=codes)  # no version in the link
+    assert st.disabled_rules == ("CRYPTO_EU",) and seen[-1] is None
+    st = parse_link({"rules_off": "<b>x</b>,GEO_MISMATCH"}, **KW)  # without a lookup: the codes' form
+    assert st.disabled_rules is None and "rules_off=<b>x</b>,GEO_MISMATCH is not valid: <b>x</b>" in st.errors[0]
+    assert parse_link({"rules_off": "GEO_MISMATCH,GEO_MISMATCH"}, **KW).disabled_rules == ("GEO_MISMATCH",)
+    assert parse_link({"rules_off": " , "}, **KW).errors  # no code at all

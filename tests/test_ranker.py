@@ -265,23 +265,153 @@ def test_funnel_toml_ranker_table_paths_are_relative_to_the_file(ws, tmp_path, m
     assert "[ranker] needs onnx" in capsys.readouterr().err
 
 
-def test_why_not_page_says_from_your_ranker(ws, tmp_path, model, use_workspace):
+@pytest.mark.slow
+def test_inspect_why_not_and_compare_pages_show_your_ranker(ws, tmp_path, model, use_workspace):
     from streamlit.testing.v1 import AppTest
     from streamlit.util import calc_hash
 
+    from core.common.escape import md
+
     assert main(["--workspace", str(ws), "build-index", "--name", "b", "--no-map", "--ranker", str(model),
                  "--ranker-signature", str(_sig(tmp_path / "sig.json"))]) == 0
+    assert main(["--workspace", str(ws), "build-index", "--name", "a", "--no-map"]) == 0
     eng = _engine(ws, "b")
     ad = str(eng.run(eng.default_request("u001")).candidates["ad_id"].iloc[0])
     use_workspace(ws)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "streamlit_app.py"),
                            default_timeout=120)
     at.query_params.update({"version": "b", "user": "u001", "ad": ad})
-    at.run()
+    at.run()  # Inspect: the candidate table shows the ranker's output and inputs
     assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "ranker_inputs" in d.value.columns)
+    assert table["ranker_inputs"].str.startswith("candidate.score=").all() and table["ranker_score"].between(0, 1).all()
+    assert any(e.label.startswith("Early ranker: your ranker") for e in at.expander)
     at._page_hash = calc_hash("why-not")  # st.navigation pages are callables (see test_dashboard._goto)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="ad").value == ad
     texts = " ".join(t.value for t in at.text)
     assert "from your ranker (ranker.onnx); inputs: candidate.score=" in texts, texts
+    # Compare: A (AdLens's pCTR model) vs B (the ranker) names the difference
+    at._page_hash = calc_hash("compare")
+    at.run()
+    at.selectbox(key="version").set_value("a").run()
+    at.selectbox(key="version_b").set_value("b").run()
+    at.button_group(key="cmp_view").set_value("Aggregate").run()
+    at.number_input(key="cmp_users").set_value(10).run()
+    at.button(key="cmp_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    caption = " ".join(c.value for c in at.caption)
+    assert f"The versions differ in: {md('early_ranker')}" in caption, caption
+    assert f"B {md('your ranker (ranker.onnx)')}" in caption and "A " + md("AdLens's pCTR model") in caption
+
+
+# ---- the feature vocabulary, gathered (no ONNX: an EarlyRanker subclass passed to the engine) -----------
+class _Recorder:
+    """A probability ranker over `features` returning a fixed function of its inputs (and keeping them)."""
+
+    def __new__(cls, features, fn):
+        from core.funnel.rankers import EarlyRanker
+
+        class R(EarlyRanker):
+            kind, output, fingerprint = "test", "probability", "t" * 64
+
+            def __init__(self):
+                self.features = tuple(features)
+
+            def score(self, X):
+                return fn(X)
+
+        return R()
+
+
+@pytest.fixture(scope="module")
+def cat_version(tmp_path_factory):
+    """A real version with every candidate source (a stub version has two_tower only)."""
+    from funnel_data import FakeTextEncoder
+
+    from core.index.versions import build_version
+    from core.sources.registry import sources_builder
+    from core.store.catalog import load_catalog
+    from core.store.settings import load_settings
+
+    ws = tmp_path_factory.mktemp("rk") / "ws"
+    settings = load_settings(workspace=ws, db_url=f"sqlite:///{ws / 'adlens.db'}")
+    db = make_engine(settings.db_url)
+    fill_random_db(db, n_ads=150, n_users=12)
+    v = build_version(settings, "v", "Flat", text_encoder=FakeTextEncoder(), engine=db,
+                      extra_builders=(sources_builder({}),))
+    cat = load_catalog(db)
+    db.dispose()
+    return cat, v
+
+
+def test_every_kind_of_feature_is_gathered_as_the_trace_and_catalog_say(cat_version):
+    from core.funnel.engine import FunnelEngine
+
+    cat, v = cat_version
+    srcs = ("two_tower", "co_engagement", "popular_in_context", "targeting")
+    feats = ["candidate.score", "candidate.campaign_impressions_24h", "campaign.bid", "campaign.exists",
+             "user.age_min", "request.placement=community_feed", "ad.policy_status=approved",
+             *[f"candidate.{k}_{s}" for s in srcs for k in ("found", "rank", "score")]]
+    eng = FunnelEngine(v, cat, ranker=_Recorder(feats, lambda X: np.full(len(X), 0.5)))
+    assert tuple(eng.sources)[:4] == srcs
+    req = eng.default_request("u003", community_id="c1", placement="community_feed")
+    c = eng.run(req).candidates
+    X = pd.DataFrame(list(c["ranker_inputs"]))
+    assert list(X.columns) == feats
+    np.testing.assert_allclose(X["candidate.score"], c["score"], rtol=1e-6)
+    pos = c["version_pos"].to_numpy()
+    np.testing.assert_allclose(X["campaign.bid"], _bids(eng, pos), rtol=1e-6)
+    assert (X["campaign.exists"] == eng.facts.has_campaign[pos].astype(float)).all()
+    assert (X["ad.policy_status=approved"] == (eng.facts.policy_status[pos] == "approved")).all()
+    assert (X["request.placement=community_feed"] == 1.0).all()
+    age = cat.users.set_index("user_id").loc["u003", "age_bucket"]
+    want_age = {"18-24": 18, "25-34": 25, "35-44": 35, "45-54": 45}.get(age, 0.0)  # unknown: missing -> 0
+    assert (X["user.age_min"] == want_age).all()
+    for s in srcs:
+        found = c[f"rank_{s}"].notna().to_numpy()
+        assert (X[f"candidate.found_{s}"] == found).all()
+        np.testing.assert_array_equal(X[f"candidate.rank_{s}"], c[f"rank_{s}"].fillna(0).astype(float))
+        np.testing.assert_allclose(X[f"candidate.score_{s}"], c[f"score_{s}"].fillna(0.0), rtol=1e-6)
+    assert X["candidate.found_two_tower"].sum() > 0 and X[[f"candidate.found_{s}" for s in srcs[1:]]].to_numpy().sum() > 0
+    imps = eng.frequency.counts("u003", eng.request_context(req).ts_ns, eng.facts.campaign_code[pos])
+    np.testing.assert_array_equal(X["candidate.campaign_impressions_24h"], imps)
+
+
+def test_ranking_stage_rules_read_the_rankers_pctr(cat_version):
+    from core.funnel.definition import parse_definition
+    from core.funnel.engine import FunnelEngine
+
+    cat, v = cat_version
+    ranker = _Recorder(["candidate.score"], lambda X: np.where(np.arange(len(X)) % 2 == 0, 0.9, 0.1))
+    eng = FunnelEngine(v, cat, ranker=ranker, funnel_definition=parse_definition(
+        "[[rule]]\ncode = 'LOW_PCTR'\nstage = 'ranking'\nexpr = 'candidate.pctr < 0.5'\n"))
+    c = eng.run(eng.default_request("u001")).candidates
+    eligible = c["failed_reasons"].map(lambda r: not [x for x in r if x != "LOW_PCTR"])
+    low = c["pctr"] < 0.5
+    assert (eligible & low).any() and (eligible & ~low).any()
+    assert (c.loc[eligible & low, "primary_reason"] == "LOW_PCTR").all()
+    assert (c.loc[eligible & low, "outcome"] == "ranked_out").all()
+    assert (c.loc[~(eligible & low), "primary_reason"] != "LOW_PCTR").all()
+
+
+@pytest.mark.parametrize("features, part", [
+    (["campaign.nope"], "unknown feature 'campaign.nope'"),
+    (["request.placement"], "is a text field: use it one-hot as 'request.placement=VALUE'"),
+    (["campaign.bid=2"], "only a text field takes =value"),
+    (["campaign.target_countries"], "is a list field"),
+    (["candidate.pctr"], "the ranker's own output"),
+    (["candidate.found_nosuch"], "unknown feature 'candidate.found_nosuch'"),
+    (["candidate.score", "candidate.score"], "listed twice"),
+])
+def test_bad_feature_names_list_the_features_there_are(cat_version, features, part):
+    from core.common.errors import ValidationError
+    from core.funnel.engine import FunnelEngine
+
+    cat, v = cat_version
+    with pytest.raises(ValidationError) as err:
+        FunnelEngine(v, cat, ranker=_Recorder(features, lambda X: np.zeros(len(X))))
+    msg = str(err.value)
+    assert part in msg and "the features there are: candidate.score, candidate.found_two_tower" in msg
+    assert "request.placement=<value>" in msg and "campaign.bid" in msg

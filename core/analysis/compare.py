@@ -5,7 +5,9 @@ Both versions run the same seeded sample of users in their usual contexts (core.
 from the two Traces. Versions may differ in tower, index type or catalog: ads present in only one
 version are reported, not crashed on. Per version, `sources` gives each candidate source's share
 of the slate, the slate ads only it found, and its recall of held-out clicks beside the merged
-set's (core.analysis.sources).
+set's (core.analysis.sources). Versions that differ only in their funnel definition are a normal
+comparison: `funnels` lists the rules added, removed and changed, and `rule_attribution` the share
+of slates each of them changed (core.analysis.rule_diff).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.analysis.rank_metrics import gini, jaccard, overlap_at_k, rbo, total_variation
+from core.analysis.rule_diff import funnel_diff, rule_attribution
 from core.analysis.sources import slate_attribution, source_recall
 from core.common.jsonio import to_jsonable
 from core.common.progress import Progress, report
@@ -27,6 +30,7 @@ from core.funnel.audience import sample_users
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
 from core.funnel.reasons import Outcome, Reason, Stage
+from core.funnel.rule_list import known_only
 from core.funnel.trace import Trace
 from core.index.ann import recall_at
 from core.tower.split import heldout_mask, tower_split
@@ -83,6 +87,8 @@ def lost_why(ad_id: str, trace_b: Trace, engine_b: FunnelEngine) -> tuple[str, s
         return stage, str(row["primary_reason"])
     if row["outcome"] == Outcome.ADVERTISER_CAP.value:
         return stage, str(Reason.ADVERTISER_CAP)
+    if str(row["primary_reason"]) != Reason.BELOW_CUTOFF.value:  # a ranking-stage rule of the funnel
+        return stage, str(row["primary_reason"])
     return stage, f"{Reason.BELOW_CUTOFF} (eCPM rank {row['rank_position']})"
 
 
@@ -133,6 +139,8 @@ class CompareReport:
     diffs: list[RequestDiff] = field(default_factory=list, repr=False)
     sources: dict = field(default_factory=dict)  # per version: slate share, only-source slate ads, recall
     differences: dict = field(default_factory=dict)  # how the versions' funnels differ (version_differences)
+    funnels: dict = field(default_factory=dict)  # the funnel definitions' difference (core.analysis.rule_diff)
+    rule_attribution: list = field(default_factory=list)  # per differing rule: share of slates it changed
 
     @property
     def most_changed(self) -> pd.DataFrame:
@@ -278,15 +286,17 @@ def compare_versions(
     n_clicks: int = 500,
     progress: Progress | None = None,
 ) -> CompareReport:
-    """Run the same requests through A and B and compare everything (see module docstring)."""
+    """Run the same requests through A and B and compare everything (see module docstring); a
+    rule `params` switches off is switched off in each version whose funnel has it."""
     t0 = time.perf_counter()
     params = params or FunnelParams()
     k = params.k
     user_ids = list(users) if users is not None else sample_users(engine_a, n_users, seed)
     diffs: list[RequestDiff] = []
+    pa, pb = known_only(params, engine_a.rule_infos), known_only(params, engine_b.rule_infos)
     for i, uid in enumerate(user_ids):
         req = engine_a.default_request(uid)
-        diffs.append(diff_traces(engine_a.run(req, params), engine_b.run(req, params), engine_b, k))
+        diffs.append(diff_traces(engine_a.run(req, pa), engine_b.run(req, pb), engine_b, k))
         report(progress, (i + 1) / max(len(user_ids), 1) * 0.9, f"Ran request {i + 1} of {len(user_ids)} through A and B")
     per = pd.DataFrame([d.summary() for d in diffs])
     ta, tb = [d.trace_a for d in diffs], [d.trace_b for d in diffs]
@@ -301,6 +311,7 @@ def compare_versions(
     gained_all = pd.concat([d.gained for d in diffs], ignore_index=True) if diffs else pd.DataFrame()
     both = {key: {lab: exposure[lab][key] for lab in ("a", "b")}
             for key in ("recall_vs_exact", "recall_vs_clicks", "coverage", "concentration", "sources")}
+    fdiff = funnel_diff(engine_a, engine_b)
     report(progress, 1.0, "Done")
     return CompareReport(
         version_a=engine_a.version.name, version_b=engine_b.version.name, k=k, seed=seed,
@@ -313,4 +324,5 @@ def compare_versions(
         lost_by_stage=lost_all["lost_stage"].value_counts().to_dict() if len(lost_all) else {},
         gained_by_vertical=gained_all["vertical"].value_counts().to_dict() if len(gained_all) else {},
         seconds=time.perf_counter() - t0, diffs=diffs, differences=version_differences(engine_a, engine_b),
+        funnels=fdiff, rule_attribution=rule_attribution(diffs, fdiff),
     )

@@ -1,6 +1,7 @@
 """Index health for one version: recall-vs-effort curve, IVF list balance, dead ads, hub ads,
-for the serving backend its shards (sizes, balance, per-shard latency, share of results), and per
-candidate source its coverage (ads it can ever return) and dead ads.
+for the serving backend its shards (sizes, balance, per-shard latency, share of results), per
+candidate source its coverage (ads it can ever return) and dead ads, and per rule of the version's
+funnel how often it fails candidates (core.analysis.rule_health).
 
 Everything is measured against the exact-search oracle on a seeded sample of real requests.
 """
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.analysis.rule_health import rule_rates
 from core.analysis.sources import source_coverage
+from core.common.jsonio import to_jsonable
 from core.common.progress import Progress, report
 from core.data.features import FeatureStore
 from core.data.request import sample_requests
@@ -42,6 +45,7 @@ class HealthReport:
     seconds: float = 0.0
     shards: dict | None = None  # backend, per-shard sizes, bytes, latency, share of results; balance
     sources: dict = field(default_factory=dict)  # per source: coverage and dead ads (core.analysis.sources)
+    rules: dict | None = None  # per funnel rule: fail and primary-reason shares (core.analysis.rule_health)
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +56,7 @@ class HealthReport:
             "hub_ads": self.hub_ads.to_dict("records"), "tower_metrics": self.tower_metrics,
             "shards": self.shards,
             "sources": self.sources,
+            "rules": to_jsonable(self.rules),
             "seconds": round(self.seconds, 3),
         }
 
@@ -198,9 +203,11 @@ def shard_stats(version, queries: np.ndarray, k: int, approx: list) -> dict:
 
 
 def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, seed: int = 0,
-           progress: Progress | None = None) -> HealthReport:
+           progress: Progress | None = None, engine=None) -> HealthReport:
     """The full health report for `version` (see module docstring); `progress(fraction, step)`
-    reports the steps (encoding, exact search, each point of the recall curve, dead/hub ads)."""
+    reports the steps (encoding, exact search, each point of the recall curve, dead/hub ads).
+    With the version's funnel `engine` (core.funnel.engine), `rules` holds each funnel rule's
+    rates on sampled requests (core.analysis.rule_health)."""
     def step(fraction: float, what: str) -> None:
         if progress:
             progress(min(1.0, fraction), what)
@@ -223,10 +230,14 @@ def health(version, catalog: Catalog, *, n_requests: int = 200, k: int = 100, se
     shards = shard_stats(version, q[:50], k, approx)
     step(0.97, "Candidate sources: coverage and dead ads")
     sources = source_coverage(load_sources(version, features), reqs, q) if len(q) else {}
+    rules = None
+    if engine is not None:
+        rules = rule_rates(engine, n_requests=n_requests, seed=seed,
+                           progress=lambda f, what: step(0.97 + 0.03 * f, f"Funnel rules: {what}"))
     step(1.0, "Done")
     return HealthReport(
         version=version.name, kind=version.index.kind, k=k, n_requests=len(q), curve=curve,
         ivf_lists=ivf_list_stats(version.index), dead_ads=dead, dead_by_vertical=dead_by_vertical,
         hub_ads=hubs, tower_metrics=version.manifest.tower_metrics,
-        seconds=time.perf_counter() - t0, shards=shards, sources=sources,
+        seconds=time.perf_counter() - t0, shards=shards, sources=sources, rules=rules,
     )

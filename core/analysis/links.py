@@ -8,7 +8,7 @@ plain text (they quote the hostile value): render them with core.common.escape (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,13 +17,16 @@ import pandas as pd
 from core.common.errors import AdLensError
 from core.data.request import TIME_MAX, TIME_MIN, parse_request_time
 from core.data.vocab import UNKNOWN, Device, Placement, values
+from core.funnel.reasons import check_reason_code
 from core.sources.base import SOURCE_ORDER
 
 LINK_KEYS: tuple[str, ...] = ("version", "b", "user", "community", "placement", "device", "country", "time", "ad",
-                              "off", "quota", "request")
+                              "off", "quota", "request", "rules_off")
 MAX_QUOTA = 5000
 """`off=co_engagement,targeting` switches sources off; `quota=co_engagement:300,targeting:50` sets
 per-source candidate counts (two_tower's is K; each at most MAX_QUOTA)."""
+RULES_OFF_HELP = ("`rules_off=CRYPTO_EU,GEO_MISMATCH` switches rules of the version's funnel off (the sidebar's "
+                  "what-if; any rule: built-in, expression, plugin, eligibility or ranking stage)")
 MAX_ID_LENGTH = 200
 """`request=<id>` opens a logged request (core.traces.logged); longer values are refused."""
 HOME = "home"
@@ -46,6 +49,7 @@ class LinkState:
     disabled_sources: tuple[str, ...] | None = None
     quotas: dict[str, int] | None = None
     request: str | None = None  # a logged request id
+    disabled_rules: tuple[str, ...] | None = None  # rule codes of the version's funnel switched off
     errors: list[str] = field(default_factory=list)
 
 
@@ -60,10 +64,13 @@ def _first(v) -> str | None:
 
 def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: pd.Index,
                community_ids: pd.Index, ad_ids: pd.Index,
-               request_exists: Callable[[str], bool] | None = None) -> LinkState:
+               request_exists: Callable[[str], bool] | None = None,
+               rule_codes: Callable[[str | None], Sequence[str]] | None = None) -> LinkState:
     """Validate query parameters against the workspace; collect a message per bad value.
     `request_exists(id)` checks a `request=` id against the imported logged requests (without it
-    only its form is checked)."""
+    only its form is checked); `rule_codes(version)` gives the rule codes of the link's version
+    (None: the link names no valid version) that `rules_off` may switch off (without it only
+    the codes' form is checked)."""
     st = LinkState()
     get = {k: _first(params.get(k)) for k in LINK_KEYS}
 
@@ -128,6 +135,18 @@ def parse_link(params: Mapping[str, object], *, versions: list[str], user_ids: p
             bad("request", r, "no such logged request (list them with `adlens logged`)")
         else:
             st.request = r
+    if (r := get["rules_off"]) is not None:
+        codes = tuple(dict.fromkeys(c.strip() for c in r.split(",") if c.strip()))
+        known = tuple(rule_codes(st.version)) if rule_codes is not None else None
+        bad_form = [c for c in codes if check_reason_code(c) is not None]
+        unknown = [c for c in codes if known is not None and c not in known]
+        if not codes or bad_form or unknown:
+            what = (f"this version's rules are {', '.join(known)}" if known is not None
+                    else "use comma-separated reason codes such as GEO_MISMATCH")
+            bad("rules_off", r[:200], f"{', '.join((bad_form + unknown)[:5]) or 'no code'} is not a rule of the "
+                                       f"version's funnel; {what}")
+        else:
+            st.disabled_rules = codes
     return st
 
 

@@ -103,6 +103,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     for r in rep.vertical_mix.head(8).itertuples():
         print(f"  {term(r.vertical):<24} {r.share_a:6.1%} → {r.share_b:6.1%}  ({r.delta:+.1%})")
     _print_sources(rep.sources)
+    _print_funnels(rep.funnels, rep.rule_attribution)
     print(f"\nslate ads lost in B, by stage: {rep.lost_by_stage or 'none'}")
     cd = rep.catalog_diff
     print(f"catalog: {cd['only_in_a']} ads only in A, {cd['only_in_b']} only in B")
@@ -111,6 +112,30 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     top = rep.most_changed[cols].head(args.top).fillna({"community_id": "(home feed)"})
     print(text_frame(top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _print_funnels(funnels: dict, attribution: list[dict]) -> None:
+    """The funnel definitions' difference and the share of slates each differing rule changed."""
+    if not funnels or funnels.get("same"):
+        return
+    side = {k: f"{funnels[k]['source']}" + (f" (sha256 {funnels[k]['sha256'][:12]}…)" if funnels[k]["sha256"] else "")
+            for k in ("a", "b")}
+    print(f"\nfunnel definitions differ: A {term(side['a'])}, B {term(side['b'])}")
+    for label, rows in (("added in B", funnels["added"]), ("removed in B", funnels["removed"])):
+        for r in rows:
+            what = r["expr"] or (f"plugin {r['plugin']}" if r["plugin"] else "built-in")
+            print(f"  {label:<13} {r['code']:<24} {r['stage']:<12} {term(' '.join(str(what).split()))}")
+    for r in funnels["changed"]:
+        print(f"  {'changed':<13} {r['code']:<24} {term(r['what'])}")
+    if funnels.get("reordered"):
+        print("  the rules common to both run in a different order (the primary reason may move)")
+    for r in attribution:
+        if r["removed_requests"] or r["restored_requests"]:
+            print(f"  {term(r['sentence'])} ({r['removed_requests']} / {r['restored_requests']} of {r['requests']} "
+                  "requests lost / gained an ad)")
+    quiet = [r["code"] for r in attribution if not (r["removed_requests"] or r["restored_requests"])]
+    if quiet:
+        print(f"  changed no compared slate: {', '.join(quiet)}")
 
 
 def _print_sources(sources: dict) -> None:
@@ -122,12 +147,10 @@ def _print_sources(sources: dict) -> None:
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from core.analysis.health import health
-    from core.index.versions import load_version
-    from core.store.catalog import load_catalog
-    from core.store.db import make_engine
+    from core.funnel.engine import open_engine
 
-    rep = health(load_version(settings, args.version), load_catalog(make_engine(settings.db_url)),
-                 n_requests=args.requests, k=args.k, seed=args.seed)
+    eng = open_engine(settings, args.version)
+    rep = health(eng.version, eng.catalog, n_requests=args.requests, k=args.k, seed=args.seed, engine=eng)
     if args.json:
         print_json(rep.to_dict())
         return 0
@@ -158,6 +181,8 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         for name, c in rep.sources.items():
             print(f"  {name:<20} can return {c['reachable_ads']:>7,} ({_fmt(c['reachable_share'], 2)})  "
                   f"returned {c['returned_ads']:>7,}  dead {c['dead_ads']:>7,} (of them reachable {c['dead_reachable_ads']:,})")
+    if rep.rules:
+        _print_rules(rep.rules)
     ev = rep.tower_metrics  # the evaluation report (core.index.manifest normalises its shape)
     if ev.get("models"):
         print(f"\n{tower_eval_header(ev)}:")
@@ -165,6 +190,16 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("\nno learned tower: this version uses the history-mean query encoder")
     return 0
+
+
+def _print_rules(rules: dict) -> None:
+    print(f"\nfunnel rules on {rules['n_requests']} sampled users ({rules['candidates']:,} candidates): share of the "
+          "candidates each sees that it fails / is the primary reason for")
+    for r in rules["rules"]:
+        shares = (f"{r['fail_share']:7.1%} {r['primary_share']:7.1%}" if r["enabled"] and r["evaluated"]
+                  else f"{'off' if not r['enabled'] else '-':>7} {'':>7}")
+        flag = f"  ! {r['flag']}" if r["flag"] else ""
+        print(f"  {r['code']:<24} {r['stage']:<12} {r['kind']:<11} {shares}{flag}")
 
 
 def tower_eval_header(ev: dict) -> str:

@@ -17,7 +17,8 @@ from core.cli.output import (
 )
 from core.common.escape import term
 from core.funnel.params import DEFAULT_PARAMS
-from core.funnel.reasons import Reason
+from core.funnel.reasons import BUILTIN_REASONS, Reason
+from core.funnel.rule_list import rules_off_note
 from core.funnel.trace import describe_query_source, ranker_text
 from core.store.settings import Settings
 
@@ -43,8 +44,9 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nprobe", type=positive_int, default=None,
                    help="IVF nprobe for this request (default: the version's)")
     g.add_argument("--ef-search", type=positive_int, default=None, help="HNSW efSearch for this request")
-    g.add_argument("--disable", action="append", default=[], metavar="CODE",
-                   help="switch off an eligibility rule (repeatable), e.g. FREQUENCY_CAP")
+    g.add_argument("--disable-rule", "--disable", action="append", default=[], dest="disable", metavar="CODE",
+                   help="switch off any rule of the version's funnel (repeatable): built-in, expression, plugin, "
+                        "eligibility or ranking stage, e.g. FREQUENCY_CAP; an unknown code lists the version's rules")
     g.add_argument("--no-source", action="append", default=[], dest="no_source", metavar="SOURCE",
                    help="switch off a candidate source (repeatable): two_tower, co_engagement, "
                         "popular_in_context, targeting")
@@ -151,6 +153,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         print_json(trace.to_dict())
         return 0
     print(f"version {term(trace.version_name)} · {_describe_request(trace.request)}")
+    if trace.params.disabled_rules:
+        print(rules_off_note(trace.params.disabled_rules))
     print("funnel: " + " → ".join(f"{k} {v:,}" for k, v in trace.stage_counts.items()))
     if describe_query_source(trace.query_source):
         print(describe_query_source(trace.query_source))
@@ -184,11 +188,15 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     dropped = c[c["outcome"] != "slate"]
     print(f"\nnot shown, by primary reason ({len(dropped)}):")
     codes = dropped["primary_reason"].dropna().unique()
+    own = {r.code: r for r in engine.rule_infos if r.code not in BUILTIN_REASONS}  # a definition's own codes
     for reason in sorted(codes, key=_reason_order(trace)):  # pipeline order; a definition's own codes too
         grp = dropped[dropped["primary_reason"] == reason]
         ids = ", ".join(map(term, grp["ad_id"].head(args.show)))
         more = f", … +{len(grp) - args.show}" if len(grp) > args.show else ""
-        print(f"  {term(reason):<24} {len(grp):>5}  {ids}{more}")
+        rule = own.get(str(reason))
+        desc = f": {term(rule.description)}" if rule and rule.description else ""
+        what = f"  [{rule.kind}, {rule.stage}{desc}]" if rule else ""
+        print(f"  {term(reason):<24} {len(grp):>5}  {ids}{more}{what}")
     return 0
 
 
@@ -208,6 +216,8 @@ def cmd_why_not(args: argparse.Namespace, settings: Settings) -> int:
         print_json(w.to_dict())
         return 0
     print(f"ad {term(w.ad_id)} · version {term(w.version_name)} · {_describe_request(w.request)}")
+    if params.disabled_rules:
+        print(rules_off_note(params.disabled_rules))
     print(f"verdict: {term(w.summary)}\n")
     marks = {True: "pass", False: "FAIL", None: "  - "}
     for s in w.stages:

@@ -199,6 +199,7 @@ def _quotas_builder(args: argparse.Namespace, settings: Settings):
 def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     from core.funnel.definition import definition_for_build, funnel_builder
     from core.funnel.ranker_build import ranker_builder, ranker_choice
+    from core.sources.base import SOURCE_ORDER
     from core.index.versions import build_version
     from core.sources.registry import sources_builder
     from core.vectors.query_side import QuerySpec, read_encoder_config
@@ -206,7 +207,8 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
     funnel = definition_for_build(settings, args.funnel)  # a bad definition fails before anything is built
     choice = ranker_choice(args.ranker, args.ranker_signature, funnel.ranker if funnel else None,
                            funnel.folder if funnel else None, funnel.name if funnel else "funnel.toml")
-    ranker = () if choice is None else (ranker_builder(choice),)  # opened now: a bad model fails here too
+    ranker = () if choice is None else (  # opened and its features checked now: a bad ranker fails here too
+        ranker_builder(choice, settings, ("two_tower",) if args.no_sources else SOURCE_ORDER),)
 
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search),
                                 ("k_factor", args.k_factor)) if v is not None}

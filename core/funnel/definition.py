@@ -304,6 +304,16 @@ def load_definition(path: str | Path) -> FunnelDefinition:
     return replace(parse_definition(text, p.name), folder=str(p.parent))
 
 
+def ordered_specs(defn: FunnelDefinition) -> tuple[RuleSpec, ...]:
+    """The definition's rules in the order the engine runs them: eligibility rules (built-ins the
+    file does not list first, with unlisted_builtins = "first"), then ranking-stage rules."""
+    listed = {r.code for r in defn.rules}
+    unlisted = tuple(RuleSpec(c.value, None) for c in ELIGIBILITY_REASONS
+                     if defn.unlisted_builtins == "first" and c.value not in listed)
+    return (*unlisted, *(r for r in defn.rules if r.stage != "ranking"),
+            *(r for r in defn.rules if r.stage == "ranking"))
+
+
 def compile_funnel(defn: FunnelDefinition | None, fields) -> Funnel:
     """The Funnel a definition describes, every expression compiled against `fields`
     (a core.funnel.fields.FieldTable); ValidationError lists every problem."""
@@ -314,12 +324,7 @@ def compile_funnel(defn: FunnelDefinition | None, fields) -> Funnel:
     off: list[str] = []
     ranking: dict[str, ExprRule] = {}
     rank_off: list[str] = []
-    listed = {r.code for r in defn.rules}
-    if defn.unlisted_builtins == "first":
-        for c in ELIGIBILITY_REASONS:
-            if c.value not in listed:
-                elig[c.value] = RULES[c]
-    for r in defn.rules:
+    for r in ordered_specs(defn):
         where = f"{defn.name}, rule {r.code}" + (f" (line {r.line})" if r.line else "")
         if r.plugin is not None:
             rule, source, _ = load_plugin(r.plugin, dict(r.params))
@@ -384,9 +389,15 @@ def funnel_builder(defn: FunnelDefinition):
 def version_definition(version) -> FunnelDefinition | None:
     """The funnel definition a version was built with (None: AdLens's built-in funnel)."""
     section = version.manifest.get("funnel") if getattr(version, "manifest", None) is not None else None
+    return definition_at(version.path, section) if section else None
+
+
+def definition_at(version_dir: str | Path, section: dict | None) -> FunnelDefinition | None:
+    """The funnel definition in `version_dir` that its manifest's "funnel" `section` records,
+    checked against the recorded sha256 (None: no section, AdLens's built-in funnel)."""
     if not section:
         return None
-    path = Path(version.path) / section.get("file", FUNNEL_FILE)
+    path = Path(version_dir) / section.get("file", FUNNEL_FILE)
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:

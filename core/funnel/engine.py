@@ -39,6 +39,7 @@ from core.funnel.ranking import (
     select_slate,
 )
 from core.funnel.reasons import Outcome, Reason, Stage, blocking_stages
+from core.funnel.rule_list import check_disabled, rule_list
 from core.funnel.trace import Trace
 from core.index.ann import pair_similarity, similarity
 from core.sources.base import RetrieveOptions
@@ -61,6 +62,7 @@ class Priced:
     ecpm: np.ndarray
     raw: np.ndarray | None = None
     inputs: np.ndarray | None = None
+
 
 def _obj(rows: pd.DataFrame, col: str, default) -> np.ndarray:
     s = rows[col].astype(object)
@@ -89,6 +91,7 @@ class FunnelEngine:
         self.ranker = ranker if ranker is not None else version_ranker(version)
         self.fields = FieldTable.build(self.facts, catalog) if defn is not None or self.ranker else None
         self.funnel: Funnel = compile_funnel(defn, self.fields)
+        self.rule_infos = rule_list(defn)  # every rule in order: code, stage, kind, description
         rows = catalog.ads.set_index("ad_id", drop=False).reindex(pd.Index(version.ad_ids, dtype=object))
         has = self.facts.has_campaign
         self.advertiser_id = _obj(rows, "advertiser_id", None)
@@ -209,6 +212,7 @@ class FunnelEngine:
 
     def active_rules(self, params: FunnelParams) -> tuple[str, ...]:
         """The eligibility rules `params` enables, in order, out of this engine's funnel."""
+        check_disabled(params.disabled_rules, self.rule_infos)
         order = self.funnel.all_order if params.rule_order is None else params.rule_order
         off = tuple(dict.fromkeys((*self.funnel.off, *params.disabled_rules)))
         return active_rules(order, tuple(c for c in off if c in self.funnel.rules or c not in self.funnel.ranking),
@@ -240,7 +244,7 @@ class FunnelEngine:
     @property
     def ranker_info(self) -> dict:
         """What ranks early: the team's ranker (kind, file, fingerprint, output kind) or AdLens's."""
-        return ADLENS_RANKER if self.ranker is None else {**self.ranker.info(), "source": "your ranker"}
+        return dict(ADLENS_RANKER) if self.ranker is None else {**self.ranker.info(), "source": "your ranker"}
 
     def pricing(self, scores: np.ndarray, positions: np.ndarray, found: dict | None = None,
                 source_scores: dict | None = None, *, request: Request | None = None,

@@ -31,6 +31,7 @@ from core.funnel.rankers import (
     PluginRanker,
     read_signature,
 )
+from core.sources.base import SOURCE_ORDER
 from core.store.artifacts import sha256_file
 
 SAMPLE_REQUESTS = 32
@@ -89,6 +90,24 @@ def ranker_choice(ranker: str | None, signature: Path | str | None, table: dict 
     return RankerChoice(base / table["onnx"], base / table["signature"])
 
 
+def precheck_features(settings, ranker: EarlyRanker, sources: tuple[str, ...]) -> None:
+    """The ranker's feature names against the workspace's fields and the sources a build may
+    have, before the (possibly long) build starts; the builder checks again against the version."""
+    from core.funnel.ad_facts import AdFacts
+    from core.funnel.fields import FieldTable
+    from core.funnel.ranker_features import RankerInputs
+    from core.store.catalog import load_catalog
+    from core.store.db import make_engine
+
+    db = make_engine(settings.db_url)
+    try:
+        catalog = load_catalog(db, with_impressions=False)
+    finally:
+        db.dispose()
+    fields = FieldTable.build(AdFacts.build(catalog, catalog.ads["ad_id"].to_numpy(dtype=object)), catalog)
+    RankerInputs(ranker.features, fields, sources, where=f"ranker {ranker.describe()}")
+
+
 def _sample_requests(catalog, n: int, seed: int) -> list[Request]:
     frame = sample_requests(catalog.impressions, catalog.users, n, seed=seed)
     out = []
@@ -127,10 +146,13 @@ def _staged_version(ctx, tmp: Path):
                    encoder=ctx.encoder, search_params=dict(ctx.search_params))
 
 
-def ranker_builder(choice: RankerChoice):
+def ranker_builder(choice: RankerChoice, settings=None, sources: tuple[str, ...] = SOURCE_ORDER):
     """The build-time artifact builder for `choice` (see the module docstring); the ranker is
-    opened now, so a bad file or plugin fails before anything is built."""
+    opened now (and with `settings` its feature names checked against the workspace's fields and
+    `sources`), so a bad file, plugin or feature fails before anything is built."""
     ranker = choice.open()
+    if settings is not None:
+        precheck_features(settings, ranker, tuple(sources))
 
     def ranker_artifact_builder(ctx, tmp: Path) -> dict:
         from core.funnel.engine import FunnelEngine

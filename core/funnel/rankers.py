@@ -143,7 +143,12 @@ class OnnxRanker(EarlyRanker):
         if not self.model_path.is_file():
             raise AdLensError(f"{where}: ranker model file not found")
         try:
-            self.session = ort.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
+            opts = ort.SessionOptions()
+            # one request's candidates are a small batch: one thread, no spinning (threads would only
+            # contend with the other requests and dashboard sessions running at the same time)
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise AdLensError(f"{where}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc
         self.inputs = [(i["name"], tuple(i["features"])) for i in self.signature["inputs"]]

@@ -46,6 +46,25 @@ ELIGIBILITY_REASONS: tuple[Reason, ...] = tuple(Reason)[: list(Reason).index(Rea
 """Eligibility rule codes in the default pipeline order (the primary reason is the first failing)."""
 
 
+REASON_DESCRIPTIONS: dict[str, str] = {
+    "POLICY_REJECTED": "the ad's policy status is not approved",
+    "CAMPAIGN_INACTIVE": "the campaign is paused or ended",
+    "OUT_OF_SCHEDULE": "the request time is outside the campaign's start and end",
+    "BUDGET_EXHAUSTED": "the campaign spent its daily budget",
+    "GEO_MISMATCH": "the campaign targets other countries",
+    "AGE_MISMATCH": "the user's age bucket is outside the campaign's age range",
+    "DEVICE_MISMATCH": "the campaign targets other devices",
+    "COMMUNITY_EXCLUDED": "the campaign excludes the request's community",
+    "COMMUNITY_NOT_TARGETED": "the campaign targets other communities",
+    "BRAND_SAFETY": "the community's safety tier is above what the advertiser accepts",
+    "FREQUENCY_CAP": "the user saw the campaign its daily cap of times",
+    "BELOW_CUTOFF": "eligible, but ranked below the top-N eCPM cutoff or left when the slate filled",
+    "ADVERTISER_CAP": "its advertiser already has M ads in the slate",
+}
+"""One line per built-in code, for lists and chart hovers (a funnel definition's own rules carry
+their own description)."""
+
+
 BUILTIN_REASONS: frozenset[str] = frozenset(r.value for r in Reason)
 """Every built-in code (eligibility and post-eligibility)."""
 

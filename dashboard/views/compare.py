@@ -10,6 +10,7 @@ import streamlit as st
 from core.analysis.compare import compare_versions, diff_traces
 from core.analysis.sources import compare_sources_table
 from core.common.escape import md
+from core.funnel.rule_list import known_only
 from dashboard import state
 from dashboard.charts import bar_figure, plain
 
@@ -33,7 +34,9 @@ def _pick_versions() -> tuple[str, str]:
 def _per_request(a: str, b: str) -> None:
     req, params = state.current_request(), state.current_params()
     ea, eb = state.engine(a), state.engine(b)
-    d = diff_traces(ea.run(req, params), eb.run(req, params), eb)
+    # a rule switched off in the sidebar is off in each version whose funnel has it
+    d = diff_traces(ea.run(req, known_only(params, ea.rule_infos)),
+                    eb.run(req, known_only(params, eb.rule_infos)), eb)
     m = st.columns(5)
     m[0].metric("Overlap@K", f"{d.overlap:.2f}")
     m[1].metric("Jaccard", f"{d.jaccard:.2f}")
@@ -90,6 +93,11 @@ def _aggregate(a: str, b: str) -> None:
     if rep is None:
         st.info("Pick the sample size and press **Run comparison**.")
         return
+    diff = getattr(rep, "differences", None) or {}
+    if diff.get("changed"):  # e.g. two versions that differ only in their early ranker or funnel definition
+        rk = diff.get("early_ranker") or {}
+        st.caption(f"The versions differ in: {md(', '.join(diff['changed']))} · early ranker: A "
+                   f"{md(rk.get('a', {}).get('describe', '?'))} · B {md(rk.get('b', {}).get('describe', '?'))}")
     s = rep.summary
     m = st.columns(5)
     for col, (label, k) in zip(m, [("Mean overlap@K", "overlap"), ("Mean Jaccard", "jaccard"),
@@ -115,6 +123,7 @@ def _aggregate(a: str, b: str) -> None:
     st.caption("Share of slate slots each source found, slate slots only it found, and its recall of "
                "held-out clicks (merged: any source).")
     st.dataframe(compare_sources_table(rep.sources), hide_index=True, key="cmp_sources")
+    _funnel_rules(rep)
     c1, c2 = st.columns(2)
     with c1:
         st.subheader("Distribution of RBO and slate overlap")
@@ -137,6 +146,34 @@ def _aggregate(a: str, b: str) -> None:
         state.reset_context()
         ss["cmp_view"] = "One request"
         st.rerun()
+
+
+def _funnel_rules(rep) -> None:
+    """The funnel definitions' difference and, per differing rule, the share of slates it changed."""
+    f = rep.funnels
+    if not f or f.get("same"):
+        return
+    st.subheader("Funnel rules")
+    side = {k: f[k]["source"] + (f" (sha256 {f[k]['sha256'][:12]}…)" if f[k]["sha256"] else "") for k in ("a", "b")}
+    st.caption(md(f"The versions run different funnel definitions: A {side['a']}, B {side['b']}."))
+    rows = ([{"change": "added in B", "code": r["code"], "stage": r["stage"], "kind": r["kind"],
+              "rule": r["expr"] or r["plugin"] or "built-in"} for r in f["added"]]
+            + [{"change": "removed in B", "code": r["code"], "stage": r["stage"], "kind": r["kind"],
+                "rule": r["expr"] or r["plugin"] or "built-in"} for r in f["removed"]]
+            + [{"change": "changed", "code": r["code"], "stage": r["b"]["stage"], "kind": r["b"]["kind"],
+                "rule": r["what"]} for r in f["changed"]])
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="cmp_rules_diff",
+                     column_config={"rule": st.column_config.TextColumn("rule", width="large")})
+    for r in rep.rule_attribution:
+        if r["removed_requests"] or r["restored_requests"]:
+            st.markdown("- " + md(f"{r['sentence']} ({r['removed_requests']} / {r['restored_requests']} of "
+                                  f"{r['requests']} requests lost / gained an ad)"))
+    quiet = [r["code"] for r in rep.rule_attribution if not (r["removed_requests"] or r["restored_requests"])]
+    if quiet:
+        st.caption(md(f"Changed no compared slate: {', '.join(quiet)}"))
+    if f.get("reordered"):
+        st.caption("The rules both funnels have run in a different order, so a primary reason may move.")
 
 
 def _moved_map(a: str, b: str) -> None:

@@ -1,4 +1,5 @@
-"""Health: a version's manifest, recall-vs-effort curve, IVF balance, dead and hub ads, tower metrics."""
+"""Health: a version's manifest, recall-vs-effort curve, IVF balance, dead and hub ads, funnel rules,
+tower metrics."""
 
 from __future__ import annotations
 
@@ -134,5 +135,24 @@ def render() -> None:
         st.caption("Ads each source can ever return, and ads it returned for none of the sampled requests.")
         st.dataframe(pd.DataFrame([{"source": n, **c} for n, c in rep.sources.items()]), hide_index=True,
                      key="source_coverage")
+    if rep.rules:
+        _rules(rep.rules)
     st.subheader("Tower evaluation")
     _tower(eng.version.manifest)
+
+
+def _rules(rules: dict) -> None:
+    """Per rule of the version's funnel: how often it fails candidates, flagged when it never
+    fires or fires on every candidate (core.analysis.rule_health)."""
+    st.subheader("Funnel rules")
+    st.caption(f"On {rules['n_requests']:,} sampled users in their usual contexts "
+               f"({rules['candidates']:,} candidates): "
+               "the share of the candidates each rule sees (ranking-stage rules: those that passed eligibility) "
+               "that it fails, and that it is the primary reason for.")
+    frame = pd.DataFrame(rules["rules"])
+    for r in frame[frame["flag"].notna()].itertuples():
+        st.warning(md(f"{r.code} ({r.kind}, {r.stage}) {r.flag}"))
+    st.dataframe(frame, hide_index=True, key="rules_health",
+                 column_config={"fail_share": st.column_config.NumberColumn("fails", format="percent"),
+                                "primary_share": st.column_config.NumberColumn("primary reason", format="percent"),
+                                "description": st.column_config.TextColumn("description", width="large")})

@@ -6,9 +6,10 @@ import streamlit as st
 
 from core.common.escape import md
 from core.funnel.reasons import Stage
+from core.funnel.rule_list import reason_breakdown, rules_off_note
 from core.funnel.trace import describe_query_source
 from dashboard import state
-from dashboard.charts import bar_figure, funnel_by_source_figure, funnel_figure
+from dashboard.charts import REASON_STAGE_COLORS, bar_figure, funnel_by_source_figure, funnel_figure
 
 SHOWN = ["final_position", "ad_id", "title", "advertiser_name", "vertical", "sources", "score", "ann_rank",
          "exact_rank", "pctr", "ecpm", "rank_position", "outcome", "primary_reason", "failed_reasons"]
@@ -23,6 +24,8 @@ COLUMN_CONFIG = {
     "failed_reasons": st.column_config.ListColumn("every failed rule"),
     "sources": st.column_config.ListColumn("found by"),
     "title": st.column_config.TextColumn("title", width="large"),
+    "ranker_score": st.column_config.NumberColumn("your ranker", format="%.4f"),
+    "ranker_inputs": st.column_config.TextColumn("your ranker's inputs", width="large"),
 }
 
 
@@ -39,6 +42,8 @@ def render() -> None:
     st.caption(f"Version **{md(trace.version_name)}** · user **{md(r.user_id)}** · "
                f"{md(r.community_id or 'home feed')} · {md(r.placement)} · {md(r.device)} · {md(r.country)} · "
                f"{r.ts:%Y-%m-%d %H:%M} UTC")
+    if trace.params.disabled_rules:  # the sidebar's what-if
+        st.info(md(rules_off_note(trace.params.disabled_rules)))
     if describe_query_source(trace.query_source):  # imported request vectors: which row was used
         st.text(describe_query_source(trace.query_source))
     counts = trace.stage_counts
@@ -60,10 +65,15 @@ def render() -> None:
             st.plotly_chart(funnel_figure(counts), key="funnel_chart")
     with right:
         st.subheader("Why candidates dropped (primary reason)")
-        rc = trace.reason_counts()
-        if rc:
-            items = sorted(rc.items(), key=lambda kv: -kv[1])
-            st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="reasons_chart")
+        why = reason_breakdown(trace.reason_counts(), state.engine(trace.version_name).rule_infos)
+        if len(why):
+            st.plotly_chart(bar_figure(list(why["reason"]), list(why["candidates"]),
+                                       color=[REASON_STAGE_COLORS.get(s, "#7f7f7f") for s in why["stage"]],
+                                       hover=[f"{s} stage · {k} rule: {d}" if d else f"{s} stage · {k} rule"
+                                              for s, k, d in zip(why["stage"], why["kind"], why["description"])]),
+                            key="reasons_chart")
+            st.dataframe(why, hide_index=True, key="reasons_table",
+                         column_config={"description": st.column_config.TextColumn("description", width="large")})
         else:
             st.info("No candidate was dropped.")
 
@@ -71,6 +81,9 @@ def render() -> None:
     # Above EXACT_RANKS_AUTO_MAX ads exact ranks are opt-in (sidebar); hide an all-empty column.
     shown = [c for c in SHOWN if c != "exact_rank" or frame["exact_rank"].notna().any()]
     shown += [f"rank_{n}" for n in trace.source_names if n != "two_tower"]  # two_tower's is the ANN rank
+    if "ranker_inputs" in frame:  # the team's own early ranker: its output and inputs, as text
+        frame["ranker_inputs"] = frame["ranker_inputs"].map(lambda d: ", ".join(f"{k}={round(v, 4)}" for k, v in d.items()))
+        shown[shown.index("ecpm") + 1:shown.index("ecpm") + 1] = ["ranker_score", "ranker_inputs"]
     st.subheader("Slate")
     slate = trace.slate
     if len(slate):
@@ -120,6 +133,13 @@ def render() -> None:
         if len(trace.shard_timings_ms) > 1:  # sharded: where the retrieve time went
             st.text(f"retrieve by shard ({trace.backend} backend): "
                     + "   ".join(f"shard {i} {ms:.2f}" for i, ms in sorted(trace.shard_timings_ms.items())))
+    rk = trace.ranker
+    if rk.get("kind") not in (None, "adlens"):  # the team's own early ranker (its label escaped: a file name)
+        with st.expander(f"Early ranker: {md(rk['describe'])}"):
+            st.text(f"{rk['kind']} ranker, output {rk['output']}"
+                    + (" (pCTR; eCPM by the bid formula)" if rk["output"] == "probability" else " (ranked by it directly)")
+                    + f", fingerprint {rk['fingerprint'][:16]}…\ninputs: " + ", ".join(rk["features"]))
+        return
     with st.expander("pCTR model (early ranker), fitted on logged impressions"):
         cal = trace.calibration
         st.caption(f"{cal.get('method')} regression on {cal.get('n', 0):,} logged impressions "

@@ -8,6 +8,7 @@ import streamlit as st
 from core.common.escape import md
 from core.funnel.audience import audience
 from core.funnel.explain import why_not
+from core.funnel.rule_list import reason_breakdown, rules_off_note
 from dashboard import state
 from dashboard.charts import bar_figure
 
@@ -62,8 +63,11 @@ def render() -> None:
         return
     state.sync_link(ad=ad_id)
     engine = state.engine(st.session_state["version"])
-    verdict = why_not(engine, state.current_request(), ad_id, state.current_params())
+    params = state.current_params()
+    verdict = why_not(engine, state.current_request(), ad_id, params)
     (st.success if verdict.shown else st.error)(md(verdict.summary))
+    if params.disabled_rules:  # the sidebar's what-if
+        st.info(md(rules_off_note(params.disabled_rules)))
     for sv in verdict.stages:
         with st.container(border=True):
             st.markdown(f"{_stage_icon(sv.passed)} **{sv.stage}**")
@@ -76,7 +80,12 @@ def render() -> None:
     st.dataframe(pd.DataFrame([{k: v for k, v in vars(rv).items() if k != "detail"}]), hide_index=True,
                  key="retrieval_table")
     st.subheader("Eligibility rules")
-    st.dataframe(pd.DataFrame(verdict.eligibility), hide_index=True, key="rules_table")
+    kinds = {r.code: r.kind for r in engine.rule_infos}
+    rules = pd.DataFrame(verdict.eligibility)
+    if len(rules):  # which kind of rule: built-in, expression or plugin
+        rules.insert(1, "kind", rules["code"].map(kinds).fillna("?"))
+    st.dataframe(rules, hide_index=True, key="rules_table",
+                 column_config={"detail": st.column_config.TextColumn("detail", width="large")})
     c1, c2 = st.columns(2)
     with c1:
         st.subheader("Ranking")
@@ -104,8 +113,11 @@ def render() -> None:
         m[2].metric("Retrieved and eligible", rep.retrieved_and_eligible)
         m[3].metric("In slate", rep.in_slate)
         if rep.failed_reason_counts:
-            items = sorted(rep.failed_reason_counts.items(), key=lambda kv: -kv[1])
-            st.plotly_chart(bar_figure([k for k, _ in items], [v for _, v in items]), key="aud_reasons")
+            why = reason_breakdown(rep.failed_reason_counts, engine.rule_infos)  # the rules' own descriptions
+            st.plotly_chart(bar_figure(list(why["reason"]), list(why["candidates"]),
+                                       hover=[f"{s} stage · {k} rule: {d}" for s, k, d in
+                                              zip(why["stage"], why["kind"], why["description"])]),
+                            key="aud_reasons")
         st.caption(f"ANN rank quantiles where retrieved: {rep.rank_quantiles}")
         st.caption("Reached through sources (users retrieved / in slate / only this source): " + " · ".join(
             f"{n} {c['retrieved']}/{c['slate']}/{c['only_this_source']}" for n, c in rep.source_counts.items()))
