@@ -91,7 +91,7 @@ def test_parity_names_exactly_the_three_planted_differences(ws):
     assert rep.slates_equal_rate < 0.5
     for d in rep.disagreements:
         assert d.label() in rep.verdict
-    assert f"logged reason PACING_THROTTLE, which AdLens does not model" in rep.verdict
+    assert "logged reason PACING_THROTTLE, which AdLens does not model" in rep.verdict
     # the planted rule fires on a meaningful share of the logged candidates
     logged = sum(rep.confusion.get("PACING_THROTTLE", {}).values())
     assert logged > 0.05 * rep.n_logged_candidates
