@@ -202,7 +202,8 @@ def init_from_link() -> list[str]:
         return []  # shown once, on the run that opened the link
     cat = catalog()
     link = parse_link(st.query_params.to_dict(), versions=version_names(), user_ids=pd.Index(all_user_ids()),
-                      community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]))
+                      community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]),
+                      request_exists=logged_request_exists)
     if link.version:
         ss["version"] = link.version
     if link.version_b:
@@ -222,8 +223,20 @@ def init_from_link() -> list[str]:
         ss[f"src_{name}"] = False
     for name, value in (link.quotas or {}).items():
         ss[f"q_{name}"] = value
+    if link.request:  # a logged request: Inspect opens in Logged mode (dashboard/views/logged.py)
+        ss["logged_request"] = link.request
+        ss["inspect_mode"] = "Logged"
+        ss["logged_on"] = True
+        ss["link_why_not"] = bool(link.ad)
     ss["link_errors"] = link.errors
     return link.errors
+
+
+def logged_request_exists(request_id: str) -> bool:
+    """Whether `request_id` is an imported logged request (validates `?request=` links)."""
+    from core.traces.logged import list_logged_requests
+
+    return not list_logged_requests(db(settings().db_url), request_ids=[request_id], limit=1).empty
 
 
 def reset_context() -> None:

@@ -10,6 +10,7 @@ from core.funnel.audience import audience
 from core.funnel.explain import why_not
 from dashboard import state
 from dashboard.charts import bar_figure
+from dashboard.views import logged
 
 MAX_MATCHES = 200
 
@@ -60,9 +61,15 @@ def render() -> None:
     if ad_id is None:
         state.sync_link()
         return
-    state.sync_link(ad=ad_id)
     engine = state.engine(st.session_state["version"])
-    verdict = why_not(engine, state.current_request(), ad_id, state.current_params())
+    request_id = logged.active_request()
+    if request_id is not None:  # on a logged request: production's row first, then AdLens's account
+        res = logged.render_why_not_head(request_id, ad_id)
+        st.subheader("AdLens's replay, stage by stage")
+        verdict = res.verdict
+    else:
+        state.sync_link(ad=ad_id)
+        verdict = why_not(engine, state.current_request(), ad_id, state.current_params())
     (st.success if verdict.shown else st.error)(md(verdict.summary))
     for sv in verdict.stages:
         with st.container(border=True):
@@ -85,6 +92,8 @@ def render() -> None:
         st.subheader("Diversity")
         st.json(verdict.diversity, expanded=True)
     st.caption("Timings: " + " · ".join(f"{k} {v:.1f} ms" for k, v in verdict.timings_ms.items()))
+    if request_id is not None:
+        logged.render_parting(res)
 
     st.divider()
     st.subheader("Audience: who can see this ad?")
