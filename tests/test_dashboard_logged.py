@@ -20,6 +20,7 @@ from core.traces.importer import import_traces
 from tests.conftest import copy_workspace
 from tests.logged_data import PROD_AD, UNKNOWN_REASON, UNKNOWN_SOURCE, plant
 from tests.test_dashboard import APP, TIMEOUT, _frame, _goto
+from tests.test_e2e import _no_errors, _settle
 
 pytestmark = pytest.mark.slow
 VERSION = "exact"
@@ -199,11 +200,10 @@ def test_browser_opens_a_logged_request_by_deep_link(logged_ws, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{url}/?{urlencode({'request': p.request_id, 'version': VERSION})}")
             page.get_by_text("Every ad either side touched").wait_for(timeout=120_000)
-            page.wait_for_function("() => !document.querySelector(\"[data-testid='stStatusWidget']\")",
-                                   timeout=120_000)
-            main = page.locator("[data-testid='stMain']")
-            assert page.locator("[data-testid='stException']").count() == 0
-            text = main.inner_text()
+            page.wait_for_selector("[data-testid='stDataFrame']", timeout=120_000)
+            _settle(page)
+            _no_errors(page)
+            text = page.locator("[data-testid='stMain']").inner_text()
             assert f"Logged request {p.request_id}" in text and UNKNOWN_REASON in text
             assert page.locator("[data-testid='stDataFrame']").count() >= 5  # counts, reasons, 2 slates, the table
             assert f"request={p.request_id}" in page.url
