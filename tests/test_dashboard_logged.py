@@ -106,6 +106,10 @@ def test_pick_a_logged_request_by_user_and_time_or_by_id(app, logged_ws):
     other = next(o for o in at.selectbox(key="logged_user").options if o != p.user_id)
     _ok(at.selectbox(key="logged_user").select(other).run())
     assert at.query_params["request"] != p.request_id
+    # an unedited request: AdLens's own replay, exported and imported, agrees on every ad
+    assert {m.label: m.value for m in at.metric}["Same slate"] == "yes"
+    assert "nowhere: every ad agrees" in _texts(at.caption)
+    assert at.dataframe(key="logged_table").value["found_by"].eq("both").all()
     _ok(at.text_input(key="logged_id").input(p.request_id).run())
     assert at.selectbox(key="logged_user").value == p.user_id and at.query_params["request"] == p.request_id
     _ok(at.text_input(key="logged_id").input("<b>nope</b>").run(), errors=True)

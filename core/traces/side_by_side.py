@@ -86,16 +86,15 @@ class SideBySide:
         return None if not len(hit) else self.table.loc[hit[0]].to_dict()
 
 
-def _side(ads: list, stages: list, reasons: list, sources: list, positions: list) -> Side:
+def _side(ads: list, stages: list, fates: list, sources: list, positions: list) -> Side:
     order = {s: i for i, s in enumerate(STAGES_REACHED)}
     idx = np.array([order.get(s, -1) for s in stages], dtype=np.int64)
     counts = {s: int((idx >= i).sum()) for i, s in enumerate(STAGES_REACHED)}
-    fates = Counter(fate(st, r) for st, r in zip(stages, reasons) if st != SLATE)
-    slate = [a for _, a in sorted((p, a) for a, st, p in zip(ads, stages, positions)
-                                  if st == SLATE and p is not None and not pd.isna(p))]
-    slate += [a for a, st, p in zip(ads, stages, positions) if st == SLATE and (p is None or pd.isna(p))]
+    reasons = Counter(f for f in fates if f != SLATE)
+    shown = [(p, a) for a, st, p in zip(ads, stages, positions) if st == SLATE]
+    slate = [a for _, a in sorted((p, a) for p, a in shown if p is not None)] + [a for p, a in shown if p is None]
     srcs = Counter(s for xs in sources for s in xs)
-    return Side(counts, dict(fates.most_common()), slate, dict(srcs.most_common()))
+    return Side(counts, dict(reasons.most_common()), slate, dict(srcs.most_common()))
 
 
 def _blocked(stage: str | None) -> int:
@@ -116,9 +115,11 @@ def parting(l_stage: str | None, l_reasons, l_pos, r_stage: str | None, r_reason
             l_sources=(), r_sources=()) -> tuple[str | None, str]:
     """(first stage where the two sides part or None, one sentence). A side's stage is None when
     it never had the ad; reasons and sources are that side's lists."""
-    lb, rb = _blocked(l_stage), _blocked(r_stage)
     lf = fate(l_stage, l_reasons) if l_stage else None
     rf = fate(r_stage, r_reasons) if r_stage else None
+    if l_stage == r_stage and lf == rf and l_pos == r_pos and (l_sources == r_sources or set(l_sources) == set(r_sources)):
+        return None, f"both agree: {lf}"  # the common case, first
+    lb, rb = _blocked(l_stage), _blocked(r_stage)
     if l_stage is None or r_stage is None:
         only = "production" if r_stage is None else "the replay"
         other = _fate_text("replay" if r_stage is not None else "logged", max(lb, rb), lf or rf)
@@ -136,80 +137,75 @@ def parting(l_stage: str | None, l_reasons, l_pos, r_stage: str | None, r_reason
     return None, f"both agree: {lf}"
 
 
-def _num(values, i: int):
-    if values is None or i < 0:
-        return None
-    v = values[i]
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+def _pick(values, idx: np.ndarray) -> np.ndarray:
+    """values[idx] as floats, NaN where idx is -1 (that side never had the ad)."""
+    v = np.append(np.asarray(values, dtype=np.float64), np.nan)
+    return v[idx]
 
 
-def side_by_side(logged: LoggedRequest, trace: Trace, *, bids: np.ndarray | None = None,
-                 known_reasons: set[str] | None = None) -> SideBySide:
+def _positions(values) -> list:
+    return [None if p is None or p != p else int(p) for p in values]  # p != p: NaN
+
+
+def side_by_side(logged: LoggedRequest, trace: Trace, *, known_reasons: set[str] | None = None) -> SideBySide:
     """The logged request beside `trace`, the replay of `logged.request` (see the module doc).
-    `bids`: the engine's per-position bids (FunnelEngine.bid); `known_reasons`: the reason codes
-    AdLens can give (core.traces.parity.modelled_reasons; the built-in ones when None)."""
+    `known_reasons`: the reason codes AdLens can give (core.traces.parity.modelled_reasons; the
+    built-in ones when None)."""
     known_reasons = known_reasons if known_reasons is not None else modelled_reasons()
     known_sources = set(SOURCE_ORDER) | set(trace.source_names)
     c = logged.candidates
-    lg = {k: c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons", "slate_position",
-                                     "early_score", "ecpm")}
-    lg["ad_id"] = [str(a) for a in lg["ad_id"]]
-    lg["sources"] = [[str(s) for s in xs] for xs in lg["sources"]]
-    lg["reasons"] = [[str(s) for s in xs] for xs in lg["reasons"]]
-    lg["slate_position"] = [None if p is None or pd.isna(p) else int(p) for p in lg["slate_position"]]
-    rp = logged_fields(trace, bids)
-    rp["ad_id"] = [str(a) for a in rp["ad_id"]]
-    where = {a: j for j, a in enumerate(rp["ad_id"])}
-    seen: set[str] = set()
-    rows = []
+    # the log's lists are strings already (core.traces.validate); the replay's in the log's terms
+    l_ad, l_src, l_st, l_rs = (c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons"))
+    l_src, l_rs = [list(x) for x in l_src], [list(x) for x in l_rs]
+    l_pos = _positions(pd.to_numeric(c["slate_position"]).to_numpy(dtype=np.float64, na_value=np.nan).tolist())
+    rp = logged_fields(trace, scores=False)
+    r_ad, r_src, r_st, r_rs = rp["ad_id"], rp["sources"], rp["stage_reached"], rp["reasons"]
+    r_pos = _positions(rp["slate_position"])
+    l_fate = [fate(st, r) for st, r in zip(l_st, l_rs)]
+    r_fate = [fate(st, r) for st, r in zip(r_st, r_rs)]
+    where = {a: j for j, a in enumerate(r_ad)}
+    first = {}
+    for i, a in enumerate(l_ad):  # a log that repeats an ad: its first row speaks for it
+        first.setdefault(a, i)
+    li = list(first.values()) + [-1] * sum(a not in first for a in r_ad)
+    ri = [where.get(l_ad[i], -1) for i in first.values()] + [j for j, a in enumerate(r_ad) if a not in first]
 
-    def add(i: int, j: int) -> None:
-        ls, rs = (lg["stage_reached"][i] if i >= 0 else None), (rp["stage_reached"][j] if j >= 0 else None)
-        lr, rr = (lg["reasons"][i] if i >= 0 else []), (rp["reasons"][j] if j >= 0 else [])
-        lsrc, rsrc = (lg["sources"][i] if i >= 0 else []), (rp["sources"][j] if j >= 0 else [])
-        lp, rpos = (lg["slate_position"][i] if i >= 0 else None), (rp["slate_position"][j] if j >= 0 else None)
-        at, text = parting(ls, lr, lp, rs, rr, rpos, lsrc, rsrc)
-        odd = [f"source {s}" for s in lsrc if s not in known_sources] + \
-              [f"reason {r}" for r in lr if r not in known_reasons]
-        rows.append({
-            "ad_id": lg["ad_id"][i] if i >= 0 else rp["ad_id"][j],
-            "found_by": BOTH if i >= 0 and j >= 0 else LOGGED_ONLY if i >= 0 else REPLAY_ONLY,
-            "parts_at": at, "parting": text,
-            "logged_stage": ls, "replay_stage": rs,
-            "logged_blocked_at": _BLOCK[_blocked(ls)], "replay_blocked_at": _BLOCK[_blocked(rs)],
-            "logged_fate": fate(ls, lr) if ls else None, "replay_fate": fate(rs, rr) if rs else None,
-            "logged_reasons": list(lr), "replay_reasons": list(rr),
-            "logged_sources": list(lsrc), "replay_sources": list(rsrc),
-            "logged_position": lp, "replay_position": rpos,
-            "logged_score": _num(lg["early_score"], i), "replay_score": _num(rp.get("early_score"), j),
-            "logged_ecpm": _num(lg["ecpm"], i), "replay_ecpm": _num(rp.get("ecpm"), j),
-            "not_modelled": odd,
-        })
+    def col(values, idx, empty=None):
+        return [values[k] if k >= 0 else empty for k in idx]
 
-    for i, ad in enumerate(lg["ad_id"]):
-        if ad in seen:  # a log that repeats an ad: its first row speaks for it
-            continue
-        seen.add(ad)
-        add(i, where.get(ad, -1))
-    for j, ad in enumerate(rp["ad_id"]):
-        if ad not in seen:
-            add(-1, j)
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    for col in ("logged_position", "replay_position"):
-        table[col] = pd.array(table[col].tolist(), dtype="Int64")
-    unknown_src = sorted({s for xs in lg["sources"] for s in xs} - known_sources)
-    unknown_rs = sorted({r for xs in lg["reasons"] for r in xs} - known_reasons)
-    return SideBySide(
-        logged.request_id, logged.request, trace.version_name,
-        _side(lg["ad_id"], lg["stage_reached"], lg["reasons"], lg["sources"], lg["slate_position"]),
-        _side(rp["ad_id"], rp["stage_reached"], rp["reasons"], rp["sources"], rp["slate_position"]),
-        table, unknown_src, unknown_rs)
+    ls, rs = col(l_st, li), col(r_st, ri)
+    lr, rr = col(l_rs, li, []), col(r_rs, ri, [])
+    lsrc, rsrc = col(l_src, li, []), col(r_src, ri, [])
+    lp, rpos = col(l_pos, li), col(r_pos, ri)
+    parts = [parting(*x) for x in zip(ls, lr, lp, rs, rr, rpos, lsrc, rsrc)]
+    li_a, ri_a = np.array(li, dtype=np.int64), np.array(ri, dtype=np.int64)
+    tc = trace.candidates
+    table = pd.DataFrame({
+        "ad_id": [l_ad[i] if i >= 0 else r_ad[j] for i, j in zip(li, ri)],
+        "found_by": [BOTH if i >= 0 and j >= 0 else LOGGED_ONLY if i >= 0 else REPLAY_ONLY for i, j in zip(li, ri)],
+        "parts_at": [p[0] for p in parts], "parting": [p[1] for p in parts],
+        "logged_stage": ls, "replay_stage": rs,
+        "logged_blocked_at": [_BLOCK[_blocked(x)] for x in ls], "replay_blocked_at": [_BLOCK[_blocked(x)] for x in rs],
+        "logged_fate": col(l_fate, li), "replay_fate": col(r_fate, ri),
+        "logged_reasons": lr, "replay_reasons": rr, "logged_sources": lsrc, "replay_sources": rsrc,
+        "logged_position": pd.array(lp, dtype="Int64"), "replay_position": pd.array(rpos, dtype="Int64"),
+        # the replay's early score and eCPM are the Trace's pCTR and eCPM, as logged_fields writes them
+        "logged_score": _pick(c["early_score"], li_a), "replay_score": _pick(tc["pctr"], ri_a),
+        "logged_ecpm": _pick(c["ecpm"], li_a), "replay_ecpm": _pick(tc["ecpm"], ri_a),
+        "not_modelled": [[f"source {x}" for x in a if x not in known_sources] +
+                         [f"reason {x}" for x in b if x not in known_reasons] for a, b in zip(lsrc, lr)],
+    }, columns=list(TABLE_COLUMNS))
+    unknown_src = sorted({s for xs in l_src for s in xs} - known_sources)
+    unknown_rs = sorted({r for xs in l_rs for r in xs} - known_reasons)
+    return SideBySide(logged.request_id, logged.request, trace.version_name,
+                      _side(l_ad, l_st, l_fate, l_src, l_pos), _side(r_ad, r_st, r_fate, r_src, r_pos),
+                      table, unknown_src, unknown_rs)
 
 
 def replay_side_by_side(engine, logged: LoggedRequest, params: FunnelParams | None = None) -> SideBySide:
     """Replay `logged.request` on `engine` (a FunnelEngine) and put it beside the log."""
     trace = engine.run(logged.request, params)
-    return side_by_side(logged, trace, bids=engine.bid, known_reasons=modelled_reasons(engine))
+    return side_by_side(logged, trace, known_reasons=modelled_reasons(engine))
 
 
 @dataclass
@@ -231,7 +227,7 @@ def logged_why_not(engine, logged: LoggedRequest, ad_id: str, params: FunnelPara
     (core.funnel.explain.why_not) and the first stage where the two part (`side_by_side`)."""
     ad_id = str(ad_id)
     verdict = why_not(engine, logged.request, ad_id, params)
-    sbs = side_by_side(logged, verdict.trace, bids=engine.bid, known_reasons=modelled_reasons(engine))
+    sbs = side_by_side(logged, verdict.trace, known_reasons=modelled_reasons(engine))
     hit = logged.candidates.index[logged.candidates["ad_id"].astype(str) == ad_id]
     logged_row = None if not len(hit) else _plain(logged.candidates.loc[hit[0]].to_dict())
     row = sbs.row(ad_id)
