@@ -96,6 +96,7 @@ def test_deep_link_opens_the_logged_request_beside_its_replay(app, logged_ws):
 def test_pick_a_logged_request_by_user_and_time_or_by_id(app, logged_ws):
     _, p = logged_ws
     at = _ok(app.run())
+    _ok(at.selectbox(key="version").select(VERSION).run())  # the version the logs were exported from
     assert at.button_group(key="inspect_mode").value == "Replay"
     _ok(at.button_group(key="inspect_mode").set_value("Logged").run())
     assert at.selectbox(key="logged_pick").value is not None and len(at.dataframe(key="logged_table").value)
