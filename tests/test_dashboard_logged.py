@@ -138,6 +138,19 @@ def test_selecting_a_row_asks_why_not_on_the_logged_request(app, logged_ws):
     assert at.query_params["request"] == p.request_id and at.query_params["ad"] == p.throttled
 
 
+def test_why_not_on_an_ad_only_production_knows_shows_its_logged_row(app, logged_ws):
+    _, p = logged_ws
+    at = _open(app, request=p.request_id, version=VERSION)
+    table = at.dataframe(key="logged_table").value
+    row = int(table.index[table["ad_id"] == PROD_AD][0])
+    at.session_state["logged_table"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    _ok(at.run())
+    assert at.title[0].value == "Why not this ad?"
+    assert list(_frame(at, "stage_reached", "reasons")["reasons"].iloc[0]) == ["GEO_MISMATCH"]
+    warnings = _texts(at.warning)
+    assert "AdLens cannot follow this ad" in warnings and "only production retrieved it" in warnings
+
+
 def test_deep_link_with_an_ad_opens_why_not_and_an_ad_only_the_replay_found(app, logged_ws):
     _, p = logged_ws
     at = _open(app, request=p.request_id, version=VERSION, ad=p.replay_only, errors=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.common.errors import NotFoundError
 from core.data.request import Request
 from core.funnel.explain import WhyNot, why_not
 from core.funnel.params import FunnelParams
@@ -216,18 +217,26 @@ class LoggedWhyNot:
     ad_id: str
     logged_row: dict | None  # production's logged candidate (CANDIDATE_COLUMNS), None: not logged
     logged_summary: str  # one line on what production did with the ad
-    verdict: WhyNot
+    verdict: WhyNot | None  # None: the ad is in neither AdLens's catalog nor the version (`unknown_ad`)
     parts_at: str | None
     parting: str
     not_modelled: list[str]
+    unknown_ad: str = ""  # why AdLens cannot follow the ad, when it cannot
 
 
 def logged_why_not(engine, logged: LoggedRequest, ad_id: str, params: FunnelParams | None = None) -> LoggedWhyNot:
     """Production's logged row for `ad_id`, AdLens's stage-by-stage verdict on the same request
     (core.funnel.explain.why_not) and the first stage where the two part (`side_by_side`)."""
     ad_id = str(ad_id)
-    verdict = why_not(engine, logged.request, ad_id, params)
-    sbs = side_by_side(logged, verdict.trace, known_reasons=modelled_reasons(engine))
+    unknown = ""
+    try:
+        verdict = why_not(engine, logged.request, ad_id, params)
+        trace = verdict.trace
+    except NotFoundError as exc:  # an ad production logged that AdLens has never seen
+        if engine.in_catalog(ad_id) or int(engine.version.position_of([ad_id])[0]) >= 0:
+            raise  # something else is unknown (the user): say so
+        verdict, unknown, trace = None, str(exc), engine.run(logged.request, params)
+    sbs = side_by_side(logged, trace, known_reasons=modelled_reasons(engine))
     hit = logged.candidates.index[logged.candidates["ad_id"].astype(str) == ad_id]
     logged_row = None if not len(hit) else _plain(logged.candidates.loc[hit[0]].to_dict())
     row = sbs.row(ad_id)
@@ -241,9 +250,9 @@ def logged_why_not(engine, logged: LoggedRequest, ad_id: str, params: FunnelPara
         summary = summary[0].upper() + summary[1:]
     if row is None:  # neither side had it
         return LoggedWhyNot(logged.request_id, ad_id, None, summary, verdict, None,
-                            "neither production nor the replay retrieved it", [])
+                            "neither production nor the replay retrieved it", [], unknown)
     return LoggedWhyNot(logged.request_id, ad_id, logged_row, summary, verdict, row["parts_at"], row["parting"],
-                        list(row["not_modelled"]))
+                        list(row["not_modelled"]), unknown)
 
 
 def _plain(d: dict) -> dict:

@@ -296,6 +296,8 @@ def render_why_not_head(request_id: str, ad_id: str) -> LoggedWhyNot:
                                     "reasons": st.column_config.ListColumn("reasons")})
     if res.not_modelled:
         st.text(f"{NOT_MODELLED}: " + ", ".join(res.not_modelled))
+    if res.unknown_ad:
+        st.warning(md(f"AdLens cannot follow this ad through its funnel: {res.unknown_ad}"))
     return res
 
 

@@ -65,6 +65,9 @@ def render() -> None:
     request_id = logged.active_request()
     if request_id is not None:  # on a logged request: production's row first, then AdLens's account
         res = logged.render_why_not_head(request_id, ad_id)
+        if res.verdict is None:  # an ad only production knows: nothing for AdLens to follow
+            logged.render_parting(res)
+            return
         st.subheader("AdLens's replay, stage by stage")
         verdict = res.verdict
     else:
