@@ -118,7 +118,8 @@ def parting(l_stage: str | None, l_reasons, l_pos, r_stage: str | None, r_reason
     it never had the ad; reasons and sources are that side's lists."""
     lf = fate(l_stage, l_reasons) if l_stage else None
     rf = fate(r_stage, r_reasons) if r_stage else None
-    if l_stage == r_stage and lf == rf and l_pos == r_pos and (l_sources == r_sources or set(l_sources) == set(r_sources)):
+    same_sources = l_sources == r_sources or set(l_sources) == set(r_sources)
+    if l_stage == r_stage and lf == rf and l_pos == r_pos and same_sources:
         return None, f"both agree: {lf}"  # the common case, first
     lb, rb = _blocked(l_stage), _blocked(r_stage)
     if l_stage is None or r_stage is None:
@@ -132,10 +133,11 @@ def parting(l_stage: str | None, l_reasons, l_pos, r_stage: str | None, r_reason
         return _BLOCK[lb], f"both dropped it at {STAGE_WORDS[_BLOCK[lb]]}, production for {lf}, the replay for {rf}"
     if lf == SLATE and l_pos != r_pos and l_pos is not None and r_pos is not None:
         return SLATE, f"both showed it, production at position {l_pos}, the replay at {r_pos}"
-    if set(l_sources) != set(r_sources):
-        return STAGES_REACHED[0], (f"same fate ({lf}), credited to different sources: production "
+    same = lf if lf == rf else f"{lf}; the replay: {rf}"  # a log without a reason agrees by stage
+    if not same_sources:
+        return STAGES_REACHED[0], (f"same fate ({same}), credited to different sources: production "
                                    f"{', '.join(l_sources) or 'none'}, the replay {', '.join(r_sources) or 'none'}")
-    return None, f"both agree: {lf}"
+    return None, f"both agree: {same}"
 
 
 def _pick(values, idx: np.ndarray) -> np.ndarray:

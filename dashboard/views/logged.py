@@ -12,8 +12,8 @@ import streamlit as st
 from core.analysis.links import format_sources, to_query_params
 from core.common.errors import AdLensError
 from core.common.escape import md
-from core.traces.logged import (LoggedRequest, count_logged_requests, list_logged_requests, load_logged_request,
-                                logged_user_ids, trace_sets_stamp)
+from core.traces.logged import (LoggedRequest, list_logged_requests, load_logged_request, logged_user_ids,
+                                trace_sets_stamp)
 from core.traces.schema import STAGES_REACHED
 from core.traces.side_by_side import (BOTH, LOGGED_ONLY, NOT_MODELLED, REPLAY_ONLY, LoggedWhyNot, SideBySide,
                                       logged_why_not, replay_side_by_side)
@@ -68,10 +68,6 @@ def active_request() -> str | None:
     return ss.get("logged_request") if ss.get("logged_on") else None
 
 
-def _db():
-    return state.db(state.settings().db_url)
-
-
 @st.cache_data(show_spinner=False, ttl=5)
 def _traces_stamp(url: str) -> str:
     return trace_sets_stamp(state.db(url))
@@ -124,22 +120,32 @@ def _sync(request_id: str, **extra) -> None:
         st.query_params.from_dict(params)
 
 
-def _pick_user(ss) -> None:
+def _pick_user() -> None:
     """A new user in the picker: open their newest logged request."""
+    ss = st.session_state
     url = state.settings().db_url
     listing = _listing(url, _traces_stamp(url), ss["logged_user"])
     if len(listing):
         ss["logged_request"] = str(listing["request_id"].iloc[0])
 
 
-def _pick_request(ss) -> None:
+def _pick_request() -> None:
+    ss = st.session_state
     ss["logged_request"] = ss["logged_pick"]
 
 
-def _pick_id(ss) -> None:
+def _pick_id() -> None:
+    ss = st.session_state
     rid = (ss.get("logged_id") or "").strip()
     if rid:
         ss["logged_request"] = rid
+
+
+def _label(r) -> str:
+    """A logged request in the picker: time, context, size, id (plain text: selectbox labels are not markdown)."""
+    where = r.community_id if isinstance(r.community_id, str) and r.community_id else "home feed"
+    return f"{pd.Timestamp(r.ts):%Y-%m-%d %H:%M:%S} · {where} · {r.placement} · {r.n_candidates:,} candidates · " \
+           f"{r.request_id}"
 
 
 def _picker() -> LoggedRequest | None:
@@ -164,22 +170,19 @@ def _picker() -> LoggedRequest | None:
     if ss.get("logged_user") not in users:
         ss["logged_user"] = users[0]
     c1, c2, c3 = st.columns([2, 3, 2])
-    c1.selectbox("Logged user", users, key="logged_user", on_change=_pick_user, args=(ss,),
+    c1.selectbox("Logged user", users, key="logged_user", on_change=_pick_user,
                  help="Users production logged requests for")
     listing = _listing(url, stamp, ss["logged_user"])
-    labels = {str(r.request_id): f"{pd.Timestamp(r.ts):%Y-%m-%d %H:%M:%S} · "
-                                 f"{r.community_id if isinstance(r.community_id, str) and r.community_id else 'home feed'} · "
-                                 f"{r.placement} · {r.n_candidates:,} candidates · {r.request_id}"
-              for r in listing.itertuples(index=False)}
+    labels = {str(r.request_id): _label(r) for r in listing.itertuples(index=False)}
     options = list(labels)
     if current is not None and rid not in labels:
         options.insert(0, rid)
         labels[rid] = rid
     ss["logged_pick"] = rid if rid in labels else (options[0] if options else None)
     c2.selectbox(f"Request (time UTC; {len(listing):,}{' newest' if len(listing) >= MAX_LISTED else ''} logged)",
-                 options, key="logged_pick", on_change=_pick_request, args=(ss,), format_func=labels.get)
+                 options, key="logged_pick", on_change=_pick_request, format_func=labels.get)
     ss["logged_id"] = rid
-    c3.text_input("…or request id", key="logged_id", on_change=_pick_id, args=(ss,),
+    c3.text_input("…or request id", key="logged_id", on_change=_pick_id,
                   help="`adlens logged` lists them")
     return current
 
@@ -187,7 +190,7 @@ def _picker() -> LoggedRequest | None:
 def render() -> None:
     """Inspect's Logged mode (called by dashboard/views/inspect.py)."""
     ss = st.session_state
-    if count_logged_requests(_db()) == 0:
+    if not _traces_stamp(state.settings().db_url):  # no trace set imported
         st.info(md(IMPORT_HELP))
         return
     lr = _picker()
