@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 UNKNOWN_SOURCE = "prod_lookalike"
 UNKNOWN_REASON = "PACING_THROTTLE"
 PROD_AD = "ad_only_in_prod"
+GHOST_USER = "ghost <b>user</b> *x*"
+"""The user of the second request, renamed: AdLens has never seen them (and the id is markup)."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,11 @@ class Planted:
     credited: str  # its first candidate, also credited to UNKNOWN_SOURCE (same fate on both sides)
     replay_only: str  # its last candidate, left out of the log
     logged_only: str  # PROD_AD, an ad production logged that AdLens has never seen
+    ghost_request: str  # the second request, its user renamed to GHOST_USER
 
 
 def plant(folder: Path, out: Path) -> Planted:
-    """Copy an export from `folder` to `out` with the first request edited (see Planted)."""
+    """Copy an export from `folder` to `out` with the first two requests edited (see Planted)."""
     c = pq.read_table(folder / "trace_candidates.parquet").to_pandas()
     reqs = pq.read_table(folder / "requests.parquet").to_pandas()
     rid = str(reqs["request_id"].iloc[0])
@@ -38,7 +41,8 @@ def plant(folder: Path, out: Path) -> Planted:
     s = slate.index[0]
     assert s != first and s != last, "pick another request: its first or last candidate is in the slate"
     planted = Planted(rid, str(reqs["user_id"].iloc[0]), str(c.at[s, "ad_id"]), str(c.at[first, "ad_id"]),
-                      str(c.at[last, "ad_id"]), PROD_AD)
+                      str(c.at[last, "ad_id"]), PROD_AD, str(reqs["request_id"].iloc[1]))
+    reqs.loc[1, "user_id"] = GHOST_USER
     c.at[s, "stage_reached"] = "retrieved"
     c.at[s, "reasons"] = [UNKNOWN_REASON]
     c.at[s, "slate_position"] = None
@@ -49,5 +53,5 @@ def plant(folder: Path, out: Path) -> Planted:
     c = pd.concat([c.drop(index=last).loc[:last], extra, c.loc[last:].iloc[1:]], ignore_index=True)
     out.mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(c, preserve_index=False), out / "trace_candidates.parquet")
-    (out / "requests.parquet").write_bytes((folder / "requests.parquet").read_bytes())
+    pq.write_table(pa.Table.from_pandas(reqs, preserve_index=False), out / "requests.parquet")
     return planted

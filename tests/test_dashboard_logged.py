@@ -17,8 +17,9 @@ from core.funnel.engine import open_engine
 from core.store.db import make_engine
 from core.traces.export import export_replay
 from core.traces.importer import import_traces
+from core.traces.parity import percent
 from tests.conftest import copy_workspace
-from tests.logged_data import PROD_AD, UNKNOWN_REASON, UNKNOWN_SOURCE, plant
+from tests.logged_data import GHOST_USER, PROD_AD, UNKNOWN_REASON, UNKNOWN_SOURCE, plant
 from tests.test_dashboard import APP, TIMEOUT, _frame, _goto
 from tests.test_e2e import _no_errors, _settle
 
@@ -104,7 +105,7 @@ def test_pick_a_logged_request_by_user_and_time_or_by_id(app, logged_ws):
     assert at.selectbox(key="logged_pick").value == p.request_id  # their only (so newest) logged request
     assert at.query_params["request"] == p.request_id
     assert PROD_AD in set(at.dataframe(key="logged_table").value["ad_id"])
-    other = next(o for o in at.selectbox(key="logged_user").options if o != p.user_id)
+    other = next(o for o in at.selectbox(key="logged_user").options if o not in (p.user_id, GHOST_USER))
     _ok(at.selectbox(key="logged_user").select(other).run())
     assert at.query_params["request"] != p.request_id
     # an unedited request: AdLens's own replay, exported and imported, agrees on every ad
@@ -159,6 +160,15 @@ def test_deep_link_with_an_ad_opens_why_not_and_an_ad_only_the_replay_found(app,
     assert "only the replay retrieved it" in _texts(at.warning)
 
 
+def test_a_user_adlens_has_never_seen_is_replayed_as_new_and_shown_as_text(app, logged_ws):
+    _, p = logged_ws
+    at = _open(app, request=p.ghost_request, version=VERSION)
+    assert f"user **{md(GHOST_USER)}**" in at.caption[0].value
+    assert f"User {md(GHOST_USER)} has no profile" in _texts(at.warning)
+    assert len(at.dataframe(key="logged_table").value)
+    assert GHOST_USER in at.selectbox(key="logged_user").options
+
+
 def test_bad_request_link_warns_and_falls_back_to_replay(app):
     at = _open(app, request="no_such_request")
     assert f"Link parameter {md('request=no_such_request')} is not valid" in _texts(at.warning)
@@ -173,8 +183,8 @@ def test_parity_page(app, logged_ws):
     assert at.title[0].value == "Parity with production"
     _ok(at.selectbox(key="parity_version").select(VERSION).run())
     assert at.number_input(key="parity_n").value == N  # all N, fewer than the default 200
-    verdict = _texts(at.info)
-    assert f"of {N} logged slates" in verdict and md(UNKNOWN_REASON) in verdict
+    verdict = _texts(at.info)  # the new user's replay (GHOST_USER) moves more than the planted edits
+    assert f"reproduces {percent((N - 2) / N)} of {N} logged slates" in verdict and "most disagreements" in verdict
     dis = _frame(at, "kind", "fate_changes").set_index("name")
     assert not dis.loc[UNKNOWN_REASON, "modelled"] and not dis.loc[UNKNOWN_SOURCE, "modelled"]
     assert dis.loc[UNKNOWN_REASON, "kind"] == "rule" and dis.loc[UNKNOWN_REASON, "slate_changes"] == 1
@@ -184,8 +194,9 @@ def test_parity_page(app, logged_ws):
     assert src.loc[UNKNOWN_SOURCE, "modelled"] == "no: not modelled by AdLens"
     conf = _frame(at, "logged fate").set_index("logged fate")
     assert conf.loc[UNKNOWN_REASON, "slate"] == 1
+    assert dis.loc["ad not in the version", "logged_only"] == 1  # PROD_AD
     stages = _frame(at, "logged stage", "hit").set_index("logged stage")
-    assert stages.loc["retrieved", "n"] == stages.loc["retrieved", "hit"] + 1  # PROD_AD: the version lacks it
+    assert list(stages.index) == ["retrieved", "eligible", "ranked", "slate"] and (stages["n"] >= stages["hit"]).all()
     _ok(at.selectbox(key="parity_version").select("ivf").run())
     assert "on ivf" in _texts(at.info)
 

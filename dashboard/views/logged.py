@@ -207,6 +207,9 @@ def render() -> None:
                f"{md(r.community_id or 'home feed')} · {md(r.placement)} · {md(r.device)} · {md(r.country)} · "
                f"{r.ts:%Y-%m-%d %H:%M:%S} UTC · replayed on version **{md(version)}** (sidebar's funnel parameters; "
                "its user and context controls do not apply)")
+    if not state.engine(version).is_known_user(r.user_id):
+        st.warning(md(f"User {r.user_id} has no profile and no impressions in AdLens's catalog: the replay "
+                      "treats them as a new user, so its candidates can differ from production's."))
     if lr.extra:
         st.text("extra context (logged): " + ", ".join(f"{k}={v}" for k, v in lr.extra.items()))
     if sbs.unknown_sources or sbs.unknown_reasons:
