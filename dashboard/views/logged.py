@@ -264,7 +264,7 @@ def render() -> None:
     found = f0.multiselect("Found by", [BOTH, LOGGED_ONLY, REPLAY_ONLY], key="lg_found_by")
     parting = f1.checkbox("only ads where they part", key="lg_parts")
     text = f2.text_input("Search ad id or title", key="lg_text")
-    view = table
+    view = table.iloc[table["parts_at"].isna().to_numpy().argsort(kind="stable")]  # where they part first
     if found:
         view = view[view["found_by"].isin(found)]
     if parting:
@@ -273,7 +273,8 @@ def render() -> None:
         t = text.lower()
         view = view[view["ad_id"].str.lower().str.contains(t, regex=False)
                     | view["title"].fillna("").str.lower().str.contains(t, regex=False)]
-    st.caption(f"{len(view):,} of {len(table):,} ads · select a row to ask *why not?* about it on this logged request")
+    st.caption(f"{len(view):,} of {len(table):,} ads, those where the two part first · select a row to ask "
+               "*why not?* about it on this logged request")
     event = st.dataframe(view[TABLE_SHOWN], hide_index=True, column_config=TABLE_CONFIG, key="logged_table",
                          on_select="rerun", selection_mode="single-row", height=420)
     rows = event.selection.rows if event is not None else []

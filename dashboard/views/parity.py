@@ -117,7 +117,7 @@ def render() -> None:
         rows = []
         for d in rep.disagreements[:DISAGREEMENTS_SHOWN]:
             ex = d.examples[0] if d.examples else None
-            rows.append({"label": d.label(), **_row(d), "example": _link(ex.link) if ex else None})
+            rows.append({"label": d.label(), "example": _link(ex.link) if ex else None, **_row(d)})
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="parity_disagreements",
                      column_config={"example": st.column_config.LinkColumn(
                          "example (opens the logged request)", display_text=r"request=([^&]+)")})

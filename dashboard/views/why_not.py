@@ -78,6 +78,8 @@ def render() -> None:
         with st.container(border=True):
             st.markdown(f"{_stage_icon(sv.passed)} **{sv.stage}**")
             st.text(sv.detail)
+    if request_id is not None:  # right after both accounts: where production and the replay part
+        logged.render_parting(res)
     st.subheader("Candidate sources")
     st.dataframe(pd.DataFrame(verdict.sources), hide_index=True, key="sources_table",
                  column_config={"reason": st.column_config.TextColumn("reason", width="large")})
@@ -95,8 +97,6 @@ def render() -> None:
         st.subheader("Diversity")
         st.json(verdict.diversity, expanded=True)
     st.caption("Timings: " + " · ".join(f"{k} {v:.1f} ms" for k, v in verdict.timings_ms.items()))
-    if request_id is not None:
-        logged.render_parting(res)
 
     st.divider()
     st.subheader("Audience: who can see this ad?")
