@@ -231,7 +231,8 @@ def init_from_link() -> list[str]:
     names = version_names()
     link = parse_link(st.query_params.to_dict(), versions=names, user_ids=pd.Index(all_user_ids()),
                       community_ids=pd.Index(cat.communities["community_id"]), ad_ids=pd.Index(cat.ads["ad_id"]),
-                      rule_codes=lambda v: _rule_codes(v or ss.get("version") or (names[-1] if names else None)))
+                      rule_codes=lambda v: _rule_codes(v or ss.get("version") or (names[-1] if names else None)),
+                      request_exists=logged_request_exists)
     if link.version:
         ss["version"] = link.version
     if link.version_b:
@@ -253,12 +254,24 @@ def init_from_link() -> list[str]:
         ss[f"q_{name}"] = value
     for code in link.disabled_rules or ():
         ss[f"rule_{code}"] = False
+    if link.request:  # a logged request: Inspect opens in Logged mode (dashboard/views/logged.py)
+        ss["logged_request"] = link.request
+        ss["inspect_mode"] = "Logged"
+        ss["logged_on"] = True
+        ss["link_why_not"] = bool(link.ad)
     ss["link_errors"] = link.errors
     return link.errors
 
 
 def _rule_codes(version: str | None) -> list[str]:
     return [r.code for r in version_rules(version)] if version else []
+
+
+def logged_request_exists(request_id: str) -> bool:
+    """Whether `request_id` is an imported logged request (validates `?request=` links)."""
+    from core.traces.logged import list_logged_requests
+
+    return not list_logged_requests(db(settings().db_url), request_ids=[request_id], limit=1).empty
 
 
 def reset_context() -> None:

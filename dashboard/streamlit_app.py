@@ -23,7 +23,7 @@ from core.common.errors import AdLensError  # noqa: E402
 from core.common.escape import md  # noqa: E402
 from dashboard import sidebar, state  # noqa: E402
 from dashboard.messages import show_error  # noqa: E402
-from dashboard.views import compare, embedding_map, health, inspect, onboarding, why_not  # noqa: E402
+from dashboard.views import compare, embedding_map, health, inspect, onboarding, parity, why_not  # noqa: E402
 
 st.set_page_config(page_title="AdLens", page_icon="🔎", layout="wide")
 
@@ -35,6 +35,7 @@ PAGES = {
     "map": st.Page(embedding_map.render, title="Embedding map", icon=":material/scatter_plot:", url_path="map"),
     "compare": st.Page(compare.render, title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     "health": st.Page(health.render, title="Health", icon=":material/monitor_heart:", url_path="health"),
+    "parity": st.Page(parity.render, title="Parity", icon=":material/balance:", url_path="parity"),
 }
 ALIASES = {"inspect": st.Page(inspect.render, title="Inspect", url_path="inspect", visibility="hidden")}
 REQUEST_PAGES = {"inspect", "why_not", "map", "compare"}

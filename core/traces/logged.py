@@ -223,3 +223,17 @@ def verify_trace_sets(settings: Settings, engine: Engine) -> list[dict]:
         verify_files(folder, read_manifest(folder)["files"])
         out.append({"set_id": s.set_id, "n_requests": s.n_requests, "n_candidates": int(s.n_candidates)})
     return out
+
+
+def logged_user_ids(engine: Engine) -> list[str]:
+    """Users with at least one logged request, sorted."""
+    with engine.connect() as conn:
+        return sorted(map(str, conn.execute(select(LoggedRow.user_id).distinct()).scalars()))
+
+
+def trace_sets_stamp(engine: Engine) -> str:
+    """Changes whenever a trace set is imported or replaced (set ids and content fingerprints):
+    the cache key of anything computed from the logged traces."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(TraceSet.set_id, TraceSet.fingerprint).order_by(TraceSet.set_id)).all()
+    return ",".join(f"{s}:{f}" for s, f in rows)

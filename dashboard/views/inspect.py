@@ -10,6 +10,7 @@ from core.funnel.rule_list import reason_breakdown, rules_off_note
 from core.funnel.trace import describe_query_source
 from dashboard import state
 from dashboard.charts import REASON_STAGE_COLORS, bar_figure, funnel_by_source_figure, funnel_figure
+from dashboard.views import logged
 
 SHOWN = ["final_position", "ad_id", "title", "advertiser_name", "vertical", "sources", "score", "ann_rank",
          "exact_rank", "pctr", "ecpm", "rank_position", "outcome", "primary_reason", "failed_reasons"]
@@ -36,6 +37,9 @@ def run_trace():
 
 def render() -> None:
     st.title("Inspect")  # first: drawn while a cold server loads the version
+    if logged.mode_switch() == logged.LOGGED:  # a logged request beside its replay
+        logged.render()
+        return
     trace = run_trace()
     state.sync_link()
     r = trace.request

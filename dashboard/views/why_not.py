@@ -11,6 +11,7 @@ from core.funnel.explain import why_not
 from core.funnel.rule_list import reason_breakdown, rules_off_note
 from dashboard import state
 from dashboard.charts import bar_figure
+from dashboard.views import logged
 
 MAX_MATCHES = 200
 
@@ -61,10 +62,19 @@ def render() -> None:
     if ad_id is None:
         state.sync_link()
         return
-    state.sync_link(ad=ad_id)
     engine = state.engine(st.session_state["version"])
     params = state.current_params()
-    verdict = why_not(engine, state.current_request(), ad_id, params)
+    request_id = logged.active_request()
+    if request_id is not None:  # on a logged request: production's row first, then AdLens's account
+        res = logged.render_why_not_head(request_id, ad_id)
+        if res.verdict is None:  # an ad only production knows: nothing for AdLens to follow
+            logged.render_parting(res)
+            return
+        st.subheader("AdLens's replay, stage by stage")
+        verdict = res.verdict
+    else:
+        state.sync_link(ad=ad_id)
+        verdict = why_not(engine, state.current_request(), ad_id, params)
     (st.success if verdict.shown else st.error)(md(verdict.summary))
     if params.disabled_rules:  # the sidebar's what-if
         st.info(md(rules_off_note(params.disabled_rules)))
@@ -72,6 +82,8 @@ def render() -> None:
         with st.container(border=True):
             st.markdown(f"{_stage_icon(sv.passed)} **{sv.stage}**")
             st.text(sv.detail)
+    if request_id is not None:  # right after both accounts: where production and the replay part
+        logged.render_parting(res)
     st.subheader("Candidate sources")
     st.dataframe(pd.DataFrame(verdict.sources), hide_index=True, key="sources_table",
                  column_config={"reason": st.column_config.TextColumn("reason", width="large")})
