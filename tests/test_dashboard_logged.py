@@ -37,7 +37,8 @@ def logged_ws(demo_workspace, tmp_path_factory):
     planted = plant(root / "export", root / "planted")
     db = make_engine(settings.db_url)
     try:
-        import_traces(settings, db, root / "planted")
+        # replace: the demo already imported its production logs (core.demo.production), same ids
+        import_traces(settings, db, root / "planted", replace=True)
     finally:
         db.dispose()
     return settings.workspace, planted
@@ -202,8 +203,23 @@ def test_parity_page(app, logged_ws):
     assert "on ivf" in _texts(at.info)
 
 
-def test_without_logged_traces_both_views_say_how_to_import(demo_workspace, use_workspace):
-    use_workspace(demo_workspace.path)
+def test_without_logged_traces_both_views_say_how_to_import(demo_workspace, use_workspace, tmp_path):
+    import shutil
+
+    from sqlalchemy import delete
+
+    from core.store.models import LoggedRequest, TraceSet
+
+    settings = copy_workspace(demo_workspace.path, tmp_path / "ws")  # the demo imports production logs:
+    db = make_engine(settings.db_url)  # a copy without them
+    try:
+        with db.begin() as conn:
+            conn.execute(delete(LoggedRequest))
+            conn.execute(delete(TraceSet))
+    finally:
+        db.dispose()
+    shutil.rmtree(settings.traces_dir)
+    use_workspace(settings.workspace)
     at = _ok(AppTest.from_file(str(APP), default_timeout=TIMEOUT).run())
     _ok(at.button_group(key="inspect_mode").set_value("Logged").run())
     assert "adlens import\\-traces DIR" in _texts(at.info)

@@ -196,6 +196,14 @@ BAD = [
     ("[[rule]]\ncode = 'A'\nexpr = 'campaign.bid > 1'\nstage = 'slate'", ["stage must be one of"]),
     ("[[rule]]\ncode = 'A'\nexpr = 'campaign.bid > 1'\ncolour = 'red'", ["unknown key(s) colour"]),
     ("format = 2", ["format 2 is not supported"]),
+    ("[quotas]\ntwo_tower = 50", ["[quotas] two_tower: its quota is K"]),
+    ("[quotas]\npopular = 50", ["unknown source 'popular'", "popular_in_context", "co_engagement"]),
+    ("[quotas]\npopular_in_context = 0\nco_engagement = 2.5", ["popular_in_context must be a positive whole number of candidates; got 0",
+                                                            "co_engagement must be a positive whole number of candidates; got 2.5"]),
+    ("quotas = 5", ["[quotas] is a table"]),
+    # the stub version has no source but two_tower: a quota for one it lacks names what it has
+    ("[quotas]\npopular_in_context = 50", ["popular_in_context that version stub_Flat does not have",
+                                            "its sources: two_tower"]),
 ]
 
 

@@ -215,3 +215,52 @@ expr = "candidate.ecpm < {cut}"
     assert got["VERTICAL_BAN"] == (sum(same.confusion["VERTICAL_BAN"].values()), False)
     assert got["LOW_ECPM"] == (sum(same.confusion["LOW_ECPM"].values()), False)
     assert builtin.unknown_reasons == ["LOW_ECPM", "VERTICAL_BAN"]
+
+
+def _rewrite(folder, out, change):
+    """The export in `folder` with its candidates passed through `change(frame) -> frame`, into `out`."""
+    c = pq.read_table(folder / "trace_candidates.parquet").to_pandas()
+    out.mkdir()
+    pq.write_table(pa.Table.from_pandas(change(c), preserve_index=False), out / "trace_candidates.parquet")
+    (out / "requests.parquet").write_bytes((folder / "requests.parquet").read_bytes())
+
+
+def test_a_different_early_ranker_is_named_with_its_spearman(ws, tmp_path):
+    """The logged eCPM and early score reversed among each request's eligible candidates, fates
+    kept: only the early ranker differs (Spearman -1 where the order is strict), no rule or source."""
+    import numpy as np
+
+    def reverse(c):
+        for _, idx in c.groupby("request_id").groups.items():
+            elig = [i for i in idx if c.at[i, "stage_reached"] != "retrieved"]
+            for col in ("ecpm", "early_score"):
+                c.loc[elig, col] = -c.loc[elig, col].to_numpy()
+        return c
+
+    _rewrite(ws[3], tmp_path / "ranker", reverse)
+    rep = _parity(ws, tmp_path / "ranker")
+    assert [(d.kind, d.name) for d in rep.disagreements] == [("ranker", "early ranker")]
+    d = rep.disagreements[0]
+    assert d.requests == d.compared_requests == N and d.spearman == pytest.approx(-1.0, abs=1e-6)
+    assert d.count > 0 and d.knock_on == 0 and d.logged_only == d.replay_only == 0  # fates untouched
+    assert rep.slates_equal == N and np.isclose(rep.mean_jaccard, 1.0)
+    assert "the early ranker orders eligible ads differently (Spearman -1.00; differs in 12 of 12 requests)" \
+        in d.label() and "most disagreements: the early ranker" in rep.verdict
+
+
+def test_a_smaller_logged_quota_is_a_quota_finding(ws, tmp_path):
+    """Production took popular_in_context's top 5 (the replay takes its default 100): the log is
+    AdLens's own replay with those quota-5 params, so only the quota differs, named with both numbers;
+    the knock-on fates it causes are credited to it, not to BELOW_CUTOFF."""
+    from core.funnel.params import FunnelParams
+
+    settings, db, engine, _, _ = ws
+    out = tmp_path / "quota"
+    export_replay(engine, out, N, seed=3, params=FunnelParams(quotas={"popular_in_context": 5}))
+    rep = _parity(ws, out)
+    assert [(d.kind, d.name) for d in rep.disagreements] == [("quota", "popular_in_context")]
+    q = rep.disagreements[0]
+    assert (q.logged_max_rank, q.replay_quota) == (5, 100) and q.replay_only == q.count > 0 and q.logged_only == 0
+    assert q.label() == "source popular_in_context: logged ranks up to 5, replay quota 100"
+    assert q.examples and q.requests == N and q.knock_on > 0  # the extra candidates moved the cut-off
+    assert "most disagreements: source popular_in_context: logged ranks up to 5, replay quota 100" in rep.verdict

@@ -238,7 +238,8 @@ def cmd_build_index(args: argparse.Namespace, settings: Settings) -> int:
         if f := m.get("funnel"):
             print(f"  funnel {term(f['source'])} (sha256 {f['sha256'][:12]}…): {len(f['eligibility'])} eligibility rules"
                   + (f", {len(f['ranking'])} ranking rules" if f["ranking"] else "")
-                  + (f"; own codes {', '.join(map(term, f['custom']))}" if f["custom"] else ""))
+                  + (f"; own codes {', '.join(map(term, f['custom']))}" if f["custom"] else "")
+                  + (f"; quotas {', '.join(f'{n} {c}' for n, c in f['quotas'].items())}" if f.get("quotas") else ""))
         if r := m.get("ranker"):
             smp = r["sample"]
             print(f"  early ranker {term(r['describe'])}: {r['output']} from {len(r['features'])} features "

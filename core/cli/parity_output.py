@@ -35,13 +35,18 @@ def print_parity(rep: ParityReport) -> None:
         if len(rows) > CONFUSION_ROWS:
             print(f"  ... {len(rows) - CONFUSION_ROWS} more pairs (--json for all)")
     if rep.disagreements:
-        print("\nrules and sources that disagree most (logged only: production gave it, the replay did not):")
+        print("\nwhat disagrees most (logged only: production gave it, the replay did not; knock-on: "
+              "post-eligibility fates changed in the requests where it was found):")
         frame = pd.DataFrame([{"kind": d.kind, "name": d.name, "modelled": "yes" if d.modelled else "NO",
                                "candidates": d.count, "logged only": d.logged_only, "replay only": d.replay_only,
                                "fate changed": d.fate_changes, "slate changed": d.slate_changes,
+                               "knock-on": d.knock_on, "knock-on slate": d.knock_on_slate, "requests": d.requests,
                                "example": d.examples[0].link if d.examples else ""}
                               for d in rep.disagreements[:10]])
         print(text_frame(frame).to_string(index=False))
+        for d in rep.disagreements[:10]:
+            if d.kind in ("ranker", "quota"):
+                print(f"  {d.kind}: {term(d.label())}")
     else:
         print("\nno rule or source disagrees")
     if rep.unknown_sources:

@@ -1,5 +1,6 @@
 """`adlens demo` as a list of named, timed steps: generate -> write files -> ingest -> embed ->
-train towers -> build versions (each with its UMAP map).
+train towers -> build versions (each with its UMAP map) -> production logs (a "production" funnel
+with planted differences and its logged traces: core.demo.production) -> warm caches.
 
 Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may read or add to
 `ctx.results`, calls `tick(fraction_of_this_step)` and returns a small dict of details for the
@@ -231,6 +232,14 @@ def _warm(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
     return out
 
 
+def _production_logs(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
+    """The "production" funnel's files and logged traces (core.demo.production), imported."""
+    from core.demo.production import build_production_logs
+
+    return build_production_logs(ctx.settings, ctx.engine, replace=ctx.replace,
+                                 progress=lambda f, _step: tick(f))
+
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("generate", _generate, weight=0.05),
     DemoStep("write files", _write_files, weight=0.01),
@@ -238,6 +247,7 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("embed", _embed, weight=0.25),
     DemoStep("train towers", _train, weight=0.2),
     DemoStep("build versions", _build, weight=0.38),
+    DemoStep("production logs", _production_logs, weight=0.04),
     DemoStep("warm caches", _warm, weight=0.03),
 ]
 

@@ -23,6 +23,9 @@ Format (data/README.md documents it with data/examples/funnel.toml):
     onnx = "ranker.onnx"          # + signature = "ranker.json" (relative to this file), or
                                   # plugin = "NAME" (+ params = {...}), entry-point group adlens.rankers
 
+    [quotas]                      # optional: candidates a source contributes (two_tower's is K)
+    popular_in_context = 200      # the version's quotas: over learned ones, under a what-if's
+
 `load_definition(path)` parses and checks the file's shape; `compile_funnel(defn, fields)` checks
 every expression against the fields (names, types, stage) and returns the `Funnel` the engine
 runs. Every problem of a file is reported at once, as one ValidationError naming the rule, and
@@ -42,13 +45,14 @@ import numpy as np
 from core.common.errors import AdLensError, ArtifactError, ValidationError
 from core.funnel.expr import Compiled, ExprError, compile_expr
 from core.funnel.filters import RULES, Rule
+from core.funnel.params import SOURCE_QUOTAS
 from core.funnel.plugins import PluginRule, load_plugin
 from core.funnel.reasons import BUILTIN_REASONS, ELIGIBILITY_REASONS, Reason, check_reason_code
 
 FORMAT = 1
 STAGES = ("eligibility", "ranking")
 RULE_KEYS = frozenset({"code", "expr", "stage", "description", "enabled", "builtin", "plugin", "params"})
-TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description", "ranker"})
+TOP_KEYS = frozenset({"format", "unlisted_builtins", "rule", "description", "ranker", "quotas"})
 POST_ELIGIBILITY = frozenset({Reason.BELOW_CUTOFF.value, Reason.ADVERTISER_CAP.value})
 
 
@@ -78,6 +82,8 @@ class FunnelDefinition:
     name: str = "funnel.toml"
     ranker: dict | None = None  # the [ranker] table as written (core.funnel.ranker_build reads it)
     folder: str | None = None  # the file's folder, for the [ranker] table's relative paths
+
+    quotas: tuple[tuple[str, int], ...] = ()  # [quotas]: (source, count) pairs, sorted
 
     @property
     def custom_codes(self) -> tuple[str, ...]:
@@ -121,6 +127,11 @@ class Funnel:
     ranking_order: tuple[str, ...] = ()
     definition: FunnelDefinition | None = None
 
+    @property
+    def quotas(self) -> dict[str, int]:
+        """The definition's [quotas] (source -> candidates); empty for the built-in funnel."""
+        return dict(self.definition.quotas) if self.definition is not None else {}
+
     @classmethod
     def builtin(cls) -> "Funnel":
         return cls(dict(RULES), tuple(c.value for c in ELIGIBILITY_REASONS))
@@ -142,7 +153,7 @@ class Funnel:
         return {"source": "builtin" if d is None else d.name, "sha256": None if d is None else d.sha256,
                 "plugins": plugins,
                 "eligibility": list(self.order), "off": list(self.off), "ranking": list(self.ranking_order),
-                "custom": [] if d is None else list(d.custom_codes)}
+                "custom": [] if d is None else list(d.custom_codes), "quotas": self.quotas}
 
 
 def _line_of(text: str, code: str, i: int) -> int | None:
@@ -245,10 +256,40 @@ def parse_definition(text: str, name: str = "funnel.toml") -> FunnelDefinition:
         plugin = str(t["plugin"]) if "plugin" in t else None
         specs.append(RuleSpec(code, expr, stage, bool(enabled), desc, line, plugin,
                               tuple(sorted((t.get("params") or {}).items())) if plugin else ()))
+    quotas = _parse_quotas(raw.get("quotas", {}), name, problems)
     if problems:
         raise ValidationError(problems)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return FunnelDefinition(tuple(specs), unlisted, text, sha, name, ranker)
+    return FunnelDefinition(tuple(specs), unlisted, text, sha, name, ranker, quotas=quotas)
+
+
+def _parse_quotas(table, name: str, problems: list[str]) -> tuple[tuple[str, int], ...]:
+    """[quotas] as sorted (source, count) pairs; appends what is wrong to `problems`."""
+    if not isinstance(table, dict):
+        problems.append(f"{name}: [quotas] is a table of source = count, e.g. popular_in_context = 200")
+        return ()
+    known = [s for s in SOURCE_QUOTAS if s != "two_tower"]
+    out = []
+    for source, count in sorted(table.items()):
+        if source == "two_tower":
+            problems.append(f"{name}: [quotas] two_tower: its quota is K (build or run with --k); remove it")
+        elif source not in SOURCE_QUOTAS:
+            problems.append(f"{name}: [quotas] unknown source {source!r}; sources with a quota: {', '.join(known)}")
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            problems.append(f"{name}: [quotas] {source} must be a positive whole number of candidates; got {count!r}")
+        else:
+            out.append((str(source), int(count)))
+    return tuple(out)
+
+
+def check_quota_sources(funnel: Funnel, sources, version: str) -> None:
+    """ValidationError when the funnel's [quotas] name a source the version has not built."""
+    missing = sorted(set(funnel.quotas) - set(sources))
+    if missing:
+        src = funnel.definition.name if funnel.definition is not None else FUNNEL_FILE
+        raise ValidationError([f"{src}: [quotas] names source(s) {', '.join(missing)} that version {version} does "
+                               f"not have; its sources: {', '.join(sources) or 'none'} (remove the quota or rebuild "
+                               "the version with that source)"])
 
 
 def load_definition(path: str | Path) -> FunnelDefinition:
@@ -335,6 +376,10 @@ def funnel_builder(defn: FunnelDefinition):
 
     def funnel_artifact_builder(ctx, tmp: Path) -> dict:
         funnel = check_against_catalog(defn, ctx.catalog, ctx.ad_ids)
+        if funnel.quotas:  # the sources builder ran first: its folders name the version's sources
+            built = sorted(p.name for p in (tmp / "sources").iterdir() if p.is_dir()) \
+                if (tmp / "sources").is_dir() else []
+            check_quota_sources(funnel, ["two_tower", *built], getattr(ctx, "name", "being built"))
         (tmp / FUNNEL_FILE).write_bytes(defn.text.encode("utf-8"))
         return {"funnel": {"file": FUNNEL_FILE, "sha256": defn.sha256, "source": defn.name,
                            **{k: v for k, v in funnel.describe().items() if k not in ("source", "sha256")}}}

@@ -23,7 +23,7 @@ from core.data.request import Request, RequestBatch, requests_from_impressions
 from core.data.vocab import UNKNOWN
 from core.funnel.ad_facts import AdFacts, FrequencyIndex, RequestContext
 from core.funnel.context import default_request, usual_contexts
-from core.funnel.definition import Funnel, compile_funnel, version_definition
+from core.funnel.definition import Funnel, check_quota_sources, compile_funnel, version_definition
 from core.funnel.fields import Env, FieldTable
 from core.funnel.filters import EligibilityResult, active_rules, evaluate
 from core.funnel.params import EXACT_RANKS_AUTO_MAX, FunnelParams
@@ -120,6 +120,7 @@ class FunnelEngine:
         for arr in (self.cap_key, self.bid, self.bid_type):
             arr.setflags(write=False)
         self.sources = load_sources(version, self.features)
+        check_quota_sources(self.funnel, tuple(self.sources), version.name)
         self.ranker_inputs = None if self.ranker is None else RankerInputs(
             self.ranker.features, self.fields, tuple(self.sources), where=f"ranker {self.ranker.describe()}")
         # AdLens's pCTR model is fitted only when it ranks (nothing else reads it)
@@ -187,9 +188,10 @@ class FunnelEngine:
         return fit_pctr(X, clicked, names)
 
     def resolve_params(self, params: FunnelParams | None) -> FunnelParams:
-        """`params` (default: FunnelParams()) over this version's learned quotas, if it has any."""
+        """`params` (default: FunnelParams()) over this version's quotas: the learned ones, if it
+        has any, under its funnel definition's [quotas] (core.funnel.definition)."""
         counts = getattr(getattr(self.version, "manifest", None), "quota_counts", None)
-        return (params or FunnelParams()).over_version_quotas(counts)
+        return (params or FunnelParams()).over_version_quotas({**(counts or {}), **self.funnel.quotas} or None)
 
     def request_context(self, request: Request) -> RequestContext:
         tier = self._tier.get(request.community_id) if request.community_id is not None else None

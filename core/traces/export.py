@@ -9,6 +9,7 @@ the format filled in; a log written by AdLens's own default funnel replays to pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,19 @@ LOGGED_VIEW_COLUMNS = ("ad_id", "sources", "stage_reached", "reasons", "source_r
                        "early_score", "bid", "ecpm", "slate_position")
 
 
-def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool = True) -> dict:
+def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool | str = True) -> dict:
     """The replay's candidates as a log writes them: LOGGED_VIEW_COLUMNS as columns (lists), one
     row per retrieved candidate, merge order. Reasons: every failed code (eligibility rules for
     filtered ads; a funnel definition's ranking-stage rules for eligible ads they removed), else
     the primary reason (BELOW_CUTOFF / ADVERTISER_CAP) for eligible ads that missed the slate;
     none in the slate. `bids`: the engine's per-position bids (FunnelEngine.bid; bid is empty
-    without them). `scores=False` leaves out ranks, scores, bid and eCPM (parity needs only fates)."""
+    without them). `scores=False` leaves out ranks, scores, bid and eCPM (fates only);
+    `scores="ranking"` keeps the source ranks, early score and eCPM (what parity compares)."""
     c = trace.candidates
     n = len(c)
     stage = [STAGE_BEFORE_BLOCK[b if isinstance(b, str) else None] for b in c["blocking_stage"].tolist()]
     filtered, slate = Outcome.FILTERED.value, Outcome.SLATE.value
-    reasons = [[] if o == slate else [str(x) for x in f] if o == filtered or len(f) else
+    reasons = [[] if o == slate else list(map(str, f)) if o == filtered or len(f) else
                [p] if isinstance(p, str) else []
                for o, f, p in zip(c["outcome"].tolist(), c["failed_reasons"].tolist(),
                                   c["primary_reason"].astype(object).tolist())]
@@ -56,14 +58,21 @@ def logged_fields(trace: Trace, bids: np.ndarray | None = None, *, scores: bool 
                 if f"rank_{s}" in c}
     scores_by = {s: c[f"score_{s}"].to_numpy(dtype=np.float64).tolist() for s in trace.source_names
                  if f"score_{s}" in c}
-    out["source_ranks"] = [[ranks_by[s][i] for s in srcs[i]] if all(s in ranks_by for s in srcs[i]) else []
-                           for i in range(n)]
-    out["source_scores"] = [[scores_by[s][i] for s in srcs[i]] if all(s in scores_by for s in srcs[i]) else []
-                            for i in range(n)]
+    out["source_ranks"] = _aligned(srcs, ranks_by)
     out["early_score"] = c["pctr"].to_numpy(dtype=np.float64)
-    out["bid"] = bids[c["version_pos"].to_numpy()] if bids is not None else np.full(n, np.nan)
     out["ecpm"] = c["ecpm"].to_numpy(dtype=np.float64)
+    if scores == "ranking":
+        return out
+    out["source_scores"] = _aligned(srcs, scores_by)
+    out["bid"] = bids[c["version_pos"].to_numpy()] if bids is not None else np.full(n, np.nan)
     return out
+
+
+def _aligned(srcs: list[list[str]], by: dict[str, list]) -> list[list]:
+    """Per candidate, `by[source][i]` for each of its sources; empty (not logged) where a source lacks a column."""
+    if set(chain.from_iterable(srcs)) <= by.keys():  # the usual case: one pass, no checks
+        return [[by[s][i] for s in ss] for i, ss in enumerate(srcs)]
+    return [[by[s][i] for s in ss] if all(s in by for s in ss) else [] for i, ss in enumerate(srcs)]
 
 
 def as_logged(trace: Trace, bids: np.ndarray | None = None) -> pd.DataFrame:

@@ -11,8 +11,17 @@ candidates (overall, per logged stage, per logged source), a confusion table log
 replayed fate, and the rules and sources that disagree most, each with example deep links.
 
 A rule disagrees where exactly one side gives it as the candidate's fate; a source disagrees
-where one side credits it with finding the ad and the other does not. They are ranked by the
-slates they move, then the fates they change, then how many candidates they touch. Names AdLens does not have
+where one side credits it with finding the ad and the other does not. A *quota* differs where a
+source's rank on one side lies beyond what the other side takes from it (a logged rank above the
+replay's quota; a replayed rank above the largest rank the log holds for that source in that
+request). The *early ranker* differs where, among candidates both sides found eligible through the
+same sources, the logged eCPM (else early score) orders them differently from the replay's
+(Spearman rank correlation per request below RANKER_RHO; the mean over requests is reported).
+A post-eligibility fate (slate, BELOW_CUTOFF, ADVERTISER_CAP) that differs on a candidate both
+sides found eligible is a knock-on effect: it is credited (`knock_on`, `knock_on_slate`) to every
+other difference found in that request, and reported as a rule of its own only in a request
+without one. They are ranked by the slates they move (directly and as knock-on), then the fates
+they change, then how many candidates they touch. Names AdLens does not have
 (sources outside core.sources, reason codes neither built in, core.funnel.reasons, nor in the
 version's funnel definition, core.funnel.definition) are flagged "not modelled". Logged ads the version lacks are counted apart (the replay cannot find them).
 """
@@ -20,13 +29,10 @@ version's funnel definition, core.funnel.definition) are flagged "not modelled".
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
 
 import numpy as np
 
-from core.analysis.links import to_query_params
 from core.common.errors import AdLensError, NotFoundError
 from core.common.progress import Progress, report
 from core.funnel.params import FunnelParams
@@ -34,12 +40,25 @@ from core.funnel.reasons import BUILTIN_REASONS
 from core.sources.base import SOURCE_ORDER
 from core.traces.export import logged_fields
 from core.traces.logged import count_logged_requests, iter_logged_requests, sample_request_ids
-from core.traces.schema import STAGES_REACHED
+from core.traces.parity_tally import (  # noqa: F401  (re-exported: the report's parts live there)
+    AD_MISSING,
+    EARLY_RANKER,
+    EXAMPLES,
+    NOT_LOGGED,
+    NOT_RETRIEVED,
+    RANKER_RHO,
+    SLATE,
+    Disagreement,
+    Example,
+    Recall,
+    SourceRecall,
+    Tally,
+    fate,
+    spearman,
+)
 
-EXAMPLES = 3
 TOP = 10
-SLATE, NOT_RETRIEVED, NOT_LOGGED = "slate", "not retrieved", "not logged"
-AD_MISSING = "ad not in the version"
+VERDICT_TOP = 3
 
 
 def modelled_reasons(engine=None) -> set[str]:
@@ -47,63 +66,6 @@ def modelled_reasons(engine=None) -> set[str]:
     definition's own (compared as strings: reason codes are an open vocabulary)."""
     funnel = getattr(engine, "funnel", None)
     return set(BUILTIN_REASONS) | {str(c) for c in (funnel.codes if funnel is not None else ())}
-
-
-def fate(stage: str, reasons) -> str:
-    """A candidate's fate in one word: slate, its first reason, or its stage when no reason is logged."""
-    if stage == SLATE:
-        return SLATE
-    return str(reasons[0]) if len(reasons) else f"{stage} (no reason)"
-
-
-@dataclass
-class Example:
-    request_id: str
-    ad_id: str
-    logged: str  # the logged fate (or "not logged")
-    replayed: str  # the replay's fate (or "not retrieved")
-    link: str  # dashboard deep link: ?request=...&version=...&ad=...
-
-
-@dataclass
-class Disagreement:
-    """A rule or source the two sides disagree on: `logged_only` candidates where production gave
-    it (the replay did not), `replay_only` where the replay gave it (production did not)."""
-
-    kind: str  # "rule", "source" or "data"
-    name: str
-    modelled: bool  # whether AdLens has this rule / source at all
-    logged_only: int = 0
-    replay_only: int = 0
-    count: int = 0
-    fate_changes: int = 0  # of them, fates it changed (a source: ads only one side retrieved)
-    slate_changes: int = 0  # of them, candidates in exactly one side's slate
-    examples: list[Example] = field(default_factory=list)
-    label_text: str = ""  # label(), filled when the report is finished (for JSON readers)
-
-    def label(self) -> str:
-        if self.kind == "data":
-            return f"logged ads the version lacks ({AD_MISSING})"
-        side = "logged" if self.logged_only >= self.replay_only else "replayed"
-        what = "reason" if self.kind == "rule" else "source"
-        return f"{side} {what} {self.name}" + ("" if self.modelled else ", which AdLens does not model")
-
-
-@dataclass
-class Recall:
-    n: int = 0  # logged candidates (that reached the stage / that the source found)
-    hit: int = 0  # of them, the replay also retrieved (brought to the stage)
-    recall: float | None = None
-
-
-@dataclass
-class SourceRecall:
-    name: str
-    modelled: bool
-    n: int = 0  # logged candidates this source is credited with
-    retrieved: int = 0  # the replay retrieved them (by any source)
-    same_source: int = 0  # the replay's own source of that name found them
-    recall: float | None = None
 
 
 @dataclass
@@ -134,98 +96,6 @@ def percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f} %" if x in (0.0, 1.0) or 0.01 < x < 0.99 else f"{100 * x:.1f} %"
 
 
-class _Tally:
-    """The running counts of one parity run (bounded: counters and a few examples per name)."""
-
-    def __init__(self, version: str, modelled_sources: set[str], modelled_rules: set[str]):
-        self.version, self.known_src, self.known_rules = version, modelled_sources, modelled_rules
-        self.dis: dict[tuple[str, str], Disagreement] = {}
-        self.stage = {s: Recall() for s in STAGES_REACHED}
-        self.src: dict[str, SourceRecall] = {}
-        self.conf: dict[str, dict[str, int]] = {}
-        self.jaccard = self.overlap = 0.0
-        self.rep = None
-
-    def _hit(self, kind: str, name: str, side: str, rid: str, ad: str, lf: str, rf: str,
-             changed: bool = True) -> None:
-        d = self.dis.get((kind, name))
-        if d is None:
-            modelled = name in (self.known_rules if kind == "rule" else self.known_src) if kind != "data" else True
-            d = self.dis[(kind, name)] = Disagreement(kind, name, modelled)
-        setattr(d, side, getattr(d, side) + 1)
-        d.count += 1
-        d.fate_changes += changed
-        d.slate_changes += (lf == SLATE) != (rf == SLATE)
-        if len(d.examples) < EXAMPLES:
-            link = "?" + urlencode(to_query_params(request=rid, version=self.version, ad=ad))
-            d.examples.append(Example(rid, ad, lf, rf, link))
-
-    def add(self, rid: str, logged: dict, ls_: list[str], replay: dict, in_version) -> None:
-        """One request: `logged` and `replay` hold the columns ad_id, sources, stage_reached, reasons
-        (lists; the replay's from logged_fields), `ls_` the logged slate in order."""
-        rep = self.rep
-        l_ad, l_src, l_st, l_rs = logged["ad_id"], logged["sources"], logged["stage_reached"], logged["reasons"]
-        r_ad, r_src, r_st, r_rs = replay["ad_id"], replay["sources"], replay["stage_reached"], replay["reasons"]
-        rep.n_logged_candidates += len(l_ad)
-        rep.n_replay_candidates += len(r_ad)
-        where = {a: j for j, a in enumerate(r_ad)}
-        idx = [where.get(a, -1) for a in l_ad]
-        lf = [fate(st, r) for st, r in zip(l_st, l_rs)]
-        r_fate = [fate(st, r) for st, r in zip(r_st, r_rs)]
-        rf = [r_fate[j] if j >= 0 else NOT_RETRIEVED for j in idx]
-        for (x, y), k in Counter(zip(lf, rf)).items():
-            row = self.conf.setdefault(x, {})
-            row[y] = row.get(y, 0) + k
-        order = {s: i for i, s in enumerate(STAGES_REACHED)}
-        r_stage = np.array([order.get(s, -1) for s in r_st] + [-1], dtype=np.int64)  # [-1]: not retrieved
-        li = np.array([order.get(s, -1) for s in l_st], dtype=np.int64)
-        ri = r_stage[np.array(idx, dtype=np.int64)] if idx else li
-        for i, s in enumerate(STAGES_REACHED):
-            reached = li >= i
-            self.stage[s].n += int(reached.sum())
-            self.stage[s].hit += int((ri[reached] >= i).sum())
-        for k, (ad, ls, j) in enumerate(zip(l_ad, l_src, idx)):
-            rs = r_src[j] if j >= 0 else ()
-            same = ls == rs
-            for name in ls:
-                sr = self.src.get(name) or self.src.setdefault(name, SourceRecall(name, name in self.known_src))
-                sr.n += 1
-                sr.retrieved += j >= 0
-                sr.same_source += same or name in rs
-            # a log without a reason for a non-slate ad is compared by the stage reached alone
-            agree = lf[k] == rf[k] or (j >= 0 and not len(l_rs[k]) and l_st[k] != SLATE and r_st[j] == l_st[k])
-            if same and agree:
-                continue
-            if j < 0 and ad not in in_version:
-                self._hit("data", AD_MISSING, "logged_only", rid, ad, lf[k], rf[k])
-                continue
-            if not agree and j >= 0:
-                if lf[k] != SLATE and len(l_rs[k]):
-                    self._hit("rule", lf[k], "logged_only", rid, ad, lf[k], rf[k])
-                if rf[k] != SLATE and len(r_rs[j]):
-                    self._hit("rule", rf[k], "replay_only", rid, ad, lf[k], rf[k])
-            if not same:
-                for name in sorted(set(ls) - set(rs)):
-                    self._hit("source", name, "logged_only", rid, ad, lf[k], rf[k], j < 0)
-                for name in sorted(set(rs) - set(ls)):
-                    self._hit("source", name, "replay_only", rid, ad, lf[k], rf[k], j < 0)
-        if sum(j >= 0 for j in idx) < len(r_ad):  # the replay retrieved ads the log lacks
-            seen = set(l_ad)
-            for ad, rs, f in zip(r_ad, r_src, r_fate):
-                if ad in seen:
-                    continue
-                row = self.conf.setdefault(NOT_LOGGED, {})
-                row[f] = row.get(f, 0) + 1
-                for name in rs:
-                    self._hit("source", name, "replay_only", rid, ad, NOT_LOGGED, f)
-        rsl = sorted((p, a) for a, st, p in zip(r_ad, r_st, replay["slate_position"]) if st == SLATE and p is not None)
-        rsl = [a for _, a in rsl]
-        a, b = set(ls_), set(rsl)
-        rep.slates_equal += ls_ == rsl
-        rep.slate_sets_equal += a == b
-        self.jaccard += len(a & b) / len(a | b) if a | b else 1.0
-        self.overlap += len(a & b) / len(a) if a else float(not b)
-
 
 def require_traces(db) -> None:
     """NotFoundError with the fix when no logged traces are imported."""
@@ -246,7 +116,9 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
     ids = sample_request_ids(db, n_requests, seed)
     version = engine.version.name
     known_rules = modelled_reasons(engine)
-    tally = _Tally(version, set(SOURCE_ORDER), known_rules)
+    resolved = engine.resolve_params(params)
+    tally = Tally(version, set(SOURCE_ORDER), known_rules, {n: resolved.quota(n) for n in engine.sources
+                                                            if resolved.enabled(n)})
     rep = tally.rep = ParityReport(version, len(ids), seed)
     in_version = frozenset(engine.version.ad_ids)
     report(progress, 0.0, f"replay {len(ids):,} logged requests on {version}")
@@ -257,13 +129,14 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
         unknown_src.update(lr.unknown_sources())
         unknown_rules.update(str(x) for xs in c["reasons"] for x in xs if str(x) not in known_rules)
         try:
-            replay = logged_fields(engine.run(lr.request, params), scores=False)
+            replay = logged_fields(engine.run(lr.request, params), scores="ranking")
         except AdLensError as exc:
             rep.n_requests -= 1
             if len(rep.not_replayed) < 20:
                 rep.not_replayed.append(f"{lr.request_id}: {exc}")
             continue
-        logged = {k: c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons")}
+        logged = {k: c[k].tolist() for k in ("ad_id", "sources", "stage_reached", "reasons", "source_ranks")}
+        logged.update({k: c[k].to_numpy(dtype=np.float64, na_value=np.nan) for k in ("ecpm", "early_score")})
         tally.add(lr.request_id, logged, lr.slate()["ad_id"].tolist(), replay, in_version)
         report(progress, (i + 1) / len(ids), f"replay request {i + 1:,} of {len(ids):,}")
     _finish(rep, tally, sorted(unknown_src), sorted(unknown_rules))
@@ -271,7 +144,7 @@ def run_parity(settings, db, engine, *, n_requests: int = 1000, seed: int = 0, p
     return rep
 
 
-def _finish(rep: ParityReport, tally: _Tally, unknown_src: list[str], unknown_rules: list[str]) -> None:
+def _finish(rep: ParityReport, tally: Tally, unknown_src: list[str], unknown_rules: list[str]) -> None:
     n = rep.n_requests
     if n:
         rep.mean_jaccard, rep.mean_overlap = tally.jaccard / n, tally.overlap / n
@@ -285,9 +158,15 @@ def _finish(rep: ParityReport, tally: _Tally, unknown_src: list[str], unknown_ru
     rep.source_recall = sorted(tally.src.values(), key=lambda s: (-s.n, s.name))
     rep.confusion = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in
                      sorted(tally.conf.items(), key=lambda kv: -sum(kv[1].values()))}
+    for d in tally.dis.values():
+        if d.kind == "ranker":
+            d.spearman = round(tally.rho_sum / tally.rho_n, 4) if tally.rho_n else None
+            d.compared_requests = tally.rho_n
+        elif d.kind == "quota":
+            d.logged_max_rank, d.replay_quota = tally.logged_max.get(d.name), tally.quotas.get(d.name)
     # what moved slates first, then what changed fates, then the rest (a source credited differently)
-    rep.disagreements = sorted(tally.dis.values(),
-                               key=lambda d: (-d.slate_changes, -d.fate_changes, -d.count, d.kind, d.name))
+    rep.disagreements = sorted(tally.dis.values(), key=lambda d: (-d.slates_moved, -d.fate_changes - d.knock_on,
+                                                                  -d.count, d.kind, d.name))
     for d in rep.disagreements:
         d.label_text = d.label()
     rep.unknown_sources, rep.unknown_reasons = unknown_src, unknown_rules
@@ -302,7 +181,9 @@ def verdict(rep: ParityReport) -> str:
              f"slates (recall of logged candidates {percent(rep.recall.recall)})"
     if not rep.disagreements:
         return slates + "; every logged candidate's stage, reason and sources agree"
-    top = rep.disagreements[0]
-    more = len(rep.disagreements) - 1
-    return (f"{slates}; most disagreements: {top.label()} ({top.count:,} candidates)"
-            + (f"; {more} more rule(s)/source(s) disagree" if more else ""))
+    # every difference that moves slates among the first VERDICT_TOP, else the first one
+    top = [d for d in rep.disagreements[:VERDICT_TOP] if d.slates_moved] or rep.disagreements[:1]
+    more = len(rep.disagreements) - len(top)
+    return (f"{slates}; most disagreements: "
+            + "; ".join(d.label() + ("" if d.kind == "ranker" else f" ({d.count:,} candidates)") for d in top)
+            + (f"; {more} more difference(s)" if more else ""))
