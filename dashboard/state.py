@@ -22,7 +22,7 @@ from core.funnel.context import default_request
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import DEFAULT_PARAMS, FunnelParams
 from core.funnel.pctr_cache import pctr_cache
-from core.index.versions import Version, list_versions, load_version
+from core.index.versions import list_versions, load_version
 from core.common.timer import StepLog
 from core.sources.base import SOURCE_ORDER
 from core.store.artifacts import sha256_file
@@ -114,67 +114,10 @@ def version_sources(name: str) -> tuple[str, ...]:
 
 
 @st.cache_resource(show_spinner=False)
-def _version(name: str, checksum: str) -> Version:
-    """Version `name` loaded and verified (its files, index, query tower and sources; no catalog
-    needed, so `preload` can start it before the catalog is loaded). Shared: never mutate it."""
-    with steps().step(f"version {name}"):
-        return load_version(settings(), name)
-
-
-_PRELOADED: set = set()
-_PRELOAD_LOCK = threading.Lock()
-
-
-def preload(*names: str | None) -> None:
-    """Start loading versions `names` in a background thread each (once per version and manifest),
-    so the page's `engine(name)` finds them loaded while this run draws the sidebar (loading is
-    mostly file reads, FAISS and NumPy, which run beside Python). A load that fails here is
-    retried, and its error shown, by the page's own `engine(name)`."""
-    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
-
-    have = set(version_names())
-    for name in dict.fromkeys(n for n in names if n in have):
-        key = (name, checksum(name))
-        with _PRELOAD_LOCK:
-            if key in _PRELOADED:
-                continue
-            _PRELOADED.add(key)
-        thread = threading.Thread(target=_preload_one, args=key, name=f"adlens-preload-{name}", daemon=True)
-        add_script_run_ctx(thread, get_script_run_ctx(suppress_warning=True))
-        thread.start()
-
-
-def _preload_one(name: str, checksum: str) -> None:
-    try:
-        _version(name, checksum)
-    except Exception:  # noqa: BLE001 (not cached: the page's engine(name) loads it again and shows why)
-        with _PRELOAD_LOCK:
-            _PRELOADED.discard((name, checksum))
-
-
-def default_version_b(a: str, names: list[str]) -> str:
-    """Compare's version B when none is picked: the newest other version (A itself if it is alone)."""
-    others = [n for n in names if n != a]
-    return others[-1] if others else a
-
-
-def requested_versions() -> tuple[str | None, str | None]:
-    """(A, B): the versions this run's pages open, read before the deep link is applied (which
-    needs the catalog): the link's or the session's if it exists, else the newest (A) and
-    `default_version_b` (B)."""
-    names = version_names()
-    if not names:
-        return None, None
-    ss, qp = st.session_state, st.query_params
-    a = next((v for v in (qp.get("version"), ss.get("version")) if v in names), names[-1])
-    b = next((v for v in (qp.get("version_b"), ss.get("version_b")) if v in names), None)
-    return a, b or default_version_b(a, names)
-
-
-@st.cache_resource(show_spinner=False)
 def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
     cat = _catalog(url, stamp)
-    version = _version(name, checksum)
+    with steps().step(f"version {name}"):
+        version = load_version(settings(), name)
     with steps().step(f"engine {name}"):
         return FunnelEngine(version, cat, pctr_cache=pctr_cache(settings().cache_dir, version, url, stamp))
 

@@ -40,10 +40,7 @@ ALIASES = {"inspect": st.Page(inspect.render, title="Inspect", url_path="inspect
 REQUEST_PAGES = {"inspect", "why_not", "map", "compare"}
 
 try:
-    version_a, version_b = state.requested_versions()
-    # The page's version loads in the background while the catalog, the link and the sidebar are done.
-    state.preload(version_a)
-    ready = version_a is not None and state.catalog().n_ads > 0
+    ready = bool(state.version_names()) and state.catalog().n_ads > 0
 except Exception as exc:  # a broken workspace must not show a traceback
     show_error(f"The workspace could not be opened: {exc}")
     st.stop()
@@ -55,11 +52,9 @@ if not ready:
 
 st.session_state["_pages"] = PAGES  # for st.switch_page from views
 page = st.navigation([*PAGES.values(), *ALIASES.values()])
-key = next(k for pages in (PAGES, ALIASES) for k, p in pages.items() if p.url_path == page.url_path)
-if key == "compare":
-    state.preload(version_b)
 for msg in state.init_from_link():
     st.warning(md(msg))
+key = next(k for pages in (PAGES, ALIASES) for k, p in pages.items() if p.url_path == page.url_path)
 try:
     if key in REQUEST_PAGES:
         with state.steps().step("sidebar"):

@@ -22,7 +22,8 @@ def _pick_versions() -> tuple[str, str]:
     ss = st.session_state
     a = ss["version"]
     if ss.get("version_b") not in names:
-        ss["version_b"] = state.default_version_b(a, names)
+        others = [n for n in names if n != a]
+        ss["version_b"] = others[-1] if others else a
     c1, c2 = st.columns(2)
     c1.markdown(f"**Version A** (baseline, from the sidebar): {md(a)}")
     c2.selectbox("Version B (candidate)", names, key="version_b")
