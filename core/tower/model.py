@@ -60,6 +60,7 @@ from core.tower.tower_spec import (  # noqa: F401 (re-exported: the tower's cons
     PAD,
     UNK,
     VOCABS,
+    check_state,
     param_shapes,
 )
 
@@ -385,7 +386,7 @@ class UserTowerEncoder(QueryEncoder):
             state = load_file(str(weights))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers/data
             raise ArtifactError(f"{weights}: unreadable or corrupted safetensors file ({exc})") from exc
-        _check_state(weights, expected, state)
+        check_state(weights, expected, state)
         try:
             return cls(cfg, vocab, weights={k: np.ascontiguousarray(v, np.float32) for k, v in state.items()})
         except (ValueError, TypeError, KeyError) as exc:
@@ -408,24 +409,3 @@ def _rows(inputs: TowerInputs, idx: np.ndarray) -> TowerInputs:
     if len(idx) == len(inputs):
         return inputs
     return TowerInputs(**{f.name: getattr(inputs, f.name)[idx] for f in fields(inputs)})
-
-
-def _check_state(path: Path, expected: dict[str, tuple[int, ...]], got: dict[str, np.ndarray]) -> None:
-    """Every parameter present with its shape and finite, nothing extra (`expected`: tower_spec.param_shapes)."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = sorted(f"{k}: file {tuple(got[k].shape)} != expected {tuple(expected[k])}"
-                    for k in set(expected) & set(got) if tuple(got[k].shape) != tuple(expected[k]))
-    bad = sorted(k for k in set(expected) & set(got)
-                 if tuple(got[k].shape) == tuple(expected[k]) and not np.isfinite(got[k]).all())
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if shapes:
-        problems.append(f"shape mismatches [{'; '.join(shapes)}]")
-    if bad:
-        problems.append(f"non-finite values in {bad}")
-    if problems:
-        raise ArtifactError(f"{path}: weights do not match config.json/vocab.json: " + ", ".join(problems))

@@ -1,9 +1,15 @@
-"""The user tower's constants and parameter shapes, torch-free: what `core.tower.tower_net.TowerNet`
-(torch, for training) and a tower loaded for serving (numpy, core.tower.model) agree on."""
+"""The user tower's constants, parameter shapes and the strict check of saved weights, torch-free:
+what `core.tower.tower_net.TowerNet` (torch, for training) and a tower loaded for serving (NumPy,
+core.tower.model) agree on."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from core.common.errors import ArtifactError
 
 FORMAT_VERSION = 1
 UNK = 0  # the unknown / out-of-vocabulary slot of every categorical vocabulary
@@ -37,3 +43,24 @@ def param_shapes(cfg: dict, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]
     if cfg.get("id_embeddings"):
         shapes["ad_id.weight"] = (sizes["ad"], d)
     return shapes
+
+
+def check_state(path: Path, expected: dict[str, tuple[int, ...]], got: dict[str, np.ndarray]) -> None:
+    """Every parameter present with its shape and finite, nothing extra (`expected`: tower_spec.param_shapes)."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(f"{k}: file {tuple(got[k].shape)} != expected {tuple(expected[k])}"
+                    for k in set(expected) & set(got) if tuple(got[k].shape) != tuple(expected[k]))
+    bad = sorted(k for k in set(expected) & set(got)
+                 if tuple(got[k].shape) == tuple(expected[k]) and not np.isfinite(got[k]).all())
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches [{'; '.join(shapes)}]")
+    if bad:
+        problems.append(f"non-finite values in {bad}")
+    if problems:
+        raise ArtifactError(f"{path}: weights do not match config.json/vocab.json: " + ", ".join(problems))
