@@ -4,10 +4,10 @@
 bootstrap:
 	bash scripts/bootstrap.sh
 
-# Build the demo workspace if there is none, then launch the dashboard.
+# Build the demo workspace if there is none and launch the dashboard: it starts as soon as the
+# demo's first version is ready, while the other versions build.
 run: bootstrap
-	.venv/bin/adlens demo --if-missing
-	.venv/bin/streamlit run dashboard
+	.venv/bin/adlens demo --if-missing --serve
 
 # Run every test (slow and browser tests included; PostgreSQL tests need ADLENS_TEST_PG_URL).
 # XDIST: the tests run on one worker per core (pytest-xdist; `make test XDIST=` runs them in one process).

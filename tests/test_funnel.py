@@ -317,3 +317,44 @@ def test_concurrent_requests_share_one_engine(rand):
         got = list(pool.map(lambda r: engine.run(r, params).candidates, reqs * 3))
     for i, frame in enumerate(got):
         pd.testing.assert_frame_equal(frame, want[i % len(reqs)])
+
+
+def _usual_by_groupby(imps: pd.DataFrame) -> dict:
+    """The usual contexts as a pandas groupby computes them (the oracle of the vectorised build)."""
+    from core.data.vocab import UNKNOWN
+
+    frame = pd.DataFrame({"u": imps["user_id"].astype(object), "c": imps["community_id"].astype(object),
+                          "p": imps["placement"].astype(object), "d": imps["device"].astype(object), "t": imps["ts"]})
+
+    def most(f: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+        stats = f.groupby(["u", *keys], sort=False, dropna=False).agg(n=("t", "size"), last=("t", "max"))
+        stats = stats.reset_index().sort_values(["u", "n", "last"], ascending=[True, False, False], kind="stable")
+        return stats.drop_duplicates("u")
+
+    best, dev = most(frame, ["c", "p"]), most(frame[frame["d"] != UNKNOWN], ["d"])
+    devices = dict(zip(dev["u"], dev["d"]))
+    return {u: (None if pd.isna(c) else str(c), str(p), devices.get(u)) for u, c, p in zip(best["u"], best["c"], best["p"])}
+
+
+def test_usual_contexts_equal_a_groupby_with_ties_and_missing_values():
+    from types import SimpleNamespace
+
+    from core.funnel.context import UsualContexts
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    t0 = pd.Timestamp("2026-01-01")
+    imps = pd.DataFrame({
+        "user_id": rng.choice([f"u{i}" for i in range(60)], n),
+        "community_id": pd.Series(rng.choice(["c1", "c2", "c3", None], n), dtype="str"),
+        "placement": rng.choice(["home_feed", "community_feed", "conversation"], n),
+        "device": rng.choice(["ios", "android", "web", "unknown"], n, p=[0.2, 0.2, 0.1, 0.5]),
+        "ts": t0 + pd.to_timedelta(rng.integers(0, 50, n), unit="h"),  # coarse: many ties in n and last
+        "ad_id": "a1", "clicked": False})
+    imps.loc[imps["user_id"] == "u7", "device"] = "unknown"  # only unknown devices: none logged
+    cat = SimpleNamespace(impressions=imps, users=pd.DataFrame({"user_id": pd.Series([], dtype=object)}),
+                          communities=pd.DataFrame({"community_id": ["c1", "c2", "c3"]}))
+    got = UsualContexts.build(cat).logged
+    want = _usual_by_groupby(imps)
+    assert got == want
+    assert got["u7"][2] is None and any(v[0] is None for v in got.values())

@@ -499,3 +499,18 @@ def test_a_log_of_clicks_only_calibrates_without_replaying_the_sources(planted, 
         clicked=np.arange(len(imps)) % 3 == 0)))
     with pytest.raises(AssertionError, match="replayed"):
         engine._calibrate(500, 0)
+
+
+def test_ease_reachable_columns_from_the_float16_bits_equal_the_comparison():
+    from core.sources.ease import _any_positive
+
+    rng = np.random.default_rng(5)
+    B = (rng.normal(size=(40, 30)) * (rng.random((40, 30)) < 0.1)).astype(np.float16)
+    B[:, 3] = -np.abs(B[:, 3])  # negatives only
+    B[:, 4] = np.float16(-0.0)
+    B[:, 5] = 0
+    B[7, 6] = np.float16(1e-7)  # a subnormal float16: still positive
+    want = (B > 0).any(axis=0)
+    assert not want[3:6].any() and want[6]
+    np.testing.assert_array_equal(_any_positive(B), want)
+    np.testing.assert_array_equal(_any_positive(B.astype(np.float32)), want)

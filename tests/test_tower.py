@@ -193,8 +193,16 @@ def test_save_load_round_trip_identical_vectors(trained, planted, tmp_path):
     back = load_query_encoder(tmp_path / "t")
     assert isinstance(back, UserTowerEncoder)
     reqs = _requests([{}, {"user_id": "u_0007", "community_id": "c_01"}, {"user_id": "x"}])
+    assert back._numpy_weights() is not None  # loaded for serving: numpy, no torch network yet
     np.testing.assert_array_equal(back.encode_requests(reqs, fs), enc.encode_requests(reqs, fs))
+    # the ad side in numpy: torch's to float32 rounding (its matmul sums in another order)
+    np.testing.assert_allclose(back.transform_ads(vecs), enc.transform_ads(vecs), rtol=0, atol=1e-6)
+    many = _requests([{"user_id": f"u_{i:04d}"} for i in range(40)])  # above NUMPY_MAX_BATCH
+    np.testing.assert_allclose(back.encode_requests(many, fs), enc.encode_requests(many, fs), rtol=0, atol=2e-6)
+    back.net  # the torch network, built from the loaded arrays: now identical to the trained one
+    assert back._numpy_weights() is None
     np.testing.assert_array_equal(back.transform_ads(vecs), enc.transform_ads(vecs))
+    np.testing.assert_array_equal(back.encode_requests(many, fs), enc.encode_requests(many, fs))
 
 
 @pytest.mark.parametrize("damage", ["missing_key", "extra_key", "wrong_shape", "truncated", "garbage",
@@ -427,6 +435,38 @@ def test_numpy_forward_equals_torch(trained, planted, kind):
     big = enc.encode_requests(batch, fs)
     one = np.concatenate([enc.encode_requests(batch.iloc[[i]], fs) for i in range(len(reqs))])
     np.testing.assert_allclose(one, big[:len(reqs)], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["no_context", "id_embeddings", "no_adapter"])
+def test_a_tower_loaded_for_serving_equals_torch_without_building_the_network(planted, tmp_path, kind):
+    """A saved tower loads as numpy arrays (no torch network: opening a version imports no torch);
+    its queries (any batch size) and ad vectors equal the torch network's to float32 rounding."""
+    from core.tower.tower_net import TowerNet
+    from core.tower.tower_spec import param_shapes
+
+    cat, ids, vecs = planted
+    vocab = build_vocab(cat.users, cat.communities, cat.impressions, with_ads=True)
+    cfg = {"text_dim": DIM, "use_context": kind != "no_context", "id_embeddings": kind == "id_embeddings",
+           "ad_adapter": kind != "no_adapter"}
+    enc = UserTowerEncoder(cfg, vocab)
+    assert param_shapes(enc.cfg, enc.sizes) == {k: tuple(v.shape) for k, v in TowerNet(enc.cfg, enc.sizes).state_dict().items()}
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # every weight non-zero, so no term can hide
+        for p in enc.net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    enc.save(tmp_path / "t")
+    back = UserTowerEncoder.load(tmp_path / "t")
+    assert back._numpy_weights() is not None
+    fs = FeatureStore(cat, ids, vecs)
+    reqs = _requests([{"user_id": f"u_{i:04d}", "community_id": "c_02" if i % 2 else None} for i in range(30)]
+                     + [{"user_id": "nobody", "country": None}])
+    np.testing.assert_allclose(back.encode_requests(reqs, fs), enc.encode_requests(reqs, fs), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(back.encode_requests(reqs.iloc[:2], fs), enc.encode_requests(reqs.iloc[:2], fs),
+                               rtol=0, atol=2e-6)
+    np.testing.assert_allclose(back.transform_ads(vecs, ids), enc.transform_ads(vecs, ids), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(back.transform_ads(vecs), enc.transform_ads(vecs), rtol=0, atol=2e-6)
+    if kind == "id_embeddings":  # the id vectors took part
+        assert not np.allclose(back.transform_ads(vecs, ids), back.transform_ads(vecs), atol=1e-3)
 
 
 def test_numpy_forward_follows_weight_changes(planted):

@@ -205,6 +205,22 @@ def test_tampered_file_is_named_on_load(vsettings, data_engine, victim):
         load_version(vsettings, "v1")
 
 
+def test_tampered_file_is_caught_after_a_remembered_verification(vsettings, data_engine, monkeypatch):
+    from core.store import checksum_memo
+
+    monkeypatch.setattr(checksum_memo, "RACY_S", -1.0)  # remember the just-built files
+    v = _build(vsettings, data_engine)
+    load_version(vsettings, "v1")
+    assert (vsettings.cache_dir / checksum_memo.MEMO_FILE).is_file()
+    load_version(vsettings, "v1")  # from the memo
+    p = v.path / "ad_text_vectors.npy"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="ad_text_vectors.npy: sha256 mismatch"):
+        load_version(vsettings, "v1")
+
+
 def test_truncated_index_is_detected(vsettings, data_engine):
     v = _build(vsettings, data_engine)
     p = v.path / "index.faiss"

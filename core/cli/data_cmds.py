@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when the workspace already has a demo or imported data")
     p.add_argument("--replace", action="store_true", help="delete existing data rows first")
+    p.add_argument("--serve", action="store_true",
+                   help="also run the dashboard (streamlit run dashboard), from the moment the first version "
+                        "is ready while the others build, until stopped (Ctrl-C): what `make run` does")
     add_json_flag(p)
     p.set_defaults(func=cmd_demo)
 
@@ -111,7 +116,57 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "dashboard"  # core/cli/ -> repository root
+
+
+def start_dashboard(settings: Settings) -> subprocess.Popen:
+    """`streamlit run dashboard` on this workspace (and database), in a child process."""
+    env = {**os.environ, "ADLENS_HOME": str(Path(settings.workspace).resolve()), "ADLENS_DB_URL": settings.db_url}
+    return subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(DASHBOARD_DIR)], env=env)
+
+
+class _Server:
+    """`adlens demo --serve`'s dashboard: started once, on the first ready version."""
+
+    def __init__(self, settings: Settings, announce: bool) -> None:
+        self.settings, self.announce, self.proc = settings, announce, None
+
+    def start(self, version: str | None = None) -> None:
+        if self.proc is None:
+            if self.announce:
+                print("starting the dashboard" + (f" on version {term(version)}; the other versions keep "
+                                                  "building and appear in it when ready" if version else ""),
+                      file=sys.stderr, flush=True)
+            self.proc = start_dashboard(self.settings)
+
+    def wait(self) -> int:
+        """Serve until the dashboard exits or Ctrl-C; its exit status (0 after Ctrl-C)."""
+        if self.proc is None:
+            return 0
+        try:
+            return self.proc.wait()
+        except KeyboardInterrupt:
+            self.proc.terminate()
+            self.proc.wait()
+            return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    server = _Server(settings, announce=not args.json)
+    try:
+        code = _demo(args, settings, server if args.serve else None)
+    except BaseException:
+        server.stop()  # a failed or interrupted build takes its dashboard down with it
+        raise
+    return server.wait() if code == 0 else code
+
+
+def _demo(args: argparse.Namespace, settings: Settings, server: _Server | None) -> int:
     from core.demo.pipeline import build_demo, workspace_state
 
     n_ads, n_users, seed = args.ads, args.users, args.seed
@@ -127,6 +182,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             n_ads, n_users, seed = m.get("n_ads", n_ads), m.get("n_users", n_users), m.get("seed", seed)
         if skip:
             print_json({"skipped": True, "reason": skip}) if args.json else print(term(skip, keep_newlines=True))
+            if server is not None:
+                server.start()
             return 0
     if args.if_missing:
         from core.store.db import require_writable
@@ -134,7 +191,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
         require_writable(settings, "demo", BOTH)
     report = build_demo(settings, n_ads=n_ads, n_users=n_users, seed=seed,
-                        progress=step_printer(not args.json), replace=args.replace)
+                        progress=step_printer(not args.json), replace=args.replace,
+                        on_version=None if server is None else server.start)
     if args.json:
         print_json(report)
         return 0

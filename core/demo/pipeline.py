@@ -50,6 +50,7 @@ class DemoContext:
     seed: int
     replace: bool = False  # delete existing data rows in the ingest transaction
     results: dict[str, Any] = field(default_factory=dict)
+    on_version: Callable[[str], None] | None = None  # called as each version is ready (built or found)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
         tick(i / len(DEMO_VERSIONS))
         if name in have:
             out[name] = "exists"
+            _ready(ctx, name)
             continue
         if factory == "IVF":
             factory = f"IVF{suggest_nlist(n_ads)},Flat"
@@ -214,7 +216,15 @@ def _build(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
         built = (v.manifest.get("sources") or {}).get("built") or {}
         out[name] = {"factory": factory, "recall": v.manifest.recall, "build_s": v.manifest.total_build_s,
                      "sources": sorted(built), "map_reused": bool((v.manifest.get("map") or {}).get("fit_reused"))}
+        _ready(ctx, name)
     return out
+
+
+def _ready(ctx: DemoContext, name: str) -> None:
+    """Tell `build_demo`'s caller that version `name` is registered and servable (`adlens demo
+    --serve` starts the dashboard on the first, while the others build)."""
+    if ctx.on_version is not None:
+        ctx.on_version(name)
 
 
 def _warm(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
@@ -308,8 +318,10 @@ def workspace_has_demo(settings: Settings) -> bool:
 
 
 def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, seed: int = 0,
-               progress: Progress | None = None, *, replace: bool = False) -> DemoReport:
-    """Run every step of DEMO_STEPS and report their timings and the final table counts.
+               progress: Progress | None = None, *, replace: bool = False,
+               on_version: Callable[[str], None] | None = None) -> DemoReport:
+    """Run every step of DEMO_STEPS and report their timings and the final table counts;
+    `on_version(name)` is called as each version becomes servable (registered, in the database).
 
     Refuses (AdLensError) when the database already holds data that is not a demo with the same
     parameters, unless `replace=True` (the ingest then deletes every data row first, in its one
@@ -329,7 +341,7 @@ def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, se
                 "ADLENS_DB_URL), or pass --replace to delete the existing data first."
             )
         _write_marker(settings, {**params, "status": "started"})
-        ctx = DemoContext(settings, engine, n_ads, n_users, seed, replace=replace)
+        ctx = DemoContext(settings, engine, n_ads, n_users, seed, replace=replace, on_version=on_version)
         report_progress = progress or (lambda frac, step: None)
         total = sum(s.weight for s in DEMO_STEPS) or 1.0
         steps: list[StepTiming] = []

@@ -73,9 +73,9 @@ from core.store.artifacts import (
     sha256_bytes,
     sha256_file,
     staging_dir,
-    verify_files,
 )
 from core.store.catalog import Catalog, load_catalog
+from core.store.checksum_memo import verify_files_once
 from core.store.db import make_engine, session_scope
 from core.store.debris import clean_debris
 from core.store.models import IndexVersion
@@ -190,7 +190,8 @@ def _existing(settings: Settings) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
 
 
-def _load_dir(path: Path, name: str, backend: str = "local", ray_address: str | None = None) -> Version:
+def _load_dir(path: Path, name: str, backend: str = "local", ray_address: str | None = None,
+              memo_dir: Path | None = None) -> Version:
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{mpath}: missing; {path} is not a complete version")
@@ -201,7 +202,7 @@ def _load_dir(path: Path, name: str, backend: str = "local", ray_address: str | 
         raise ArtifactError(f"{mpath}: not valid JSON ({exc})") from exc
     files, n, dims = manifest.files, manifest.n_ads, manifest.dims
     fingerprint = manifest.fingerprint
-    verify_files(path, files)
+    verify_files_once(path, files, memo_dir)  # memo_dir None: every byte read
     ad_ids = load_npy(path / "ad_ids.npy").astype(object)
     imported = bool(manifest.ad_vectors)
     text = load_npy(path / (AD_VECTORS_FILE if imported else "ad_text_vectors.npy")).astype(np.float32, copy=False)
@@ -238,14 +239,15 @@ def load_version(settings: Settings, name: str, *, engine: Engine | None = None,
                  backend: str | None = None) -> Version:
     """Load and verify a version: sha256 of every file against the manifest, the manifest's own
     sha256 against the registry (so re-hashed files and manifest together are still caught), row
-    counts, dims and the text-model fingerprint. Served by `backend` (default `settings.backend`:
+    counts, dims and the text-model fingerprint (a file verified before at the same stamp is not
+    read again: core.store.checksum_memo, memo in the workspace's cache dir). Served by `backend` (default `settings.backend`:
     local, or ray with one actor per shard)."""
     validate_name(name)
     path = settings.versions_dir / name
     if not path.is_dir():
         have = ", ".join(_existing(settings)) or "none; build one with `adlens build-index`"
         raise NotFoundError(f"version {name!r} not found in {settings.versions_dir}; existing: {have}")
-    version = _load_dir(path, name, backend or settings.backend, settings.ray_address)
+    version = _load_dir(path, name, backend or settings.backend, settings.ray_address, memo_dir=settings.cache_dir)
     db = engine or make_engine(settings.db_url)
     try:
         with session_scope(db) as s:

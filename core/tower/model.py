@@ -24,6 +24,11 @@ row is the fixed zero "unknown" slot), so new ads are still served.
 Cold start never fails: unknown users, countries, devices or communities map to an
 "unknown" slot (trained by randomly masking ids during training), no history uses the learned
 vector. Saved as `config.json` + `model.safetensors` + `vocab.json`; loaded strictly.
+
+Torch only where it is needed: the network (core/tower/tower_net.py) is built to train, or on
+first use of `net`; a tower loaded from its files serves from the saved arrays in numpy
+(core/tower/numpy_forward.py, equal to torch's output to float32 rounding), so opening a version
+never imports torch (2-3 s of a dashboard page's first view).
 """
 
 from __future__ import annotations
@@ -34,32 +39,35 @@ import threading
 import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save
-from torch import nn
 
 from core.common.errors import ArtifactError
 from core.data.features import FeatureStore
 from core.data.request import request_arrays
 from core.data.vocab import AGE_BUCKETS, UNKNOWN, Device, Placement, values
-from core.tower.numpy_forward import NUMPY_MAX_BATCH
+from core.tower.numpy_forward import NUMPY_MAX_BATCH, ads_forward, forward_weights
 from core.tower.numpy_forward import forward as numpy_forward
 from core.tower.query_encoder import QueryEncoder, l2_normalize
+from core.tower.tower_spec import (  # noqa: F401 (re-exported: the tower's constants)
+    COMM_NONE,
+    COMM_UNK,
+    DEFAULTS,
+    FORMAT_VERSION,
+    ID_HISTORY,
+    PAD,
+    UNK,
+    VOCABS,
+    check_state,
+    param_shapes,
+)
 
-FORMAT_VERSION = 1
-UNK = 0  # the unknown / out-of-vocabulary slot of every categorical vocabulary
-PAD, COMM_UNK, COMM_NONE = 0, 1, 2  # community vocabulary: padding, unknown, "no community"
-VOCABS = ("country", "age_bucket", "device", "placement", "community", "ad")
-DEFAULTS: dict[str, Any] = {
-    "use_context": True, "ad_adapter": True, "history_limit": 50, "recent_limit": 5,
-    "max_subscriptions": 32, "cat_dim": 16, "community_dim": 32, "hidden": 256, "dropout": 0.1,
-    "id_embeddings": False,
-}
-ID_HISTORY = 256  # most recent clicks whose id vectors the query side pools (bounds the input array)
+if TYPE_CHECKING:
+    import torch
+
+    from core.tower.tower_net import TowerNet
 
 
 def _is_missing(v) -> bool:
@@ -127,72 +135,14 @@ class TowerInputs:
         return len(self.country)
 
     def tensors(self, idx: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        import torch
+
         out = {}
         for f in fields(self):
             a = getattr(self, f.name)
             a = a if idx is None else a[idx]
             out[f.name] = torch.from_numpy(np.ascontiguousarray(a))
         return out
-
-
-class TowerNet(nn.Module):
-    """The trainable parameters: query tower and ad adapter."""
-
-    def __init__(self, cfg: dict, sizes: dict[str, int]):
-        super().__init__()
-        d, c, cd = cfg["text_dim"], cfg["cat_dim"], cfg["community_dim"]
-        self.use_context = cfg["use_context"]
-        self.country = nn.Embedding(sizes["country"], c)
-        self.age_bucket = nn.Embedding(sizes["age_bucket"], c // 2)
-        self.user_device = nn.Embedding(sizes["device"], c // 2)
-        self.subscriptions = nn.EmbeddingBag(sizes["community"], cd, mode="mean", padding_idx=PAD)
-        in_dim = c + c // 2 + c // 2 + cd + 2 * d + 2
-        if self.use_context:
-            self.community = nn.Embedding(sizes["community"], cd)
-            self.placement = nn.Embedding(sizes["placement"], c // 2)
-            self.request_device = nn.Embedding(sizes["device"], c // 2)
-            self.hour = nn.Embedding(24, c // 2)
-            in_dim += cd + 3 * (c // 2)
-        self.no_history = nn.Parameter(torch.zeros(d))
-        self.history_gate = nn.Parameter(torch.ones(()))
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, cfg["hidden"]), nn.ReLU(), nn.Dropout(cfg["dropout"]),
-            nn.Linear(cfg["hidden"], d),
-        )
-        self.ad_adapter = nn.Linear(d, d) if cfg["ad_adapter"] else None
-        self.ad_id = nn.Embedding(sizes["ad"], d, padding_idx=UNK) if cfg.get("id_embeddings") else None
-        for m in self.modules():
-            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
-                nn.init.normal_(m.weight, std=0.05)
-        if self.ad_adapter is not None:
-            nn.init.zeros_(self.ad_adapter.weight)
-            nn.init.zeros_(self.ad_adapter.bias)
-        if self.ad_id is not None:
-            nn.init.zeros_(self.ad_id.weight)
-
-    def forward(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        has = (t["history_count"] > 0).unsqueeze(1)
-        hist = torch.where(has, t["history"], self.no_history)
-        recent = torch.where(has, t["recent"], self.no_history)
-        parts = [
-            self.country(t["country"]), self.age_bucket(t["age_bucket"]),
-            self.user_device(t["user_device"]), self.subscriptions(t["subscriptions"]),
-            hist, recent, torch.log1p(t["history_count"].float()).unsqueeze(1), has.float(),
-        ]
-        if self.use_context:
-            parts += [self.community(t["community"]), self.placement(t["placement"]),
-                      self.request_device(t["request_device"]), self.hour(t["hour"])]
-        out = self.mlp(torch.cat(parts, 1)) + self.history_gate * hist
-        if self.ad_id is not None and t["history_ids"].shape[1]:
-            out = out + nn.functional.embedding_bag(t["history_ids"], self.ad_id.weight, mode="mean",
-                                                    padding_idx=UNK)
-        return nn.functional.normalize(out, dim=1)
-
-    def ads(self, text_vectors: torch.Tensor, id_rows: torch.Tensor | None = None) -> torch.Tensor:
-        x = text_vectors if self.ad_adapter is None else text_vectors + self.ad_adapter(text_vectors)
-        if self.ad_id is not None and id_rows is not None:
-            x = x + self.ad_id(id_rows)
-        return nn.functional.normalize(x, dim=1)
 
 
 class _ProfileCodes:
@@ -231,18 +181,49 @@ class UserTowerEncoder(QueryEncoder):
     kind = "user_tower"
     accepts_batch = True
 
-    def __init__(self, cfg: dict, vocab: dict[str, list[str]], net: TowerNet | None = None):
+    def __init__(self, cfg: dict, vocab: dict[str, list[str]], net: TowerNet | None = None,
+                 weights: dict[str, np.ndarray] | None = None):
+        """`weights` (arrays by state-dict name, as `load` reads them): serve in numpy, build the
+        torch network only if `net` is used. Neither `net` nor `weights`: a new network (training)."""
         if "text_dim" not in cfg:
             raise ValueError("tower config lacks 'text_dim'")
         self.cfg = {**DEFAULTS, **cfg, "kind": self.kind, "format_version": FORMAT_VERSION}
         self.vocab = {k: list(vocab.get(k, [])) for k in VOCABS}
         self.lookups = {k: Lookup(self.vocab[k], 1, UNK) for k in VOCABS if k != "community"}
         self.lookups["community"] = Lookup(self.vocab["community"], 3, COMM_UNK)
-        sizes = {k: lk.size for k, lk in self.lookups.items()}
-        self.net = net if net is not None else TowerNet(self.cfg, sizes)
-        self.net.eval()
+        self.sizes = {k: lk.size for k, lk in self.lookups.items()}
         self._profile_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._weights = weights if net is None else None
+        self._net = net
+        if net is None and weights is None:
+            self._net = self._new_net()
+        if self._net is not None:
+            self._net.eval()
+
+    def _new_net(self) -> TowerNet:
+        from core.tower.tower_net import TowerNet  # imports torch
+
+        return TowerNet(self.cfg, self.sizes)
+
+    @property
+    def net(self) -> TowerNet:
+        """The torch network (built from the loaded arrays on first use: imports torch)."""
+        if self._net is None:
+            import torch
+
+            with self._lock:
+                if self._net is None:
+                    net = self._new_net()
+                    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self._weights.items()},
+                                        strict=True)
+                    net.eval()
+                    self._net, self._weights = net, None
+        return self._net
+
+    def _numpy_weights(self) -> dict[str, np.ndarray] | None:
+        """The loaded arrays while no torch network exists (then every batch runs in numpy)."""
+        return self._weights if self._net is None else None
 
     @property
     def dim(self) -> int:
@@ -318,6 +299,16 @@ class UserTowerEncoder(QueryEncoder):
         """(n, d) float32 L2-normalised query vectors for featurised requests."""
         if len(inputs) == 0:
             return np.zeros((0, self.dim), np.float32)
+        w = self._numpy_weights()
+        if w is not None:  # served without torch
+            ad_pad = UNK if self.cfg.get("id_embeddings") else None
+            return l2_normalize(np.concatenate([
+                forward_weights(w, _rows(inputs, np.arange(s, min(s + batch_size, len(inputs)))),
+                                use_context=bool(self.cfg["use_context"]), subscriptions_padding=PAD,
+                                ad_id_padding=ad_pad)
+                for s in range(0, len(inputs), batch_size)]))
+        import torch
+
         if self.net.training:
             self.net.eval()
         if len(inputs) <= NUMPY_MAX_BATCH:  # a request or a few: numpy (torch's per-call overhead dominates)
@@ -342,8 +333,14 @@ class UserTowerEncoder(QueryEncoder):
         if ad_ids is not None and len(ad_ids) != len(x):
             raise ValueError(f"ad_ids ({len(ad_ids)}) and ad text vectors ({len(x)}) differ in length")
         rows = None
-        if ad_ids is not None and self.net.ad_id is not None:
-            rows = torch.from_numpy(self.lookups["ad"].codes(np.asarray(ad_ids, dtype=object)))
+        if ad_ids is not None and self.cfg.get("id_embeddings"):
+            rows = self.lookups["ad"].codes(np.asarray(ad_ids, dtype=object))
+        w = self._numpy_weights()
+        if w is not None:  # served without torch
+            return l2_normalize(ads_forward(w, x, rows))
+        import torch
+
+        rows = None if rows is None else torch.from_numpy(rows)
         self.net.eval()
         with torch.inference_mode():
             return l2_normalize(self.net.ads(torch.from_numpy(x), rows).numpy())
@@ -357,6 +354,8 @@ class UserTowerEncoder(QueryEncoder):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(self.config(), indent=2, sort_keys=True))
         (directory / "vocab.json").write_text(json.dumps(self.vocab, indent=1, sort_keys=True))
+        from safetensors.torch import save
+
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         (directory / "model.safetensors").write_bytes(save(state, metadata={"kind": self.kind}))
 
@@ -372,20 +371,26 @@ class UserTowerEncoder(QueryEncoder):
             raise ArtifactError(f"{directory / 'config.json'}: format_version {cfg['format_version']} is newer "
                                 f"than this AdLens supports ({FORMAT_VERSION}); upgrade AdLens")
         try:
-            enc = cls(cfg, vocab)
+            if "text_dim" not in cfg:
+                raise ValueError("tower config lacks 'text_dim'")
+            sizes = {k: Lookup(list(vocab.get(k, [])), 3 if k == "community" else 1, UNK).size for k in VOCABS}
+            expected = param_shapes({**DEFAULTS, **cfg}, sizes)
         except (ValueError, TypeError, KeyError) as exc:
             raise ArtifactError(f"{directory / 'config.json'}: invalid tower config ({exc})") from exc
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise ArtifactError(f"{weights}: missing")
         try:
+            from safetensors.numpy import load_file  # torch-free
+
             state = load_file(str(weights))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers/data
             raise ArtifactError(f"{weights}: unreadable or corrupted safetensors file ({exc})") from exc
-        _check_state(weights, enc.net.state_dict(), state)
-        enc.net.load_state_dict(state, strict=True)
-        enc.net.eval()
-        return enc
+        check_state(weights, expected, state)
+        try:
+            return cls(cfg, vocab, weights={k: np.ascontiguousarray(v, np.float32) for k, v in state.items()})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ArtifactError(f"{directory / 'config.json'}: invalid tower config ({exc})") from exc
 
 
 def _read_json(path: Path) -> dict:
@@ -400,21 +405,7 @@ def _read_json(path: Path) -> dict:
     return obj
 
 
-def _check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = sorted(f"{k}: file {tuple(got[k].shape)} != expected {tuple(expected[k].shape)}"
-                    for k in set(expected) & set(got) if got[k].shape != expected[k].shape)
-    bad = sorted(k for k in set(expected) & set(got)
-                 if got[k].shape == expected[k].shape and not torch.isfinite(got[k]).all())
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if shapes:
-        problems.append(f"shape mismatches [{'; '.join(shapes)}]")
-    if bad:
-        problems.append(f"non-finite values in {bad}")
-    if problems:
-        raise ArtifactError(f"{path}: weights do not match config.json/vocab.json: " + ", ".join(problems))
+def _rows(inputs: TowerInputs, idx: np.ndarray) -> TowerInputs:
+    if len(idx) == len(inputs):
+        return inputs
+    return TowerInputs(**{f.name: getattr(inputs, f.name)[idx] for f in fields(inputs)})
