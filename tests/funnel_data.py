@@ -16,7 +16,8 @@ from sqlalchemy import Engine, insert
 
 from core.index.ann import AnnIndex
 from core.index.versions import Version
-from core.store.catalog import Catalog
+from core.store.catalog import Catalog, load_catalog
+from core.store.db import make_engine
 from core.store.models import Ad, Advertiser, Campaign, Community, Impression, User
 from core.tower.query_encoder import HistoryMeanEncoder, l2_normalize
 
@@ -128,6 +129,31 @@ def fill_db(engine: Engine) -> None:
             dict(user_id="u4", country="DE", age_bucket="18-24", device="desktop", communities=["c_safe"]),
         ])
         conn.execute(insert(Impression.__table__), _impressions())
+
+
+def toy_catalog(folder: Path) -> Catalog:
+    """The fixture rows (fill_db) in a SQLite database under `folder`, loaded as a Catalog."""
+    db = make_engine(f"sqlite:///{folder / 't.db'}")
+    try:
+        fill_db(db)
+        return load_catalog(db)
+    finally:
+        db.dispose()
+
+
+def hashing_workspace(ws: Path, monkeypatch, n_ads: int = 120, n_users: int = 10) -> Path:
+    """A workspace `ws` holding a seeded random catalog (fill_random_db), with the hashing encoder
+    standing in for the embedding model (no model load)."""
+    from core.text import embedding_cache
+    from core.text.embeddings import HashingEncoder
+
+    db = make_engine(f"sqlite:///{ws / 'adlens.db'}")
+    fill_random_db(db, n_ads=n_ads, n_users=n_users)
+    db.dispose()
+    fake = HashingEncoder()
+    monkeypatch.setattr(embedding_cache, "model_fingerprint", lambda name: fake.fingerprint)
+    monkeypatch.setattr(embedding_cache.AdEncoder, "load", classmethod(lambda cls, name: fake))
+    return ws
 
 
 def stub_version(catalog: Catalog, factory: str = "Flat", dim: int = 8, seed: int = 0,

@@ -9,10 +9,9 @@ import hashlib
 import json
 
 import pytest
-from funnel_data import fill_random_db
+from funnel_data import hashing_workspace
 
 from core.cli import main
-from core.store.db import make_engine
 
 OWN = '''
 [[rule]]
@@ -24,17 +23,7 @@ expr = 'campaign.exists and request.country == "DE"'
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    from core.text import embedding_cache
-    from core.text.embeddings import HashingEncoder
-
-    ws = tmp_path / "ws"
-    db = make_engine(f"sqlite:///{ws / 'adlens.db'}")
-    fill_random_db(db, n_ads=120, n_users=10)
-    db.dispose()
-    fake = HashingEncoder()
-    monkeypatch.setattr(embedding_cache, "model_fingerprint", lambda name: fake.fingerprint)
-    monkeypatch.setattr(embedding_cache.AdEncoder, "load", classmethod(lambda cls, name: fake))
-    return ws
+    return hashing_workspace(tmp_path / "ws", monkeypatch)
 
 
 def test_build_index_records_the_definition_and_inspect_why_not_show_its_codes(ws, tmp_path, capsys):

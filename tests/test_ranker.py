@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from funnel_data import fill_random_db
+from funnel_data import fill_random_db, hashing_workspace
 from scipy.special import expit
 
 from core.cli import main
@@ -61,17 +61,7 @@ def _sig(path: Path, features=FEATURES, name: str = "features", output: str = "p
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    from core.text import embedding_cache
-    from core.text.embeddings import HashingEncoder
-
-    ws = tmp_path / "ws"
-    db = make_engine(f"sqlite:///{ws / 'adlens.db'}")
-    fill_random_db(db, n_ads=120, n_users=10)
-    db.dispose()
-    fake = HashingEncoder()
-    monkeypatch.setattr(embedding_cache, "model_fingerprint", lambda name: fake.fingerprint)
-    monkeypatch.setattr(embedding_cache.AdEncoder, "load", classmethod(lambda cls, name: fake))
-    return ws
+    return hashing_workspace(tmp_path / "ws", monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,11 @@ for US requests therefore removes ads from 1 slate of 4 (25.0 %), 2 ads in all.
 from __future__ import annotations
 
 import pytest
-from funnel_data import fill_db, stub_version
+from funnel_data import stub_version, toy_catalog
 
 from core.analysis.compare import compare_versions
 from core.funnel.definition import parse_definition
 from core.funnel.engine import FunnelEngine
-from core.store.catalog import load_catalog
-from core.store.db import make_engine
 
 USERS = ["u1", "u2", "u3", "u4"]
 FOOD_US = '''
@@ -29,10 +27,7 @@ expr = 'ad.vertical == "food" and request.country == "US"'
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    db = make_engine(f"sqlite:///{tmp_path_factory.mktemp('rule_diff') / 't.db'}")
-    fill_db(db)
-    cat = load_catalog(db)
-    db.dispose()
+    cat = toy_catalog(tmp_path_factory.mktemp("rule_diff"))
     version = stub_version(cat)
 
     def engine(text: str | None = None) -> FunnelEngine:

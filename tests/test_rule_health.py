@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from funnel_data import fill_db, stub_version
+from funnel_data import stub_version, toy_catalog
 
 from core.analysis.rule_health import ALWAYS, NEVER, rule_rates
 from core.funnel.definition import parse_definition
 from core.funnel.engine import FunnelEngine
 from core.funnel.params import FunnelParams
-from core.store.catalog import load_catalog
-from core.store.db import make_engine
 
 DEFN = '''
 [[rule]]
@@ -40,10 +38,7 @@ expr = 'candidate.ecpm >= 0'
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    db = make_engine(f"sqlite:///{tmp_path_factory.mktemp('rule_health') / 't.db'}")
-    fill_db(db)
-    cat = load_catalog(db)
-    db.dispose()
+    cat = toy_catalog(tmp_path_factory.mktemp("rule_health"))
     return FunnelEngine(stub_version(cat), cat, funnel_definition=parse_definition(DEFN))
 
 
