@@ -277,7 +277,9 @@ class UserTowerEncoder(QueryEncoder):
         count = np.zeros(n, np.float32)
         width = min(long_l, ID_HISTORY) if self.cfg.get("id_embeddings") else 0
         ids = np.zeros((n, width), np.int64)
-        codes = self.ad_rows(features) if width else None
+        # only the ids a request shows the tower are mapped: mapping every ad of the catalog per
+        # call (ad_rows) cost ~11 ms per request at 100k ads
+        ad_ids, vocab = np.asarray(features.ad_ids, dtype=object), self.lookups["ad"] if width else None
         vecs = features.ad_text_vectors
         for i, rows in enumerate(features.click_histories(uid, ts, long_l)):
             if len(rows):
@@ -286,7 +288,7 @@ class UserTowerEncoder(QueryEncoder):
                 recent[i] = v[-short_l:].mean(0)
                 count[i] = len(rows)
                 if width:
-                    last = codes[rows[-width:]]
+                    last = vocab.codes(ad_ids[rows[-width:]])
                     ids[i, :len(last)] = last
         return hist, recent, count, ids
 
