@@ -156,3 +156,39 @@ def test_an_unwritable_cache_folder_falls_back_to_measuring(ws, tmp_path):
 
     rep = rc.cached_parity(Blocked(), db, engine, n_requests=N)
     assert rep.n_requests == N and not (blocked / "cache").exists()
+
+
+@pytest.mark.slow
+def test_pages_read_the_reports_the_demo_saved_without_measuring(demo_workspace, use_workspace, tmp_path,
+                                                                 monkeypatch):
+    """The demo's warm step saves the default version's reports at the pages' defaults; a fresh
+    server's Health and Parity pages show them with the compute functions patched to raise."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.demo.warm_reports import warm_reports
+    from tests.conftest import copy_workspace
+    from tests.test_dashboard import APP, TIMEOUT, _goto
+
+    # the fixture retitled an ad after its demo (a data change): save them again on a copy, as the demo does
+    settings = copy_workspace(demo_workspace.path, tmp_path / "ws")
+    db = make_engine(settings.db_url)
+    try:
+        out = warm_reports(settings, db, {})
+    finally:
+        db.dispose()
+    assert out["version"] == demo_workspace.versions[-1] and out["parity_requests"] >= 1
+    monkeypatch.setattr(rc, "health", _raise)
+    monkeypatch.setattr(rc, "run_parity", _raise)
+    use_workspace(settings.workspace)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    _goto(at, "health").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="health_version").value == out["version"]
+    assert any(s.value.startswith("Recall@100 vs exact") for s in at.subheader)
+    _goto(at, "parity").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("reproduces" in i.value for i in at.info)
+    # another N is not saved: measuring it is what the patched function refuses
+    at.number_input(key="parity_n").set_value(1).run()
+    assert at.exception and "computed although" in at.exception[0].value
