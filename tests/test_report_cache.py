@@ -92,6 +92,8 @@ def test_a_saved_report_is_read_not_measured(fresh, monkeypatch):
     monkeypatch.setattr(rc, "run_parity", _raise)
     _same_health(health, rc.cached_health(settings, engine, n_requests=30, k=10))
     assert rc.cached_parity(settings, db, engine, n_requests=N) == parity
+    # with a function returning the engine, a saved report does not load the version
+    assert rc.cached_parity(settings, db, _raise, checksum=engine.version.checksum, n_requests=N) == parity
     # a copied workspace keeps its reports (its own SQLite file is keyed by its place in the workspace)
     copy = settings.workspace.parent / "copy"
     shutil.copytree(settings.workspace, copy)
@@ -145,7 +147,7 @@ def test_an_unwritable_cache_folder_falls_back_to_measuring(ws, tmp_path):
     settings, db, engine = ws
     blocked = tmp_path / "a-file"
     blocked.write_text("")  # a folder that cannot be created (as on a read-only workspace)
-    key = rc.parity_key(settings, engine, "s", "t", n_requests=N)
+    key = rc.parity_key(settings, engine.version.checksum, "s", "t", n_requests=N)
     assert rc.save_report(blocked / "cache", key, {"x": 1}) is False
     assert rc.load_report(blocked / "cache", key) is None
 

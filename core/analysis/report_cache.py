@@ -64,20 +64,20 @@ def catalog_key(settings, stamp: str) -> str:
     return f"{redact_url(settings.db_url)}|{stamp}"
 
 
-def health_key(settings, engine, stamp: str, *, n_requests: int, k: int, seed: int = HEALTH_SEED) -> dict:
-    """The key of `engine`'s version's Health report on the settings' catalog at `stamp`."""
+def health_key(settings, checksum: str, stamp: str, *, n_requests: int, k: int, seed: int = HEALTH_SEED) -> dict:
+    """The key of the Health report of the version with manifest `checksum` on the settings' catalog at `stamp`."""
     return {"report": "health", "format": FORMAT, "schema": _schema(HealthReport),
-            "version": engine.version.checksum, "catalog": catalog_key(settings, stamp),
+            "version": checksum, "catalog": catalog_key(settings, stamp),
             "n_requests": int(n_requests), "k": int(k), "seed": int(seed), "backend": settings.backend,
             "funnel": to_jsonable(FunnelParams())}
 
 
-def parity_key(settings, engine, stamp: str, traces_stamp: str, *, n_requests: int,
+def parity_key(settings, checksum: str, stamp: str, traces_stamp: str, *, n_requests: int,
                seed: int = PARITY_SEED, params: FunnelParams | None = None) -> dict:
-    """The key of the Parity report of `engine`'s version on the trace sets at `traces_stamp`."""
+    """The key of the Parity report of the version with manifest `checksum` on the trace sets at `traces_stamp`."""
     return {"report": "parity", "format": FORMAT,
             "schema": _schema(ParityReport, Recall, SourceRecall, Disagreement, Example),
-            "version": engine.version.checksum, "catalog": catalog_key(settings, stamp),
+            "version": checksum, "catalog": catalog_key(settings, stamp),
             "traces": traces_stamp, "n_requests": int(n_requests), "seed": int(seed),
             "funnel": to_jsonable(params or FunnelParams())}
 
@@ -183,7 +183,7 @@ def cached_health(settings, engine, *, n_requests: int = HEALTH_REQUESTS, k: int
     or measured and saved there; `stamp`: the catalog_stamp the engine's catalog was loaded at
     (default: read now); `progress` is called only while measuring."""
     stamp = stamp if stamp is not None else _stamp(settings)
-    key = health_key(settings, engine, stamp, n_requests=n_requests, k=k, seed=seed)
+    key = health_key(settings, engine.version.checksum, stamp, n_requests=n_requests, k=k, seed=seed)
     stored = load_report(settings.cache_dir, key)
     if stored is not None:
         try:
@@ -197,23 +197,30 @@ def cached_health(settings, engine, *, n_requests: int = HEALTH_REQUESTS, k: int
 
 
 def cached_parity(settings, db, engine, *, n_requests: int = PARITY_REQUESTS, seed: int = PARITY_SEED,
-                  stamp: str | None = None, traces_stamp: str | None = None,
+                  stamp: str | None = None, traces_stamp: str | None = None, checksum: str | None = None,
                   progress: Progress | None = None) -> ParityReport:
     """The Parity report of `engine`'s version on `n_requests` logged requests (default funnel
     parameters) read from the workspace's cache, or replayed and saved there; `db`: the
-    workspace's SQLAlchemy engine; `progress` is called only while replaying."""
+    workspace's SQLAlchemy engine; `engine`: the version's FunnelEngine, or a function returning
+    it, called only when the report must be replayed (loading a version takes seconds; then
+    `checksum`, the version's manifest checksum, is required); `progress` is called only while replaying."""
     from core.traces.logged import trace_sets_stamp
 
     stamp = stamp if stamp is not None else _stamp(settings, db)
     traces_stamp = traces_stamp if traces_stamp is not None else trace_sets_stamp(db)
-    key = parity_key(settings, engine, stamp, traces_stamp, n_requests=n_requests, seed=seed)
+    if checksum is None:
+        if callable(engine):
+            raise TypeError("cached_parity: pass the version's checksum with an engine factory")
+        checksum = engine.version.checksum
+    key = parity_key(settings, checksum, stamp, traces_stamp, n_requests=n_requests, seed=seed)
     stored = load_report(settings.cache_dir, key)
     if stored is not None:
         try:
             return parity_from_dict(stored)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring a malformed cached Parity report: %s", exc)
-    rep = run_parity(settings, db, engine, n_requests=n_requests, seed=seed, progress=progress)
+    rep = run_parity(settings, db, engine() if callable(engine) else engine, n_requests=n_requests, seed=seed,
+                     progress=progress)
     save_report(settings.cache_dir, key, parity_to_dict(rep))
     return rep
 

@@ -36,8 +36,9 @@ def report(version: str, n: int, seed: int, progress=None) -> ParityReport:
     rep = _store().get(key)
     if rep is None:
         with state.steps().step(f"parity {version} n={n}"):
-            rep = cached_parity(s, state.db(s.db_url), state.engine(version), n_requests=n, seed=seed,
-                                stamp=key[3], traces_stamp=key[4], progress=progress)
+            # the engine is loaded only when the report is not saved: the page needs nothing else of it
+            rep = cached_parity(s, state.db(s.db_url), lambda: state.engine(version), n_requests=n, seed=seed,
+                                stamp=key[3], traces_stamp=key[4], checksum=key[1], progress=progress)
         _store().put(key, rep)
     return rep
 
