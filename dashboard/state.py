@@ -459,9 +459,9 @@ def _health_store() -> _ReportStore:
 
 def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None):
     """The version's health report, measured once per version, data and settings (kept in the
-    workspace's cache: core.analysis.report_cache); `progress` is only called while a report is
+    workspace's cache: core.traces.report_cache); `progress` is only called while a report is
     being measured."""
-    from core.analysis.report_cache import cached_health
+    from core.traces.report_cache import cached_health
 
     s = settings()
     key = (name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k)

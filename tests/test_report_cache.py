@@ -1,4 +1,4 @@
-"""Health and Parity reports kept in the workspace's cache (core.analysis.report_cache): they
+"""Health and Parity reports kept in the workspace's cache (core.traces.report_cache): they
 round-trip through JSON to the same dataclasses, are read instead of measured, follow the version,
 the data and the trace sets, and a folder that cannot be written only costs measuring again.
 The pages read them (Health, Parity: the compute functions patched to raise)."""
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from funnel_data import random_workspace
 
-import core.analysis.report_cache as rc
+import core.traces.report_cache as rc
 from core.common.jsonio import to_jsonable
 from core.funnel.engine import open_engine
 from core.store.catalog import bump_revision, catalog_stamp

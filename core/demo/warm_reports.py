@@ -1,6 +1,6 @@
 """The demo's saved reports: the Health report of the version the dashboard opens by default and
 its Parity report on the demo's production logs, at the pages' default parameters, saved in the
-workspace's cache (core.analysis.report_cache) so that a new user's first view of either page
+workspace's cache (core.traces.report_cache) so that a new user's first view of either page
 reads them instead of measuring them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.analysis.report_cache import (
+from core.traces.report_cache import (
     HEALTH_K,
     HEALTH_REQUESTS,
     HEALTH_SEED,

@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.analysis.report_cache import HEALTH_K, HEALTH_REQUESTS
 from core.common.escape import md
 from core.index.manifest import Manifest
 from core.index.versions import describe_sides
+from core.traces.report_cache import HEALTH_K, HEALTH_REQUESTS
 from dashboard import state
 
 

@@ -10,8 +10,8 @@ import streamlit as st
 
 from core.common.escape import md
 from core.traces.logged import count_logged_requests
-from core.analysis.report_cache import PARITY_REQUESTS, PARITY_SEED, cached_parity
 from core.traces.parity import ParityReport, percent
+from core.traces.report_cache import PARITY_REQUESTS, PARITY_SEED, cached_parity
 from dashboard import state
 from dashboard.views import logged
 
@@ -29,7 +29,7 @@ def _store():
 def report(version: str, n: int, seed: int, progress=None) -> ParityReport:
     """The parity report of `version` on a seeded sample of `n` logged requests, run once per
     version checksum, data, trace sets, N and seed (kept in the workspace's cache:
-    core.analysis.report_cache); `progress` is called only while it runs."""
+    core.traces.report_cache); `progress` is called only while it runs."""
     s = state.settings()
     key = (version, state.checksum(version), s.db_url, state.data_stamp(s.db_url),
            logged._traces_stamp(s.db_url), n, seed)
