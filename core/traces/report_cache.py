@@ -109,7 +109,7 @@ def health_to_dict(rep: HealthReport) -> dict:
 
 
 def health_from_dict(d: dict) -> HealthReport:
-    """The report `health_to_dict` wrote; KeyError / TypeError / ValueError when malformed."""
+    """The report `health_to_dict` wrote; KeyError / TypeError / ValueError / AttributeError when malformed."""
     d = dict(d)
     for name in _FRAMES:
         d[name] = _frame_from_dict(d[name])
@@ -124,7 +124,7 @@ def parity_to_dict(rep: ParityReport) -> dict:
 
 
 def parity_from_dict(d: dict) -> ParityReport:
-    """The report `parity_to_dict` wrote; KeyError / TypeError when malformed."""
+    """The report `parity_to_dict` wrote; KeyError / TypeError / AttributeError when malformed."""
     d = dict(d)
     d["recall"] = Recall(**d["recall"])
     d["stage_recall"] = {k: Recall(**v) for k, v in d["stage_recall"].items()}
@@ -188,7 +188,7 @@ def cached_health(settings, engine, *, n_requests: int = HEALTH_REQUESTS, k: int
     if stored is not None:
         try:
             return health_from_dict(stored)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("ignoring a malformed cached Health report: %s", exc)
     rep = health(engine.version, engine.catalog, n_requests=n_requests, k=k, seed=seed, progress=progress,
                  engine=engine)
@@ -217,7 +217,7 @@ def cached_parity(settings, db, engine, *, n_requests: int = PARITY_REQUESTS, se
     if stored is not None:
         try:
             return parity_from_dict(stored)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("ignoring a malformed cached Parity report: %s", exc)
     rep = run_parity(settings, db, engine() if callable(engine) else engine, n_requests=n_requests, seed=seed,
                      progress=progress)
