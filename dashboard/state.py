@@ -458,15 +458,16 @@ def _health_store() -> _ReportStore:
 
 
 def health_report(name: str, n_requests: int = 200, k: int = 100, progress=None):
-    """The version's health report, measured once per version, data and settings; `progress`
-    is only called while a report is being measured."""
-    from core.analysis.health import health
+    """The version's health report, measured once per version, data and settings (kept in the
+    workspace's cache: core.traces.report_cache); `progress` is only called while a report is
+    being measured."""
+    from core.traces.report_cache import cached_health
 
     s = settings()
     key = (name, checksum(name), s.db_url, data_stamp(s.db_url), n_requests, k)
     rep = _health_store().get(key)
     if rep is None:
-        eng = engine(name)
-        rep = health(eng.version, eng.catalog, n_requests=n_requests, k=k, progress=progress, engine=eng)
+        with steps().step(f"health {name} n={n_requests}"):
+            rep = cached_health(s, engine(name), n_requests=n_requests, k=k, stamp=key[3], progress=progress)
         _health_store().put(key, rep)
     return rep

@@ -124,5 +124,5 @@ def test_first_view_section_opens_every_page_on_a_cold_server(demo_workspace, mo
     assert first["meets_target"] == (first["worst_done_s"] <= FIRST_VIEW_TARGET_S)
     text = format_report({"dashboard": rep})
     assert "first view per page, cold server each" in text
-    for title in ("Inspect", "Why not", "Embedding map", "Compare", "Health"):
+    for title in ("Inspect", "Why not", "Embedding map", "Compare", "Health", "Parity"):
         assert f"\n    {title:<14}" in text

@@ -184,7 +184,7 @@ def test_parity_page(app, logged_ws):
     _ok(_goto(at, "parity").run())
     assert at.title[0].value == "Parity with production"
     _ok(at.selectbox(key="parity_version").select(VERSION).run())
-    assert at.number_input(key="parity_n").value == N  # all N, fewer than the default 200
+    assert at.number_input(key="parity_n").value == N  # all N, fewer than the default (PARITY_REQUESTS)
     verdict = _texts(at.info)  # the new user's replay (GHOST_USER) moves more than the planted edits
     assert f"reproduces {percent((N - 2) / N)} of {N} logged slates" in verdict and "most disagreements" in verdict
     dis = _frame(at, "kind", "fate_changes").set_index("name")

@@ -1,6 +1,6 @@
 """`adlens bench --sections dashboard`, first views: each page opened by a new user on a cold server.
 
-Per page (Inspect, Why not, Embedding map, Compare, Health), a fresh `streamlit run dashboard`
+Per page (Inspect, Why not, Embedding map, Compare, Health, Parity), a fresh `streamlit run dashboard`
 process is started on the workspace and one new headless Chromium opens that page directly (a
 deep link naming a user, and an ad for Why not). Times, all from the server's start:
 
@@ -31,7 +31,7 @@ from core.store.settings import ENV_DASHBOARD_TIMINGS
 FIRST_VIEW_TARGET_S = 5.0
 VIEW_MS = 300_000
 PAGE_NAMES = {"inspect": "Inspect", "why_not": "Why not", "map": "Embedding map", "compare": "Compare",
-              "health": "Health"}
+              "health": "Health", "parity": "Parity"}
 _FRAMES = "document.querySelectorAll(\"[data-testid='stDataFrame']\").length"
 _HEADING = "[...document.querySelectorAll('h2, h3')].some(h => h.innerText.startsWith(%r))"
 FIRST_VIEW_PAGES = {  # name -> (url path, JS condition: the page's content is drawn, its last part included)
@@ -42,6 +42,10 @@ FIRST_VIEW_PAGES = {  # name -> (url path, JS condition: the page's content is d
                    ".st-key-map_chart .js-plotly-plot .gl-container')"),
     "compare": ("compare", f"{_FRAMES} >= 4 && " + _HEADING % "Rank shift of common candidates"),
     "health": ("health", f"{_FRAMES} >= 1 && " + _HEADING % "Tower evaluation"),
+    # with logged traces its tables; without, the page only says how to import them
+    "parity": ("parity", f"({_FRAMES} >= 3 && " + _HEADING % "Rules and sources that disagree most" + ")"
+                         " || [...document.querySelectorAll('[data-testid=\"stAlert\"]')]"
+                         ".some(a => a.innerText.includes('import-traces'))"),
 }
 RUN_OVER = ("() => !document.querySelector(\"[data-testid='stStatusWidget']\")"
             " && !document.querySelector(\"[data-stale='true']\")")

@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 from core.common.escape import md
 from core.index.manifest import Manifest
 from core.index.versions import describe_sides
+from core.traces.report_cache import HEALTH_K, HEALTH_REQUESTS
 from dashboard import state
 
 
@@ -72,8 +73,8 @@ def render() -> None:
         ss["health_version"] = ss.get("version") if ss.get("version") in names else names[-1]
     c1, c2, c3 = st.columns([2, 1, 1])
     name = c1.selectbox("Version", names, key="health_version")
-    n = c2.number_input("Sampled requests", 20, 2000, 200, step=20, key="health_n")
-    k = c3.number_input("Recall@k", 1, 1000, 100, step=10, key="health_k")
+    n = c2.number_input("Sampled requests", 20, 2000, HEALTH_REQUESTS, step=20, key="health_n")
+    k = c3.number_input("Recall@k", 1, 1000, HEALTH_K, step=10, key="health_k")
     st.query_params.from_dict({"version": name})
     eng = state.engine(name)
     _manifest(eng.version.manifest)

@@ -10,11 +10,12 @@ import streamlit as st
 
 from core.common.escape import md
 from core.traces.logged import count_logged_requests
-from core.traces.parity import ParityReport, percent, run_parity
+from core.traces.parity import ParityReport, percent
+from core.traces.report_cache import PARITY_REQUESTS, PARITY_SEED, cached_parity
 from dashboard import state
 from dashboard.views import logged
 
-DEFAULT_N = 200
+DEFAULT_N = PARITY_REQUESTS  # the demo saves the report at this N (core.demo.warm_reports)
 DISAGREEMENTS_SHOWN = 20
 
 
@@ -27,15 +28,17 @@ def _store():
 
 def report(version: str, n: int, seed: int, progress=None) -> ParityReport:
     """The parity report of `version` on a seeded sample of `n` logged requests, run once per
-    version checksum, data, trace sets, N and seed; `progress` is called only while it runs."""
+    version checksum, data, trace sets, N and seed (kept in the workspace's cache:
+    core.traces.report_cache); `progress` is called only while it runs."""
     s = state.settings()
     key = (version, state.checksum(version), s.db_url, state.data_stamp(s.db_url),
            logged._traces_stamp(s.db_url), n, seed)
     rep = _store().get(key)
     if rep is None:
         with state.steps().step(f"parity {version} n={n}"):
-            rep = run_parity(s, state.db(s.db_url), state.engine(version), n_requests=n, seed=seed,
-                             progress=progress)
+            # the engine is loaded only when the report is not saved: the page needs nothing else of it
+            rep = cached_parity(s, state.db(s.db_url), lambda: state.engine(version), n_requests=n, seed=seed,
+                                stamp=key[3], traces_stamp=key[4], checksum=key[1], progress=progress)
         _store().put(key, rep)
     return rep
 
@@ -66,7 +69,7 @@ def render() -> None:
     version = c1.selectbox("Version replayed", names, key="parity_version")
     n = c2.number_input(f"Logged requests (of {total:,})", 1, total, min(DEFAULT_N, total), step=50,
                         key="parity_n", help="A seeded sample; set it to the total for all")
-    seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="parity_seed")
+    seed = c3.number_input("Seed", 0, 2**31 - 1, PARITY_SEED, key="parity_seed")
     st.query_params.from_dict({"version": version})
     bars = []  # made on the first progress report: a cached report shows no bar
 
