@@ -184,16 +184,10 @@ def cached_health(settings, engine, *, n_requests: int = HEALTH_REQUESTS, k: int
     (default: read now); `progress` is called only while measuring."""
     stamp = stamp if stamp is not None else _stamp(settings)
     key = health_key(settings, engine.version.checksum, stamp, n_requests=n_requests, k=k, seed=seed)
-    stored = load_report(settings.cache_dir, key)
-    if stored is not None:
-        try:
-            return health_from_dict(stored)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("ignoring a malformed cached Health report: %s", exc)
-    rep = health(engine.version, engine.catalog, n_requests=n_requests, k=k, seed=seed, progress=progress,
-                 engine=engine)
-    save_report(settings.cache_dir, key, health_to_dict(rep))
-    return rep
+    return _load_or_compute(
+        settings.cache_dir, key, "Health", health_from_dict, health_to_dict,
+        lambda: health(engine.version, engine.catalog, n_requests=n_requests, k=k, seed=seed, progress=progress,
+                       engine=engine))
 
 
 def cached_parity(settings, db, engine, *, n_requests: int = PARITY_REQUESTS, seed: int = PARITY_SEED,
@@ -213,15 +207,23 @@ def cached_parity(settings, db, engine, *, n_requests: int = PARITY_REQUESTS, se
             raise TypeError("cached_parity: pass the version's checksum with an engine factory")
         checksum = engine.version.checksum
     key = parity_key(settings, checksum, stamp, traces_stamp, n_requests=n_requests, seed=seed)
-    stored = load_report(settings.cache_dir, key)
+    return _load_or_compute(
+        settings.cache_dir, key, "Parity", parity_from_dict, parity_to_dict,
+        lambda: run_parity(settings, db, engine() if callable(engine) else engine, n_requests=n_requests,
+                           seed=seed, progress=progress))
+
+
+def _load_or_compute(directory, key: dict, what: str, decode, encode, compute):
+    """The report saved under `key` (decoded), or `compute()` saved there; a saved report that does
+    not decode is logged and measured again."""
+    stored = load_report(directory, key)
     if stored is not None:
         try:
-            return parity_from_dict(stored)
+            return decode(stored)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("ignoring a malformed cached Parity report: %s", exc)
-    rep = run_parity(settings, db, engine() if callable(engine) else engine, n_requests=n_requests, seed=seed,
-                     progress=progress)
-    save_report(settings.cache_dir, key, parity_to_dict(rep))
+            log.warning("ignoring a malformed cached %s report: %s", what, exc)
+    rep = compute()
+    save_report(directory, key, encode(rep))
     return rep
 
 
