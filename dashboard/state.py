@@ -152,10 +152,21 @@ def _engine(name: str, checksum: str, url: str, stamp: str) -> FunnelEngine:
 _BUILT: set = set()  # engine keys built in this process: the spinner shows only while one is built
 
 
+def _engine_key(name: str) -> tuple[str, str, str, str]:
+    s = settings()
+    return name, checksum(name), s.db_url, data_stamp(s.db_url)
+
+
+def warm_engine(name: str) -> None:
+    """Build version `name`'s engine into the cache outside a page (dashboard/warm.py)."""
+    key = _engine_key(name)
+    _engine(*key)
+    _BUILT.add(key)
+
+
 def engine(name: str) -> FunnelEngine:
     """Version `name`'s funnel engine (shared: never mutate it); while it is built, the page says so."""
-    s = settings()
-    key = (name, checksum(name), s.db_url, data_stamp(s.db_url))
+    key = _engine_key(name)
     if key in _BUILT:
         return _engine(*key)
     with st.spinner(f"Loading version {name}: its index, query tower and candidate sources, and the early "

@@ -1,6 +1,6 @@
 """The dashboard's page logic, run in-process with Streamlit's AppTest on a small demo workspace.
 
-Each test drives `dashboard/streamlit_app.py` (the same file `streamlit run dashboard` runs):
+Each test drives `dashboard/router.py` (the page router `streamlit run dashboard` serves):
 widgets are found by `key=`, pages are switched by their st.navigation page, and every test
 asserts that no exception reached the page. The browser-level checks are in test_e2e.py.
 """
@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from core.common.escape import md
 from core.funnel.reasons import ELIGIBILITY_REASONS
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "router.py"
 TIMEOUT = 120  # the first run loads the catalog, a version's index and its tower
 PAGES = {"inspect": "Inspect", "why-not": "Why not this ad?", "map": "Embedding map",
          "compare": "Compare versions", "health": "Index health"}

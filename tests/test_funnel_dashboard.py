@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.funnel.definition import funnel_builder, parse_definition
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "router.py"
 OWN = '''
 [[rule]]
 code = "HOUSE_RULE"

@@ -69,11 +69,12 @@ def _free_port() -> int:
 
 @contextmanager
 def serve_dashboard(env: dict[str, str], log: Path | None = None, timeout: float = 120.0,
-                    procs: list | None = None) -> Iterator[str]:
+                    procs: list | None = None, port: int | None = None) -> Iterator[str]:
     """Run `streamlit run dashboard` (as a user does) with `env` on a free loopback port; yield its
     base URL once /_stcore/health answers ok; stop it on exit. Output goes to `log` when given;
-    the server's Popen is appended to `procs` when given (its pid, for memory readings)."""
-    port = _free_port()
+    the server's Popen is appended to `procs` when given (its pid, for memory readings); `port`: a
+    given port instead of a free one (a browser caches the app per origin)."""
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(

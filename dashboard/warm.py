@@ -1,0 +1,77 @@
+"""Warm the dashboard server's caches as it starts, before the first browser asks for a page.
+
+`streamlit run dashboard` (dashboard/streamlit_app.py) calls `start_warm_up` from its lifespan.
+One background thread then does, in order, what every page's first view needs first:
+
+1. imports the pages and what they use (pandas, Plotly, FAISS, the funnel; ~1.5 s on 2 cores);
+2. loads the catalog and the version list;
+3. opens the newest version's funnel engine (the version the pages open on; its pCTR model is
+   read from the workspace cache when `adlens demo` or an earlier server saved it).
+
+Each step fills the same `st.cache_resource` entry a page would, so a page that asks for it while
+the thread is still computing waits for that one computation (Streamlit's per-key compute lock)
+instead of starting a second. A failure is left for the page to show: the thread records it in the
+timing log and stops. Nothing is warmed for the AppTest harness, which runs dashboard/router.py
+directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+_started = threading.Event()
+WARM_STEPS = ("imports", "catalog", "engine")  # what `warm_up` does, in order (the timing log's names)
+
+
+def start_warm_up() -> threading.Thread | None:
+    """Start `warm_up` in a daemon thread, once per process; None when it was already started."""
+    if _started.is_set():
+        return None
+    _started.set()
+    thread = threading.Thread(target=warm_up, name="adlens-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def import_pages() -> None:
+    """Import every page module of dashboard/views (and so what the pages use)."""
+    import importlib
+    import pkgutil
+
+    import dashboard.views as views
+
+    importlib.import_module("dashboard.sidebar")
+    for mod in pkgutil.iter_modules(views.__path__):
+        importlib.import_module(f"{views.__name__}.{mod.name}")
+
+
+def warm_up() -> list[str]:
+    """Do the warm-up steps (module docstring) in this thread; the steps done, in order."""
+    t0 = time.perf_counter()
+    done: list[str] = []
+    # Cached functions called outside a script run log "missing ScriptRunContext" once per call.
+    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").setLevel(logging.ERROR)
+    try:
+        import_pages()
+        done.append("imports")
+        from dashboard import state
+
+        state.steps().record("warm imports", time.perf_counter() - t0)
+        names = state.version_names()
+        cat = state.catalog()
+        done.append("catalog")
+        if names and cat.n_ads:
+            state.warm_engine(names[-1])
+            done.append("engine")
+        state.steps().record("warm up", time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 (the page that needs it loads it again and shows why)
+        try:
+            from dashboard import state
+
+            state.steps().record(f"warm up failed after {'/'.join(done) or 'nothing'}: {exc}",
+                                 time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 (no timing log either: nothing more to say)
+            pass
+    return done

@@ -1,0 +1,67 @@
+"""The dashboard server's warm-up (dashboard/warm.py): it fills the caches a first view needs and
+never raises, whatever the workspace holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def warm(use_workspace, tmp_path, monkeypatch):
+    """`warm(workspace)`: run the warm-up on `workspace` in this process; (steps done, timing log)."""
+    from dashboard import state
+    from dashboard.warm import warm_up
+
+    def run(path):
+        use_workspace(path)
+        log = tmp_path / "timings.jsonl"
+        log.unlink(missing_ok=True)
+        monkeypatch.setenv("ADLENS_DASHBOARD_TIMINGS", str(log))
+        state._BUILT.clear()
+        done = warm_up()
+        rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        return done, rows
+
+    yield run
+    state._BUILT.clear()
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_warm_up_loads_the_newest_versions_engine_for_the_page(demo_workspace, warm):
+    from dashboard import state
+
+    done, rows = warm(demo_workspace.path)
+    assert done == ["imports", "catalog", "engine"]
+    newest = demo_workspace.versions[-1]
+    assert {k[0] for k in state._BUILT} == {newest}  # the page's engine(newest) is a cache hit
+    steps = [r["step"] for r in rows]
+    assert steps[0] == "warm imports" and steps[-1] == "warm up"
+    assert f"engine {newest}" in steps and "catalog" in steps
+    assert all(f"dashboard.views.{m}" in sys.modules for m in ("inspect", "why_not", "parity"))
+    assert state.engine(newest) is state._engine(*state._engine_key(newest))  # the same object
+
+
+def test_warm_up_of_an_empty_workspace_stops_after_the_catalog(tmp_path, warm):
+    from dashboard import state
+
+    done, rows = warm(tmp_path / "empty")
+    assert done == ["imports", "catalog"] and not state._BUILT
+    assert [r["step"] for r in rows][-1] == "warm up"
+
+
+def test_warm_up_of_a_broken_version_records_why_and_does_not_raise(demo_workspace, tmp_path, warm):
+    from tests.conftest import copy_workspace
+
+    settings = copy_workspace(demo_workspace.path, tmp_path / "ws")
+    newest = demo_workspace.versions[-1]
+    (settings.versions_dir / newest / "index.faiss").write_bytes(b"not an index")
+    done, rows = warm(settings.workspace)
+    assert done == ["imports", "catalog"]
+    failed = [r["step"] for r in rows if r["step"].startswith("warm up failed after imports/catalog")]
+    assert len(failed) == 1, rows
