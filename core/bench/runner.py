@@ -270,6 +270,12 @@ def section_parity(ctx: BenchContext) -> dict:
     return run(ctx)
 
 
+def section_demo(ctx: BenchContext) -> dict:
+    from core.bench.demo import section_demo as run  # builds a demo workspace, serves and opens it
+
+    return run(ctx)
+
+
 BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "machine": section_machine,
     "embedding": section_embedding,
@@ -279,8 +285,9 @@ BENCH_SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "shards": section_shards,
     "traces": section_traces,
     "parity": section_parity,
+    "demo": section_demo,
 }
-ON_REQUEST = ("shards", "traces", "parity")  # run only when named (or, for shards, when --shards is given)
+ON_REQUEST = ("shards", "traces", "parity", "demo")  # run only when named (or, for shards, when --shards is given)
 
 
 def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = None,
@@ -288,7 +295,7 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
               seed: int = 0, threads: int | None = None, log: bool = True, shards: int | None = None,
               backend: str = "local", nlist: int | None = None, factories: list[str] | None = None,
               sessions: int = 1, dashboard_workspace: str | None = None, dashboard_page: str = "inspect",
-              trace_rows: int | None = None) -> dict:
+              trace_rows: int | None = None, demo_ads: int = 10_000, demo_users: int = 5_000) -> dict:
     """Run the requested sections (default: all registered but `ON_REQUEST`; with `shards`:
     machine and shards) and return the report. `threads` sets FAISS's OpenMP thread count for
     this process (a bench-only knob); `shards`, `backend`, `nlist`, `factories` configure the
@@ -316,6 +323,7 @@ def run_bench(settings: Settings, *, ads: int = 100_000, queries: int | None = N
                        log=(lambda m: print(m, file=sys.stderr, flush=True)) if log else (lambda m: None))
     ctx.shared["explicit_types"] = tuple(types or ())
     ctx.shared.update(shards=shards, backend=backend, nlist=nlist, factories=factories, trace_rows=trace_rows,
+                      demo_ads=demo_ads, demo_users=demo_users,
                       dashboard_page="" if dashboard_page == "inspect" else dashboard_page)
     t0 = time.perf_counter()
     for name in names:
@@ -351,6 +359,11 @@ def format_report(report: dict) -> str:
             continue
         if name == "dashboard" and ("switches" in sec or "first_view" in sec):
             lines.extend(_format_dashboard(sec))
+            continue
+        if name == "demo":
+            from core.bench.demo import format_demo
+
+            lines.extend(format_demo(sec))
             continue
         if name == "shards":
             from core.bench.shards import format_section

@@ -132,6 +132,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
                         "server above 50k); first-view: the first views only")
     p.add_argument("--trace-rows", type=positive_int, default=10_000_000,
                    help="traces section: logged candidate rows to generate and import (requests: rows/100)")
+    p.add_argument("--demo-ads", type=positive_int, default=10_000,
+                   help="demo section: `adlens demo --serve` at this many ads (default 10000)")
+    p.add_argument("--demo-users", type=positive_int, default=5_000, help="demo section: users (default 5000)")
     add_json_flag(p)
     p.set_defaults(func=cmd_bench)
 
@@ -284,7 +287,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
                        threads=args.threads, log=not args.json, shards=args.shards, backend=args.backend,
                        nlist=args.nlist, factories=args.factories, sessions=args.sessions,
                        dashboard_workspace=args.dashboard_workspace, dashboard_page=args.dashboard_page,
-                       trace_rows=args.trace_rows)
+                       trace_rows=args.trace_rows, demo_ads=args.demo_ads, demo_users=args.demo_users)
     if args.json:
         print_json(report)
     else:
