@@ -135,3 +135,37 @@ def test_first_view_section_opens_every_page_on_a_cold_server(demo_workspace, mo
     assert "returning browser (the target)" in text and "new visitor (empty browser cache)" in text
     for title in ("Inspect", "Why not", "Embedding map", "Compare", "Health", "Parity"):
         assert text.count(f"\n    {title:<14}") == 2
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_demo_section_times_make_run_in_a_real_browser_and_stops_what_it_started(tmp_path):
+    """`adlens bench --sections demo` at a tiny size: the dashboard serves before Inspect is usable,
+    the build completes with every step, and neither the demo nor its dashboard outlives it."""
+    import subprocess
+    from pathlib import Path
+
+    from core.bench.demo import measure_demo
+    from core.demo.pipeline import DEMO_STEPS
+
+    if dashboard_bench.skip_reason():
+        pytest.skip(dashboard_bench.skip_reason())
+    ws = tmp_path / "demo-ws"
+    rep = measure_demo(ads=200, users=100, workspace=ws)
+    assert not rep["timed_out"] and rep["exceptions"] == 0, rep
+    assert 0 < rep["serving_s"] < rep["usable_s"] and rep["serving_s"] < rep["complete_s"]
+    assert list(rep["steps"]) == [s.name for s in DEMO_STEPS]
+    assert rep["meets_target"] == (rep["usable_s"] <= 120 and rep["complete_s"] <= 180)
+    left = subprocess.run(["pgrep", "-f", str(ws)], capture_output=True, text=True).stdout.split()
+    assert not left, left  # `adlens demo` was stopped ...
+    mark = f"ADLENS_HOME={ws.resolve()}".encode()
+    served = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                served.append(environ.parent.name)
+        except OSError:  # a process that ended meanwhile, or not ours to read
+            continue
+    assert not served, served  # ... and so was its `streamlit run dashboard`
+    text = format_report({"demo": rep})
+    assert "adlens demo --serve at 200 ads / 100 users" in text and "Inspect usable" in text

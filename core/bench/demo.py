@@ -67,19 +67,33 @@ def measure_demo(ads: int = 10_000, users: int = 5_000, chromium: str | None = N
         try:
             _follow(proc, ws, url, chromium, t0, row, Path(tmp) / "demo.log", log)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            _stop_group(proc)
             out.close()
     row["meets_target"] = bool(not row["timed_out"] and not row.get("exceptions")
                                and row.get("usable_s", 1e9) <= USABLE_TARGET_S
                                and row.get("complete_s", 1e9) <= COMPLETE_TARGET_S)
     row["load_avg_1m"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     return row
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stop `proc`'s process group (the demo and the dashboard it started) and wait until it is gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.poll()  # reap the demo itself
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.1)
 
 
 def _follow(proc: subprocess.Popen, ws: Path, url: str, chromium: str, t0: float, row: dict, log_file: Path,
