@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.cli.output import add_json_flag, positive_int, print_json
+from core.cli.output import add_json_flag, add_text_backend, positive_int, print_json
 from core.common.escape import term
 from core.store.catalog import table_counts
 from core.store.db import make_engine, redact_url
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--serve", action="store_true",
                    help="also run the dashboard (streamlit run dashboard), from the moment the first version "
                         "is ready while the others build, until stopped (Ctrl-C): what `make run` does")
+    add_text_backend(p)  # the demo's default is onnx-int8 (core.demo.pipeline.DEMO_TEXT_BACKEND)
     add_json_flag(p)
     p.set_defaults(func=cmd_demo)
 
@@ -197,7 +198,7 @@ def _demo(args: argparse.Namespace, settings: Settings, server: _Server | None) 
         print_json(report)
         return 0
     print(f"demo built in {report.seconds:.1f} s (workspace {term(report.workspace)}, "
-          f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed})")
+          f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed}, text backend {report.text_backend})")
     for s in report.steps:
         print(f"  {s.name:<14} {s.seconds:7.1f} s  (cpu {s.cpu_seconds:6.1f} s)")
     if report.ingest is not None:

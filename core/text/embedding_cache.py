@@ -43,7 +43,7 @@ from core.text.embeddings import (
     model_fingerprint,
     text_hash,
 )
-from core.text.onnx_backend import backend_fingerprint
+from core.text.onnx_backend import backend_fingerprint, model_label
 
 KEY_COLUMN = "text_sha256"
 MAX_SHARDS = 8
@@ -168,8 +168,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | 
     backend = settings.text_backend
     fp = encoder.fingerprint if encoder is not None else \
         backend_fingerprint(model_fingerprint(settings.embedding_model), backend)
-    model = encoder.name if encoder is not None else \
-        settings.embedding_model + ("" if backend == "torch" else f" ({backend})")
+    model = encoder.name if encoder is not None else model_label(settings.embedding_model, backend)
     cache = EmbeddingCache(settings.cache_dir, fp)
     cached_keys, cached_vecs = cache.load()
     pos = cached_keys.get_indexer(pd.Index(keys, dtype=object)) if len(keys) else np.empty(0, np.int64)
