@@ -128,3 +128,15 @@ def test_a_tower_of_another_backend_is_refused_naming_its_backend_and_the_flag()
         check_fingerprint({"a" * 64: "mine"}, "b" * 64, where="tower 't'", model="default (onnx)")
     with pytest.raises(ArtifactError, match="the tower's --model and --text-backend"):
         check_fingerprint({"a" * 64: None}, "b" * 64, where="tower 't'")
+
+
+def test_embed_on_ray_loads_the_workspace_s_backend_in_its_actors(tmp_path, monkeypatch):
+    """Regression: the actors loaded the torch model whatever the backend, so `adlens embed --ray`
+    on an int8 workspace cached torch vectors under the int8 fingerprint."""
+    import core.text.embedding_cache as ec
+    from core.text.ray_embed import _default_encoder_factory
+
+    ws = tmp_path / "ws"
+    record_text_backend(load_settings(workspace=ws), "onnx-int8")
+    monkeypatch.setattr(ec, "load_encoder", lambda s: (s.embedding_model, s.text_backend, s.cache_dir))
+    assert _default_encoder_factory(load_settings(workspace=ws))() == ("default", "onnx-int8", ws.resolve() / "cache")

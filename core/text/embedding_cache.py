@@ -123,7 +123,7 @@ class EmbeddingCache:
             vpath.unlink(missing_ok=True)
 
 
-def _load_encoder(settings: Settings) -> AdEncoder:
+def load_encoder(settings: Settings) -> AdEncoder:
     """The configured text model with the configured backend (ONNX files cached in the workspace)."""
     if settings.text_backend == "torch":
         return AdEncoder.load(settings.embedding_model)
@@ -179,7 +179,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | 
     new_pos = pd.Index([], dtype=object)
     if len(missing):
         if encoder is None:
-            encoder = _load_encoder(settings)
+            encoder = load_encoder(settings)
             if encoder.fingerprint != fp:
                 raise AdLensError(f"embedding model {model!r} changed on disk while embedding; run again")
         if dim is not None and encoder.dim != dim:
@@ -196,7 +196,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | 
             cache.add(list(uniq), new_vecs, model=model, dim=dim)
         new_pos = pd.Index(list(uniq), dtype=object)
     if dim is None:  # empty catalog, empty cache
-        dim = encoder.dim if encoder is not None else _load_encoder(settings).dim
+        dim = encoder.dim if encoder is not None else load_encoder(settings).dim
     out = np.zeros((len(keys), dim), np.float32)
     hit = pos >= 0
     if hit.any():
