@@ -8,11 +8,13 @@ report. `progress(fraction, step_name)` (core.common.progress) receives the frac
 build (0..1), weighted by the steps' `weight`, so a dashboard can show one progress bar.
 
 Where the time goes (10k ads, 2 cores): embedding the ad texts, then the versions' UMAP maps
-(single-threaded with a seed), the towers and EASE's dense solve. So the texts are embedded in
-large batches (DEMO_EMBED_BATCH), the candidate sources are built once per tower split and
-saved into every version that shares it (the demo's towers share one split: EASE is solved
-once, with a limit that covers the demo's catalog), and the `ivf` version reuses the `exact`
-version's map fit (same tower, same ad vectors: core.index.maps).
+(single-threaded with a seed), the towers and EASE's dense solve. So the texts are embedded with
+the int8 ONNX text backend (DEMO_TEXT_BACKEND: about twice torch's texts/s, plus ~6 s to export
+and quantise the model once into the workspace's cache; recorded in the workspace, so every later
+command embeds the same way) in batches of DEMO_EMBED_BATCH; the candidate sources are built once
+per tower split and saved into every version that shares it (the demo's towers share one split:
+EASE is solved once, with a limit that covers the demo's catalog), and the `ivf` version reuses
+the `exact` version's map fit (same tower, same ad vectors: core.index.maps).
 """
 
 from __future__ import annotations
@@ -129,9 +131,11 @@ DEMO_VERSIONS: tuple[tuple[str, str, str, str | None], ...] = (
 )
 
 
-DEMO_EMBED_BATCH = 256
-"""Texts per forward pass when the demo embeds its catalog: measured on the demo's texts (2 cores),
-36 / 54 / 66 / 73 texts per CPU-second at batch 32 / 64 / 128 / 256 (the library default is 64)."""
+DEMO_EMBED_BATCH = 64
+"""Texts per forward pass when the demo embeds its catalog (texts are sorted by length first, so
+little padding at any size). Measured on 1,024 of the demo's texts, one process, 2 shared cores,
+best of the runs at load ~3: onnx-int8 345 / 403 / 305 / 250 texts/s at batch 32 / 64 / 128 / 256;
+torch 197 at 64 and 116 at 256 (it was tuned to 256 on CPU-seconds before the demo used int8)."""
 
 
 DEMO_TEXT_BACKEND = "onnx-int8"
