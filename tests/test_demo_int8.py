@@ -60,9 +60,26 @@ def test_later_commands_without_flags_reuse_the_cache_and_accept_the_demo_tower(
     assert m["fingerprint"] == emb["fingerprint"]
 
 
-def test_a_build_forced_onto_torch_is_refused_naming_the_demo_backend(ws):
+def test_a_build_forced_onto_torch_is_refused_naming_the_demo_s_backend(ws, monkeypatch):
+    """The trap the workspace's record closes: ads embedded with torch, the demo's tower trained on
+    int8 vectors. (The torch model is stood in for by random vectors under torch's fingerprint:
+    the refusal depends on the fingerprints only, and loading torch costs ~15 s.)"""
+    import numpy as np
+
+    import core.text.embedding_cache as ec
+    from core.text.embeddings import model_fingerprint
+
+    class TorchStandIn:
+        name, dim, fingerprint = "default", 384, model_fingerprint("default")
+
+        def encode(self, texts, batch_size=64, progress=None):
+            v = np.random.default_rng(0).normal(size=(len(texts), self.dim)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    monkeypatch.setattr(ec, "load_encoder", lambda settings: TorchStandIn())
     code, _, err = _cli("--workspace", str(ws), "build-index", "--name", "t", "--tower", "tower",
                         "--no-map", "--no-sources", "--text-backend", "torch")
     assert code == 2 and "Traceback" not in err
     assert "tower 'tower'" in err and "text model default (onnx-int8)" in err
+    assert "these ad embeddings come from default (" in err
     assert "--text-backend onnx-int8" in err and "--model" not in err
