@@ -97,7 +97,7 @@ def read_workspace_file(workspace: str | os.PathLike) -> dict:
     path = Path(workspace) / WORKSPACE_FILE
     try:
         raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a workspace that is a file: db.py's error says so
         return {}
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the workspace settings ({exc.strerror or exc})") from exc
