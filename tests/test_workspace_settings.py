@@ -140,3 +140,14 @@ def test_embed_on_ray_loads_the_workspace_s_backend_in_its_actors(tmp_path, monk
     record_text_backend(load_settings(workspace=ws), "onnx-int8")
     monkeypatch.setattr(ec, "load_encoder", lambda s: (s.embedding_model, s.text_backend, s.cache_dir))
     assert _default_encoder_factory(load_settings(workspace=ws))() == ("default", "onnx-int8", ws.resolve() / "cache")
+
+
+def test_status_says_which_text_backend_and_where_from(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    assert main(["--workspace", str(ws), "status"]) == 0
+    assert "text backend: torch (the default)" in capsys.readouterr().out
+    record_text_backend(load_settings(workspace=ws), "onnx-int8")
+    assert main(["--workspace", str(ws), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text_backend"] == {"backend": "onnx-int8", "from": "workspace"}
+    assert main(["--workspace", str(ws), "status"]) == 0
+    assert "text backend: onnx-int8 (recorded in workspace.json)" in capsys.readouterr().out

@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+TEXT_BACKEND_FROM = {"flag": "--text-backend", "env": "ADLENS_TEXT_BACKEND",
+                     "workspace": "recorded in workspace.json", "default": "the default"}
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from core.store.debris import clean_debris, find_debris
     from core.store.readonly import database_read_only, folder_read_only
@@ -54,6 +58,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "workspace": str(settings.workspace),
         "database": redact_url(settings.db_url),
         "read_only": {"workspace": ro_ws, "database": ro_db},
+        "text_backend": {"backend": settings.text_backend, "from": settings.text_backend_from},
         "tables": table_counts(engine),
         "debris": [{"path": str(d.path), "bytes": d.bytes, "kind": d.kind, "age_s": round(d.age_s)} for d in debris],
         "debris_removed": bool(args.clean),
@@ -62,7 +67,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print_json(report)
         return 0
     print(f"workspace: {term(report['workspace'])}" + (f" (read-only: {ro_ws})" if ro_ws else "")
-          + f"\ndatabase:  {term(report['database'])}" + (f" (read-only: {term(ro_db)})" if ro_db else ""))
+          + f"\ndatabase:  {term(report['database'])}" + (f" (read-only: {term(ro_db)})" if ro_db else "")
+          + f"\ntext backend: {settings.text_backend} ({TEXT_BACKEND_FROM[settings.text_backend_from]})")
     for name, n in report["tables"].items():
         print(f"  {name:<12} {n:>10,}")
     if debris:
