@@ -224,6 +224,29 @@ def test_ads_missing_from_the_embedding_cache_are_encoded_in_memory(ro, small_wo
     assert _tree(small_workspace) == before
 
 
+SETTINGS_DRIVER = """
+    import json, sys
+    from core.store.settings import load_settings
+    s = load_settings(workspace=sys.argv[1])
+    print(json.dumps([s.text_backend, s.text_backend_from]))
+"""
+
+
+def test_a_read_only_workspace_s_recorded_text_backend_is_read(ro, small_workspace, tmp_path):
+    """workspace.json (core/store/settings.py) is only read: a read-only workspace that records
+    its text backend uses it, and reading commands still work and write nothing."""
+    import shutil
+
+    ws = tmp_path / "copy"
+    shutil.copytree(small_workspace, ws)
+    (ws / "workspace.json").write_text('{"text_backend": "onnx-int8"}')
+    before = _tree(ws)
+    assert ro(ws, SETTINGS_DRIVER, str(ws)) == ["onnx-int8", "workspace"]
+    res = _cli(ro, ws, "versions", "status")
+    assert res["versions"][0] == 0 and res["status"][0] == 0, res
+    assert _tree(ws) == before
+
+
 def test_the_same_commands_write_on_a_writable_workspace(small_workspace, tmp_path, capsys):
     """The refusals above come from read-only-ness, not from the commands (a writable copy)."""
     import shutil

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.cli.output import add_json_flag, positive_int, print_json
+from core.cli.output import add_json_flag, add_text_backend, positive_int, print_json
 from core.common.escape import term
 from core.store.catalog import table_counts
 from core.store.db import make_engine, redact_url
@@ -38,8 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--serve", action="store_true",
                    help="also run the dashboard (streamlit run dashboard), from the moment the first version "
                         "is ready while the others build, until stopped (Ctrl-C): what `make run` does")
+    add_text_backend(p)  # the demo's default is onnx-int8 (core.demo.pipeline.DEMO_TEXT_BACKEND)
     add_json_flag(p)
     p.set_defaults(func=cmd_demo)
+
+
+TEXT_BACKEND_FROM = {"flag": "--text-backend", "env": "ADLENS_TEXT_BACKEND",
+                     "workspace": "recorded in workspace.json", "default": "the default"}
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,6 +58,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "workspace": str(settings.workspace),
         "database": redact_url(settings.db_url),
         "read_only": {"workspace": ro_ws, "database": ro_db},
+        "text_backend": {"backend": settings.text_backend, "from": settings.text_backend_from},
         "tables": table_counts(engine),
         "debris": [{"path": str(d.path), "bytes": d.bytes, "kind": d.kind, "age_s": round(d.age_s)} for d in debris],
         "debris_removed": bool(args.clean),
@@ -61,7 +67,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print_json(report)
         return 0
     print(f"workspace: {term(report['workspace'])}" + (f" (read-only: {ro_ws})" if ro_ws else "")
-          + f"\ndatabase:  {term(report['database'])}" + (f" (read-only: {term(ro_db)})" if ro_db else ""))
+          + f"\ndatabase:  {term(report['database'])}" + (f" (read-only: {term(ro_db)})" if ro_db else "")
+          + f"\ntext backend: {settings.text_backend} ({TEXT_BACKEND_FROM[settings.text_backend_from]})")
     for name, n in report["tables"].items():
         print(f"  {name:<12} {n:>10,}")
     if debris:
@@ -197,7 +204,7 @@ def _demo(args: argparse.Namespace, settings: Settings, server: _Server | None) 
         print_json(report)
         return 0
     print(f"demo built in {report.seconds:.1f} s (workspace {term(report.workspace)}, "
-          f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed})")
+          f"{report.n_ads:,} ads, {report.n_users:,} users, seed {report.seed}, text backend {report.text_backend})")
     for s in report.steps:
         print(f"  {s.name:<14} {s.seconds:7.1f} s  (cpu {s.cpu_seconds:6.1f} s)")
     if report.ingest is not None:

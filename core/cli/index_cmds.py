@@ -5,16 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli.output import add_json_flag, positive_int, print_json
+from core.cli.output import add_json_flag, add_text_backend, positive_int, print_json
 from core.common.escape import term
 from core.common.progress import cli_progress
 from core.store.settings import Settings
-
-
-def _add_text_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-backend", dest="text_backend", choices=("torch", "onnx", "onnx-int8"),
-                   help="run the text model with PyTorch (default) or a locally exported ONNX model, fp32 or "
-                        "int8 (env ADLENS_TEXT_BACKEND; vectors of each backend are cached separately)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +22,7 @@ def _register_embed(sub: argparse._SubParsersAction) -> None:
     """`adlens embed`."""
     p = sub.add_parser("embed", help="embed the catalog's ad texts (only new or changed ads are encoded)")
     p.add_argument("--model", help="sentence-transformers model name or folder (env ADLENS_MODEL; default: packaged all-MiniLM-L6-v2)")
-    _add_text_backend(p)
+    add_text_backend(p)
     p.add_argument("--ray", action="store_true",
                    help="encode on a Ray Data actor pool (cluster from ADLENS_RAY_ADDRESS, default auto); "
                         "results go into the same cache, so an interrupted run resumes")
@@ -83,7 +77,7 @@ def _register_build_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-map", action="store_true", dest="no_map",
                    help="skip the UMAP map (build it later with `adlens map --version V`)")
     p.add_argument("--model", help="embedding model (as for `adlens embed`)")
-    _add_text_backend(p)
+    add_text_backend(p)
     p.add_argument("--seed", type=int, default=0, help="k-means and request-sampling seed")
     p.add_argument("--shards", type=int, default=1,
                    help="split the index into N shards sharing one trained quantizer (default 1: unsharded)")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.common.escape import term
 from core.common.jsonio import to_jsonable
+from core.store.settings import TEXT_BACKENDS
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
@@ -28,6 +29,13 @@ def add_backend_flag(p: argparse.ArgumentParser) -> None:
                         "cluster from ADLENS_RAY_ADDRESS, default auto). Default: ray if "
                         "ADLENS_RAY_ADDRESS is set, else local")
 
+
+def add_text_backend(p: argparse.ArgumentParser) -> None:
+    """`--text-backend` (resolved by core.store.settings.load_settings)."""
+    p.add_argument("--text-backend", dest="text_backend", choices=TEXT_BACKENDS,
+                   help="run the text model with PyTorch or a locally exported ONNX model, fp32 or int8 (env "
+                        "ADLENS_TEXT_BACKEND; default: the one the workspace records in workspace.json, which "
+                        "`adlens demo` sets, else torch; vectors of each backend are cached separately)")
 
 
 def print_json(obj: Any) -> None:

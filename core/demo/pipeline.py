@@ -7,12 +7,15 @@ Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may 
 report. `progress(fraction, step_name)` (core.common.progress) receives the fraction of the whole
 build (0..1), weighted by the steps' `weight`, so a dashboard can show one progress bar.
 
-Where the time goes (10k ads, 2 cores): embedding the ad texts, then the versions' UMAP maps
-(single-threaded with a seed), the towers and EASE's dense solve. So the texts are embedded in
-large batches (DEMO_EMBED_BATCH), the candidate sources are built once per tower split and
-saved into every version that shares it (the demo's towers share one split: EASE is solved
-once, with a limit that covers the demo's catalog), and the `ivf` version reuses the `exact`
-version's map fit (same tower, same ad vectors: core.index.maps).
+Where the time goes (10k ads, 2 cores, 148 s at load 1-2): building the versions (52 s: UMAP
+maps, single-threaded with a seed, and EASE's dense solve), embedding the ad texts (39 s; 83 s
+with torch), warming the caches (27 s) and training the towers (15 s). So the texts are embedded
+with the int8 ONNX text backend (DEMO_TEXT_BACKEND: about twice torch's texts/s, plus ~6 s to
+export and quantise the model once into the workspace's cache; recorded in the workspace, so every
+later command embeds the same way) in batches of DEMO_EMBED_BATCH; the candidate sources are
+built once per tower split and saved into every version that shares it (the demo's towers share
+one split: EASE is solved once, with a limit that covers the demo's catalog), and the `ivf`
+version reuses the `exact` version's map fit (same tower, same ad vectors: core.index.maps).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from core.data.schema import TABLES
 from core.store.artifacts import atomic_write_json, sha256_bytes
 from core.store.catalog import table_counts
 from core.store.db import make_engine
-from core.store.settings import Settings
+from core.store.settings import Settings, record_text_backend
 
 MARKER = "demo.json"  # in the workspace: parameters and status of the last demo build
 
@@ -79,6 +82,7 @@ class DemoReport:
     counts: dict[str, int]  # rows per table after the build
     seconds: float
     ingest: IngestReport | None = None
+    text_backend: str = "torch"  # the one the workspace now records (core.store.settings)
 
 
 def _generate(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
@@ -128,9 +132,31 @@ DEMO_VERSIONS: tuple[tuple[str, str, str, str | None], ...] = (
 )
 
 
-DEMO_EMBED_BATCH = 256
-"""Texts per forward pass when the demo embeds its catalog: measured on the demo's texts (2 cores),
-36 / 54 / 66 / 73 texts per CPU-second at batch 32 / 64 / 128 / 256 (the library default is 64)."""
+DEMO_EMBED_BATCH = 64
+"""Texts per forward pass when the demo embeds its catalog (texts are sorted by length first, so
+little padding at any size). Measured on 1,024 of the demo's texts, one process, 2 shared cores,
+best of the runs at load ~3: onnx-int8 345 / 403 / 305 / 250 texts/s at batch 32 / 64 / 128 / 256;
+torch 197 at 64 and 116 at 256 (it was tuned to 256 on CPU-seconds before the demo used int8)."""
+
+
+DEMO_TEXT_BACKEND = "onnx-int8"
+"""The demo's text backend: twice torch's throughput on 2 cores at mean cosine ~0.992 to torch's
+vectors (core.text.onnx_backend), and the demo's planted structure is recovered as well."""
+
+
+def demo_text_backend(settings: Settings, *, had_demo: bool) -> Settings:
+    """The settings the demo builds with, its text backend recorded in the workspace (before
+    anything is embedded) so that every later command on it embeds in the same space.
+
+    An explicit --text-backend or ADLENS_TEXT_BACKEND wins, then the backend the workspace already
+    records; otherwise DEMO_TEXT_BACKEND, except in a workspace an earlier demo (or a tower) was
+    built in before workspaces recorded their backend: it was embedded with torch, so it stays torch."""
+    if settings.text_backend_from == "default":
+        older = had_demo or (settings.towers_dir.is_dir() and any(settings.towers_dir.iterdir()))
+        backend = settings.text_backend if older else DEMO_TEXT_BACKEND
+    else:
+        backend = settings.text_backend
+    return record_text_backend(settings, backend)
 
 
 def _embed(ctx: DemoContext, tick: Callable[[float], None]) -> dict[str, Any]:
@@ -344,6 +370,7 @@ def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, se
                 f"--ads {n_ads} --users {n_users} --seed {seed}. Fix: use a fresh --workspace (or "
                 "ADLENS_DB_URL), or pass --replace to delete the existing data first."
             )
+        settings = demo_text_backend(settings, had_demo=bool(marker))
         _write_marker(settings, {**params, "status": "started"})
         ctx = DemoContext(settings, engine, n_ads, n_users, seed, replace=replace, on_version=on_version)
         report_progress = progress or (lambda frac, step: None)
@@ -367,6 +394,6 @@ def build_demo(settings: Settings, n_ads: int = 10_000, n_users: int = 5_000, se
         _write_marker(settings, {**params, "status": "complete", "counts": counts,
                                  "steps": {s.name: round(s.seconds, 3) for s in steps}})
         return DemoReport(str(settings.workspace), str(settings.demo_data_dir), n_ads, n_users, seed, steps,
-                          counts, time.perf_counter() - t0, ctx.results.get("ingest"))
+                          counts, time.perf_counter() - t0, ctx.results.get("ingest"), settings.text_backend)
     finally:
         engine.dispose()

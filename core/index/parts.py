@@ -18,6 +18,7 @@ from core.common.progress import Progress
 from core.store.catalog import Catalog
 from core.store.settings import Settings
 from core.text.embedding_cache import embed_catalog
+from core.text.onnx_backend import split_model_label
 from core.tower.query_encoder import (
     HistoryMeanEncoder,
     QueryEncoder,
@@ -31,34 +32,55 @@ from core.vectors.query_side import QuerySpec, resolve_query_encoder
 FINGERPRINT_KEYS = ("embedding_fingerprint", "model_fingerprint")
 
 
-def recorded_fingerprints(encoder_dir: Path | None, *configs: dict) -> set[str]:
+def recorded_fingerprints(encoder_dir: Path | None, *configs: dict) -> dict[str, str | None]:
     """Text-model fingerprints a trained encoder records (its config, its registry row's config,
-    or the metrics.json the tower trainer writes next to it)."""
+    or the metrics.json the tower trainer writes next to it), each with the text model's label
+    (e.g. "default (onnx-int8)": core.text.onnx_backend.model_label) where one is recorded."""
     configs = list(configs)
     if encoder_dir is not None and (encoder_dir / "metrics.json").is_file():
         try:
             configs.append(json.loads((encoder_dir / "metrics.json").read_text()).get("training") or {})
         except ValueError:
             pass
-    out = set()
+    out: dict[str, str | None] = {}
+
+    def add(fp, label) -> None:
+        if isinstance(fp, str):
+            out[fp] = out.get(fp) or (label if isinstance(label, str) else None)
+
     for cfg in configs:
         for key in FINGERPRINT_KEYS:
-            if isinstance(cfg.get(key), str):
-                out.add(cfg[key])
+            add(cfg.get(key), cfg.get("embedding_model"))
         emb = cfg.get("embeddings")
-        if isinstance(emb, dict) and isinstance(emb.get("fingerprint"), str):
-            out.add(emb["fingerprint"])
+        if isinstance(emb, dict):
+            add(emb.get("fingerprint"), emb.get("model"))
     return out
 
 
-def check_fingerprint(recorded: set[str], fingerprint: str, *, where: str) -> None:
-    """A learned tower was trained on one text model's embeddings; the ads must use the same."""
-    for fp in recorded:
-        if fp != fingerprint:
-            raise ArtifactError(
-                f"{where}: the query encoder was trained on text model {fp[:12]}… but the ad "
-                f"embeddings come from {fingerprint[:12]}…; embed with the tower's model (--model)"
-            )
+def check_fingerprint(recorded: dict[str, str | None], fingerprint: str, *, where: str,
+                      model: str | None = None) -> None:
+    """A learned tower was trained on one text model's embeddings; the ads must use the same.
+    `model` labels the ads' embeddings; the error names both sides' model and text backend and the
+    flag that fixes it."""
+    for fp, label in recorded.items():
+        if fp == fingerprint:
+            continue
+        theirs = f"{label} ({fp[:12]}…)" if label else f"{fp[:12]}…"
+        ours = f"{model} ({fingerprint[:12]}…)" if model else f"{fingerprint[:12]}…"
+        fixes = []
+        if label:
+            t_model, t_backend = split_model_label(label)
+            o_model, o_backend = split_model_label(model) if model else (None, None)
+            if o_backend != t_backend:
+                fixes.append(f"--text-backend {t_backend} (or ADLENS_TEXT_BACKEND, or \"text_backend\" in the "
+                             "workspace's workspace.json)")
+            if o_model != t_model:
+                fixes.append(f"--model {t_model}")
+        fix = " and ".join(fixes) if fixes else "the tower's --model and --text-backend"
+        raise ArtifactError(
+            f"{where}: the query encoder was trained on the ad embeddings of text model {theirs}, but these ad "
+            f"embeddings come from {ours}; embed with the tower's model and backend: {fix}"
+        )
 
 
 @dataclass
@@ -117,7 +139,7 @@ def query_side(settings: Settings, engine: Engine, ads: AdSide, tower: str | Non
         tower_dir, tower_info = resolve_tower(settings, engine, tower)
         encoder = load_query_encoder(tower_dir)
         check_fingerprint(recorded_fingerprints(tower_dir, encoder.config(), tower_info.get("config", {})),
-                           ads.embedding["fingerprint"], where=f"tower {tower!r}")
+                           ads.embedding["fingerprint"], where=f"tower {tower!r}", model=ads.embedding.get("model"))
         return QuerySide(encoder, tower_dir, tower_info, {"source": "tower", "tower": tower})
     resolved = resolve_query_encoder(settings, query)
     if resolved is None:

@@ -229,7 +229,7 @@ def _load_dir(path: Path, name: str, backend: str = "local", ray_address: str | 
             f"{path / 'index.faiss'}: dim {index.dim}, encoder gives {ad_vectors.shape[1]}, manifest says {dims['index']}"
         )
     check_fingerprint(recorded_fingerprints(path / "encoder", encoder.config()),
-                       fingerprint, where=str(path / "encoder"))
+                       fingerprint, where=str(path / "encoder"), model=manifest.embedding.get("model"))
     return Version(name=name, path=path, manifest=manifest, checksum=sha256_bytes(raw), ad_ids=ad_ids,
                    ad_text_vectors=text, ad_vectors=ad_vectors, index=index, encoder=encoder,
                    search_params=dict(manifest.search_params), backend=server)

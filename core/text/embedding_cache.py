@@ -43,7 +43,7 @@ from core.text.embeddings import (
     model_fingerprint,
     text_hash,
 )
-from core.text.onnx_backend import backend_fingerprint
+from core.text.onnx_backend import backend_fingerprint, model_label
 
 KEY_COLUMN = "text_sha256"
 MAX_SHARDS = 8
@@ -123,7 +123,7 @@ class EmbeddingCache:
             vpath.unlink(missing_ok=True)
 
 
-def _load_encoder(settings: Settings) -> AdEncoder:
+def load_encoder(settings: Settings) -> AdEncoder:
     """The configured text model with the configured backend (ONNX files cached in the workspace)."""
     if settings.text_backend == "torch":
         return AdEncoder.load(settings.embedding_model)
@@ -168,8 +168,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | 
     backend = settings.text_backend
     fp = encoder.fingerprint if encoder is not None else \
         backend_fingerprint(model_fingerprint(settings.embedding_model), backend)
-    model = encoder.name if encoder is not None else \
-        settings.embedding_model + ("" if backend == "torch" else f" ({backend})")
+    model = encoder.name if encoder is not None else model_label(settings.embedding_model, backend)
     cache = EmbeddingCache(settings.cache_dir, fp)
     cached_keys, cached_vecs = cache.load()
     pos = cached_keys.get_indexer(pd.Index(keys, dtype=object)) if len(keys) else np.empty(0, np.int64)
@@ -180,7 +179,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | 
     new_pos = pd.Index([], dtype=object)
     if len(missing):
         if encoder is None:
-            encoder = _load_encoder(settings)
+            encoder = load_encoder(settings)
             if encoder.fingerprint != fp:
                 raise AdLensError(f"embedding model {model!r} changed on disk while embedding; run again")
         if dim is not None and encoder.dim != dim:
@@ -197,7 +196,7 @@ def embed_catalog(settings: Settings, catalog: Catalog, *, progress: Progress | 
             cache.add(list(uniq), new_vecs, model=model, dim=dim)
         new_pos = pd.Index(list(uniq), dtype=object)
     if dim is None:  # empty catalog, empty cache
-        dim = encoder.dim if encoder is not None else _load_encoder(settings).dim
+        dim = encoder.dim if encoder is not None else load_encoder(settings).dim
     out = np.zeros((len(keys), dim), np.float32)
     hit = pos >= 0
     if hit.any():

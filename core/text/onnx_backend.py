@@ -22,8 +22,9 @@ import numpy as np
 from core.common.errors import AdLensError
 from core.store.artifacts import sha256_bytes, write_via_temp
 from core.store.readonly import folder_read_only
+from core.store.settings import TEXT_BACKENDS
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = TEXT_BACKENDS  # the one list: core.store.settings
 EXPORT_VERSION = 1  # bump when the export or quantisation changes: new fingerprints, new cache entries
 FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -43,6 +44,20 @@ def backend_fingerprint(model_fingerprint: str, backend: str) -> str:
     if check_backend(backend) == "torch":
         return model_fingerprint
     return sha256_bytes(f"{model_fingerprint}:{backend}:v{EXPORT_VERSION}".encode())
+
+
+def model_label(model: str, backend: str) -> str:
+    """How a text model and backend are named in reports, towers and manifests: "default" (torch),
+    "default (onnx-int8)"."""
+    return model if check_backend(backend) == "torch" else f"{model} ({backend})"
+
+
+def split_model_label(label: str) -> tuple[str, str]:
+    """(model, backend) of a `model_label` (an unsuffixed label is torch's)."""
+    for backend in BACKENDS:
+        if backend != "torch" and label.endswith(f" ({backend})"):
+            return label[: -len(backend) - 3], backend
+    return label, "torch"
 
 
 def _pooling(st_model) -> str:

@@ -37,11 +37,13 @@ class _EncodeBatch:
         return {"key": batch["key"], "vector": np.asarray(vecs, np.float32)}
 
 
-def _default_encoder_factory(model: str) -> Callable[[], object]:
+def _default_encoder_factory(settings: Settings) -> Callable[[], object]:
+    """Each actor loads the configured model with the configured text backend (the vectors go
+    under that backend's fingerprint, so they must come from it)."""
     def make():
-        from core.text.embeddings import AdEncoder
+        from core.text.embedding_cache import load_encoder
 
-        return AdEncoder.load(model)
+        return load_encoder(settings)
 
     return make
 
@@ -89,6 +91,6 @@ def embed_catalog_ray(settings: Settings, catalog: Catalog, *, concurrency: int 
     """`embed_catalog` with the missing texts encoded on Ray Data (see the module docstring).
     `encoder`/`make_encoder` override the model (tests pass a fake and its factory)."""
     connect(ray_address or settings.ray_address)
-    make = make_encoder or _default_encoder_factory(settings.embedding_model)
+    make = make_encoder or _default_encoder_factory(settings)
     return embed_catalog(settings, catalog, progress=progress, encoder=encoder,
                          runner=ray_runner(make, concurrency=concurrency, progress=progress))
