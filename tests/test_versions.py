@@ -310,7 +310,8 @@ def test_tower_trained_on_another_text_model_is_refused(vsettings, data_engine):
     d = vsettings.towers_dir / "t1"
     HistoryMeanEncoder().save(d)
     (d / "metrics.json").write_text(json.dumps({"training": {"embeddings": {"fingerprint": "f" * 64}}}))
-    with pytest.raises(ArtifactError, match="trained on text model ffffffffffff"):
+    with pytest.raises(ArtifactError, match="trained on the ad embeddings of text model ffffffffffff.*"
+                                            "come from hashing-64.*--text-backend"):
         _build(vsettings, data_engine, tower="t1")
     assert _rows(data_engine) == 0
 
