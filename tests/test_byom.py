@@ -559,9 +559,10 @@ def test_imported_version_health_map_audience_and_dashboard(ws, tmp_path, use_wo
     import_request_vectors(ws, write_requests(tmp_path / "req.parquet", rows), "req")
     build_version(ws, "prod-req", "Flat", ad_vectors="prod", query=QuerySpec(request_vectors="req"))
 
+    from tests.test_dashboard import APP
+
     use_workspace(ws.workspace)
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "router.py"
-    at = AppTest.from_file(str(app), default_timeout=120).run()
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
     at.selectbox(key="version").set_value("prod-req").run()
     assert not at.exception and not at.error, [e.value for e in at.exception]
     shown = " ".join(t.value for t in at.text)

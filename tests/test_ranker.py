@@ -268,8 +268,9 @@ def test_inspect_why_not_and_compare_pages_show_your_ranker(ws, tmp_path, model,
     eng = _engine(ws, "b")
     ad = str(eng.run(eng.default_request("u001")).candidates["ad_id"].iloc[0])
     use_workspace(ws)
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "router.py"),
-                           default_timeout=120)
+    from tests.test_dashboard import APP
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
     at.query_params.update({"version": "b", "user": "u001", "ad": ad})
     at.run()  # Inspect: the candidate table shows the ranker's output and inputs
     assert not at.exception, [e.value for e in at.exception]
