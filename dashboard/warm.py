@@ -22,7 +22,6 @@ import threading
 import time
 
 _started = threading.Event()
-WARM_STEPS = ("imports", "catalog", "engine")  # what `warm_up` does, in order (the timing log's names)
 
 
 def start_warm_up() -> threading.Thread | None:
