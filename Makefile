@@ -10,7 +10,8 @@ run: bootstrap
 	.venv/bin/adlens demo --if-missing --serve
 
 # Run every test (slow and browser tests included; PostgreSQL tests need ADLENS_TEST_PG_URL).
-# XDIST: the tests run on one worker per core (pytest-xdist; `make test XDIST=` runs them in one process).
+# XDIST: the tests run on pytest-xdist workers, one more than the cores (tests/conftest.py;
+# `make test XDIST=` runs them in one process).
 XDIST ?= -n auto --dist loadgroup
 
 test: bootstrap
