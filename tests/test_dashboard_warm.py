@@ -37,12 +37,12 @@ def test_warm_up_loads_the_newest_versions_engine_for_the_page(demo_workspace, w
     from dashboard import state
 
     done, rows = warm(demo_workspace.path)
-    assert done == ["imports", "catalog", "engine"]
-    newest = demo_workspace.versions[-1]
-    assert {k[0] for k in state._BUILT} == {newest}  # the page's engine(newest) is a cache hit
+    assert done == ["imports", "catalog", "engine", "compare's engine"]
+    newest, b = demo_workspace.versions[-1], demo_workspace.versions[-2]
+    assert {k[0] for k in state._BUILT} == {newest, b}  # the pages' engine(newest) is a cache hit, Compare's B too
     steps = [r["step"] for r in rows]
     assert steps[0] == "warm imports" and steps[-1] == "warm up"
-    assert f"engine {newest}" in steps and "catalog" in steps
+    assert f"engine {newest}" in steps and f"engine {b}" in steps and "catalog" in steps
     assert all(f"dashboard.views.{m}" in sys.modules for m in ("inspect", "why_not", "parity"))
     assert state.engine(newest) is state._engine(*state._engine_key(newest))  # the same object
 

@@ -17,14 +17,20 @@ from dashboard.charts import bar_figure, plain
 LIST_COLS = ["ann_rank", "ad_id", "title", "advertiser_name", "vertical", "outcome", "final_position"]
 
 
+def default_b(names: list[str], a: str) -> str:
+    """Version B before the user picks one: the newest version other than A (A itself when it is
+    the only one)."""
+    others = [n for n in names if n != a]
+    return others[-1] if others else a
+
+
 def _pick_versions() -> tuple[str, str]:
     """A is the sidebar's version; B is picked here."""
     names = state.version_names()
     ss = st.session_state
     a = ss["version"]
     if ss.get("version_b") not in names:
-        others = [n for n in names if n != a]
-        ss["version_b"] = others[-1] if others else a
+        ss["version_b"] = default_b(names, a)
     c1, c2 = st.columns(2)
     c1.markdown(f"**Version A** (baseline, from the sidebar): {md(a)}")
     c2.selectbox("Version B (candidate)", names, key="version_b")
