@@ -1,7 +1,8 @@
 """Warm the dashboard server's caches as it starts, before the first browser asks for a page.
 
 `streamlit run dashboard` (dashboard/streamlit_app.py) calls `start_warm_up` from its lifespan
-and waits for it (up to a bound) before the server answers. One background thread does, in order, what every page's first view needs first:
+and waits for it (up to a bound) before the server answers. One background thread does, in order,
+what every page's first view needs first:
 
 1. imports the pages and what they use (pandas, Plotly, FAISS, the funnel; ~1.5 s on 2 cores);
 2. loads the catalog and the version list;
