@@ -2,18 +2,17 @@
 
 Serves the page router (dashboard/router.py) as a Streamlit `st.App`, whose lifespan runs
 `dashboard.warm.warm_up` in a background thread as the server starts and waits for it, up to
-WARM_BEFORE_SERVING_S, before the server answers: the imports, the catalog and the engines of the
-newest version and of Compare's default B are loaded before the first page is asked for, so no
-first view races them for the CPU (2-3 s on the 10k-ad demo on 2 cores). A warm-up that takes longer (a large catalog) goes on
-while the server answers: a page that needs what it is still loading waits for the same computation
-(Streamlit's cache computes one value once) under the page's own spinner, never a second copy.
+dashboard.warm.WARM_BEFORE_SERVING_S, before the server answers: the imports, the catalog and the
+engines of the newest version and of Compare's default B are loaded before the first page is asked
+for, so no first view races them for the CPU (2-3 s on the 10k-ad demo on 2 cores). A warm-up that
+takes longer (a large catalog) goes on while the server answers: a page that needs what it is
+still loading waits for the same computation (Streamlit's cache computes one value once) under the
+page's own spinner, never a second copy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,20 +23,11 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard` puts only dashboard/ 
 import streamlit as st  # noqa: E402
 
 
-WARM_BEFORE_SERVING_S = 20.0
-
-
 @asynccontextmanager
 async def lifespan(_app):
-    from dashboard.warm import start_warm_up
+    from dashboard.warm import wait_for_warm_up
 
-    thread = start_warm_up()
-    if thread is not None:
-        print(f"  AdLens: loading the workspace before serving (at most {WARM_BEFORE_SERVING_S:.0f} s)...", flush=True)
-    deadline = time.monotonic() + WARM_BEFORE_SERVING_S
-    # polled, not joined: Ctrl-C during the wait stops the server at once
-    while thread is not None and thread.is_alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_for_warm_up()
     yield
 
 

@@ -20,10 +20,13 @@ directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 
+WARM_BEFORE_SERVING_S = 20.0  # the longest the server waits for the warm-up before it answers
 _started = threading.Event()
 
 
@@ -35,6 +38,30 @@ def start_warm_up() -> threading.Thread | None:
     thread = threading.Thread(target=warm_up, name="adlens-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+async def wait_for_warm_up(bound_s: float = WARM_BEFORE_SERVING_S, say: Callable[[str], None] = _say) -> bool:
+    """Start the warm-up and wait for it, at most `bound_s`, saying so on the terminal (the server's
+    lifespan: it answers no request meanwhile). True when it is over; False when it goes on (or
+    was started before)."""
+    thread = start_warm_up()
+    if thread is None:
+        return False
+    say(f"  AdLens: loading the workspace; the URL answers once it is loaded (at most {bound_s:.0f} s)...")
+    t0 = time.monotonic()
+    # polled, not joined: Ctrl-C during the wait stops the server at once
+    while thread.is_alive() and time.monotonic() - t0 < bound_s:
+        await asyncio.sleep(0.05)
+    waited = time.monotonic() - t0
+    if thread.is_alive():
+        say(f"  AdLens: serving after {waited:.0f} s; the rest loads while the first pages open")
+        return False
+    say(f"  AdLens: ready after {waited:.1f} s")
+    return True
 
 
 def import_pages() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -65,3 +66,36 @@ def test_warm_up_of_a_broken_version_records_why_and_does_not_raise(demo_workspa
     assert done == ["imports", "catalog"]
     failed = [r["step"] for r in rows if r["step"].startswith("warm up failed after imports/catalog")]
     assert len(failed) == 1, rows
+
+
+def test_the_server_waits_for_the_warm_up_up_to_its_bound(monkeypatch):
+    """dashboard/streamlit_app.py's lifespan: it answers once the warm-up is over, or at the bound
+    while a longer warm-up goes on; the terminal says which."""
+    import asyncio
+    import threading
+
+    from dashboard import warm as warm_mod
+
+    def started(seconds: float):
+        t = threading.Thread(target=time.sleep, args=(seconds,), daemon=True)
+        t.start()
+        return t
+
+    said: list[str] = []
+    monkeypatch.setattr(warm_mod, "start_warm_up", lambda: started(0.3))
+    t0 = time.monotonic()
+    assert asyncio.run(warm_mod.wait_for_warm_up(5.0, said.append)) is True
+    assert 0.3 <= time.monotonic() - t0 < 2.0  # waited for the warm-up, not the bound
+    assert "loading the workspace" in said[0] and said[1].startswith("  AdLens: ready after")
+
+    said.clear()
+    slow = started(10.0)
+    monkeypatch.setattr(warm_mod, "start_warm_up", lambda: slow)
+    t0 = time.monotonic()
+    assert asyncio.run(warm_mod.wait_for_warm_up(0.5, said.append)) is False
+    assert 0.5 <= time.monotonic() - t0 < 2.0 and slow.is_alive()  # served at the bound; it goes on
+    assert "the rest loads while the first pages open" in said[1]
+
+    said.clear()
+    monkeypatch.setattr(warm_mod, "start_warm_up", lambda: None)  # started before: no wait, nothing said
+    assert asyncio.run(warm_mod.wait_for_warm_up(5.0, said.append)) is False and not said
