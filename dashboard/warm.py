@@ -92,12 +92,13 @@ def warm_up() -> list[str]:
         cat = state.catalog()
         done.append("catalog")
         if names and cat.n_ads:
-            state.warm_engine(names[-1])
-            done.append("engine")
             from dashboard.views.compare import default_b
 
-            if default_b(names, names[-1]) != names[-1]:
-                state.warm_engine(default_b(names, names[-1]))
+            newest, b = names[-1], default_b(names, names[-1])  # the version the pages open on; Compare's B
+            state.warm_engine(newest)
+            done.append("engine")
+            if b != newest:
+                state.warm_engine(b)
                 done.append("compare's engine")
         state.steps().record("warm up", time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 (the page that needs it loads it again and shows why)

@@ -67,6 +67,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def healthy(url: str) -> bool:
+    """True when the Streamlit server at `url` answers /_stcore/health with ok (within 2 s)."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
 @contextmanager
 def serve_dashboard(env: dict[str, str], log: Path | None = None, timeout: float = 120.0,
                     procs: list | None = None, port: int | None = None) -> Iterator[str]:
@@ -92,12 +101,8 @@ def serve_dashboard(env: dict[str, str], log: Path | None = None, timeout: float
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"streamlit exited with code {proc.returncode} before serving {url}{tail()}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
+            if healthy(url):
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"streamlit did not become healthy at {url} within {timeout:.0f} s{tail()}")
             time.sleep(0.5)

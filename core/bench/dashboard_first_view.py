@@ -168,7 +168,7 @@ def _summary(rows: list[dict]) -> dict:
 def measure_first_views(workspace: Path, pages: list[str] | None = None, chromium: str | None = None,
                         env: dict[str, str] | None = None, log=lambda msg: None,
                         scratch: Path | None = None, returning: bool = True) -> dict:
-    """Every page's cold-server first view on `workspace` (a new server per page), twice:
+    """Every page's cold-server first view on `workspace` (a new server per page), three ways:
 
     - ``returning``: a **returning browser** (the target; also ``pages``): one Chromium profile that has opened each
       page before on the same origin, as an analyst's browser has, so Streamlit's frontend and its

@@ -21,20 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 USABLE_TARGET_S = 120.0
 COMPLETE_TARGET_S = 180.0
 TIMEOUT_S = 1800.0
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
 
 
 def _marker(workspace: Path) -> dict:
@@ -101,11 +92,11 @@ def _follow(proc: subprocess.Popen, ws: Path, url: str, chromium: str, t0: float
     """Fill `row` with the serving, usable and complete times of the running demo `proc`."""
     from playwright.sync_api import sync_playwright
 
-    from core.bench.dashboard import CHROMIUM_ARGS
+    from core.bench.dashboard import CHROMIUM_ARGS, healthy
     from core.bench.dashboard_first_view import FIRST_VIEW_PAGES, RUN_OVER
 
     deadline = time.monotonic() + TIMEOUT_S
-    while not _healthy(url):
+    while not healthy(url):
         if proc.poll() is not None:
             raise RuntimeError(f"adlens demo --serve exited with {proc.returncode} before serving: "
                                + log_file.read_text(errors="replace")[-2000:])

@@ -7,15 +7,16 @@ Each step is `DemoStep(name, run, weight)`; `run(ctx, tick)` does its work, may 
 report. `progress(fraction, step_name)` (core.common.progress) receives the fraction of the whole
 build (0..1), weighted by the steps' `weight`, so a dashboard can show one progress bar.
 
-Where the time goes (10k ads, 2 cores, 148 s at load 1-2): building the versions (52 s: UMAP
-maps, single-threaded with a seed, and EASE's dense solve), embedding the ad texts (39 s; 83 s
-with torch), warming the caches (27 s) and training the towers (15 s). So the texts are embedded
-with the int8 ONNX text backend (DEMO_TEXT_BACKEND: about twice torch's texts/s, plus ~6 s to
-export and quantise the model once into the workspace's cache; recorded in the workspace, so every
-later command embeds the same way) in batches of DEMO_EMBED_BATCH; the candidate sources are
-built once per tower split and saved into every version that shares it (the demo's towers share
-one split: EASE is solved once, with a limit that covers the demo's catalog), and the `ivf`
-version reuses the `exact` version's map fit (same tower, same ad vectors: core.index.maps).
+Where the time goes (10k ads, 2 cores, 112-120 s at load 1-2): building the versions (45-47 s:
+UMAP maps, single-threaded with a seed, and EASE's dense solve), embedding the ad texts (32-40 s;
+83 s with torch), warming the caches (12-13 s) and training the towers (12-13 s). So the texts
+are embedded with the int8 ONNX text backend (DEMO_TEXT_BACKEND: about twice torch's texts/s,
+plus ~6 s to export and quantise the model once into the workspace's cache; recorded in the
+workspace, so every later command embeds the same way) in batches of DEMO_EMBED_BATCH; the
+candidate sources are built once per tower split and saved into every version that shares it
+(the demo's towers share one split: EASE is solved once, with a limit that covers the demo's
+catalog), and the `ivf` version reuses the `exact` version's map fit (same tower, same ad
+vectors: core.index.maps).
 """
 
 from __future__ import annotations
